@@ -1,0 +1,57 @@
+//! Typed spool errors: what went wrong, and on which file.
+use std::path::PathBuf;
+
+/// Everything the spool can fail with. `DiskFull` is kept apart because the SMTP layer turns it
+/// into `452 4.3.1` rather than a generic temporary failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The file system has no room for a new segment or record.
+    #[error("spool disk full at {path}")]
+    DiskFull {
+        /// The segment that could not grow.
+        path: PathBuf,
+    },
+    /// Any other I/O failure, with the file it happened on.
+    #[error("spool I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A record is larger than a segment can hold.
+    #[error("record of {len} bytes exceeds the segment capacity {capacity}")]
+    RecordTooLarge {
+        /// Encoded length of the record.
+        len: usize,
+        /// Usable bytes per segment.
+        capacity: usize,
+    },
+    /// A record failed to decode (bad magic, checksum or layout).
+    #[error("corrupt record: {0}")]
+    Corrupt(&'static str),
+    /// An earlier group-commit round failed; this record is not durable.
+    #[error("group commit failed: {0}")]
+    CommitFailed(String),
+    /// The spool is shutting down.
+    #[error("spool is closed")]
+    Closed,
+}
+
+impl SpoolError {
+    /// Classify an `io::Error` on `path`, singling out ENOSPC/EDQUOT as a full disk.
+    pub fn from_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::DiskFull { path: path.into() },
+            _ => SpoolError::Io { path: path.into(), source },
+        }
+    }
+
+    /// True when the SMTP layer should answer `452 4.3.1` (insufficient system storage).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::DiskFull { .. })
+    }
+}
+
+/// Shorthand for spool results.
+pub type Result<T> = std::result::Result<T, SpoolError>;
