@@ -1,0 +1,8 @@
+//! Sans-I/O SMTP: parsers, replies and state machines that take bytes and return events.
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod server;
+#[cfg(test)]
+mod server_tests;

@@ -1,0 +1,347 @@
+//! The SMTP server state machine (RFC 5321 + PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+//! ENHANCEDSTATUSCODES), sans I/O.
+//!
+//! The driver hands it the bytes it has buffered; it answers with one [`Step`] at a time:
+//! a reply to send, body bytes to spool, or a complete message. It owns the session's protocol
+//! state and limits, never a socket, a clock or the spool. Memory is bounded: it never holds
+//! more than one command line, and body bytes are only pointed at, never kept.
+use super::address::AddressError;
+use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
+use super::data::DataScanner;
+use super::reply::Reply;
+use super::address::Address;
+
+/// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Per-listener settings the state machine needs.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Our name in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in unstuffed octets (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Recipients per transaction; extra ones get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Error replies tolerated before the session is closed with `421`.
+    pub hard_error_limit: u32,
+    /// Domains we accept mail for from anyone (no relay check).
+    pub local_domains: Vec<String>,
+}
+
+/// The transaction being built by MAIL/RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Reverse path; `None` is the null sender.
+    pub sender: Option<Address>,
+    /// MAIL parameters.
+    pub params: MailParams,
+    /// Accepted forward paths.
+    pub recipients: Vec<Address>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    /// An over-long command line is being discarded up to its CRLF.
+    DrainLine,
+    Data(DataScanner),
+    /// A complete message awaits the driver's verdict (spooled or not).
+    AwaitCommit,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Everything usable was consumed; read more input (after flushing replies).
+    Need {
+        /// Bytes consumed.
+        consumed: usize,
+    },
+    /// Send this reply.
+    Reply {
+        /// Bytes consumed.
+        consumed: usize,
+        /// The reply.
+        reply: Reply,
+    },
+    /// Send this reply and close the connection.
+    Close {
+        /// Bytes consumed.
+        consumed: usize,
+        /// The reply.
+        reply: Reply,
+    },
+    /// Body bytes: `prefix` then `input[..body]`, in wire form.
+    Body {
+        /// Bytes consumed.
+        consumed: usize,
+        /// Held-back bytes released as body.
+        prefix: &'static [u8],
+        /// Body bytes at the start of the input.
+        body: usize,
+    },
+    /// The last body bytes, then the message is complete: spool it, then call
+    /// [`Server::committed`] or [`Server::commit_failed`].
+    Message {
+        /// Bytes consumed.
+        consumed: usize,
+        /// Held-back bytes released as body.
+        prefix: &'static [u8],
+        /// Body bytes at the start of the input.
+        body: usize,
+    },
+    /// The message ended but is refused: discard what was spooled for it and send the reply.
+    DataRefused {
+        /// Bytes consumed.
+        consumed: usize,
+        /// The refusal.
+        reply: Reply,
+    },
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Server {
+    limits: std::rc::Rc<ServerLimits>,
+    relay_allowed: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    tx: Option<Transaction>,
+    phase: Phase,
+    errors: u32,
+    eight_bit: bool,
+}
+
+impl Server {
+    /// A new session; `relay_allowed` says whether the client is in `relay_networks`.
+    pub fn new(limits: std::rc::Rc<ServerLimits>, relay_allowed: bool) -> Self {
+        Self { limits, relay_allowed, helo: None, esmtp: false, tx: None, phase: Phase::Command, errors: 0, eight_bit: false }
+    }
+
+    /// The `220` greeting.
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP ringpost", self.limits.hostname))
+    }
+
+    /// The HELO/EHLO name the client gave, once it has.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// True while the client is sending DATA (the driver uses the data-block timeout then).
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(_))
+    }
+
+    /// The transaction of the message just completed (after [`Step::Message`]).
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.tx.as_ref()
+    }
+
+    /// Whether the completed message carried 8-bit bytes.
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// The message was spooled durably: reply `250` and start over.
+    pub fn committed(&mut self, queue_id: &str) -> Reply {
+        self.finish_transaction();
+        Reply::new(250, (2, 0, 0), format!("Ok: queued as {queue_id}"))
+    }
+
+    /// The spool could not take the message: `452 4.3.1` for a full disk, `451 4.3.0` otherwise.
+    pub fn commit_failed(&mut self, disk_full: bool) -> Reply {
+        self.finish_transaction();
+        if disk_full {
+            Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later")
+        } else {
+            Reply::new(451, (4, 3, 0), "Local error in processing, try again later")
+        }
+    }
+
+    /// The session is being shut down by the server (idle or trickle timeout, shutdown).
+    pub fn timeout_reply(&self) -> Reply {
+        Reply::new(421, (4, 4, 2), format!("{} Error: timeout exceeded, closing connection", self.limits.hostname))
+    }
+
+    fn finish_transaction(&mut self) {
+        self.tx = None;
+        self.phase = Phase::Command;
+        self.eight_bit = false;
+    }
+
+    /// Advance over buffered `input`.
+    pub fn step(&mut self, input: &[u8]) -> Step {
+        match &mut self.phase {
+            Phase::Data(scanner) => {
+                let f = scanner.feed(input);
+                let over = scanner.unstuffed_len > self.limits.max_message_size;
+                let (prefix, body) = if over { (&b""[..], 0) } else { (f.prefix, f.body) };
+                if !f.done {
+                    return Step::Body { consumed: f.consumed, prefix, body };
+                }
+                let s = std::mem::take(scanner);
+                self.eight_bit = s.eight_bit;
+                let refuse = |reply| Step::DataRefused { consumed: f.consumed, reply };
+                if s.bare_newline {
+                    self.finish_transaction();
+                    self.errors += 1;
+                    return refuse(Reply::new(554, (5, 5, 2), "Message refused: bare CR or LF in message data"));
+                }
+                if s.long_line {
+                    self.finish_transaction();
+                    return refuse(Reply::new(500, (5, 5, 2), "Message refused: line longer than 1000 octets"));
+                }
+                if over {
+                    self.finish_transaction();
+                    return refuse(Reply::new(552, (5, 3, 4), "Message exceeds fixed maximum message size"));
+                }
+                self.phase = Phase::AwaitCommit;
+                Step::Message { consumed: f.consumed, prefix, body }
+            }
+            Phase::AwaitCommit => Step::Need { consumed: 0 },
+            Phase::DrainLine => match input.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.phase = Phase::Command;
+                    self.error_reply(i + 1, Reply::new(500, (5, 5, 2), "Line too long"))
+                }
+                None => Step::Need { consumed: input.len() },
+            },
+            Phase::Command => {
+                let Some(lf) = input.iter().take(MAX_COMMAND_LINE).position(|&b| b == b'\n') else {
+                    if input.len() >= MAX_COMMAND_LINE {
+                        self.phase = Phase::DrainLine;
+                        return Step::Need { consumed: MAX_COMMAND_LINE };
+                    }
+                    return Step::Need { consumed: 0 };
+                };
+                if lf == 0 || input[lf - 1] != b'\r' {
+                    return self.error_reply(lf + 1, Reply::new(500, (5, 5, 2), "Command lines must end with CRLF"));
+                }
+                self.command(lf + 1, &input[..lf - 1])
+            }
+        }
+    }
+
+    fn error_reply(&mut self, consumed: usize, reply: Reply) -> Step {
+        self.errors += 1;
+        if self.errors > self.limits.hard_error_limit {
+            return Step::Close {
+                consumed,
+                reply: Reply::new(421, (4, 7, 0), format!("{} Error: too many errors", self.limits.hostname)),
+            };
+        }
+        Step::Reply { consumed, reply }
+    }
+
+    fn command(&mut self, consumed: usize, line: &[u8]) -> Step {
+        let cmd = match parse_command(line) {
+            Ok(c) => c,
+            Err(e) => return self.error_reply(consumed, command_error_reply(e)),
+        };
+        let reply = |reply| Step::Reply { consumed, reply };
+        match cmd {
+            Command::Ehlo(name) => {
+                self.helo = Some(name);
+                self.esmtp = true;
+                self.tx = None;
+                reply(self.ehlo_reply())
+            }
+            Command::Helo(name) => {
+                self.helo = Some(name);
+                self.esmtp = false;
+                self.tx = None;
+                reply(Reply::plain(250, self.limits.hostname.clone()))
+            }
+            Command::Mail(sender, params) => self.mail(consumed, sender, params),
+            Command::Rcpt(to) => self.rcpt(consumed, to),
+            Command::Data => match &self.tx {
+                None => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need MAIL command")),
+                Some(tx) if tx.recipients.is_empty() => {
+                    self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need RCPT command"))
+                }
+                Some(_) => {
+                    self.phase = Phase::Data(DataScanner::new());
+                    reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
+                }
+            },
+            Command::Rset => {
+                self.tx = None;
+                reply(Reply::new(250, (2, 0, 0), "Ok"))
+            }
+            Command::Noop => reply(Reply::new(250, (2, 0, 0), "Ok")),
+            Command::Quit => Step::Close { consumed, reply: Reply::new(221, (2, 0, 0), "Bye") },
+            Command::Vrfy => reply(Reply::new(252, (2, 5, 0), "Cannot VRFY user, but will accept message")),
+            Command::Help => reply(Reply::new(214, (2, 0, 0), "See RFC 5321")),
+            Command::StartTls | Command::Auth | Command::Bdat => {
+                self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented"))
+            }
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let l = &self.limits;
+        Reply {
+            code: 250,
+            enhanced: None,
+            lines: vec![
+                l.hostname.clone().into(),
+                "PIPELINING".into(),
+                format!("SIZE {}", l.max_message_size).into(),
+                "8BITMIME".into(),
+                "SMTPUTF8".into(),
+                "ENHANCEDSTATUSCODES".into(),
+            ],
+        }
+    }
+
+    fn mail(&mut self, consumed: usize, sender: Option<Address>, params: MailParams) -> Step {
+        if self.helo.is_none() {
+            return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: nested MAIL command"));
+        }
+        if !self.esmtp && (params.size.is_some() || params.smtputf8 || params.body != BodyType::SevenBit) {
+            return self.error_reply(consumed, Reply::new(555, (5, 5, 4), "MAIL parameters need EHLO"));
+        }
+        if params.size.is_some_and(|s| s > self.limits.max_message_size) {
+            return self.error_reply(consumed, Reply::new(552, (5, 3, 4), "Message size exceeds fixed limit"));
+        }
+        self.tx = Some(Transaction { sender, params, recipients: Vec::new() });
+        Step::Reply { consumed, reply: Reply::new(250, (2, 1, 0), "Ok") }
+    }
+
+    fn rcpt(&mut self, consumed: usize, to: Address) -> Step {
+        let Some(tx) = &self.tx else {
+            return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need MAIL command"));
+        };
+        if tx.recipients.len() >= self.limits.max_recipients {
+            return Step::Reply { consumed, reply: Reply::new(452, (4, 5, 3), "Error: too many recipients") };
+        }
+        if !tx.params.smtputf8 && !to.raw.is_ascii() {
+            return self.error_reply(consumed, Reply::new(553, (5, 6, 7), "Non-ASCII address needs SMTPUTF8"));
+        }
+        let local = self.limits.local_domains.iter().any(|d| d.eq_ignore_ascii_case(to.domain()));
+        if !self.relay_allowed && !local {
+            return self.error_reply(consumed, Reply::new(554, (5, 7, 1), format!("<{}>: Relay access denied", to.raw)));
+        }
+        self.tx.as_mut().unwrap().recipients.push(to);
+        Step::Reply { consumed, reply: Reply::new(250, (2, 1, 5), "Ok") }
+    }
+}
+
+fn command_error_reply(e: CommandError) -> Reply {
+    match e {
+        CommandError::InvalidUtf8 => Reply::new(501, (5, 5, 2), "Invalid UTF-8 in command"),
+        CommandError::Unknown => Reply::new(500, (5, 5, 1), "Error: command not recognized"),
+        CommandError::Syntax(why) => Reply::new(501, (5, 5, 4), format!("Syntax error: {why}")),
+        CommandError::BadSender(AddressError::NeedsSmtpUtf8) | CommandError::BadRecipient(AddressError::NeedsSmtpUtf8) => {
+            Reply::new(553, (5, 6, 7), "Non-ASCII address needs SMTPUTF8")
+        }
+        CommandError::BadSender(_) => Reply::new(501, (5, 1, 7), "Bad sender address syntax"),
+        CommandError::BadRecipient(_) => Reply::new(501, (5, 1, 3), "Bad recipient address syntax"),
+        CommandError::UnknownParam(p) => Reply::new(555, (5, 5, 4), format!("Unsupported parameter {p}")),
+    }
+}

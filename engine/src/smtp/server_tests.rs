@@ -1,0 +1,231 @@
+//! Byte-vector tests of the server state machine: every hostile-input rule of the core issue.
+use super::reply::Reply;
+use super::server::{Server, ServerLimits, Step};
+use std::rc::Rc;
+
+fn limits() -> Rc<ServerLimits> {
+    Rc::new(ServerLimits {
+        hostname: "mta.test".into(),
+        max_message_size: 1000,
+        max_recipients: 100,
+        hard_error_limit: 20,
+        local_domains: vec!["local.test".into()],
+    })
+}
+
+/// Drive a whole client script through the machine, as a driver would, committing messages.
+/// Returns every reply code line and the bodies of accepted messages.
+fn session(relay: bool, input: &[u8]) -> (Vec<String>, Vec<Vec<u8>>, bool) {
+    let mut s = Server::new(limits(), relay);
+    let mut replies = vec![first_line(&s.greeting())];
+    let mut bodies = Vec::new();
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        match s.step(&input[pos..]) {
+            Step::Need { consumed } => {
+                pos += consumed;
+                if consumed == 0 || pos == input.len() {
+                    return (replies, bodies, false);
+                }
+            }
+            Step::Reply { consumed, reply } => {
+                pos += consumed;
+                replies.push(first_line(&reply));
+            }
+            Step::Close { consumed: _, reply } => {
+                replies.push(first_line(&reply));
+                return (replies, bodies, true);
+            }
+            Step::Body { consumed, prefix, body: n } => {
+                body.extend_from_slice(prefix);
+                body.extend_from_slice(&input[pos..pos + n]);
+                pos += consumed;
+            }
+            Step::Message { consumed, prefix, body: n } => {
+                body.extend_from_slice(prefix);
+                body.extend_from_slice(&input[pos..pos + n]);
+                pos += consumed;
+                bodies.push(std::mem::take(&mut body));
+                replies.push(first_line(&s.committed("ID")));
+            }
+            Step::DataRefused { consumed, reply } => {
+                pos += consumed;
+                body.clear();
+                replies.push(first_line(&reply));
+            }
+        }
+    }
+}
+
+fn first_line(r: &Reply) -> String {
+    r.to_wire().lines().last().unwrap().to_string()
+}
+
+fn codes(r: &[String]) -> Vec<&str> {
+    r.iter().map(|l| &l[..3]).collect()
+}
+
+const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
+
+#[test]
+fn pipelined_transaction_with_dot_lines() {
+    let mut input = ENVELOPE.to_vec();
+    input.extend_from_slice(b"..leading dot\r\n.\r\nQUIT\r\n");
+    let (r, bodies, closed) = session(true, &input);
+    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "250", "221"]);
+    assert_eq!(bodies, vec![b"..leading dot\r\n".to_vec()]);
+    assert!(closed);
+    assert!(r[5].starts_with("250 2.0.0 Ok: queued as ID"));
+}
+
+#[test]
+fn empty_body_and_null_sender() {
+    let (r, bodies, _) = session(true, b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n.\r\n");
+    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "250"]);
+    assert_eq!(bodies, vec![Vec::<u8>::new()]);
+}
+
+#[test]
+fn smuggled_end_of_data_is_refused_and_no_second_transaction_starts() {
+    let mut input = ENVELOPE.to_vec();
+    input.extend_from_slice(b"hi\n.\nMAIL FROM:<evil@b.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nspoof\r\n.\r\nNOOP\r\n");
+    let (r, bodies, _) = session(true, &input);
+    assert!(bodies.is_empty(), "nothing may be spooled");
+    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "554", "250"]);
+    assert!(r[5].starts_with("554 5.5.2"));
+    // The same with <LF>.<CRLF> and a bare CR.
+    for evil in [&b"hi\n.\r\nMAIL FROM:<e@b.test>\r\n.\r\n"[..], b"hi\r.\r\n.\r\n"] {
+        let mut input = ENVELOPE.to_vec();
+        input.extend_from_slice(evil);
+        let (r, bodies, _) = session(true, &input);
+        assert!(bodies.is_empty());
+        assert_eq!(codes(&r).last(), Some(&"554"));
+    }
+}
+
+#[test]
+fn long_command_line_gets_500_and_session_continues() {
+    let mut input = b"EHLO c.test\r\nNOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 600));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let (r, _, _) = session(true, &input);
+    assert_eq!(codes(&r), ["220", "250", "500", "250"]);
+    assert!(r[2].starts_with("500 5.5.2"));
+}
+
+#[test]
+fn long_text_line_refuses_the_message() {
+    let mut input = ENVELOPE.to_vec();
+    input.extend(std::iter::repeat_n(b'a', 1001));
+    input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+    let (r, bodies, _) = session(true, &input);
+    assert!(bodies.is_empty(), "nothing is spooled");
+    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "500", "250"]);
+    assert!(r[5].starts_with("500 5.5.2"));
+}
+
+#[test]
+fn oversize_data_is_drained_then_552() {
+    let mut input = ENVELOPE.to_vec();
+    for _ in 0..30 {
+        input.extend_from_slice(&[b'z'; 98]);
+        input.extend_from_slice(b"\r\n");
+    }
+    input.extend_from_slice(b".\r\nNOOP\r\n");
+    let (r, bodies, _) = session(true, &input);
+    assert!(bodies.is_empty());
+    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "552", "250"]);
+    assert!(r[5].starts_with("552 5.3.4"));
+}
+
+#[test]
+fn declared_size_too_large_is_552_at_mail() {
+    let (r, _, _) = session(true, b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=5000\r\nMAIL FROM:<a@b.test> SIZE=10\r\n");
+    assert_eq!(codes(&r), ["220", "250", "552", "250"]);
+    assert!(r[2].starts_with("552 5.3.4"));
+}
+
+#[test]
+fn commands_out_of_order_get_503() {
+    let (r, _, _) = session(true, b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nRCPT TO:<x@y.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+    assert_eq!(codes(&r), ["220", "503", "250", "503", "503", "250", "503"]);
+    assert!(r.iter().filter(|l| l.starts_with("503")).all(|l| l.starts_with("503 5.5.1")));
+}
+
+#[test]
+fn unknown_malformed_and_invalid_utf8() {
+    let (r, _, _) = session(
+        true,
+        b"EHLO c.test\r\nXYZZY\r\nMAIL FROM:<bad..addr@b.test>\r\nMAIL FROM:<\xc3\x28@b.test>\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<no-domain>\r\nNOOP\r\n",
+    );
+    assert_eq!(codes(&r), ["220", "250", "500", "501", "501", "250", "501", "250"]);
+    assert!(r[2].starts_with("500 5.5.1"));
+    assert!(r[3].starts_with("501 5.1.7"));
+    assert!(r[4].starts_with("501 5.5.2"));
+    assert!(r[6].starts_with("501 5.1.3"));
+}
+
+#[test]
+fn recipients_over_the_limit_get_452_each() {
+    let mut input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..103 {
+        input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+    }
+    let (r, _, _) = session(true, &input);
+    assert_eq!(r.iter().filter(|l| l.starts_with("250 2.1.5")).count(), 100);
+    assert_eq!(r.iter().filter(|l| l.starts_with("452 4.5.3")).count(), 3);
+}
+
+#[test]
+fn relay_is_denied_outside_relay_networks_except_local_domains() {
+    let (r, _, _) = session(false, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<x@local.test>\r\n");
+    assert_eq!(codes(&r), ["220", "250", "250", "554", "250"]);
+    assert!(r[3].starts_with("554 5.7.1"));
+}
+
+#[test]
+fn error_limit_closes_with_421() {
+    let input = b"BOGUS\r\n".repeat(25);
+    let (r, _, closed) = session(true, &input);
+    assert!(closed);
+    assert!(r.last().unwrap().starts_with("421 4.7.0"));
+    assert_eq!(r.iter().filter(|l| l.starts_with("500")).count(), 20);
+}
+
+#[test]
+fn bare_lf_command_is_refused_without_desync() {
+    let (r, _, _) = session(true, b"EHLO c.test\nNOOP\r\n");
+    assert_eq!(codes(&r), ["220", "500", "250"]);
+}
+
+#[test]
+fn ehlo_advertises_the_extensions() {
+    let s = Server::new(limits(), true);
+    let mut s = s;
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    let w = reply.to_wire();
+    for ext in ["250-PIPELINING", "250-SIZE 1000", "250-8BITMIME", "250-SMTPUTF8", "250 ENHANCEDSTATUSCODES"] {
+        assert!(w.contains(ext), "{w}");
+    }
+}
+
+#[test]
+fn body_streams_in_pieces_without_buffering() {
+    let mut s = Server::new(limits(), true);
+    let mut pos = 0;
+    let input = [ENVELOPE, b"part one\r\n"].concat();
+    let mut seen = 0;
+    while pos < input.len() {
+        match s.step(&input[pos..]) {
+            Step::Reply { consumed, .. } => pos += consumed,
+            Step::Body { consumed, body, .. } => {
+                seen += body;
+                pos += consumed;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, b"part one\r\n".len(), "body bytes are handed out as they arrive");
+    assert!(s.in_data());
+}
