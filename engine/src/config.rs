@@ -1,0 +1,380 @@
+//! Configuration: the TOML file, its defaults, and validation with the offending key and line.
+//!
+//! The shipped `config/ringpost.toml` is embedded in the binary, so `ringpost` runs with no
+//! flags. Unknown keys are errors: a misspelt limit must not silently fall back to a default.
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/ringpost.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Could not read the file.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type; the message names key, line and column.
+    #[error("{0}")]
+    Parse(String),
+    /// A value out of range, naming the key.
+    #[error("invalid value for `{key}`: {why}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SMTP listener and session limits.
+    pub server: ServerConfig,
+    /// Spool location and durability.
+    #[serde(default)]
+    pub spool: SpoolSection,
+    /// Executors.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogSection,
+    /// Outbound delivery behaviour.
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    /// Static routes.
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+fn d_listen() -> Vec<String> {
+    vec!["127.0.0.1:2525".into()]
+}
+fn d_hostname() -> String {
+    "mta.example".into()
+}
+fn d_relay() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+const fn d_max_size() -> u64 {
+    26_214_400
+}
+const fn d_max_rcpts() -> usize {
+    1000
+}
+const fn d_conn_core() -> usize {
+    2000
+}
+const fn d_conn_ip() -> usize {
+    50
+}
+const fn d_cmd_timeout() -> u64 {
+    300
+}
+const fn d_data_timeout() -> u64 {
+    180
+}
+const fn d_min_rate() -> u64 {
+    500
+}
+const fn d_errors() -> u32 {
+    20
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to listen on (every core binds each with SO_REUSEPORT).
+    #[serde(default = "d_listen")]
+    pub listen: Vec<String>,
+    /// Our name in the greeting, EHLO and Received lines.
+    #[serde(default = "d_hostname")]
+    pub hostname: String,
+    /// Client networks allowed to relay (CIDR).
+    #[serde(default = "d_relay")]
+    pub relay_networks: Vec<String>,
+    /// Domains accepted from anyone (none by default).
+    #[serde(default)]
+    pub local_domains: Vec<String>,
+    /// Largest message in octets.
+    #[serde(default = "d_max_size")]
+    pub max_message_size: u64,
+    /// Recipients per transaction (at least 100, RFC 5321 4.5.3.1.8).
+    #[serde(default = "d_max_rcpts")]
+    pub max_recipients: usize,
+    /// Concurrent sessions per core.
+    #[serde(default = "d_conn_core")]
+    pub max_connections_per_core: usize,
+    /// Concurrent sessions per client IP (across the host).
+    #[serde(default = "d_conn_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds to wait for a complete command line (RFC 5321 4.5.3.2.7: 5 minutes).
+    #[serde(default = "d_cmd_timeout")]
+    pub command_timeout_s: u64,
+    /// Seconds to wait for each data block (RFC 5321 4.5.3.2.5: 3 minutes).
+    #[serde(default = "d_data_timeout")]
+    pub data_timeout_s: u64,
+    /// Minimum DATA rate in bytes/s once the block timeout has passed (trickle defence).
+    #[serde(default = "d_min_rate")]
+    pub min_data_rate: u64,
+    /// Error replies before the session is closed with 421.
+    #[serde(default = "d_errors")]
+    pub hard_error_limit: u32,
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Spool root directory.
+    pub dir: PathBuf,
+    /// `"fsync"` (default) or `"none"` (benchmarks only).
+    pub durability: String,
+    /// Preallocated bytes per segment.
+    pub segment_size: u64,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self { dir: "var/spool".into(), durability: "fsync".into(), segment_size: 64 << 20 }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// `"all"` or a number of cores.
+    pub cores: toml::Value,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self { cores: toml::Value::String("all".into()) }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// JSON-lines delivery log path.
+    pub delivery_log: PathBuf,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { delivery_log: "var/log/delivery.jsonl".into() }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// First retry after this many seconds.
+    pub retry_first_s: f64,
+    /// Each retry waits this factor longer.
+    pub retry_factor: f64,
+    /// Retry interval cap in seconds.
+    pub retry_max_s: f64,
+    /// Give up (Expiration + DSN) after this many seconds in the queue.
+    pub max_age_s: f64,
+    /// TCP connect timeout.
+    pub connect_timeout_s: u64,
+    /// Concurrent connections per destination per core.
+    pub max_connections_per_destination: usize,
+    /// Recipients per outbound transaction.
+    pub max_recipients_per_transaction: usize,
+    /// Seconds an idle outbound connection waits for more mail before QUIT.
+    pub idle_timeout_s: f64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        Self {
+            retry_first_s: 300.0,
+            retry_factor: 2.0,
+            retry_max_s: 4000.0,
+            max_age_s: 5.0 * 86400.0,
+            connect_timeout_s: 30,
+            max_connections_per_destination: 32,
+            max_recipients_per_transaction: 100,
+            idle_timeout_s: 2.0,
+        }
+    }
+}
+
+/// `[[route]]`: deliver a domain (or `"*"`) to fixed hosts, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Recipient domain, or `"*"` for every domain without a route of its own.
+    pub domain: String,
+    /// `host:port` list, tried in order.
+    pub hosts: Vec<String>,
+}
+
+/// A CIDR network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parse `a.b.c.d/n` or `x::y/n` (a bare address is a host route).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.parse().ok().filter(|p| *p <= max)? };
+        Some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate TOML text. Errors name the key (and, for syntax and type errors, the
+    /// line and column).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, why: String| Err(ConfigError::Invalid { key, why });
+        for l in &self.server.listen {
+            if l.parse::<SocketAddr>().is_err() {
+                return bad("server.listen", format!("{l:?} is not ip:port"));
+            }
+        }
+        for n in &self.server.relay_networks {
+            if Network::parse(n).is_none() {
+                return bad("server.relay_networks", format!("{n:?} is not a CIDR network"));
+            }
+        }
+        if self.server.max_recipients < 100 {
+            return bad("server.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());
+        }
+        if self.server.max_message_size < 1024 {
+            return bad("server.max_message_size", "must be at least 1024".into());
+        }
+        if !matches!(self.spool.durability.as_str(), "fsync" | "none") {
+            return bad("spool.durability", format!("{:?}: expected \"fsync\" or \"none\"", self.spool.durability));
+        }
+        if self.spool.segment_size < (4 << 20) {
+            return bad("spool.segment_size", "must be at least 4 MiB".into());
+        }
+        if self.spool.segment_size < self.server.max_recipients as u64 * 600 {
+            return bad("spool.segment_size", "too small for a message record with max_recipients".into());
+        }
+        match &self.engine.cores {
+            toml::Value::String(s) if s == "all" => {}
+            toml::Value::Integer(n) if *n >= 1 && *n <= 1024 => {}
+            v => return bad("engine.cores", format!("{v}: expected \"all\" or a number from 1")),
+        }
+        let d = &self.delivery;
+        if !(d.retry_first_s > 0.0 && d.retry_factor >= 1.0 && d.retry_max_s >= d.retry_first_s && d.max_age_s > 0.0) {
+            return bad("delivery", "need retry_first_s > 0, retry_factor >= 1, retry_max_s >= retry_first_s, max_age_s > 0".into());
+        }
+        if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
+            return bad("delivery", "connection and recipient limits must be at least 1".into());
+        }
+        for r in &self.route {
+            if r.hosts.is_empty() {
+                return bad("route.hosts", format!("route for {:?} has no hosts", r.domain));
+            }
+            for h in &r.hosts {
+                if h.parse::<SocketAddr>().is_err() {
+                    return bad("route.hosts", format!("{h:?} is not ip:port"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of executors to start on a host with `online` CPUs.
+    pub fn core_count(&self, online: usize) -> usize {
+        match &self.engine.cores {
+            toml::Value::Integer(n) => *n as usize,
+            _ => online.max(1),
+        }
+    }
+
+    /// Parsed relay networks.
+    pub fn relay_networks(&self) -> Vec<Network> {
+        self.server.relay_networks.iter().filter_map(|n| Network::parse(n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.server.max_recipients, 1000);
+        assert_eq!(c.spool.durability, "fsync");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_name_and_line() {
+        let e = Config::parse("[server]\nlisten = [\"127.0.0.1:25\"]\nmax_recipents = 5\n").unwrap_err().to_string();
+        assert!(e.contains("max_recipents") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        let e = Config::parse("[server]\nmax_recipients = 10\n").unwrap_err().to_string();
+        assert!(e.contains("server.max_recipients"), "{e}");
+        let e = Config::parse("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\nsegment_size = 67108864\n").unwrap_err().to_string();
+        assert!(e.contains("spool.durability"), "{e}");
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let n = Network::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.0.0.2".parse().unwrap()));
+        assert!(n.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!n.contains("10.0.0.1".parse().unwrap()));
+        assert!(Network::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Network::parse("1.2.3.4/33").is_none());
+    }
+}

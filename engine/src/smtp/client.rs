@@ -1,0 +1,363 @@
+//! The SMTP client side, sans I/O: a reply parser and a transaction state machine that
+//! pipelines MAIL/RCPT/DATA when the server offers PIPELINING.
+//!
+//! The delivery driver writes what [`ClientTransaction`] asks for and feeds back every reply;
+//! at the end it gets one typed result per recipient. No sockets, no timers here.
+use super::reply::Reply;
+
+/// Longest reply we buffer before calling the server broken.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Errors in what the server sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// The bytes are not an SMTP reply.
+    #[error("malformed reply line: {0}")]
+    Malformed(String),
+    /// A reply larger than [`MAX_REPLY_BYTES`].
+    #[error("reply too long")]
+    TooLong,
+}
+
+/// Take one complete (possibly multi-line) reply off the front of `buf`.
+/// Returns the reply and the bytes it used, or `None` if more input is needed.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
+    let mut pos = 0;
+    let mut lines = Vec::new();
+    let mut code = 0u16;
+    loop {
+        let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') else {
+            return if buf.len() > MAX_REPLY_BYTES { Err(ReplyError::TooLong) } else { Ok(None) };
+        };
+        let raw = &buf[pos..pos + nl];
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        pos += nl + 1;
+        let text = String::from_utf8_lossy(line);
+        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || (line.len() > 3 && !matches!(line[3], b' ' | b'-')) {
+            return Err(ReplyError::Malformed(text.into_owned()));
+        }
+        let c: u16 = text[..3].parse().unwrap();
+        if !(200..600).contains(&c) || (code != 0 && c != code) {
+            return Err(ReplyError::Malformed(text.into_owned()));
+        }
+        code = c;
+        lines.push(text.get(4..).unwrap_or("").to_string());
+        if line.len() == 3 || line[3] == b' ' {
+            break;
+        }
+    }
+    let enhanced = lines.first().and_then(|l| parse_enhanced(l, code));
+    let lines = lines
+        .into_iter()
+        .map(|l| match enhanced {
+            Some(_) => l.split_once(' ').map(|(_, t)| t.to_string()).unwrap_or_default().into(),
+            None => l.into(),
+        })
+        .collect();
+    Ok(Some((Reply { code, enhanced, lines }, pos)))
+}
+
+fn parse_enhanced(line: &str, code: u16) -> Option<(u8, u16, u16)> {
+    let word = line.split(' ').next()?;
+    let mut it = word.split('.');
+    let (c, s, d) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    (it.next().is_none() && c as u16 == code / 100).then_some((c, s, d))
+}
+
+/// What EHLO told us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 6152.
+    pub eight_bit_mime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+    /// RFC 1870 limit, if advertised.
+    pub size: Option<u64>,
+}
+
+impl Capabilities {
+    /// Read the keywords of a `250` EHLO reply.
+    pub fn from_ehlo(r: &Reply) -> Self {
+        let mut c = Self::default();
+        for l in r.lines.iter().skip(1) {
+            let mut words = l.split_ascii_whitespace();
+            match words.next().map(|w| w.to_ascii_uppercase()).as_deref() {
+                Some("PIPELINING") => c.pipelining = true,
+                Some("8BITMIME") => c.eight_bit_mime = true,
+                Some("SMTPUTF8") => c.smtputf8 = true,
+                Some("SIZE") => c.size = words.next().and_then(|v| v.parse().ok()).filter(|v| *v > 0),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// A recipient's result in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    /// Accepted by the server (after the final dot).
+    Delivered(Reply),
+    /// 4xx (or the transaction broke): try again later.
+    Transient(Reply),
+    /// 5xx: give up and bounce.
+    Permanent(Reply),
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientStep {
+    /// Write these bytes, then read the next reply.
+    Send(Vec<u8>),
+    /// Read the next reply.
+    Read,
+    /// Write the message (trace header, body in wire form, then `.\r\n`), then read.
+    SendBody,
+    /// Finished: one result per recipient; `reset` means send RSET before reusing the connection.
+    Done {
+        /// Per-recipient results in the order given.
+        results: Vec<RcptResult>,
+        /// The connection must be reset (RSET) before the next transaction.
+        reset: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Mail,
+    Rcpt(usize),
+    Data,
+    Dot,
+}
+
+/// One MAIL/RCPT/DATA transaction.
+#[derive(Debug)]
+pub struct ClientTransaction {
+    pipelining: bool,
+    sender: String,
+    rcpts: Vec<String>,
+    mail_params: String,
+    expect: Expect,
+    mail_reply: Option<Reply>,
+    rcpt_replies: Vec<Reply>,
+}
+
+impl ClientTransaction {
+    /// Prepare a transaction. `eight_bit`/`smtputf8` add BODY=8BITMIME / SMTPUTF8 when the
+    /// server offers them; `size` adds SIZE=.
+    pub fn new(caps: &Capabilities, sender: &str, rcpts: Vec<String>, size: u64, eight_bit: bool, smtputf8: bool) -> Self {
+        let mut mail_params = String::new();
+        if caps.size.is_some() {
+            mail_params.push_str(&format!(" SIZE={size}"));
+        }
+        if eight_bit && caps.eight_bit_mime {
+            mail_params.push_str(" BODY=8BITMIME");
+        }
+        if smtputf8 && caps.smtputf8 {
+            mail_params.push_str(" SMTPUTF8");
+        }
+        Self {
+            pipelining: caps.pipelining,
+            sender: sender.to_string(),
+            rcpts,
+            mail_params,
+            expect: Expect::Mail,
+            mail_reply: None,
+            rcpt_replies: Vec::new(),
+        }
+    }
+
+    fn mail_cmd(&self) -> String {
+        format!("MAIL FROM:<{}>{}\r\n", self.sender, self.mail_params)
+    }
+
+    fn rcpt_cmd(&self, i: usize) -> String {
+        format!("RCPT TO:<{}>\r\n", self.rcpts[i])
+    }
+
+    /// The first bytes to send: MAIL alone, or the whole pipelined envelope.
+    pub fn start(&mut self) -> ClientStep {
+        let mut out = self.mail_cmd();
+        if self.pipelining {
+            for i in 0..self.rcpts.len() {
+                out.push_str(&self.rcpt_cmd(i));
+            }
+            out.push_str("DATA\r\n");
+        }
+        ClientStep::Send(out.into_bytes())
+    }
+
+    fn any_accepted(&self) -> bool {
+        self.rcpt_replies.iter().any(|r| r.code / 100 == 2)
+    }
+
+    /// Feed the next reply.
+    pub fn on_reply(&mut self, r: Reply) -> ClientStep {
+        match self.expect {
+            Expect::Mail => {
+                let ok = r.code / 100 == 2;
+                self.mail_reply = Some(r);
+                if self.pipelining {
+                    self.expect = Expect::Rcpt(0);
+                    ClientStep::Read
+                } else if ok {
+                    self.expect = Expect::Rcpt(0);
+                    ClientStep::Send(self.rcpt_cmd(0).into_bytes())
+                } else {
+                    self.finish_failed(true)
+                }
+            }
+            Expect::Rcpt(i) => {
+                self.rcpt_replies.push(r);
+                let next = i + 1;
+                if next < self.rcpts.len() {
+                    self.expect = Expect::Rcpt(next);
+                    return if self.pipelining { ClientStep::Read } else { ClientStep::Send(self.rcpt_cmd(next).into_bytes()) };
+                }
+                self.expect = Expect::Data;
+                if self.pipelining {
+                    ClientStep::Read
+                } else if self.any_accepted() {
+                    ClientStep::Send(b"DATA\r\n".to_vec())
+                } else {
+                    self.finish_failed(true)
+                }
+            }
+            Expect::Data => {
+                let mail_ok = self.mail_reply.as_ref().is_some_and(|m| m.code / 100 == 2);
+                if r.code == 354 && mail_ok && self.any_accepted() {
+                    self.expect = Expect::Dot;
+                    ClientStep::SendBody
+                } else if r.code == 354 {
+                    // Pipelined DATA accepted although no recipient was: end it empty and discard.
+                    self.expect = Expect::Dot;
+                    self.rcpt_replies.iter_mut().filter(|x| x.code / 100 == 2).for_each(|x| *x = r.clone());
+                    ClientStep::Send(b".\r\n".to_vec())
+                } else {
+                    if mail_ok && self.any_accepted() {
+                        // DATA refused: every accepted recipient takes DATA's verdict.
+                        for x in self.rcpt_replies.iter_mut().filter(|x| x.code / 100 == 2) {
+                            *x = r.clone();
+                        }
+                    }
+                    self.finish_failed(true)
+                }
+            }
+            Expect::Dot => {
+                let results = self
+                    .rcpt_replies
+                    .iter()
+                    .map(|rr| if rr.code / 100 == 2 { classify(&r, true) } else { classify(rr, false) })
+                    .collect();
+                ClientStep::Done { results, reset: r.code / 100 != 2 }
+            }
+        }
+    }
+
+    /// No body was sent: derive results from MAIL/RCPT/DATA replies.
+    fn finish_failed(&mut self, reset: bool) -> ClientStep {
+        let mail = self.mail_reply.clone().expect("finish after MAIL reply");
+        let results = (0..self.rcpts.len())
+            .map(|i| {
+                if mail.code / 100 != 2 {
+                    return classify(&mail, false);
+                }
+                match self.rcpt_replies.get(i) {
+                    Some(r) if r.code / 100 != 2 => classify(r, false),
+                    // Accepted, but the transaction never completed: try again later.
+                    Some(r) => RcptResult::Transient(r.clone()),
+                    None => RcptResult::Transient(mail.clone()),
+                }
+            })
+            .collect();
+        ClientStep::Done { results, reset }
+    }
+}
+
+fn classify(r: &Reply, final_dot: bool) -> RcptResult {
+    match r.code / 100 {
+        2 if final_dot => RcptResult::Delivered(r.clone()),
+        5 => RcptResult::Permanent(r.clone()),
+        _ => RcptResult::Transient(r.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(s: &str) -> Reply {
+        parse_reply(s.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn parses_single_and_multi_line_replies() {
+        let (r, n) = parse_reply(b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 100\r\nrest").unwrap().unwrap();
+        assert_eq!((r.code, n, r.lines.len()), (250, 43, 3));
+        let caps = Capabilities::from_ehlo(&r);
+        assert!(caps.pipelining && caps.size == Some(100));
+        let r = reply("550 5.1.1 No such user\r\n");
+        assert_eq!((r.code, r.enhanced), (550, Some((5, 1, 1))));
+        assert_eq!(r.lines[0], "No such user");
+        assert_eq!(parse_reply(b"250-partial\r\n250 ").unwrap(), None);
+        assert!(parse_reply(b"hello\r\n").is_err());
+        assert!(parse_reply(b"250-a\r\n251 b\r\n").is_err());
+        assert_eq!(parse_reply(&vec![b'2'; MAX_REPLY_BYTES + 1]), Err(ReplyError::TooLong));
+    }
+
+    #[test]
+    fn pipelined_transaction_with_mixed_recipients() {
+        let caps = Capabilities { pipelining: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into(), "bad@y".into(), "later@y".into()], 10, false, false);
+        assert_eq!(
+            t.start(),
+            ClientStep::Send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nRCPT TO:<bad@y>\r\nRCPT TO:<later@y>\r\nDATA\r\n".to_vec())
+        );
+        assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("550 5.1.1 no\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("451 4.3.0 later\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("354 go\r\n")), ClientStep::SendBody);
+        let ClientStep::Done { results, reset } = t.on_reply(reply("250 2.0.0 queued\r\n")) else { panic!() };
+        assert!(!reset);
+        assert!(matches!(results[0], RcptResult::Delivered(_)));
+        assert!(matches!(results[1], RcptResult::Permanent(_)));
+        assert!(matches!(results[2], RcptResult::Transient(_)));
+    }
+
+    #[test]
+    fn without_pipelining_commands_go_one_by_one_and_stop_early() {
+        let mut t = ClientTransaction::new(&Capabilities::default(), "", vec!["x@y".into()], 10, false, false);
+        assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<>\r\n".to_vec()));
+        assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Send(b"RCPT TO:<x@y>\r\n".to_vec()));
+        let ClientStep::Done { results, reset } = t.on_reply(reply("550 5.1.1 unknown\r\n")) else { panic!() };
+        assert!(reset && matches!(results[0], RcptResult::Permanent(_)));
+    }
+
+    #[test]
+    fn mail_refusal_and_data_temp_failure_apply_to_everyone() {
+        let caps = Capabilities { pipelining: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 1, false, false);
+        t.start();
+        t.on_reply(reply("421 4.7.0 busy\r\n"));
+        t.on_reply(reply("503 5.5.1 need mail\r\n"));
+        let ClientStep::Done { results, .. } = t.on_reply(reply("503 5.5.1 need mail\r\n")) else { panic!() };
+        assert!(matches!(results[0], RcptResult::Transient(_)), "a 4xx MAIL makes it transient: {results:?}");
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 1, false, false);
+        t.start();
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("354 go\r\n"));
+        let ClientStep::Done { results, reset } = t.on_reply(reply("452 4.3.1 full\r\n")) else { panic!() };
+        assert!(reset && matches!(results[0], RcptResult::Transient(_)));
+    }
+
+    #[test]
+    fn mail_parameters_follow_capabilities() {
+        let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000) };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
+        assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<a@b> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n".to_vec()));
+    }
+}
