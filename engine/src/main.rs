@@ -1,1 +1,59 @@
-fn main(){}
+//! `ringpost`: the mail transfer agent daemon.
+use clap::Parser;
+use ringpost_engine::config::{Config, DEFAULT_CONFIG};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// ringpost: durable, thread-per-core SMTP relay.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it the embedded default is used.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check a configuration file and exit: prints the offending key and line, exits non-zero.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = args.check_config {
+        return match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match &args.config {
+        Some(p) => Config::load(p),
+        None => Config::parse(DEFAULT_CONFIG),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringpost: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ringpost_engine::runtime::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

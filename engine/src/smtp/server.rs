@@ -174,6 +174,7 @@ impl Server {
     /// Advance over buffered `input`.
     pub fn step(&mut self, input: &[u8]) -> Step {
         match &mut self.phase {
+            Phase::Data(_) if input.is_empty() => Step::Need { consumed: 0 },
             Phase::Data(scanner) => {
                 let f = scanner.feed(input);
                 let over = scanner.unstuffed_len > self.limits.max_message_size;

@@ -1,0 +1,264 @@
+//! The delivery agent: one outbound SMTP connection to a destination, reused for as many
+//! transactions as the queue has ready. It drives the sans-I/O client machine, writes bodies
+//! straight from the spool's mapped segments, and turns every recipient's result into a
+//! delivery, a retry, a bounce or an expiry.
+use crate::core::{Core, FinalReport};
+use crate::delivery_log::EventKind;
+use crate::dsn::FailedRecipient;
+use crate::queue::Delivery;
+use crate::retry::RetryDecision;
+use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
+use crate::smtp::reply::Reply;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
+use ringpost_spool::Outcome;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Why a connection could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// TCP or read/write failure (including timeouts).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server sent something that is not SMTP.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused the session (greeting or EHLO/HELO).
+    #[error("{0}")]
+    Refused(String),
+    /// No route for the domain.
+    #[error("no route to destination")]
+    NoRoute,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    remote: SocketAddr,
+    caps: Capabilities,
+}
+
+impl Conn {
+    async fn read_reply(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
+        loop {
+            match parse_reply(&self.buf[self.start..]) {
+                Ok(Some((r, n))) => {
+                    self.start += n;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Protocol(e.to_string())),
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + 4096, 0);
+            self.stream.set_read_timeout(Some(timeout)).map_err(std::io::Error::from)?;
+            let n = self.stream.read(&mut self.buf[len..]).await?;
+            self.buf.truncate(len + n);
+            if n == 0 {
+                return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &[u8], timeout: Duration) -> Result<Reply, ConnError> {
+        self.stream.write_all(line).await?;
+        self.read_reply(timeout).await
+    }
+}
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
+    let hosts = core.shared.router.hosts(domain).ok_or(ConnError::NoRoute)?.to_vec();
+    let timeout = Duration::from_secs(core.shared.config.delivery.connect_timeout_s);
+    let mut last = ConnError::NoRoute;
+    for addr in hosts {
+        match greet(core, addr, timeout).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn greet(core: &Core, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnError> {
+    let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
+    stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    let mut c = Conn { stream, buf: Vec::with_capacity(4096), start: 0, remote: addr, caps: Capabilities::default() };
+    let g = c.read_reply(COMMAND_TIMEOUT).await?;
+    if g.code != 220 {
+        return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
+    }
+    let ehlo = format!("EHLO {}\r\n", core.limits.hostname);
+    let r = c.command(ehlo.as_bytes(), COMMAND_TIMEOUT).await?;
+    if r.code == 250 {
+        c.caps = Capabilities::from_ehlo(&r);
+    } else {
+        let r = c.command(format!("HELO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+        if r.code != 250 {
+            return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
+        }
+    }
+    Ok(c)
+}
+
+/// Serve `domain` over one connection until its queue stays empty for the idle time.
+pub async fn run_connection(core: Rc<Core>, domain: String) {
+    let idle = Duration::from_secs_f64(core.shared.config.delivery.idle_timeout_s);
+    match connect(&core, &domain).await {
+        Err(e) => {
+            // The destination is unreachable: everything ready for it fails this attempt.
+            for d in core.queues.drain(&domain) {
+                let rcpts = d.rcpts.clone();
+                let results = rcpts.iter().map(|_| local_result(&e)).collect();
+                settle(&core, &domain, d, rcpts, results, None).await;
+            }
+        }
+        Ok(mut conn) => {
+            while !core.shared.stopping() {
+                let Some(d) = core.queues.wait_for_work(&domain, idle).await else { break };
+                if !deliver_one(&core, &domain, &mut conn, d).await {
+                    break;
+                }
+            }
+            let _ = conn.stream.write_all(b"QUIT\r\n").await;
+            let _ = conn.read_reply(Duration::from_secs(5)).await;
+        }
+    }
+    core.queues.connection_closed(&core, &domain);
+}
+
+fn local_result(e: &ConnError) -> RcptResult {
+    let text = e.to_string();
+    match e {
+        ConnError::NoRoute => RcptResult::Permanent(Reply::new(554, (5, 4, 4), text)),
+        _ => RcptResult::Transient(Reply::new(451, (4, 4, 1), text)),
+    }
+}
+
+/// Send one message's recipients (in transactions of at most the configured size). Returns
+/// false when the connection is no longer usable.
+async fn deliver_one(core: &Rc<Core>, domain: &str, conn: &mut Conn, mut d: Delivery) -> bool {
+    let per_txn = core.shared.config.delivery.max_recipients_per_transaction;
+    let all = std::mem::take(&mut d.rcpts);
+    let mut usable = true;
+    for group in all.chunks(per_txn) {
+        let part = Delivery { msg: d.msg.clone(), rcpts: group.to_vec(), attempts: d.attempts };
+        let outcome = if usable { transaction(conn, &part).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
+        let results = match outcome {
+            Ok((results, reset)) => {
+                if reset {
+                    usable = conn.command(b"RSET\r\n", COMMAND_TIMEOUT).await.is_ok_and(|r| r.code == 250);
+                }
+                results
+            }
+            Err(e) => {
+                usable = false;
+                group.iter().map(|_| local_result(&e)).collect()
+            }
+        };
+        settle(core, domain, part, group.to_vec(), results, Some(conn.remote.to_string())).await;
+    }
+    usable
+}
+
+async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, bool), ConnError> {
+    let m = &d.msg;
+    let rcpts = d.rcpts.iter().map(|&i| m.recipients[i as usize].clone()).collect();
+    let mut t = ClientTransaction::new(&conn.caps, &m.sender, rcpts, m.wire_len(), m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
+    let mut step = t.start();
+    loop {
+        step = match step {
+            ClientStep::Send(bytes) => {
+                conn.stream.write_all(&bytes).await?;
+                t.on_reply(conn.read_reply(DATA_INIT_TIMEOUT.max(COMMAND_TIMEOUT)).await?)
+            }
+            ClientStep::Read => t.on_reply(conn.read_reply(COMMAND_TIMEOUT).await?),
+            ClientStep::SendBody => {
+                conn.stream.write_all(&m.trace).await?;
+                for piece in m.body_pieces() {
+                    conn.stream.write_all(piece).await?;
+                }
+                conn.stream.write_all(b".\r\n").await?;
+                t.on_reply(conn.read_reply(DATA_END_TIMEOUT).await?)
+            }
+            ClientStep::Done { results, reset } => return Ok((results, reset)),
+        };
+    }
+}
+
+fn status_of(r: &Reply, default: &str) -> String {
+    match r.enhanced {
+        Some((c, s, d)) => format!("{c}.{s}.{d}"),
+        None => default.to_string(),
+    }
+}
+
+/// Turn per-recipient results into log events, final reports and retries.
+async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, results: Vec<RcptResult>, remote: Option<String>) {
+    let attempts = d.attempts + 1;
+    let mut retry = Vec::new();
+    let mut last_transient = None;
+    for (i, result) in rcpts.into_iter().zip(results) {
+        let (kind, outcome, reply) = match result {
+            RcptResult::Delivered(r) => (EventKind::Delivery, Outcome::Delivered, r),
+            RcptResult::Permanent(r) => (EventKind::Bounce, Outcome::Bounced, r),
+            RcptResult::Transient(r) => {
+                retry.push(i);
+                last_transient = Some(r);
+                continue;
+            }
+        };
+        let response = reply.to_wire().trim_end().replace("\r\n", " ");
+        core.log_event(kind, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+        let failure = (outcome == Outcome::Bounced).then(|| FailedRecipient {
+            recipient: d.msg.recipients[i as usize].clone(),
+            status: status_of(&reply, "5.0.0"),
+            remote: remote.clone(),
+            diagnostic: response,
+            expired: false,
+        });
+        core.report_final(FinalReport { msg: d.msg.id, rcpt: i, outcome, failure }).await;
+    }
+    if retry.is_empty() {
+        return;
+    }
+    let reply = last_transient.expect("a transient result");
+    let response = reply.to_wire().trim_end().replace("\r\n", " ");
+    let age = Duration::from_millis(crate::clock::unix_ms().saturating_sub(d.msg.received_ms));
+    match core.queues.policy.decide(attempts, age) {
+        RetryDecision::RetryIn(after) => {
+            for &i in &retry {
+                core.log_event(EventKind::TransientFailure, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+            }
+            core.queues.schedule(domain.to_string(), Delivery { msg: d.msg, rcpts: retry, attempts }, after);
+        }
+        RetryDecision::Expire => {
+            for i in retry {
+                core.log_event(EventKind::Expiration, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+                let failure = FailedRecipient {
+                    recipient: d.msg.recipients[i as usize].clone(),
+                    status: "4.4.7".into(),
+                    remote: remote.clone(),
+                    diagnostic: format!("delivery time expired; last error: {response}"),
+                    expired: true,
+                };
+                core.report_final(FinalReport { msg: d.msg.id, rcpt: i, outcome: Outcome::Expired, failure: Some(failure) }).await;
+            }
+        }
+    }
+}

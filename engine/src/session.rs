@@ -1,0 +1,234 @@
+//! The inbound session driver: a thin loop between a TCP stream and the sans-I/O server
+//! machine. It streams body bytes into the core's spool in bounded chunks, waits for the
+//! group commit before replying 250, enforces timeouts and the trickle defence, and hands
+//! accepted messages to the core for routing.
+use crate::clock::{rfc5322, unix_ms};
+use crate::core::Core;
+use crate::delivery_log::EventKind;
+use crate::message::SpooledMessage;
+use crate::smtp::reply::Reply;
+use crate::smtp::server::{Server, Step, Transaction};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SMTPUTF8};
+use ringpost_spool::{Extent, SpoolError};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Body bytes are handed to the spool in pieces of this size: the most a session holds.
+const CHUNK: usize = 128 * 1024;
+/// Input buffer per session.
+const INPUT: usize = 64 * 1024;
+
+/// Body bytes of the message being received, and the spool extents already written for it.
+struct BodyWriter {
+    buf: Vec<u8>,
+    extents: Vec<Extent>,
+    error: Option<SpoolError>,
+}
+
+impl BodyWriter {
+    async fn push(&mut self, core: &Core, prefix: &[u8], bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        self.buf.extend_from_slice(prefix);
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            core.spool.wait_for_room().await;
+            self.flush(core);
+        }
+    }
+
+    fn flush(&mut self, core: &Core) {
+        if self.buf.is_empty() || self.error.is_some() {
+            return;
+        }
+        match core.spool.append_chunk(&self.buf) {
+            Ok((e, _)) => self.extents.push(e),
+            Err(e) => self.error = Some(e),
+        }
+        self.buf.clear();
+    }
+
+    /// Forget the message: unpin whatever was spooled for it.
+    fn abandon(&mut self, core: &Core) {
+        core.spool.release_message(None, &self.extents);
+        self.extents.clear();
+        self.buf.clear();
+        self.error = None;
+    }
+}
+
+fn received_header(core: &Core, helo: &str, peer: SocketAddr, esmtp: bool) -> Vec<u8> {
+    format!(
+        "Received: from {helo} ([{}])\r\n\tby {} (ringpost) with {};\r\n\t{}\r\n",
+        peer.ip(),
+        core.limits.hostname,
+        if esmtp { "ESMTP" } else { "SMTP" },
+        rfc5322(unix_ms())
+    )
+    .into_bytes()
+}
+
+/// Make the completed message durable; returns the reply and, on success, the message.
+async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: SocketAddr) -> (Reply, Option<Arc<SpooledMessage>>) {
+    body.flush(core);
+    if let Some(e) = body.error.take() {
+        body.abandon(core);
+        return (server.commit_failed(e.is_disk_full()), None);
+    }
+    let tx: &Transaction = server.transaction().expect("a message without a transaction");
+    let mut flags = 0;
+    if tx.params.body == crate::smtp::command::BodyType::EightBitMime || server.eight_bit() {
+        flags |= FLAG_8BITMIME;
+    }
+    if tx.params.smtputf8 {
+        flags |= FLAG_SMTPUTF8;
+    }
+    let record = MessageRecord {
+        received_ms: unix_ms(),
+        sender: tx.sender.as_ref().map(|a| a.raw.clone().into_bytes()).unwrap_or_default(),
+        recipients: tx.recipients.iter().map(|a| a.raw.clone().into_bytes()).collect(),
+        trace: received_header(core, server.helo().unwrap_or("unknown"), peer, true),
+        body: std::mem::take(&mut body.extents),
+        flags,
+        body_hash: None,
+    };
+    let appended = core.spool.append_message(&record);
+    let result = match appended {
+        Ok((id, ticket)) => core.spool.wait_durable(ticket).await.map(|_| id).map_err(|e| (Some(id), e)),
+        Err(e) => Err((None, e)),
+    };
+    match result {
+        Ok(id) => {
+            let msg = SpooledMessage::from_record(id, &record, |s| core.spool.map(s)).expect("segments of a committed record");
+            (server.committed(&id.to_string()), Some(Arc::new(msg)))
+        }
+        Err((id, e)) => {
+            tracing::warn!("core {}: spool commit failed: {e}", core.id);
+            core.spool.release_message(id, &record.body);
+            (server.commit_failed(e.is_disk_full()), None)
+        }
+    }
+}
+
+/// Serve one SMTP session to completion.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let cfg = &core.shared.config.server;
+    let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
+    let mut server = Server::new(core.limits.clone(), relay);
+    let mut out = Vec::with_capacity(4096);
+    server.greeting().write_to(&mut out);
+    let mut input = vec![0u8; INPUT];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), error: None };
+    let command_timeout = Duration::from_secs(cfg.command_timeout_s);
+    let data_timeout = Duration::from_secs(cfg.data_timeout_s);
+    let mut phase_start = Instant::now();
+    let mut data_bytes = 0u64;
+    let _ = stream.set_nodelay(true);
+    loop {
+        let step = server.step(&input[start..end]);
+        match step {
+            Step::Need { consumed } => {
+                start += consumed;
+                if !out.is_empty() {
+                    if stream.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                if start == end {
+                    (start, end) = (0, 0);
+                } else if end == input.len() {
+                    input.copy_within(start..end, 0);
+                    (start, end) = (0, end - start);
+                }
+                // Deadlines: a whole command within command_timeout; DATA at least
+                // min_data_rate once data_timeout has passed (trickling clients are cut).
+                let in_data = server.in_data();
+                let allowed = if in_data {
+                    data_timeout + Duration::from_secs(data_bytes / cfg.min_data_rate.max(1))
+                } else {
+                    command_timeout
+                };
+                let Some(left) = allowed.checked_sub(phase_start.elapsed()).filter(|d| !d.is_zero()) else {
+                    let _ = stream.write_all(&server.timeout_reply().to_wire().into_bytes()).await;
+                    break;
+                };
+                let _ = stream.set_read_timeout(Some(left.min(if in_data { data_timeout } else { command_timeout })));
+                let read = if in_data {
+                    Some(stream.read(&mut input[end..]).await)
+                } else {
+                    futures_lite::future::or(async { Some(stream.read(&mut input[end..]).await) }, async {
+                        crate::runtime::wait_shutdown(&core.shared).await;
+                        None
+                    })
+                    .await
+                };
+                match read {
+                    None => {
+                        let r = Reply::new(421, (4, 3, 2), format!("{} Service shutting down", core.limits.hostname));
+                        let _ = stream.write_all(r.to_wire().as_bytes()).await;
+                        break;
+                    }
+                    Some(Ok(0)) => break,
+                    Some(Ok(n)) => {
+                        end += n;
+                        if in_data {
+                            data_bytes += n as u64;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if e.kind() == std::io::ErrorKind::TimedOut {
+                            let _ = stream.write_all(server.timeout_reply().to_wire().as_bytes()).await;
+                        }
+                        break;
+                    }
+                }
+            }
+            Step::Reply { consumed, reply } => {
+                start += consumed;
+                let entering_data = reply.code == 354;
+                reply.write_to(&mut out);
+                phase_start = Instant::now();
+                if entering_data {
+                    data_bytes = 0;
+                    body.abandon(&core);
+                }
+            }
+            Step::Close { consumed: _, reply } => {
+                reply.write_to(&mut out);
+                let _ = stream.write_all(&out).await;
+                break;
+            }
+            Step::Body { consumed, prefix, body: n } => {
+                body.push(&core, prefix, &input[start..start + n]).await;
+                start += consumed;
+            }
+            Step::Message { consumed, prefix, body: n } => {
+                body.push(&core, prefix, &input[start..start + n]).await;
+                start += consumed;
+                let (reply, msg) = commit(&core, &mut server, &mut body, peer).await;
+                reply.write_to(&mut out);
+                phase_start = Instant::now();
+                if let Some(msg) = msg {
+                    core.log_event(EventKind::Reception, &msg, None, Some(peer.to_string()), None, 0);
+                    let all = (0..msg.recipients.len() as u32).collect();
+                    core.accept_message(msg, all).await;
+                }
+            }
+            Step::DataRefused { consumed, reply } => {
+                start += consumed;
+                body.abandon(&core);
+                reply.write_to(&mut out);
+                phase_start = Instant::now();
+            }
+        }
+    }
+    body.abandon(&core);
+    let _ = stream.close().await;
+}
