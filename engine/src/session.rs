@@ -133,8 +133,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     loop {
         let step = server.step(&input[start..end]);
         match step {
-            Step::Need { consumed } => {
-                start += consumed;
+            Step::Need { consumed } if consumed > 0 => start += consumed,
+            Step::Need { .. } => {
                 if !out.is_empty() {
                     if stream.write_all(&out).await.is_err() {
                         break;

@@ -30,9 +30,14 @@ pub enum SpoolError {
     /// A record failed to decode (bad magic, checksum or layout).
     #[error("corrupt record: {0}")]
     Corrupt(&'static str),
-    /// An earlier group-commit round failed; this record is not durable.
-    #[error("group commit failed: {0}")]
-    CommitFailed(String),
+    /// The group-commit round carrying this record failed; it is not durable.
+    #[error("group commit failed: {reason}")]
+    CommitFailed {
+        /// The round's error.
+        reason: String,
+        /// The round failed because the disk is full.
+        disk_full: bool,
+    },
     /// The spool is shutting down.
     #[error("spool is closed")]
     Closed,
@@ -41,15 +46,19 @@ pub enum SpoolError {
 impl SpoolError {
     /// Classify an `io::Error` on `path`, singling out ENOSPC/EDQUOT as a full disk.
     pub fn from_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::DiskFull { path: path.into() },
-            _ => SpoolError::Io { path: path.into(), source },
+        // glommio's enhanced errors keep the kind but not the errno, so look at both.
+        let full = matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded);
+        if full {
+            SpoolError::DiskFull { path: path.into() }
+        } else {
+            SpoolError::Io { path: path.into(), source }
         }
     }
 
     /// True when the SMTP layer should answer `452 4.3.1` (insufficient system storage).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, SpoolError::DiskFull { .. })
+        matches!(self, SpoolError::DiskFull { .. } | SpoolError::CommitFailed { disk_full: true, .. })
     }
 }
 

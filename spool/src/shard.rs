@@ -71,7 +71,7 @@ struct State {
     pending_bytes: usize,
     appended: Ticket,
     durable: Ticket,
-    failed: Vec<(Ticket, Ticket, String)>,
+    failed: Vec<(Ticket, Ticket, String, bool)>,
     segments: BTreeMap<u32, SegState>,
     closed: bool,
 }
@@ -282,8 +282,8 @@ impl SpoolShard {
             let listener = self.round_done.listen();
             {
                 let st = self.state.borrow();
-                if let Some((_, _, e)) = st.failed.iter().find(|(a, b, _)| (*a..=*b).contains(&ticket)) {
-                    return Err(SpoolError::CommitFailed(e.clone()));
+                if let Some((_, _, reason, disk_full)) = st.failed.iter().find(|(a, b, _, _)| (*a..=*b).contains(&ticket)) {
+                    return Err(SpoolError::CommitFailed { reason: reason.clone(), disk_full: *disk_full });
                 }
                 if st.durable >= ticket {
                     return Ok(());
@@ -340,7 +340,7 @@ impl SpoolShard {
         st.pending.clear();
         st.pending_bytes = 0;
         st.durable = to;
-        st.failed.push((from, to, e.to_string()));
+        st.failed.push((from, to, e.to_string(), e.is_disk_full()));
         if st.failed.len() > 64 {
             st.failed.remove(0);
         }

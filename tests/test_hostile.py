@@ -1,0 +1,178 @@
+"""Hostile and broken clients against the real daemon over real sockets."""
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import BINARY, Ringpost
+
+
+def converse(port, script: bytes, src="127.0.0.1", wait=1.0):
+    """Send `script` at once (pipelined) and return everything the server says until it closes
+    or goes quiet for `wait` seconds."""
+    s = socket.create_connection(("127.0.0.1", port), source_address=(src, 0), timeout=wait)
+    s.sendall(script)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    return out.decode(errors="replace")
+
+
+ENVELOPE = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n"
+
+
+def test_smtp_smuggling_is_refused_and_nothing_is_relayed(ringpost, sink):
+    rp = ringpost()
+    out = converse(rp.port, ENVELOPE + b"Subject: hi\r\n\r\nhi\n.\nMAIL FROM:<evil@b.test>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nspoofed\r\n.\r\nNOOP\r\n")
+    assert "554 5.5.2" in out
+    assert out.count("\r\n250 2.0.0 Ok: queued") == 0 and "queued as" not in out
+    assert out.rstrip().endswith("250 2.0.0 Ok"), "the session stays usable"
+    time.sleep(1)
+    assert sink.snapshot() == []
+
+
+def test_long_lines_and_oversize_messages(ringpost, sink):
+    rp = ringpost(extra="max_message_size = 100000")
+    out = converse(rp.port, b"EHLO c.test\r\nNOOP " + b"x" * 600 + b"\r\nNOOP\r\n")
+    assert "500 5.5.2" in out and out.rstrip().endswith("250 2.0.0 Ok")
+    out = converse(rp.port, ENVELOPE + b"a" * 1200 + b"\r\n.\r\nNOOP\r\n")
+    assert "500 5.5.2" in out
+    out = converse(rp.port, ENVELOPE + (b"y" * 998 + b"\r\n") * 150 + b".\r\nNOOP\r\n", wait=2)
+    assert "552 5.3.4" in out and out.rstrip().endswith("250 2.0.0 Ok")
+    out = converse(rp.port, b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=200000\r\n")
+    assert "552 5.3.4" in out
+    time.sleep(0.5)
+    assert sink.snapshot() == [], "refused messages are never spooled or relayed"
+
+
+def test_relay_denied_outside_relay_networks(tmp_path, sink):
+    rp = Ringpost(tmp_path, sink.port, "").start()
+    try:
+        rp.config.write_text(rp.config.read_text().replace('relay_networks = ["127.0.0.0/8"]', 'relay_networks = ["127.0.0.1/32"]'))
+        rp.stop()
+        rp.start()
+        out = converse(rp.port, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.org>\r\n", src="127.0.0.2")
+        assert "554 5.7.1" in out
+        out = converse(rp.port, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.org>\r\n", src="127.0.0.1")
+        assert "250 2.1.5" in out
+    finally:
+        rp.stop()
+
+
+def test_connection_limit_per_ip_answers_421(tmp_path, sink):
+    rp = Ringpost(tmp_path, sink.port, "").start()
+    rp.config.write_text(rp.config.read_text().replace("max_connections_per_ip = 200", "max_connections_per_ip = 3"))
+    rp.stop()
+    rp.start()
+    time.sleep(0.5)  # let the start-up probe's session end
+    try:
+        held = [socket.create_connection(("127.0.0.1", rp.port)) for _ in range(3)]
+        for h in held:
+            assert h.recv(100).startswith(b"220")
+        extra = socket.create_connection(("127.0.0.1", rp.port), timeout=5)
+        assert extra.recv(200).startswith(b"421 4.7.0")
+        for h in held:
+            h.close()
+    finally:
+        rp.stop()
+
+
+def test_idle_client_is_cut_with_421(ringpost, sink):
+    rp = ringpost(extra="command_timeout_s = 1")
+    s = socket.create_connection(("127.0.0.1", rp.port), timeout=5)
+    assert s.recv(100).startswith(b"220")
+    s.sendall(b"EHLO c.test\r\n")
+    t0 = time.time()
+    data = b""
+    while not data.endswith(b"\r\n") or b"421" not in data:
+        chunk = s.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+    assert b"421 4.4.2" in data
+    assert 0.8 < time.time() - t0 < 4
+
+
+def test_trickling_command_is_cut_even_if_bytes_keep_coming(ringpost, sink):
+    rp = ringpost(extra="command_timeout_s = 1")
+    s = socket.create_connection(("127.0.0.1", rp.port), timeout=5)
+    s.recv(100)
+    t0 = time.time()
+    cut = False
+    for c in b"EHLO slowly.example.test":
+        try:
+            s.sendall(bytes([c]))
+        except OSError:
+            cut = True
+            break
+        time.sleep(0.15)
+        if time.time() - t0 > 3:
+            break
+    s.settimeout(2)
+    try:
+        data = s.recv(1000)
+    except OSError:
+        data = b""
+    assert cut or b"421" in data
+
+
+def test_disk_full_answers_452_and_loses_nothing(tmp_path, sink):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    try:
+        rp = Ringpost(tmp_path, sink.port, "")
+        rp.config.write_text(rp.config.read_text().replace(str(tmp_path / "spool"), str(mnt / "spool")).replace("segment_size = 8388608", "segment_size = 4194304"))
+        rp.start()
+        body = b"Subject: fill\r\n\r\n" + (b"z" * 998 + b"\r\n") * 1000
+        script = ENVELOPE + body + b".\r\n"
+        outs = [converse(rp.port, script, wait=3) for _ in range(4)]
+        assert any("452 4.3.1" in o for o in outs), outs
+        assert all("250 2.0.0 Ok: queued" in o or "452 4.3.1" in o for o in outs)
+        queued = sum("250 2.0.0 Ok: queued" in o for o in outs)
+        rp.wait_final(queued)
+        assert len(sink.snapshot()) == queued, "every message that got 250 is delivered"
+        rp.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_check_config_names_the_offending_key_and_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nlisten = ["127.0.0.1:2525"]\nmax_recipents = 500\n')
+    r = subprocess.run([str(BINARY), "--check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "max_recipents" in r.stderr and "line 3" in r.stderr, r.stderr
+    bad.write_text('[server]\nmax_recipients = 5\n')
+    r = subprocess.run([str(BINARY), "--check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and "server.max_recipients" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(subprocess.run([str(BINARY), "--print-default-config"], capture_output=True, text=True).stdout)
+    assert subprocess.run([str(BINARY), "--check-config", str(good)]).returncode == 0
+
+
+def test_runs_with_the_embedded_default_config(tmp_path):
+    p = subprocess.Popen([str(BINARY)], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", 2525), timeout=1) as s:
+                    assert s.recv(100).startswith(b"220 mta.example ESMTP")
+                break
+            except OSError:
+                if time.time() > deadline or p.poll() is not None:
+                    pytest.fail("default config did not serve on 127.0.0.1:2525")
+                time.sleep(0.1)
+        assert (tmp_path / "var" / "spool").is_dir()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=20) == 0
