@@ -134,7 +134,7 @@ pub struct ServerConfig {
 
 /// `[spool]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SpoolSection {
     /// Spool root directory.
     pub dir: PathBuf,
@@ -152,7 +152,7 @@ impl Default for SpoolSection {
 
 /// `[engine]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     /// `"all"` or a number of cores.
     pub cores: toml::Value,
@@ -166,7 +166,7 @@ impl Default for EngineSection {
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// JSON-lines delivery log path.
     pub delivery_log: PathBuf,
@@ -366,6 +366,14 @@ mod tests {
         assert!(e.contains("server.max_recipients"), "{e}");
         let e = Config::parse("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\nsegment_size = 67108864\n").unwrap_err().to_string();
         assert!(e.contains("spool.durability"), "{e}");
+    }
+
+    #[test]
+    fn omitted_keys_take_their_defaults() {
+        let c = Config::parse("[server]\n[spool]\ndir = \"/x\"\n[log]\n").unwrap();
+        assert_eq!(c.spool.segment_size, 64 << 20);
+        assert_eq!(c.spool.durability, "fsync");
+        assert_eq!(c.server.max_message_size, 26_214_400);
     }
 
     #[test]

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Relay benchmark with Postfix's own tools on both ends, ringpost and Postfix measured in the
+# same run on the same machine: smtp-source -> MTA -> smtp-sink, fsync on in both.
+#
+#   bench/scripts/relay-vs-postfix.sh            # N=20000 messages of 1 KiB over 50 sessions
+#   N=50000 SESSIONS=100 SIZE=1024 bench/scripts/relay-vs-postfix.sh
+#
+# Needs Debian's `postfix` package (smtp-source, smtp-sink, postfix). Must run as root: it
+# writes its own /etc/postfix/main.cf and master.cf (saved and restored) and starts Postfix on
+# a loopback port. Prints one line per MTA and the ratio.
+set -euo pipefail
+N=${N:-20000}
+SESSIONS=${SESSIONS:-50}
+SIZE=${SIZE:-1024}
+RCPTS=${RCPTS:-1}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${RINGPOST_BIN:-$ROOT/target/release/ringpost}
+WORK=$(mktemp -d /tmp/relaybench.XXXXXX)
+RP_PORT=${RP_PORT:-2725}
+PF_PORT=${PF_PORT:-2825}
+SINK_PORT=${SINK_PORT:-2925}
+trap 'cleanup' EXIT
+
+cleanup() {
+  [ -n "${RP_PID:-}" ] && kill -9 "$RP_PID" 2>/dev/null || true
+  postfix stop >/dev/null 2>&1 || true
+  if [ -f "$WORK/main.cf.orig" ]; then cp "$WORK/main.cf.orig" /etc/postfix/main.cf
+  elif [ -f "$WORK/main.cf.none" ]; then rm -f /etc/postfix/main.cf; fi
+  [ -f "$WORK/master.cf.orig" ] && cp "$WORK/master.cf.orig" /etc/postfix/master.cf
+  pkill -f "smtp-sink.*:$SINK_PORT" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+now() { date +%s.%N; }
+
+# run_one NAME PORT: start a sink that exits after N*RCPTS messages, inject N, time both.
+run_one() {
+  local name=$1 port=$2 t0 t_inj t_e2e
+  smtp-sink -u postfix -M $((N * RCPTS)) 127.0.0.1:$SINK_PORT 2048 &
+  local sink=$!
+  sleep 0.3
+  local rcpt_args=(-t r@example.org)
+  [ "$RCPTS" -gt 1 ] && rcpt_args=(-r "$RCPTS" -t r@example.org)
+  t0=$(now)
+  smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f a@b.test "${rcpt_args[@]}" 127.0.0.1:$port
+  t_inj=$(now)
+  wait "$sink"
+  t_e2e=$(now)
+  python3 - "$name" "$N" "$t0" "$t_inj" "$t_e2e" <<'PY'
+import sys
+name, n, t0, ti, te = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:])
+print(f"{name:9s} injected {n} msgs in {ti-t0:6.2f}s = {n/(ti-t0):8.0f} msg/s; end to end {te-t0:6.2f}s = {n/(te-t0):8.0f} msg/s")
+with open("/tmp/relaybench.last", "a") as f:
+    f.write(f"{name} {n/(ti-t0):.0f} {n/(te-t0):.0f}\n")
+PY
+}
+
+rm -f /tmp/relaybench.last
+echo "machine: $(nproc) cores, $(uname -r); N=$N sessions=$SESSIONS size=$SIZE rcpts=$RCPTS; fsync on in both"
+
+# --- ringpost ---
+cat > "$WORK/ringpost.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$RP_PORT"]
+hostname = "bench.test"
+relay_networks = ["127.0.0.0/8"]
+max_connections_per_ip = 1000
+[spool]
+dir = "$WORK/spool"
+durability = "fsync"
+[engine]
+cores = "all"
+[log]
+delivery_log = "$WORK/delivery.jsonl"
+[delivery]
+max_connections_per_destination = 32
+[[route]]
+domain = "*"
+hosts = ["127.0.0.1:$SINK_PORT"]
+TOML
+"$BIN" --config "$WORK/ringpost.toml" 2>"$WORK/ringpost.err" &
+RP_PID=$!
+sleep 0.5
+run_one ringpost "$RP_PORT"
+RSS=$(awk '/VmHWM/ {print $2}' /proc/$RP_PID/status)
+echo "ringpost  peak RSS ${RSS} KiB"
+kill -TERM "$RP_PID"; wait "$RP_PID" || true; RP_PID=
+
+# --- Postfix ---
+if command -v postfix >/dev/null; then
+  if [ -f /etc/postfix/main.cf ]; then cp /etc/postfix/main.cf "$WORK/main.cf.orig"; else touch "$WORK/main.cf.none"; fi
+  cp /etc/postfix/master.cf "$WORK/master.cf.orig"
+  cat > /etc/postfix/main.cf <<CF
+compatibility_level = 3.6
+myhostname = bench.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relayhost = [127.0.0.1]:$SINK_PORT
+smtpd_relay_restrictions = permit_mynetworks, reject
+default_destination_concurrency_limit = 50
+smtp_destination_concurrency_limit = 50
+default_process_limit = 200
+maillog_file = /var/log/postfix-bench.log
+smtpd_client_connection_count_limit = 0
+smtp_dns_support_level = disabled
+CF
+  sed "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$PF_PORT inet n - n - - smtpd/" "$WORK/master.cf.orig" > /etc/postfix/master.cf
+  postfix check >/dev/null 2>&1 || true
+  postfix start >/dev/null 2>&1 || { echo "postfix failed to start; see /var/log/postfix-bench.log"; exit 1; }
+  sleep 1
+  run_one postfix "$PF_PORT"
+  postfix stop >/dev/null 2>&1 || true
+  python3 - <<'PY'
+rows = {l.split()[0]: list(map(float, l.split()[1:])) for l in open("/tmp/relaybench.last")}
+r, p = rows["ringpost"], rows["postfix"]
+print(f"ratio ringpost/postfix: injection {r[0]/p[0]:.1f}x, end to end {r[1]/p[1]:.1f}x")
+PY
+fi
