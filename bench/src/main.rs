@@ -180,7 +180,9 @@ fn run_send(a: SendArgs) -> ExitCode {
     if let Some(path) = a.accepted_log {
         let mut text = out.accepted_ids.join("\n");
         text.push('\n');
-        if let Err(e) = std::fs::write(&path, text) {
+        // Write then rename, so a sink waiting on the file never reads half of it.
+        let tmp = path.with_extension("partial");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
             eprintln!("blaster: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
@@ -194,13 +196,6 @@ fn run_send(a: SendArgs) -> ExitCode {
 }
 
 fn run_sink(a: SinkArgs) -> ExitCode {
-    let expect = match &a.expect {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()),
-            Err(e) => return usage(&format!("--expect {}: {e}", p.display())),
-        },
-        None => None,
-    };
     for (name, v) in [("rcpt-temp", a.rcpt_temp), ("rcpt-perm", a.rcpt_perm), ("data-temp", a.data_temp), ("data-perm", a.data_perm), ("banner-421", a.banner_421)] {
         if !(0.0..=1.0).contains(&v) {
             return usage(&format!("--{name} must be between 0 and 1"));
@@ -218,7 +213,7 @@ fn run_sink(a: SinkArgs) -> ExitCode {
         max_connections: a.max_connections,
         exit_after: a.exit_after,
         duration: a.duration,
-        expect,
+        expect: a.expect,
     };
     let shared = Arc::new(SinkShared::default());
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

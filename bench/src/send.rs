@@ -173,6 +173,8 @@ struct CoreState {
     hist: RefCell<Histogram<u64>>,
     accepted_ids: RefCell<Vec<String>>,
     deadline: Option<Instant>,
+    /// Distinguishes this run's ids from every other run's.
+    run_id: String,
     /// Signalled when the schedule adds a due message.
     due_added: Event,
 }
@@ -209,6 +211,7 @@ async fn run_core(core: usize, cores: usize, opts: SendOpts, counters: Arc<Count
     let bodies = (0..64).map(|i| make_body(opts.sizes.pick(&mut rng), opts.style, i * 1000 + core as u64)).collect();
     let st = Rc::new(CoreState {
         deadline: opts.duration.map(|d| start + d),
+        run_id: format!("{:x}", (now_ns() - start.elapsed().as_nanos()) as u64),
         opts: opts.clone(),
         counters,
         bodies,
@@ -328,7 +331,7 @@ async fn connection(st: Rc<CoreState>, core: usize, conn_no: usize) {
                 },
             };
             seq += 1;
-            let id = format!("{core}-{conn_no}-{seq}");
+            let id = format!("{}-{core}-{conn_no}-{seq}", st.run_id);
             match transaction(&st, &mut conn, &mut rng, &id, &due).await {
                 Ok(true) => {}
                 Ok(false) => {

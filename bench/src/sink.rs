@@ -48,8 +48,9 @@ pub struct SinkOpts {
     pub exit_after: Option<u64>,
     /// Stop after this long.
     pub duration: Option<Duration>,
-    /// Expected `id rcpt,rcpt` lines (from `blaster send --accepted-log`).
-    pub expect: Option<Vec<String>>,
+    /// File of expected `id rcpt,rcpt` lines (from `blaster send --accepted-log`). Read at the
+    /// end of the run (waiting up to 10 s for it to appear), so the sink can start first.
+    pub expect: Option<std::path::PathBuf>,
 }
 
 /// Counters shared across cores (relaxed atomics) plus connection tables touched only on
@@ -142,9 +143,10 @@ fn merge(results: Vec<CoreResult>, opts: &SinkOpts, shared: &SinkShared) -> Sink
     }
     r.received = shared.received.load(Ordering::Relaxed);
     r.duplicates = seen.values().map(|n| n - 1).sum();
-    if let Some(expect) = &opts.expect {
+    if let Some(path) = &opts.expect {
+        let expect = read_expect(path);
         let mut missing = Vec::new();
-        for line in expect {
+        for line in expect.lines() {
             let mut parts = line.split_whitespace();
             let (Some(id), Some(rcpts)) = (parts.next(), parts.next()) else { continue };
             for rcpt in rcpts.split(',') {
@@ -171,6 +173,21 @@ fn merge(results: Vec<CoreResult>, opts: &SinkOpts, shared: &SinkShared) -> Sink
     }
     r.end_to_end_latency = Percentiles::of(&hist);
     r
+}
+
+/// The accepted-ids file, once its writer has renamed it into place.
+fn read_expect(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(t) => return t,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                eprintln!("blaster sink: cannot read --expect {}: {e}", path.display());
+                return String::new();
+            }
+        }
+    }
 }
 
 struct Core {
