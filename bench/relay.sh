@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Relay benchmark with Postfix's own tools on both ends, ringpost and Postfix measured in the
-# same run on the same machine: smtp-source -> MTA -> smtp-sink, fsync on in both.
+# One-command relay benchmark: load -> MTA -> sink for ringpost, then the same workload through
+# Postfix relaying to the same kind of sink, in the same run on the same machine, fsync on in
+# both. Prints injection rate, end-to-end rate, latency (blaster load), ringpost's peak RSS and
+# the ringpost/Postfix ratio.
 #
-#   bench/scripts/relay-vs-postfix.sh            # N=20000 messages of 1 KiB over 50 sessions
-#   N=50000 SESSIONS=100 SIZE=1024 bench/scripts/relay-vs-postfix.sh
+#   bench/relay.sh                                 # blaster send -> MTA -> blaster sink, 20000 x 1 KiB
+#   LOAD=smtp-source bench/relay.sh                # Postfix's smtp-source -> MTA -> smtp-sink
+#   N=50000 SESSIONS=100 SIZE=4k RCPTS=2 bench/relay.sh
 #
 # Needs Debian's `postfix` package (smtp-source, smtp-sink, postfix). Must run as root: it
 # writes its own /etc/postfix/main.cf and master.cf (saved and restored) and starts Postfix on
@@ -13,8 +16,10 @@ N=${N:-20000}
 SESSIONS=${SESSIONS:-50}
 SIZE=${SIZE:-1024}
 RCPTS=${RCPTS:-1}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${RINGPOST_BIN:-$ROOT/target/release/ringpost}
+BLASTER=${BLASTER_BIN:-$ROOT/target/release/blaster}
+LOAD=${LOAD:-blaster}
 WORK=$(mktemp -d /tmp/relaybench.XXXXXX)
 RP_PORT=${RP_PORT:-2725}
 PF_PORT=${PF_PORT:-2825}
@@ -28,6 +33,7 @@ cleanup() {
   elif [ -f "$WORK/main.cf.none" ]; then rm -f /etc/postfix/main.cf; fi
   [ -f "$WORK/master.cf.orig" ] && cp "$WORK/master.cf.orig" /etc/postfix/master.cf
   pkill -f "smtp-sink.*:$SINK_PORT" 2>/dev/null || true
+  pkill -f "blaster sink --listen 127.0.0.1:$SINK_PORT" 2>/dev/null || true
   rm -rf "$WORK"
 }
 
@@ -35,28 +41,45 @@ now() { date +%s.%N; }
 
 # run_one NAME PORT: start a sink that exits after N*RCPTS messages, inject N, time both.
 run_one() {
-  local name=$1 port=$2 t0 t_inj t_e2e
-  smtp-sink -u postfix -M $((N * RCPTS)) 127.0.0.1:$SINK_PORT 2048 &
-  local sink=$!
-  sleep 0.3
-  local rcpt_args=(-t r@example.org)
-  [ "$RCPTS" -gt 1 ] && rcpt_args=(-r "$RCPTS" -t r@example.org)
+  local name=$1 port=$2 t0 t_inj t_e2e sink
+  if [ "$LOAD" = blaster ]; then
+    "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --exit-after $((N * RCPTS)) --json > "$WORK/sink-$name.json" 2>/dev/null &
+  else
+    smtp-sink -u postfix -M $((N * RCPTS)) 127.0.0.1:$SINK_PORT 2048 &
+  fi
+  sink=$!
+  sleep 0.5
   t0=$(now)
-  smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f a@b.test "${rcpt_args[@]}" 127.0.0.1:$port
+  if [ "$LOAD" = blaster ]; then
+    # One recipient domain per recipient slot, so RCPTS>1 fans out over destinations.
+    "$BLASTER" send --to 127.0.0.1:$port -n "$N" -c "$SESSIONS" --size "$SIZE" --rcpts "$RCPTS" --domains 1 -q --json > "$WORK/send-$name.json"
+  else
+    local rcpt_args=(-t r@example.org)
+    [ "$RCPTS" -gt 1 ] && rcpt_args=(-r "$RCPTS" -t r@example.org)
+    smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f a@b.test "${rcpt_args[@]}" 127.0.0.1:$port
+  fi
   t_inj=$(now)
   wait "$sink"
   t_e2e=$(now)
-  python3 - "$name" "$N" "$t0" "$t_inj" "$t_e2e" <<'PY'
-import sys
-name, n, t0, ti, te = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:])
-print(f"{name:9s} injected {n} msgs in {ti-t0:6.2f}s = {n/(ti-t0):8.0f} msg/s; end to end {te-t0:6.2f}s = {n/(te-t0):8.0f} msg/s")
+  python3 - "$name" "$N" "$t0" "$t_inj" "$t_e2e" "$WORK" "$LOAD" <<'PY'
+import json, os, sys
+name, n, t0, ti, te, work, load = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:6]), sys.argv[6], sys.argv[7]
+line = f"{name:9s} injected {n} msgs in {ti-t0:6.2f}s = {n/(ti-t0):7.0f} msg/s; end to end {te-t0:6.2f}s = {n/(te-t0):7.0f} msg/s"
+if load == "blaster":
+    s = json.load(open(os.path.join(work, f"send-{name}.json")))
+    k = json.load(open(os.path.join(work, f"sink-{name}.json")))
+    a, e = s["accept_latency"], k["end_to_end_latency"]
+    line += (f"\n{'':9s} accept latency p50 {a['p50_us']/1000:.1f} ms p99 {a['p99_us']/1000:.1f} ms;"
+             f" end-to-end p50 {e['p50_us']/1000:.1f} ms p99 {e['p99_us']/1000:.1f} ms;"
+             f" duplicates {k['duplicates']} corrupted {k['corrupted']}")
+print(line)
 with open("/tmp/relaybench.last", "a") as f:
     f.write(f"{name} {n/(ti-t0):.0f} {n/(te-t0):.0f}\n")
 PY
 }
 
 rm -f /tmp/relaybench.last
-echo "machine: $(nproc) cores, $(uname -r); N=$N sessions=$SESSIONS size=$SIZE rcpts=$RCPTS; fsync on in both"
+echo "machine: $(nproc) cores, $(uname -r); load=$LOAD N=$N sessions=$SESSIONS size=$SIZE rcpts=$RCPTS; fsync on in both"
 
 # --- ringpost ---
 cat > "$WORK/ringpost.toml" <<TOML
