@@ -5,6 +5,7 @@ aiosmtpd, an SMTP server nobody here wrote. Behaviour of the receiver is chosen 
 local part:
   reject-*    -> 550 5.1.1 at RCPT
   tempfail-*  -> 451 4.3.0 at RCPT on the first attempt, 250 afterwards
+  defer-*     -> 451 4.2.0 at RCPT, always
 Everything it accepts is recorded with its raw bytes (decode_data=False).
 """
 import json
@@ -49,6 +50,8 @@ class SinkHandler:
         local = address.split("@")[0]
         if local.startswith("reject-"):
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if local.startswith("defer-"):
+            return "451 4.2.0 <%s>: Mailbox busy, try later" % address
         if local.startswith("tempfail-"):
             with self.lock:
                 first = address not in self.seen_tempfail
@@ -83,7 +86,7 @@ def sink():
 class Ringpost:
     """A running ringpost with its own spool, log and config."""
 
-    def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2):
+    def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2, delivery_extra: str = ""):
         self.dir = workdir
         self.port = free_port()
         self.log = workdir / "delivery.jsonl"
@@ -108,6 +111,7 @@ retry_first_s = 0.5
 retry_factor = 1.0
 retry_max_s = 0.5
 max_connections_per_destination = 8
+{delivery_extra}
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:{sink_port}"]
@@ -156,8 +160,8 @@ hosts = ["127.0.0.1:{sink_port}"]
 def ringpost(tmp_path, sink):
     instances = []
 
-    def make(extra="", cores=2):
-        rp = Ringpost(tmp_path, sink.port, extra, cores).start()
+    def make(extra="", cores=2, delivery_extra=""):
+        rp = Ringpost(tmp_path, sink.port, extra, cores, delivery_extra).start()
         instances.append(rp)
         return rp
 

@@ -115,3 +115,25 @@ def test_sigterm_exits_zero_and_restart_delivers_nothing_twice(ringpost, sink):
     time.sleep(1.5)
     assert len(sink.snapshot()) == 20, "delivered messages are final: nothing is redelivered"
     assert_every_recipient_closed_once(rp.events())
+
+
+def test_retries_until_max_age_then_expiration_and_dsn(ringpost, sink):
+    rp = ringpost(delivery_extra="max_age_s = 2.0")
+    with smtplib.SMTP("127.0.0.1", rp.port) as s:
+        s.ehlo("client.test")
+        s.sendmail("owner@b.test", ["defer-1@example.org", "ok@example.org"], b"Subject: expires\r\n\r\nx\r\n")
+    finals = rp.wait_final(3, timeout=20)  # both recipients, then the DSN's own delivery
+    kinds = {e["recipient"]: e["type"] for e in finals}
+    assert kinds == {"defer-1@example.org": "Expiration", "ok@example.org": "Delivery", "owner@b.test": "Delivery"}
+    transient = [e for e in rp.events() if e["type"] == "TransientFailure"]
+    assert len(transient) >= 2, "retried on the backoff schedule before expiring"
+    deadline = time.time() + 10
+    dsns = []
+    while time.time() < deadline and not dsns:
+        dsns = [m for m in sink.snapshot() if m[0] in ("<>", "")]
+        time.sleep(0.1)
+    assert len(dsns) == 1
+    text = dsns[0][2].decode()
+    assert "Final-Recipient: rfc822; defer-1@example.org" in text and "Status: 4.4.7" in text
+    assert "ok@example.org" not in text.split("text/rfc822-headers")[0]
+    assert_every_recipient_closed_once(rp.events())
