@@ -54,6 +54,9 @@ pub struct Config {
     /// Static routes.
     #[serde(default)]
     pub route: Vec<Route>,
+    /// DKIM signing keys (several for one domain: dual signing).
+    #[serde(default)]
+    pub dkim: Vec<crate::dkim::DkimConfig>,
 }
 
 fn d_listen() -> Vec<String> {
@@ -315,6 +318,11 @@ impl Config {
         }
         if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
             return bad("delivery", "connection and recipient limits must be at least 1".into());
+        }
+        for k in &self.dkim {
+            if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {
+                return bad("dkim.algorithm", format!("{:?}: expected \"rsa-sha256\" or \"ed25519-sha256\"", k.algorithm));
+            }
         }
         for r in &self.route {
             if r.hosts.is_empty() {

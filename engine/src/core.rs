@@ -99,12 +99,22 @@ pub struct Core {
     pub queues: Queues,
     /// Open inbound sessions.
     pub sessions: Cell<usize>,
+    /// DKIM keys.
+    pub signers: Rc<crate::dkim::Signers>,
     live: RefCell<HashMap<MsgRef, LiveMessage>>,
 }
 
 impl Core {
     /// Assemble a core.
-    pub fn new(id: usize, ncores: usize, shared: Arc<Shared>, spool: Rc<SpoolShard>, senders: Senders<CoreMsg>, log: DeliveryLog) -> Rc<Self> {
+    pub fn new(
+        id: usize,
+        ncores: usize,
+        shared: Arc<Shared>,
+        spool: Rc<SpoolShard>,
+        senders: Senders<CoreMsg>,
+        log: DeliveryLog,
+        signers: crate::dkim::Signers,
+    ) -> Rc<Self> {
         let s = &shared.config.server;
         let limits = Rc::new(ServerLimits {
             hostname: s.hostname.clone(),
@@ -123,6 +133,7 @@ impl Core {
             log,
             limits,
             sessions: Cell::new(0),
+            signers: Rc::new(signers),
             live: RefCell::new(HashMap::new()),
         })
     }

@@ -3,6 +3,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod deliver;
+pub mod dkim;
 pub mod delivery_log;
 pub mod dsn;
 pub mod message;

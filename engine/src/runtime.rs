@@ -97,7 +97,8 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
     let committer = glommio::spawn_local(spool.clone().run_committer());
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh join failed".to_string())?;
     let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
-    let core = Core::new(id, n, shared.clone(), spool.clone(), senders, log);
+    let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;
+    let core = Core::new(id, n, shared.clone(), spool.clone(), senders, log, signers);
 
     for (_, rx) in receivers.streams() {
         let core = core.clone();

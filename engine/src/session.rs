@@ -5,6 +5,7 @@
 use crate::clock::{rfc5322, unix_ms};
 use crate::core::Core;
 use crate::delivery_log::EventKind;
+use crate::dkim::BodyHashStream;
 use crate::message::SpooledMessage;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::{Server, Step, Transaction};
@@ -27,6 +28,8 @@ struct BodyWriter {
     buf: Vec<u8>,
     extents: Vec<Extent>,
     error: Option<SpoolError>,
+    /// The single pass that computes the DKIM body hash, when any key is configured.
+    dkim: Option<BodyHashStream>,
 }
 
 impl BodyWriter {
@@ -36,6 +39,10 @@ impl BodyWriter {
         }
         self.buf.extend_from_slice(prefix);
         self.buf.extend_from_slice(bytes);
+        if let Some(d) = self.dkim.as_mut() {
+            d.write_wire(prefix);
+            d.write_wire(bytes);
+        }
         if self.buf.len() >= CHUNK {
             core.spool.wait_for_room().await;
             self.flush(core);
@@ -53,12 +60,13 @@ impl BodyWriter {
         self.buf.clear();
     }
 
-    /// Forget the message: unpin whatever was spooled for it.
+    /// Forget the message: unpin whatever was spooled for it, and get ready for the next.
     fn abandon(&mut self, core: &Core) {
         core.spool.release_message(None, &self.extents);
         self.extents.clear();
         self.buf.clear();
         self.error = None;
+        self.dkim = (!core.signers.is_empty()).then(BodyHashStream::new);
     }
 }
 
@@ -88,14 +96,26 @@ async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: S
     if tx.params.smtputf8 {
         flags |= FLAG_SMTPUTF8;
     }
+    let received_ms = unix_ms();
+    let mut trace = received_header(core, server.helo().unwrap_or("unknown"), peer, true);
+    let mut body_hash = None;
+    if let Some(d) = body.dkim.take() {
+        let (headers, hash) = d.finish();
+        body_hash = Some(hash);
+        match headers.map(|h| core.signers.sign(&h, &hash, received_ms / 1000)) {
+            Some(Ok(sigs)) => trace.extend_from_slice(&sigs),
+            Some(Err(e)) => tracing::warn!("core {}: DKIM signing skipped: {e}", core.id),
+            None => tracing::warn!("core {}: DKIM signing skipped: header block too large", core.id),
+        }
+    }
     let record = MessageRecord {
-        received_ms: unix_ms(),
+        received_ms,
         sender: tx.sender.as_ref().map(|a| a.raw.clone().into_bytes()).unwrap_or_default(),
         recipients: tx.recipients.iter().map(|a| a.raw.clone().into_bytes()).collect(),
-        trace: received_header(core, server.helo().unwrap_or("unknown"), peer, true),
+        trace,
         body: std::mem::take(&mut body.extents),
         flags,
-        body_hash: None,
+        body_hash,
     };
     let appended = core.spool.append_message(&record);
     let result = match appended {
@@ -124,7 +144,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     server.greeting().write_to(&mut out);
     let mut input = vec![0u8; INPUT];
     let (mut start, mut end) = (0usize, 0usize);
-    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), error: None };
+    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), error: None, dkim: None };
     let command_timeout = Duration::from_secs(cfg.command_timeout_s);
     let data_timeout = Duration::from_secs(cfg.data_timeout_s);
     let mut phase_start = Instant::now();
