@@ -7,6 +7,7 @@
 #   bench/relay.sh                                 # blaster send -> MTA -> blaster sink, 20000 x 1 KiB
 #   LOAD=smtp-source bench/relay.sh                # Postfix's smtp-source -> MTA -> smtp-sink
 #   N=50000 SESSIONS=100 SIZE=4k RCPTS=2 bench/relay.sh
+#   DKIM=dual SKIP_POSTFIX=1 bench/relay.sh        # ringpost signing with RSA-2048 + Ed25519 (or DKIM=rsa / ed25519)
 #
 # Needs Debian's `postfix` package (smtp-source, smtp-sink, postfix). Must run as root: it
 # writes its own /etc/postfix/main.cf and master.cf (saved and restored) and starts Postfix on
@@ -20,6 +21,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${RINGPOST_BIN:-$ROOT/target/release/ringpost}
 BLASTER=${BLASTER_BIN:-$ROOT/target/release/blaster}
 LOAD=${LOAD:-blaster}
+DKIM=${DKIM:-off}
+SKIP_POSTFIX=${SKIP_POSTFIX:-0}
+KEYS=$ROOT/bench/benches/keys
 WORK=$(mktemp -d /tmp/relaybench.XXXXXX)
 RP_PORT=${RP_PORT:-2725}
 PF_PORT=${PF_PORT:-2825}
@@ -101,16 +105,26 @@ max_connections_per_destination = 32
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
 TOML
+# blaster's From is blaster@blaster.test, smtp-source's a@b.test: sign both domains.
+for d in blaster.test b.test; do
+  if [ "$DKIM" = rsa ] || [ "$DKIM" = dual ]; then
+    printf '[[dkim]]\ndomain = "%s"\nselector = "rsa"\nalgorithm = "rsa-sha256"\nkey_file = "%s"\n' "$d" "$KEYS/rsa2048-test-only.pem" >> "$WORK/ringpost.toml"
+  fi
+  if [ "$DKIM" = ed25519 ] || [ "$DKIM" = dual ]; then
+    printf '[[dkim]]\ndomain = "%s"\nselector = "ed"\nalgorithm = "ed25519-sha256"\nkey_file = "%s"\n' "$d" "$KEYS/ed25519-test-only.pem" >> "$WORK/ringpost.toml"
+  fi
+done
 "$BIN" --config "$WORK/ringpost.toml" 2>"$WORK/ringpost.err" &
 RP_PID=$!
 sleep 0.5
-run_one ringpost "$RP_PORT"
+run_one "ringpost" "$RP_PORT"
+[ "$DKIM" != off ] && echo "ringpost  (DKIM signing: $DKIM)"
 RSS=$(awk '/VmHWM/ {print $2}' /proc/$RP_PID/status)
 echo "ringpost  peak RSS ${RSS} KiB"
 kill -TERM "$RP_PID"; wait "$RP_PID" || true; RP_PID=
 
 # --- Postfix ---
-if command -v postfix >/dev/null; then
+if [ "$SKIP_POSTFIX" != 1 ] && command -v postfix >/dev/null; then
   if [ -f /etc/postfix/main.cf ]; then cp /etc/postfix/main.cf "$WORK/main.cf.orig"; else touch "$WORK/main.cf.none"; fi
   cp /etc/postfix/master.cf "$WORK/master.cf.orig"
   cat > /etc/postfix/main.cf <<CF

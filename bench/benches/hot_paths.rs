@@ -87,5 +87,35 @@ fn replies(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commands, end_of_data, spool_encode, replies);
+fn dkim(c: &mut Criterion) {
+    use ringpost_engine::dkim::{load_key, BodyHashStream, DkimConfig, Signers};
+    let mut g = c.benchmark_group("dkim_body_hash");
+    for size in [4 * 1024usize, 1024 * 1024] {
+        let b = body(size);
+        let wire = &b[..b.len() - 3];
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &wire, |bench, wire| {
+            bench.iter(|| {
+                let mut s = BodyHashStream::new();
+                s.write_wire(black_box(wire));
+                black_box(s.finish())
+            })
+        });
+    }
+    g.finish();
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/keys");
+    let header_block = b"From: Sender <news@signer.test>\r\nTo: <r@example.org>\r\nSubject: hello\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@signer.test>\r\n";
+    let mut g = c.benchmark_group("dkim_sign_with_precomputed_body_hash");
+    g.throughput(Throughput::Elements(1));
+    for (alg, file) in [("rsa-sha256", "rsa2048-test-only.pem"), ("ed25519-sha256", "ed25519-test-only.pem")] {
+        let path = keys.join(file);
+        let key = load_key(alg, &std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        let cfg = DkimConfig { domain: "signer.test".into(), selector: "s".into(), algorithm: alg.into(), key_file: path, headers: None, oversign: None };
+        let signers = Signers::from_entries(vec![Signers::entry(&cfg, key)]);
+        g.bench_function(alg, |b| b.iter(|| black_box(signers.sign(black_box(header_block), &[7u8; 32], 1_795_000_000).unwrap())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, commands, end_of_data, spool_encode, replies, dkim);
 criterion_main!(benches);
