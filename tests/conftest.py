@@ -86,7 +86,8 @@ def sink():
 class Ringpost:
     """A running ringpost with its own spool, log and config."""
 
-    def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2, delivery_extra: str = ""):
+    def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2, delivery_extra: str = "",
+                 route_all: bool = True, tail: str = ""):
         self.dir = workdir
         self.port = free_port()
         self.log = workdir / "delivery.jsonl"
@@ -112,10 +113,10 @@ retry_factor = 1.0
 retry_max_s = 0.5
 max_connections_per_destination = 8
 {delivery_extra}
-[[route]]
+""" + (f"""[[route]]
 domain = "*"
 hosts = ["127.0.0.1:{sink_port}"]
-""")
+""" if route_all else "") + tail)
         self.proc = None
         self.stderr = workdir / "ringpost.stderr"
 

@@ -54,6 +54,9 @@ pub struct Config {
     /// Static routes.
     #[serde(default)]
     pub route: Vec<Route>,
+    /// DNS resolver.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// DKIM signing keys (several for one domain: dual signing).
     #[serde(default)]
     pub dkim: Vec<crate::dkim::DkimConfig>,
@@ -201,6 +204,8 @@ pub struct DeliverySection {
     pub max_recipients_per_transaction: usize,
     /// Seconds an idle outbound connection waits for more mail before QUIT.
     pub idle_timeout_s: f64,
+    /// Port of MX hosts found through DNS (25; tests use another).
+    pub mx_port: u16,
 }
 
 impl Default for DeliverySection {
@@ -214,7 +219,28 @@ impl Default for DeliverySection {
             max_connections_per_destination: 32,
             max_recipients_per_transaction: 100,
             idle_timeout_s: 2.0,
+            mx_port: 25,
         }
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// `ip:port` nameservers; empty: those of /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+    /// Per-try timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Tries per nameserver.
+    pub attempts: u32,
+    /// Cap on negative-cache TTLs in seconds.
+    pub negative_ttl_max_s: u32,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self { nameservers: Vec::new(), timeout_ms: 2000, attempts: 2, negative_ttl_max_s: 3600 }
     }
 }
 
@@ -318,6 +344,11 @@ impl Config {
         }
         if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
             return bad("delivery", "connection and recipient limits must be at least 1".into());
+        }
+        for n in &self.dns.nameservers {
+            if n.parse::<SocketAddr>().is_err() {
+                return bad("dns.nameservers", format!("{n:?} is not ip:port"));
+            }
         }
         for k in &self.dkim {
             if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {

@@ -73,6 +73,21 @@ impl Shared {
     }
 }
 
+/// Resolver settings from `[dns]`, falling back to /etc/resolv.conf's nameservers.
+fn resolver_config(c: &Config) -> crate::dns::resolver::ResolverConfig {
+    let mut nameservers: Vec<std::net::SocketAddr> = c.dns.nameservers.iter().filter_map(|n| n.parse().ok()).collect();
+    if nameservers.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        nameservers = crate::dns::resolver::nameservers_from_resolv_conf(&text);
+    }
+    crate::dns::resolver::ResolverConfig {
+        nameservers,
+        timeout: std::time::Duration::from_millis(c.dns.timeout_ms),
+        attempts: c.dns.attempts,
+        negative_ttl_max: c.dns.negative_ttl_max_s,
+    }
+}
+
 struct LiveMessage {
     msg: Arc<SpooledMessage>,
     remaining: usize,
@@ -101,6 +116,8 @@ pub struct Core {
     pub sessions: Cell<usize>,
     /// DKIM keys.
     pub signers: Rc<crate::dkim::Signers>,
+    /// This core's DNS resolver and cache.
+    pub resolver: crate::dns::resolver::Resolver,
     live: RefCell<HashMap<MsgRef, LiveMessage>>,
 }
 
@@ -127,6 +144,7 @@ impl Core {
             id,
             ncores,
             queues: Queues::new(&shared.config.delivery),
+            resolver: crate::dns::resolver::Resolver::new(resolver_config(&shared.config)),
             shared,
             spool,
             senders,

@@ -32,13 +32,17 @@ pub enum ConnError {
     /// No route for the domain.
     #[error("no route to destination")]
     NoRoute,
+    /// DNS says where not to go (null MX, no such domain) or cannot say now: this reply applies.
+    #[error("{}", .0.to_wire().trim_end())]
+    Dns(Reply),
 }
 
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
-    remote: SocketAddr,
+    /// `host[ip]:port` or `ip:port` of the server we talk to.
+    remote: String,
     caps: Capabilities,
 }
 
@@ -82,12 +86,30 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The addresses to try for `domain`, in order: a static route, else DNS MX (RFC 5321 5.1).
+async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
+    use crate::dns::resolver::Destination;
+    if let Some(hosts) = core.shared.router.hosts(domain) {
+        return Ok(hosts.iter().map(|a| (None, *a)).collect());
+    }
+    let port = core.shared.config.delivery.mx_port;
+    match core.resolver.destination(domain).await {
+        Destination::Hosts(hosts) => {
+            Ok(hosts.into_iter().flat_map(|(h, ips)| ips.into_iter().map(move |ip| (Some(h.clone()), SocketAddr::new(ip, port)))).collect())
+        }
+        Destination::NullMx => Err(ConnError::Dns(Reply::new(556, (5, 1, 10), format!("{domain} does not accept mail (null MX)")))),
+        Destination::NoSuchDomain => Err(ConnError::Dns(Reply::new(550, (5, 1, 2), format!("{domain}: no such domain or no mail host")))),
+        Destination::TempFail(e) => Err(ConnError::Dns(Reply::new(451, (4, 4, 3), format!("DNS: {e}")))),
+    }
+}
+
 async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
-    let hosts = core.shared.router.hosts(domain).ok_or(ConnError::NoRoute)?.to_vec();
     let timeout = Duration::from_secs(core.shared.config.delivery.connect_timeout_s);
     let mut last = ConnError::NoRoute;
-    for addr in hosts {
-        match greet(core, addr, timeout).await {
+    // Every address of every exchange, in order, until one greets us (at least two are tried
+    // whenever DNS gives two).
+    for (host, addr) in targets(core, domain).await? {
+        match greet(core, host, addr, timeout).await {
             Ok(c) => return Ok(c),
             Err(e) => last = e,
         }
@@ -95,10 +117,14 @@ async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
     Err(last)
 }
 
-async fn greet(core: &Core, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnError> {
+async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnError> {
     let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
-    let mut c = Conn { stream, buf: Vec::with_capacity(4096), start: 0, remote: addr, caps: Capabilities::default() };
+    let remote = match host {
+        Some(h) => format!("{h}[{}]:{}", addr.ip(), addr.port()),
+        None => addr.to_string(),
+    };
+    let mut c = Conn { stream, buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default() };
     let g = c.read_reply(COMMAND_TIMEOUT).await?;
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
@@ -146,6 +172,8 @@ fn local_result(e: &ConnError) -> RcptResult {
     let text = e.to_string();
     match e {
         ConnError::NoRoute => RcptResult::Permanent(Reply::new(554, (5, 4, 4), text)),
+        ConnError::Dns(r) if r.code >= 500 => RcptResult::Permanent(r.clone()),
+        ConnError::Dns(r) => RcptResult::Transient(r.clone()),
         _ => RcptResult::Transient(Reply::new(451, (4, 4, 1), text)),
     }
 }
@@ -171,7 +199,7 @@ async fn deliver_one(core: &Rc<Core>, domain: &str, conn: &mut Conn, mut d: Deli
                 group.iter().map(|_| local_result(&e)).collect()
             }
         };
-        settle(core, domain, part, group.to_vec(), results, Some(conn.remote.to_string())).await;
+        settle(core, domain, part, group.to_vec(), results, Some(conn.remote.clone())).await;
     }
     usable
 }

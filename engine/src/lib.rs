@@ -4,6 +4,7 @@ pub mod config;
 pub mod core;
 pub mod deliver;
 pub mod dkim;
+pub mod dns;
 pub mod delivery_log;
 pub mod dsn;
 pub mod message;
