@@ -57,6 +57,9 @@ pub struct Config {
     /// DNS resolver.
     #[serde(default)]
     pub dns: DnsSection,
+    /// Inbound TLS (STARTTLS).
+    #[serde(default)]
+    pub tls: TlsSection,
     /// DKIM signing keys (several for one domain: dual signing).
     #[serde(default)]
     pub dkim: Vec<crate::dkim::DkimConfig>,
@@ -206,6 +209,15 @@ pub struct DeliverySection {
     pub idle_timeout_s: f64,
     /// Port of MX hosts found through DNS (25; tests use another).
     pub mx_port: u16,
+    /// Outbound TLS: `opportunistic` (STARTTLS when offered), `required`, `disabled`.
+    pub tls: String,
+    /// Certificate verification: `none` or `ca`.
+    pub tls_verify: String,
+    /// CA bundle for `tls_verify = "ca"`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Opportunistic only: after a failed handshake, deliver in plaintext (Postfix `may`)
+    /// instead of failing the attempt (KumoMTA's default).
+    pub tls_plaintext_fallback: bool,
 }
 
 impl Default for DeliverySection {
@@ -220,8 +232,35 @@ impl Default for DeliverySection {
             max_recipients_per_transaction: 100,
             idle_timeout_s: 2.0,
             mx_port: 25,
+            tls: "opportunistic".into(),
+            tls_verify: "none".into(),
+            tls_ca_file: None,
+            tls_plaintext_fallback: true,
         }
     }
+}
+
+/// `[tls]`: the certificate offered with STARTTLS (reloaded on SIGHUP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Outbound TLS policy for a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// `opportunistic`, `required` or `disabled`.
+    pub mode: String,
+    /// `none` or `ca`.
+    pub verify: String,
+    /// CA bundle for `verify = "ca"`.
+    pub ca_file: Option<PathBuf>,
+    /// After a failed handshake under `opportunistic`, retry the delivery in plaintext.
+    pub plaintext_fallback: bool,
 }
 
 /// `[dns]`.
@@ -252,6 +291,18 @@ pub struct Route {
     pub domain: String,
     /// `host:port` list, tried in order.
     pub hosts: Vec<String>,
+    /// Outbound TLS mode for this route (default: `delivery.tls`).
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// Verification for this route (default: `delivery.tls_verify`).
+    #[serde(default)]
+    pub tls_verify: Option<String>,
+    /// CA bundle for this route.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS server name to verify (default: the host as written).
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 /// A CIDR network.
@@ -345,6 +396,21 @@ impl Config {
         if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
             return bad("delivery", "connection and recipient limits must be at least 1".into());
         }
+        let tls_ok = |mode: &str, verify: &str, ca: &Option<PathBuf>| {
+            matches!(mode, "opportunistic" | "required" | "disabled") && matches!(verify, "none" | "ca") && (verify != "ca" || ca.is_some())
+        };
+        if !tls_ok(&self.delivery.tls, &self.delivery.tls_verify, &self.delivery.tls_ca_file) {
+            return bad("delivery.tls", "tls must be opportunistic|required|disabled, tls_verify none|ca (ca needs tls_ca_file)".into());
+        }
+        for r in &self.route {
+            let p = self.tls_policy(r);
+            if !tls_ok(&p.mode, &p.verify, &p.ca_file) {
+                return bad("route.tls", format!("route {:?}: tls must be opportunistic|required|disabled, tls_verify none|ca with a CA file", r.domain));
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls", "cert_file and key_file go together".into());
+        }
         for n in &self.dns.nameservers {
             if n.parse::<SocketAddr>().is_err() {
                 return bad("dns.nameservers", format!("{n:?} is not ip:port"));
@@ -374,6 +440,23 @@ impl Config {
             toml::Value::Integer(n) => *n as usize,
             _ => online.max(1),
         }
+    }
+
+    /// The outbound TLS policy of a route (route settings over `[delivery]` defaults).
+    pub fn tls_policy(&self, r: &Route) -> TlsPolicy {
+        let d = &self.delivery;
+        TlsPolicy {
+            mode: r.tls.clone().unwrap_or_else(|| d.tls.clone()),
+            verify: r.tls_verify.clone().unwrap_or_else(|| d.tls_verify.clone()),
+            ca_file: r.tls_ca_file.clone().or_else(|| d.tls_ca_file.clone()),
+            plaintext_fallback: d.tls_plaintext_fallback,
+        }
+    }
+
+    /// The default outbound TLS policy (destinations found through DNS).
+    pub fn default_tls_policy(&self) -> TlsPolicy {
+        let d = &self.delivery;
+        TlsPolicy { mode: d.tls.clone(), verify: d.tls_verify.clone(), ca_file: d.tls_ca_file.clone(), plaintext_fallback: d.tls_plaintext_fallback }
     }
 
     /// Parsed relay networks.

@@ -5,7 +5,7 @@
 //! the delivery queues of the destinations this core owns. Other cores reach it only through
 //! [`CoreMsg`]s on the channel mesh. RefCell borrows here are never held across an `.await`.
 use crate::config::{Config, Network};
-use crate::delivery_log::{DeliveryLog, EventKind, LogEvent};
+use crate::delivery_log::{DeliveryLog, EventKind, LogEvent, Peer};
 use crate::dsn::{self, FailedRecipient, Original};
 use crate::message::SpooledMessage;
 use crate::queue::{Delivery, Queues};
@@ -50,6 +50,8 @@ pub struct Shared {
     pub relay_networks: Vec<Network>,
     /// Set by SIGTERM/SIGINT.
     pub shutdown: Arc<AtomicBool>,
+    /// Bumped by SIGHUP: cores reload their TLS certificate when it changes.
+    pub reloads: std::sync::atomic::AtomicU64,
     /// Sessions per client IP, in hashed buckets (lock-free; a collision only makes the limit
     /// stricter for the two colliding addresses).
     pub per_ip: Box<[AtomicU32]>,
@@ -63,6 +65,7 @@ impl Shared {
             relay_networks: config.relay_networks(),
             config,
             shutdown,
+            reloads: std::sync::atomic::AtomicU64::new(0),
             per_ip: (0..4096).map(|_| AtomicU32::new(0)).collect(),
         }
     }
@@ -118,11 +121,16 @@ pub struct Core {
     pub signers: Rc<crate::dkim::Signers>,
     /// This core's DNS resolver and cache.
     pub resolver: crate::dns::resolver::Resolver,
+    /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
+    pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// Outbound TLS client configurations by verification mode.
+    pub client_tls: crate::tls_policy::ClientConfigs,
     live: RefCell<HashMap<MsgRef, LiveMessage>>,
 }
 
 impl Core {
     /// Assemble a core.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         ncores: usize,
@@ -131,6 +139,7 @@ impl Core {
         senders: Senders<CoreMsg>,
         log: DeliveryLog,
         signers: crate::dkim::Signers,
+        tls: (Option<Arc<rustls::ServerConfig>>, crate::tls_policy::ClientConfigs),
     ) -> Rc<Self> {
         let s = &shared.config.server;
         let limits = Rc::new(ServerLimits {
@@ -145,6 +154,8 @@ impl Core {
             ncores,
             queues: Queues::new(&shared.config.delivery),
             resolver: crate::dns::resolver::Resolver::new(resolver_config(&shared.config)),
+            server_tls: RefCell::new(tls.0),
+            client_tls: tls.1,
             shared,
             spool,
             senders,
@@ -161,8 +172,22 @@ impl Core {
         self.live.borrow().len()
     }
 
+    /// Reload the inbound certificate and key (SIGHUP). Sessions in flight keep the old one.
+    pub fn reload_tls(&self) {
+        let t = &self.shared.config.tls;
+        if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
+            match crate::tls::server_config(c, k) {
+                Ok(cfg) => {
+                    *self.server_tls.borrow_mut() = Some(cfg);
+                    eprintln!("ringpost: core {}: TLS certificate reloaded", self.id);
+                }
+                Err(e) => eprintln!("ringpost: core {}: TLS reload failed, keeping the old certificate: {e}", self.id),
+            }
+        }
+    }
+
     /// Write a log event about recipient `rcpt` of `msg` (or all recipients when `None`).
-    pub fn log_event(&self, kind: EventKind, msg: &SpooledMessage, rcpt: Option<u32>, remote: Option<String>, response: Option<String>, attempts: u32) {
+    pub fn log_event(&self, kind: EventKind, msg: &SpooledMessage, rcpt: Option<u32>, peer: Option<&Peer>, response: Option<String>, attempts: u32) {
         let id = msg.id.to_string();
         let all;
         let recipient = match rcpt {
@@ -179,8 +204,9 @@ impl Core {
             id: &id,
             sender: &msg.sender,
             recipient,
-            remote,
+            remote: peer.map(|p| p.remote.clone()),
             response,
+            tls: peer.and_then(|p| p.tls.clone()),
             attempts,
             queue_time_ms: now.saturating_sub(msg.received_ms),
             core: self.id,

@@ -3,7 +3,10 @@
 //! straight from the spool's mapped segments, and turns every recipient's result into a
 //! delivery, a retry, a bounce or an expiry.
 use crate::core::{Core, FinalReport};
-use crate::delivery_log::EventKind;
+use crate::config::TlsPolicy;
+use crate::delivery_log::{EventKind, Peer};
+use crate::tls::Transport;
+use crate::tls_policy::{handshake_failed, not_offered, TlsFallback};
 use crate::dsn::FailedRecipient;
 use crate::queue::Delivery;
 use crate::retry::RetryDecision;
@@ -35,10 +38,16 @@ pub enum ConnError {
     /// DNS says where not to go (null MX, no such domain) or cannot say now: this reply applies.
     #[error("{}", .0.to_wire().trim_end())]
     Dns(Reply),
+    /// The TLS policy could not be met: `required` but not offered or refused.
+    #[error("{0}")]
+    TlsUnavailable(String),
+    /// The TLS handshake failed (the connection is gone).
+    #[error("{0}")]
+    TlsHandshake(String),
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     buf: Vec<u8>,
     start: usize,
     /// `host[ip]:port` or `ip:port` of the server we talk to.
@@ -67,7 +76,7 @@ impl Conn {
             }
             let len = self.buf.len();
             self.buf.resize(len + 4096, 0);
-            self.stream.set_read_timeout(Some(timeout)).map_err(std::io::Error::from)?;
+            self.stream.tcp().set_read_timeout(Some(timeout)).map_err(std::io::Error::from)?;
             let n = self.stream.read(&mut self.buf[len..]).await?;
             self.buf.truncate(len + n);
             if n == 0 {
@@ -87,10 +96,11 @@ const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The addresses to try for `domain`, in order: a static route, else DNS MX (RFC 5321 5.1).
+/// Each comes with the name TLS verifies (the MX host, a route's `tls_name`, or the address).
 async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
     use crate::dns::resolver::Destination;
-    if let Some(hosts) = core.shared.router.hosts(domain) {
-        return Ok(hosts.iter().map(|a| (None, *a)).collect());
+    if let Some((hosts, route)) = core.shared.router.route(domain) {
+        return Ok(hosts.iter().map(|a| (route.tls_name.clone(), *a)).collect());
     }
     let port = core.shared.config.delivery.mx_port;
     match core.resolver.destination(domain).await {
@@ -103,42 +113,90 @@ async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, Socke
     }
 }
 
+fn policy_for(core: &Core, domain: &str) -> TlsPolicy {
+    let cfg = &core.shared.config;
+    match core.shared.router.route(domain) {
+        Some((_, r)) => cfg.tls_policy(r),
+        None => cfg.default_tls_policy(),
+    }
+}
+
 async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
     let timeout = Duration::from_secs(core.shared.config.delivery.connect_timeout_s);
+    let policy = policy_for(core, domain);
     let mut last = ConnError::NoRoute;
     // Every address of every exchange, in order, until one greets us (at least two are tried
     // whenever DNS gives two).
     for (host, addr) in targets(core, domain).await? {
-        match greet(core, host, addr, timeout).await {
+        match greet(core, host.clone(), addr, timeout, &policy, true).await {
             Ok(c) => return Ok(c),
+            Err(ConnError::TlsHandshake(_)) if handshake_failed(&policy) == TlsFallback::Plaintext => {
+                // Opportunistic with fallback: the same host again, without STARTTLS.
+                match greet(core, host, addr, timeout, &policy, false).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = e,
+                }
+            }
             Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnError> {
+async fn ehlo(core: &Core, c: &mut Conn) -> Result<(), ConnError> {
+    let r = c.command(format!("EHLO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+    if r.code == 250 {
+        c.caps = Capabilities::from_ehlo(&r);
+        return Ok(());
+    }
+    c.caps = Capabilities::default();
+    let r = c.command(format!("HELO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+    if r.code != 250 {
+        return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
+    }
+    Ok(())
+}
+
+async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Duration, policy: &TlsPolicy, try_tls: bool) -> Result<Conn, ConnError> {
     let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
-    let remote = match host {
+    let remote = match &host {
         Some(h) => format!("{h}[{}]:{}", addr.ip(), addr.port()),
         None => addr.to_string(),
     };
-    let mut c = Conn { stream, buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default() };
+    let mut c = Conn { stream: Transport::Plain(stream), buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default() };
     let g = c.read_reply(COMMAND_TIMEOUT).await?;
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
     }
-    let ehlo = format!("EHLO {}\r\n", core.limits.hostname);
-    let r = c.command(ehlo.as_bytes(), COMMAND_TIMEOUT).await?;
-    if r.code == 250 {
-        c.caps = Capabilities::from_ehlo(&r);
-    } else {
-        let r = c.command(format!("HELO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
-        if r.code != 250 {
-            return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
-        }
+    ehlo(core, &mut c).await?;
+    if policy.mode == "disabled" || !try_tls {
+        return Ok(c);
     }
+    if !c.caps.starttls {
+        return match not_offered(policy) {
+            TlsFallback::Plaintext => Ok(c),
+            TlsFallback::Defer => Err(ConnError::TlsUnavailable(format!("TLS required but {} does not offer STARTTLS", c.remote))),
+        };
+    }
+    let r = c.command(b"STARTTLS\r\n", COMMAND_TIMEOUT).await?;
+    if r.code != 220 {
+        return match not_offered(policy) {
+            TlsFallback::Plaintext => Ok(c),
+            TlsFallback::Defer => Err(ConnError::TlsUnavailable(format!("STARTTLS refused: {}", r.to_wire().trim_end()))),
+        };
+    }
+    c.buf.clear();
+    c.start = 0;
+    let name = host.unwrap_or_else(|| addr.ip().to_string());
+    let cfg = core.client_tls.for_policy(policy);
+    let hs = glommio::timer::timeout(COMMAND_TIMEOUT, async { Ok(c.stream.connect(cfg, &name).await) }).await;
+    match hs {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
+        Err(e) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
+    }
+    ehlo(core, &mut c).await?;
     Ok(c)
 }
 
@@ -174,6 +232,7 @@ fn local_result(e: &ConnError) -> RcptResult {
         ConnError::NoRoute => RcptResult::Permanent(Reply::new(554, (5, 4, 4), text)),
         ConnError::Dns(r) if r.code >= 500 => RcptResult::Permanent(r.clone()),
         ConnError::Dns(r) => RcptResult::Transient(r.clone()),
+        ConnError::TlsUnavailable(_) | ConnError::TlsHandshake(_) => RcptResult::Transient(Reply::new(451, (4, 7, 5), text)),
         _ => RcptResult::Transient(Reply::new(451, (4, 4, 1), text)),
     }
 }
@@ -199,7 +258,8 @@ async fn deliver_one(core: &Rc<Core>, domain: &str, conn: &mut Conn, mut d: Deli
                 group.iter().map(|_| local_result(&e)).collect()
             }
         };
-        settle(core, domain, part, group.to_vec(), results, Some(conn.remote.clone())).await;
+        let peer = Peer { remote: conn.remote.clone(), tls: conn.stream.tls_description() };
+        settle(core, domain, part, group.to_vec(), results, Some(peer)).await;
     }
     usable
 }
@@ -232,8 +292,18 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
 /// Write `pieces` in order with as few system calls as possible and no copy: `writev` straight
 /// from the segment mapping while the socket takes it, then glommio's write (which waits for
 /// the socket to drain) for whatever is left.
-async fn write_vectored_all(stream: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
+async fn write_vectored_all(transport: &mut Transport, pieces: &[&[u8]]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let stream = match transport {
+        Transport::Plain(s) => s,
+        tls => {
+            // Under TLS the bytes are encrypted into records anyway: plain writes, then flush.
+            for p in pieces {
+                tls.write_all(p).await?;
+            }
+            return tls.flush().await;
+        }
+    };
     let mut idx = 0;
     let mut off = 0;
     while idx < pieces.len() {
@@ -291,7 +361,8 @@ fn status_of(r: &Reply, default: &str) -> String {
 }
 
 /// Turn per-recipient results into log events, final reports and retries.
-async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, results: Vec<RcptResult>, remote: Option<String>) {
+async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, results: Vec<RcptResult>, peer: Option<Peer>) {
+    let remote = peer.as_ref().map(|p| p.remote.clone());
     let attempts = d.attempts + 1;
     let mut retry = Vec::new();
     let mut last_transient = None;
@@ -306,7 +377,7 @@ async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, res
             }
         };
         let response = reply.to_wire().trim_end().replace("\r\n", " ");
-        core.log_event(kind, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+        core.log_event(kind, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
         let failure = (outcome == Outcome::Bounced).then(|| FailedRecipient {
             recipient: d.msg.recipients[i as usize].clone(),
             status: status_of(&reply, "5.0.0"),
@@ -325,13 +396,13 @@ async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, res
     match core.queues.policy.decide(attempts, age) {
         RetryDecision::RetryIn(after) => {
             for &i in &retry {
-                core.log_event(EventKind::TransientFailure, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+                core.log_event(EventKind::TransientFailure, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
             }
             core.queues.schedule(domain.to_string(), Delivery { msg: d.msg, rcpts: retry, attempts }, after);
         }
         RetryDecision::Expire => {
             for i in retry {
-                core.log_event(EventKind::Expiration, &d.msg, Some(i), remote.clone(), Some(response.clone()), attempts);
+                core.log_event(EventKind::Expiration, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
                 let failure = FailedRecipient {
                     recipient: d.msg.recipients[i as usize].clone(),
                     status: "4.4.7".into(),

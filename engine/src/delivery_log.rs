@@ -43,6 +43,9 @@ pub struct LogEvent<'a> {
     /// The remote or local response text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// TLS protocol and cipher of the connection, when it was encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     /// Delivery attempts so far.
     pub attempts: u32,
     /// Time since reception.
@@ -51,6 +54,15 @@ pub struct LogEvent<'a> {
     pub core: usize,
     /// Wire size of the message.
     pub size: u64,
+}
+
+/// The other end of an event: its address and the TLS it used.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// `host[ip]:port` or `ip:port`.
+    pub remote: String,
+    /// Negotiated TLS, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    pub tls: Option<String>,
 }
 
 /// A core's buffered log writer.

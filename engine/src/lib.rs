@@ -14,3 +14,5 @@ pub mod router;
 pub mod runtime;
 pub mod session;
 pub mod smtp;
+pub mod tls;
+pub mod tls_policy;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 /// The `[[route]]` table.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    routes: HashMap<String, Vec<SocketAddr>>,
-    default: Option<Vec<SocketAddr>>,
+    routes: HashMap<String, (Vec<SocketAddr>, Route)>,
+    default: Option<(Vec<SocketAddr>, Route)>,
 }
 
 impl Router {
@@ -17,9 +17,9 @@ impl Router {
         for route in routes {
             let hosts: Vec<SocketAddr> = route.hosts.iter().filter_map(|h| h.parse().ok()).collect();
             if route.domain == "*" {
-                r.default = Some(hosts);
+                r.default = Some((hosts, route.clone()));
             } else {
-                r.routes.insert(route.domain.to_ascii_lowercase(), hosts);
+                r.routes.insert(route.domain.to_ascii_lowercase(), (hosts, route.clone()));
             }
         }
         r
@@ -27,7 +27,12 @@ impl Router {
 
     /// Hosts for `domain` (lower-case), in the order to try; `None` if nothing routes it.
     pub fn hosts(&self, domain: &str) -> Option<&[SocketAddr]> {
-        self.routes.get(domain).or(self.default.as_ref()).map(|v| v.as_slice())
+        self.route(domain).map(|(h, _)| h.as_slice())
+    }
+
+    /// The static route for `domain` (specific, else `"*"`), with its hosts.
+    pub fn route(&self, domain: &str) -> Option<&(Vec<SocketAddr>, Route)> {
+        self.routes.get(domain).or(self.default.as_ref())
     }
 }
 
@@ -58,11 +63,15 @@ mod tests {
         assert_eq!(spread.len(), 4, "domains spread over every core");
     }
 
+    fn route(domain: &str, hosts: &[&str]) -> Route {
+        Route { domain: domain.into(), hosts: hosts.iter().map(|h| h.to_string()).collect(), tls: None, tls_verify: None, tls_ca_file: None, tls_name: None }
+    }
+
     #[test]
     fn specific_route_wins_over_default() {
         let r = Router::new(&[
-            Route { domain: "*".into(), hosts: vec!["127.0.0.1:1".into()] },
-            Route { domain: "a.test".into(), hosts: vec!["127.0.0.1:2".into(), "127.0.0.1:3".into()] },
+            route("*", &["127.0.0.1:1"]),
+            route("a.test", &["127.0.0.1:2", "127.0.0.1:3"]),
         ]);
         assert_eq!(r.hosts("a.test").unwrap().len(), 2);
         assert_eq!(r.hosts("b.test").unwrap()[0].port(), 1);

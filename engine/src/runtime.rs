@@ -57,6 +57,19 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         eprintln!("ringpost: WARNING: spool.durability = \"none\": accepted mail is NOT fsynced and WILL BE LOST on a crash. Benchmarks only.");
     }
     let shared = Arc::new(Shared::new(config, shutdown));
+    // SIGHUP: every core reloads its TLS certificate at its next tick.
+    {
+        let shared = shared.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).map_err(RuntimeError::Signals)?;
+        std::thread::Builder::new()
+            .name("sighup".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    shared.reloads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .map_err(RuntimeError::Signals)?;
+    }
     let mesh: MeshBuilder<CoreMsg, _> = MeshBuilder::full(n, 4096);
     let mut handles = Vec::new();
     for i in 0..n {
@@ -98,7 +111,12 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh join failed".to_string())?;
     let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
     let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;
-    let core = Core::new(id, n, shared.clone(), spool.clone(), senders, log, signers);
+    let server_tls = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let client_tls = crate::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
+    let core = Core::new(id, n, shared.clone(), spool.clone(), senders, log, signers, (server_tls, client_tls));
 
     for (_, rx) in receivers.streams() {
         let core = core.clone();
@@ -113,9 +131,15 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
     let flusher = {
         let core = core.clone();
         glommio::spawn_local(async move {
+            let mut seen_reload = core.shared.reloads.load(Ordering::Relaxed);
             while !core.shared.stopping() {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 core.log.flush();
+                let r = core.shared.reloads.load(Ordering::Relaxed);
+                if r != seen_reload {
+                    seen_reload = r;
+                    core.reload_tls();
+                }
             }
         })
     };

@@ -4,7 +4,7 @@
 //! accepted messages to the core for routing.
 use crate::clock::{rfc5322, unix_ms};
 use crate::core::Core;
-use crate::delivery_log::EventKind;
+use crate::delivery_log::{EventKind, Peer};
 use crate::dkim::BodyHashStream;
 use crate::message::SpooledMessage;
 use crate::smtp::reply::Reply;
@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use crate::tls::Transport;
 
 /// Body bytes are handed to the spool in pieces of this size: the most a session holds.
 const CHUNK: usize = 128 * 1024;
@@ -70,12 +71,12 @@ impl BodyWriter {
     }
 }
 
-fn received_header(core: &Core, helo: &str, peer: SocketAddr, esmtp: bool) -> Vec<u8> {
+fn received_header(core: &Core, helo: &str, peer: SocketAddr, tls: bool) -> Vec<u8> {
     format!(
         "Received: from {helo} ([{}])\r\n\tby {} (ringpost) with {};\r\n\t{}\r\n",
         peer.ip(),
         core.limits.hostname,
-        if esmtp { "ESMTP" } else { "SMTP" },
+        if tls { "ESMTPS" } else { "ESMTP" },
         rfc5322(unix_ms())
     )
     .into_bytes()
@@ -97,7 +98,7 @@ async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: S
         flags |= FLAG_SMTPUTF8;
     }
     let received_ms = unix_ms();
-    let mut trace = received_header(core, server.helo().unwrap_or("unknown"), peer, true);
+    let mut trace = received_header(core, server.helo().unwrap_or("unknown"), peer, server.tls_active());
     let mut body_hash = None;
     if let Some(d) = body.dkim.take() {
         let (headers, hash) = d.finish();
@@ -136,10 +137,15 @@ async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: S
 }
 
 /// Serve one SMTP session to completion.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let cfg = &core.shared.config.server;
     let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
     let mut server = Server::new(core.limits.clone(), relay);
+    let tls_config = core.server_tls.borrow().clone();
+    if tls_config.is_some() {
+        server.offer_tls();
+    }
+    let mut stream = Transport::Plain(stream);
     let mut out = Vec::with_capacity(4096);
     server.greeting().write_to(&mut out);
     let mut input = vec![0u8; INPUT];
@@ -149,7 +155,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let data_timeout = Duration::from_secs(cfg.data_timeout_s);
     let mut phase_start = Instant::now();
     let mut data_bytes = 0u64;
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     loop {
         let step = server.step(&input[start..end]);
         match step {
@@ -179,7 +185,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                     let _ = stream.write_all(&server.timeout_reply().to_wire().into_bytes()).await;
                     break;
                 };
-                let _ = stream.set_read_timeout(Some(left.min(if in_data { data_timeout } else { command_timeout })));
+                let _ = stream.tcp().set_read_timeout(Some(left.min(if in_data { data_timeout } else { command_timeout })));
                 let read = if in_data {
                     Some(stream.read(&mut input[end..]).await)
                 } else {
@@ -236,10 +242,28 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 reply.write_to(&mut out);
                 phase_start = Instant::now();
                 if let Some(msg) = msg {
-                    core.log_event(EventKind::Reception, &msg, None, Some(peer.to_string()), None, 0);
+                    let client = Peer { remote: peer.to_string(), tls: stream.tls_description() };
+                    core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
                     let all = (0..msg.recipients.len() as u32).collect();
                     core.accept_message(msg, all).await;
                 }
+            }
+            Step::StartTls { consumed: _, reply } => {
+                reply.write_to(&mut out);
+                if stream.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+                // Whatever the client sent after STARTTLS was sent in plaintext: drop it
+                // (CVE-2011-0411, "NO STARTTLS").
+                (start, end) = (0, 0);
+                let Some(tls) = tls_config.clone() else { break };
+                let handshake = glommio::timer::timeout(command_timeout, async { Ok(stream.accept(tls).await) }).await;
+                match handshake {
+                    Ok(Ok(())) => server.tls_started(),
+                    _ => break,
+                }
+                phase_start = Instant::now();
             }
             Step::DataRefused { consumed, reply } => {
                 start += consumed;

@@ -75,6 +75,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// RFC 1870 limit, if advertised.
     pub size: Option<u64>,
+    /// RFC 3207.
+    pub starttls: bool,
 }
 
 impl Capabilities {
@@ -87,6 +89,7 @@ impl Capabilities {
                 Some("PIPELINING") => c.pipelining = true,
                 Some("8BITMIME") => c.eight_bit_mime = true,
                 Some("SMTPUTF8") => c.smtputf8 = true,
+                Some("STARTTLS") => c.starttls = true,
                 Some("SIZE") => c.size = words.next().and_then(|v| v.parse().ok()).filter(|v| *v > 0),
                 _ => {}
             }
@@ -356,7 +359,7 @@ mod tests {
 
     #[test]
     fn mail_parameters_follow_capabilities() {
-        let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000) };
+        let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000), starttls: false };
         let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
         assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<a@b> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n".to_vec()));
     }

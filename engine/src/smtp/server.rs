@@ -91,6 +91,14 @@ pub enum Step {
         /// Body bytes at the start of the input.
         body: usize,
     },
+    /// Send this `220`, throw away everything buffered after the STARTTLS line (CVE-2011-0411),
+    /// run the TLS handshake, then call [`Server::tls_started`].
+    StartTls {
+        /// Bytes consumed.
+        consumed: usize,
+        /// The `220` reply.
+        reply: Reply,
+    },
     /// The message ended but is refused: discard what was spooled for it and send the reply.
     DataRefused {
         /// Bytes consumed.
@@ -111,12 +119,45 @@ pub struct Server {
     phase: Phase,
     errors: u32,
     eight_bit: bool,
+    tls_available: bool,
+    tls_active: bool,
 }
 
 impl Server {
     /// A new session; `relay_allowed` says whether the client is in `relay_networks`.
     pub fn new(limits: std::rc::Rc<ServerLimits>, relay_allowed: bool) -> Self {
-        Self { limits, relay_allowed, helo: None, esmtp: false, tx: None, phase: Phase::Command, errors: 0, eight_bit: false }
+        Self {
+            limits,
+            relay_allowed,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            phase: Phase::Command,
+            errors: 0,
+            eight_bit: false,
+            tls_available: false,
+            tls_active: false,
+        }
+    }
+
+    /// Offer STARTTLS (a server certificate is configured).
+    pub fn offer_tls(&mut self) {
+        self.tls_available = true;
+    }
+
+    /// The handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2): the
+    /// client must say EHLO again, and nothing from before TLS carries over.
+    pub fn tls_started(&mut self) {
+        self.tls_active = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        self.phase = Phase::Command;
+    }
+
+    /// True once TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// The `220` greeting.
@@ -275,6 +316,15 @@ impl Server {
             Command::Quit => Step::Close { consumed, reply: Reply::new(221, (2, 0, 0), "Bye") },
             Command::Vrfy => reply(Reply::new(252, (2, 5, 0), "Cannot VRFY user, but will accept message")),
             Command::Help => reply(Reply::new(214, (2, 0, 0), "See RFC 5321")),
+            Command::StartTls if self.tls_available && !self.tls_active => {
+                if self.tx.is_some() {
+                    return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: STARTTLS inside a mail transaction"));
+                }
+                Step::StartTls { consumed, reply: Reply::new(220, (2, 0, 0), "Ready to start TLS") }
+            }
+            Command::StartTls if self.tls_active => {
+                self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: TLS already active"))
+            }
             Command::StartTls | Command::Auth | Command::Bdat => {
                 self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented"))
             }
@@ -283,18 +333,18 @@ impl Server {
 
     fn ehlo_reply(&self) -> Reply {
         let l = &self.limits;
-        Reply {
-            code: 250,
-            enhanced: None,
-            lines: vec![
-                l.hostname.clone().into(),
-                "PIPELINING".into(),
-                format!("SIZE {}", l.max_message_size).into(),
-                "8BITMIME".into(),
-                "SMTPUTF8".into(),
-                "ENHANCEDSTATUSCODES".into(),
-            ],
+        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![
+            l.hostname.clone().into(),
+            "PIPELINING".into(),
+            format!("SIZE {}", l.max_message_size).into(),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.tls_available && !self.tls_active {
+            lines.push("STARTTLS".into());
         }
+        Reply { code: 250, enhanced: None, lines }
     }
 
     fn mail(&mut self, consumed: usize, sender: Option<Address>, params: MailParams) -> Step {

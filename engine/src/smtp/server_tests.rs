@@ -49,6 +49,13 @@ fn session(relay: bool, input: &[u8]) -> (Vec<String>, Vec<Vec<u8>>, bool) {
                 bodies.push(std::mem::take(&mut body));
                 replies.push(first_line(&s.committed("ID")));
             }
+            Step::StartTls { consumed, reply } => {
+                // A driver discards whatever followed STARTTLS in the buffer.
+                let _ = consumed;
+                replies.push(first_line(&reply));
+                s.tls_started();
+                return (replies, bodies, false);
+            }
             Step::DataRefused { consumed, reply } => {
                 pos += consumed;
                 body.clear();
@@ -228,4 +235,25 @@ fn body_streams_in_pieces_without_buffering() {
     }
     assert_eq!(seen, b"part one\r\n".len(), "body bytes are handed out as they arrive");
     assert!(s.in_data());
+}
+
+#[test]
+fn starttls_is_offered_only_when_configured_and_resets_the_session() {
+    let mut s = Server::new(limits(), true);
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    assert!(!reply.to_wire().contains("STARTTLS"));
+    assert!(matches!(s.step(b"STARTTLS\r\n"), Step::Reply { reply, .. } if reply.code == 502));
+    let mut s = Server::new(limits(), true);
+    s.offer_tls();
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    assert!(reply.to_wire().contains("250 STARTTLS"));
+    // Injected plaintext after STARTTLS is not for the machine: the driver drops the buffer.
+    let Step::StartTls { consumed, reply } = s.step(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n") else { panic!() };
+    assert_eq!((consumed, reply.code), (10, 220));
+    s.tls_started();
+    assert!(s.tls_active());
+    assert!(matches!(s.step(b"MAIL FROM:<a@b.test>\r\n"), Step::Reply { reply, .. } if reply.code == 503), "EHLO is required again");
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    assert!(!reply.to_wire().contains("STARTTLS"), "not offered twice");
+    assert!(matches!(s.step(b"STARTTLS\r\n"), Step::Reply { reply, .. } if reply.code == 503));
 }
