@@ -1,4 +1,5 @@
 """Hostile and broken clients against the real daemon over real sockets."""
+import signal
 import socket
 import subprocess
 import time
@@ -128,6 +129,7 @@ def test_disk_full_answers_452_and_loses_nothing(tmp_path, sink):
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    rp = None
     try:
         rp = Ringpost(tmp_path, sink.port, "")
         rp.config.write_text(rp.config.read_text().replace(str(tmp_path / "spool"), str(mnt / "spool")).replace("segment_size = 8388608", "segment_size = 4194304"))
@@ -140,8 +142,9 @@ def test_disk_full_answers_452_and_loses_nothing(tmp_path, sink):
         queued = sum("250 2.0.0 Ok: queued" in o for o in outs)
         rp.wait_final(queued)
         assert len(sink.snapshot()) == queued, "every message that got 250 is delivered"
-        rp.stop()
     finally:
+        if rp:
+            rp.stop(signal.SIGKILL)
         subprocess.run(["umount", "-l", str(mnt)])
 
 
