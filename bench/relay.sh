@@ -96,7 +96,8 @@ max_connections_per_ip = 1000
 dir = "$WORK/spool"
 durability = "fsync"
 [engine]
-cores = "all"
+cores = ${CORES:-\"all\"}
+spin_before_park_us = 1000
 [log]
 delivery_log = "$WORK/delivery.jsonl"
 [delivery]

@@ -117,6 +117,8 @@ pub struct Core {
     pub queues: Queues,
     /// Open inbound sessions.
     pub sessions: Cell<usize>,
+    /// Fired once when shutdown begins; listeners are cheap, unlike a timer per wait.
+    pub stopping: event_listener::Event,
     /// DKIM keys.
     pub signers: Rc<crate::dkim::Signers>,
     /// This core's DNS resolver and cache.
@@ -162,9 +164,21 @@ impl Core {
             log,
             limits,
             sessions: Cell::new(0),
+            stopping: event_listener::Event::new(),
             signers: Rc::new(signers),
             live: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Resolve once shutdown has begun on this core.
+    pub async fn stopped(&self) {
+        loop {
+            let l = self.stopping.listen();
+            if self.shared.stopping() {
+                return;
+            }
+            l.await;
+        }
     }
 
     /// Number of live messages this core owns.

@@ -75,9 +75,12 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     for i in 0..n {
         let placement = if n <= online { Placement::Fixed(i) } else { Placement::Unbound };
         let (shared, mesh) = (shared.clone(), mesh.clone());
-        let h = LocalExecutorBuilder::new(placement)
-            .name(&format!("core-{i}"))
-            .io_memory(1 << 20)
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("core-{i}")).io_memory(1 << 20);
+        let spin = shared.config.engine.spin_before_park_us;
+        if spin > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(spin));
+        }
+        let h = builder
             .spawn(move || async move { run_core(i, n, shared, mesh).await })
             .map_err(|source| RuntimeError::Executor { core: i, source })?;
         handles.push(h);
@@ -170,6 +173,7 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
         eprintln!("ringpost: {n} cores serving {:?} (durability {})", cfg.server.listen, cfg.spool.durability);
     }
     wait_shutdown(&shared).await;
+    core.stopping.notify(usize::MAX);
     for a in accepts {
         a.await;
     }
@@ -191,7 +195,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     let limits = &core.shared.config.server;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            wait_shutdown(&core.shared).await;
+            core.stopped().await;
             None
         })
         .await;
