@@ -163,3 +163,68 @@ def test_opportunistic_without_fallback_defers(tmp_path, tls_sink, pki):
         assert tls_sink.snapshot() == []
     finally:
         rp.stop()
+
+
+def auth_ringpost(tmp_path, sink_port, pki):
+    from conftest import BINARY
+    h = subprocess.run([str(BINARY), "--hash-password"], input="s3cret pass\n", capture_output=True, text=True, check=True).stdout.strip()
+    assert h.startswith("$argon2id$")
+    trusted = free_port()
+    rp = Ringpost(tmp_path, sink_port, tail=f'[tls]\ncert_file = "{pki / "server.pem"}"\nkey_file = "{pki / "server.key"}"\n'
+                  f'[auth]\nusers = [{{ name = "app", password_hash = "{h}" }}]\nplaintext_listeners = ["127.0.0.1:{trusted}"]\n'
+                  f'max_failures = 3\nfailure_delay_ms = 200\n')
+    # Only 127.0.0.1/32 may relay without AUTH; clients from 127.0.0.2 must authenticate.
+    text = rp.config.read_text().replace('relay_networks = ["127.0.0.0/8"]', 'relay_networks = ["127.0.0.1/32"]')
+    rp.config.write_text(text.replace(f'listen = ["127.0.0.1:{rp.port}"]', f'listen = ["127.0.0.1:{rp.port}", "127.0.0.1:{trusted}"]'))
+    rp.start()
+    return rp, trusted
+
+
+def test_auth_plain_and_login_over_starttls_let_outside_clients_relay(tmp_path, sink, pki):
+    rp, _ = auth_ringpost(tmp_path, sink.port, pki)
+    try:
+        for mech in ("PLAIN", "LOGIN"):
+            with smtplib.SMTP("127.0.0.1", rp.port, source_address=("127.0.0.2", 0)) as s:
+                s.ehlo("client.test")
+                assert not s.has_extn("auth"), "AUTH is not offered before TLS"
+                with pytest.raises(smtplib.SMTPRecipientsRefused):
+                    s.sendmail("a@b.test", ["x@example.org"], b"Subject: x\r\n\r\nx\r\n")
+                s.rset()
+                s.starttls(context=client_ctx(pki))
+                s.ehlo("client.test")
+                assert "PLAIN" in s.esmtp_features["auth"] and "LOGIN" in s.esmtp_features["auth"]
+                s.user, s.password = "app", "s3cret pass"
+                code, _ = s.auth(mech, getattr(s, "auth_" + mech.lower()))
+                assert code == 235
+                s.sendmail("a@b.test", [f"{mech}@example.org"], b"Subject: authed\r\n\r\nx\r\n")
+        rp.wait_final(2)
+    finally:
+        rp.stop()
+
+
+def test_auth_on_a_trusted_plaintext_listener_and_failures_are_limited(tmp_path, sink, pki):
+    rp, trusted = auth_ringpost(tmp_path, sink.port, pki)
+    try:
+        with smtplib.SMTP("127.0.0.1", trusted, source_address=("127.0.0.2", 0)) as s:
+            s.ehlo("client.test")
+            assert s.has_extn("auth"), "offered without TLS on the trusted listener"
+            s.login("app", "s3cret pass")
+        with smtplib.SMTP("127.0.0.1", trusted, source_address=("127.0.0.2", 0)) as s:
+            s.ehlo("client.test")
+            s.user, s.password = "app", "wrong"
+            t0 = time.time()
+            for i in range(2):
+                with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+                    s.auth("PLAIN", s.auth_plain)
+                assert e.value.smtp_code == 535 and b"5.7.8" in e.value.smtp_error
+            assert time.time() - t0 >= 0.4, "failed attempts are slowed down"
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.auth("PLAIN", s.auth_plain)
+            # The third failure is followed by 421 and the end of the session.
+            try:
+                code = s.noop()[0]
+            except smtplib.SMTPServerDisconnected:
+                code = 421
+            assert code == 421
+    finally:
+        rp.stop()

@@ -60,6 +60,9 @@ pub struct Config {
     /// Inbound TLS (STARTTLS).
     #[serde(default)]
     pub tls: TlsSection,
+    /// SMTP AUTH for upstream platforms.
+    #[serde(default)]
+    pub auth: AuthSection,
     /// DKIM signing keys (several for one domain: dual signing).
     #[serde(default)]
     pub dkim: Vec<crate::dkim::DkimConfig>,
@@ -253,6 +256,36 @@ pub struct TlsSection {
     pub key_file: Option<PathBuf>,
 }
 
+/// `[auth]`: SMTP AUTH (PLAIN, LOGIN) for injecting platforms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Accounts; `password_hash` is an Argon2 PHC string (`ringpost --hash-password`).
+    pub users: Vec<AuthUser>,
+    /// Listen addresses where AUTH is offered without TLS (trusted networks only).
+    pub plaintext_listeners: Vec<String>,
+    /// Failed attempts per session before `421 4.7.0` and disconnect.
+    pub max_failures: u32,
+    /// Delay before answering a failed attempt (slows password guessing).
+    pub failure_delay_ms: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self { users: Vec::new(), plaintext_listeners: Vec::new(), max_failures: 3, failure_delay_ms: 1000 }
+    }
+}
+
+/// One AUTH account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthUser {
+    /// Login name.
+    pub name: String,
+    /// Argon2 PHC hash of the password; never the password itself.
+    pub password_hash: String,
+}
+
 /// Outbound TLS policy for a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPolicy {
@@ -413,6 +446,16 @@ impl Config {
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "cert_file and key_file go together".into());
+        }
+        for u in &self.auth.users {
+            if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
+                return bad("auth.users.password_hash", format!("user {:?}: not a PHC hash (make one with ringpost --hash-password)", u.name));
+            }
+        }
+        for l in &self.auth.plaintext_listeners {
+            if !self.server.listen.contains(l) {
+                return bad("auth.plaintext_listeners", format!("{l:?} is not one of server.listen"));
+            }
         }
         for n in &self.dns.nameservers {
             if n.parse::<SocketAddr>().is_err() {

@@ -17,11 +17,23 @@ struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Read a password on standard input and print its Argon2 hash for `[auth] users`.
+    #[arg(long)]
+    hash_password: bool,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let args = Args::parse();
+    if args.hash_password {
+        let mut pw = String::new();
+        if std::io::stdin().read_line(&mut pw).is_err() || pw.trim_end_matches(['\r', '\n']).is_empty() {
+            eprintln!("ringpost: give the password on standard input");
+            return ExitCode::from(2);
+        }
+        println!("{}", ringpost_engine::smtp::auth::hash_password(pw.trim_end_matches(['\r', '\n'])));
+        return ExitCode::SUCCESS;
+    }
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;

@@ -147,6 +147,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     if tls_config.is_some() {
         server.offer_tls();
     }
+    let auth = &core.shared.config.auth;
+    if !auth.users.is_empty() {
+        let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        server.offer_auth(auth.plaintext_listeners.iter().any(|l| *l == local));
+    }
+    let mut auth_failures = 0u32;
     let mut stream = Transport::Plain(stream);
     let mut out = Vec::with_capacity(4096);
     server.greeting().write_to(&mut out);
@@ -254,6 +260,28 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                     let all = (0..msg.recipients.len() as u32).collect();
                     core.accept_message(msg, all).await;
                 }
+            }
+            Step::Authenticate { consumed, user, password } => {
+                start += consumed;
+                let hash = auth.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
+                // Argon2 costs milliseconds by design: verify on glommio's blocking pool so the
+                // core keeps serving everyone else.
+                let ok = match hash {
+                    Some(h) => glommio::executor().spawn_blocking(move || crate::smtp::auth::verify_password(&h, &password)).await,
+                    None => false,
+                };
+                if !ok {
+                    auth_failures += 1;
+                    glommio::timer::sleep(Duration::from_millis(auth.failure_delay_ms)).await;
+                    tracing::warn!("core {}: AUTH failure for {user:?} from {peer}", core.id);
+                }
+                server.auth_result(&user, ok).write_to(&mut out);
+                if auth_failures >= auth.max_failures {
+                    Reply::new(421, (4, 7, 0), format!("{} Error: too many authentication failures", core.limits.hostname)).write_to(&mut out);
+                    let _ = stream.write_all(&out).await;
+                    break;
+                }
+                phase_start = Instant::now();
             }
             Step::StartTls { consumed: _, reply } => {
                 reply.write_to(&mut out);

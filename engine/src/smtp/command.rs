@@ -48,8 +48,8 @@ pub enum Command {
     Help,
     /// `STARTTLS`.
     StartTls,
-    /// `AUTH`.
-    Auth,
+    /// `AUTH mechanism [initial-response]`.
+    Auth(String),
     /// `BDAT`.
     Bdat,
 }
@@ -97,7 +97,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls),
-        "AUTH" => Ok(Command::Auth),
+        "AUTH" => Ok(Command::Auth(rest.trim().to_string())),
         "BDAT" => Ok(Command::Bdat),
         _ => Err(CommandError::Unknown),
     }

@@ -1,5 +1,6 @@
 //! Sans-I/O SMTP: parsers, replies and state machines that take bytes and return events.
 pub mod address;
+pub mod auth;
 pub mod client;
 pub mod command;
 pub mod data;

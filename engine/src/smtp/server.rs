@@ -7,6 +7,7 @@
 //! more than one command line, and body bytes are only pointed at, never kept.
 use super::address::AddressError;
 use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
+use super::auth::{self, AuthState, AuthStep};
 use super::data::DataScanner;
 use super::reply::Reply;
 use super::address::Address;
@@ -46,6 +47,10 @@ enum Phase {
     /// An over-long command line is being discarded up to its CRLF.
     DrainLine,
     Data(DataScanner),
+    /// An AUTH exchange waits for a continuation line.
+    Auth(AuthState),
+    /// Credentials are being verified by the driver.
+    AwaitAuth,
     /// A complete message awaits the driver's verdict (spooled or not).
     AwaitCommit,
 }
@@ -99,6 +104,15 @@ pub enum Step {
         /// The `220` reply.
         reply: Reply,
     },
+    /// Verify these credentials (off the event loop), then call [`Server::auth_result`].
+    Authenticate {
+        /// Bytes consumed.
+        consumed: usize,
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
     /// The message ended but is refused: discard what was spooled for it and send the reply.
     DataRefused {
         /// Bytes consumed.
@@ -121,6 +135,9 @@ pub struct Server {
     eight_bit: bool,
     tls_available: bool,
     tls_active: bool,
+    /// AUTH is configured; `Some(true)` when it may be used without TLS (trusted listener).
+    auth: Option<bool>,
+    user: Option<String>,
 }
 
 impl Server {
@@ -137,6 +154,35 @@ impl Server {
             eight_bit: false,
             tls_available: false,
             tls_active: false,
+            auth: None,
+            user: None,
+        }
+    }
+
+    /// Offer SMTP AUTH: under TLS, or also in plaintext on a trusted listener.
+    pub fn offer_auth(&mut self, without_tls: bool) {
+        self.auth = Some(without_tls);
+    }
+
+    fn auth_usable(&self) -> bool {
+        self.auth.is_some_and(|plain_ok| plain_ok || self.tls_active)
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The driver's verdict on [`Step::Authenticate`]. Success lets the session relay.
+    pub fn auth_result(&mut self, user: &str, ok: bool) -> Reply {
+        self.phase = Phase::Command;
+        if ok {
+            self.user = Some(user.to_string());
+            self.relay_allowed = true;
+            Reply::new(235, (2, 7, 0), "Authentication successful")
+        } else {
+            self.errors += 1;
+            Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
         }
     }
 
@@ -242,7 +288,19 @@ impl Server {
                 self.phase = Phase::AwaitCommit;
                 Step::Message { consumed: f.consumed, prefix, body }
             }
-            Phase::AwaitCommit => Step::Need { consumed: 0 },
+            Phase::AwaitCommit | Phase::AwaitAuth => Step::Need { consumed: 0 },
+            Phase::Auth(_) => {
+                let Some(lf) = input.iter().take(MAX_COMMAND_LINE * 2).position(|&b| b == b'\n') else {
+                    if input.len() >= MAX_COMMAND_LINE * 2 {
+                        self.phase = Phase::DrainLine;
+                        return Step::Need { consumed: input.len() };
+                    }
+                    return Step::Need { consumed: 0 };
+                };
+                let line = String::from_utf8_lossy(&input[..lf]).trim_end_matches('\r').to_string();
+                let Phase::Auth(st) = std::mem::replace(&mut self.phase, Phase::Command) else { unreachable!() };
+                self.auth_step(lf + 1, auth::next(st, &line))
+            }
             Phase::DrainLine => match input.iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     self.phase = Phase::Command;
@@ -325,9 +383,38 @@ impl Server {
             Command::StartTls if self.tls_active => {
                 self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: TLS already active"))
             }
-            Command::StartTls | Command::Auth | Command::Bdat => {
+            Command::Auth(args) => {
+                if self.auth.is_none() {
+                    return self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: authentication not enabled"));
+                }
+                if !self.auth_usable() {
+                    return self.error_reply(consumed, Reply::new(538, (5, 7, 11), "Encryption required for requested authentication mechanism"));
+                }
+                if self.helo.is_none() || !self.esmtp {
+                    return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: send EHLO first"));
+                }
+                if self.user.is_some() || self.tx.is_some() {
+                    return self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: already authenticated or in a transaction"));
+                }
+                self.auth_step(consumed, auth::start(&args))
+            }
+            Command::StartTls | Command::Bdat => {
                 self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented"))
             }
+        }
+    }
+
+    fn auth_step(&mut self, consumed: usize, step: AuthStep) -> Step {
+        match step {
+            AuthStep::Challenge(text, st) => {
+                self.phase = Phase::Auth(st);
+                Step::Reply { consumed, reply: Reply::plain(334, text) }
+            }
+            AuthStep::Credentials(user, password) => {
+                self.phase = Phase::AwaitAuth;
+                Step::Authenticate { consumed, user, password }
+            }
+            AuthStep::Fail(code, enh, text) => self.error_reply(consumed, Reply::new(code, enh, text)),
         }
     }
 
@@ -343,6 +430,9 @@ impl Server {
         ];
         if self.tls_available && !self.tls_active {
             lines.push("STARTTLS".into());
+        }
+        if self.auth_usable() {
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         Reply { code: 250, enhanced: None, lines }
     }

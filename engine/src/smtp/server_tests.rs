@@ -49,6 +49,10 @@ fn session(relay: bool, input: &[u8]) -> (Vec<String>, Vec<Vec<u8>>, bool) {
                 bodies.push(std::mem::take(&mut body));
                 replies.push(first_line(&s.committed("ID")));
             }
+            Step::Authenticate { consumed, user, password } => {
+                pos += consumed;
+                replies.push(first_line(&s.auth_result(&user, password == "good")));
+            }
             Step::StartTls { consumed, reply } => {
                 // A driver discards whatever followed STARTTLS in the buffer.
                 let _ = consumed;
@@ -256,4 +260,35 @@ fn starttls_is_offered_only_when_configured_and_resets_the_session() {
     let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
     assert!(!reply.to_wire().contains("STARTTLS"), "not offered twice");
     assert!(matches!(s.step(b"STARTTLS\r\n"), Step::Reply { reply, .. } if reply.code == 503));
+}
+
+#[test]
+fn auth_needs_tls_unless_the_listener_is_trusted_and_unlocks_relaying() {
+    use base64::Engine;
+    let b = |x: &[u8]| base64::engine::general_purpose::STANDARD.encode(x);
+    // Not configured.
+    let (r, _, _) = session(false, b"EHLO c.test\r\nAUTH PLAIN x\r\n");
+    assert!(r[2].starts_with("502 5.5.1"));
+    // Configured, no TLS, untrusted listener: 538, and not advertised.
+    let mut s = Server::new(limits(), false);
+    s.offer_auth(false);
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    assert!(!reply.to_wire().contains("AUTH"));
+    assert!(matches!(s.step(b"AUTH PLAIN x\r\n"), Step::Reply { reply, .. } if reply.code == 538));
+    // Trusted listener: advertised; wrong then right password; then relaying is allowed.
+    let mut s = Server::new(limits(), false);
+    s.offer_auth(true);
+    let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
+    assert!(reply.to_wire().contains("250 AUTH PLAIN LOGIN"));
+    let bad = format!("AUTH PLAIN {}\r\n", b(b"\0app\0bad"));
+    let Step::Authenticate { user, password, .. } = s.step(bad.as_bytes()) else { panic!() };
+    assert!(s.auth_result(&user, password == "good").to_wire().starts_with("535 5.7.8"));
+    let Step::Reply { reply, .. } = s.step(b"AUTH LOGIN\r\n") else { panic!() };
+    assert_eq!(reply.to_wire(), "334 VXNlcm5hbWU6\r\n");
+    let Step::Reply { .. } = s.step(format!("{}\r\n", b(b"app")).as_bytes()) else { panic!() };
+    let Step::Authenticate { user, password, .. } = s.step(format!("{}\r\n", b(b"good")).as_bytes()) else { panic!() };
+    assert!(s.auth_result(&user, password == "good").to_wire().starts_with("235 2.7.0"));
+    assert_eq!(s.user(), Some("app"));
+    s.step(b"MAIL FROM:<a@b.test>\r\n");
+    assert!(matches!(s.step(b"RCPT TO:<x@y.test>\r\n"), Step::Reply { reply, .. } if reply.code == 250), "authenticated clients relay");
 }
