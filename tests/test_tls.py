@@ -228,3 +228,40 @@ def test_auth_on_a_trusted_plaintext_listener_and_failures_are_limited(tmp_path,
             assert code == 421
     finally:
         rp.stop()
+
+
+def served_cert_subject(port):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"EHLO c.test\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    raw.sendall(b"STARTTLS\r\n")
+    f.readline()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(raw)
+    der = tls.getpeercert(binary_form=True)
+    tls.close()
+    return subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=der, capture_output=True).stdout
+
+
+def test_sighup_reloads_the_certificate(tmp_path, sink, pki):
+    import shutil
+    import signal as sig
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(pki / "server.pem", cert)
+    shutil.copy(pki / "server.key", key)
+    rp = Ringpost(tmp_path, sink.port, tail=f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n').start()
+    try:
+        assert b"mta.test" in served_cert_subject(rp.port)
+        shutil.copy(pki / "other.pem", cert)
+        shutil.copy(pki / "other.key", key)
+        rp.proc.send_signal(sig.SIGHUP)
+        time.sleep(0.5)
+        assert b"other CA" in served_cert_subject(rp.port)
+        assert b"other CA" in served_cert_subject(rp.port), "every core reloaded"
+    finally:
+        rp.stop()
