@@ -147,6 +147,8 @@ smtp_dns_support_level = disabled
 CF
   sed "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$PF_PORT inet n - n - - smtpd/" "$WORK/master.cf.orig" > /etc/postfix/master.cf
   postfix check >/dev/null 2>&1 || true
+  # An interrupted earlier run may have left mail in Postfix's queue: it would pollute this one.
+  postsuper -d ALL >/dev/null 2>&1 || true
   postfix start >/dev/null 2>&1 || { echo "postfix failed to start; see /var/log/postfix-bench.log"; exit 1; }
   sleep 1
   run_one postfix "$PF_PORT"
