@@ -145,19 +145,8 @@ pub fn make_body(size: usize, style: BodyStyle, seed: u64) -> Body {
     Body { wire: stuff(&plain), digest }
 }
 
-/// Dot-stuff CRLF text.
-pub fn stuff(plain: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plain.len() + 16);
-    let mut at_start = true;
-    for &b in plain {
-        if at_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_start = b == b'\n';
-    }
-    out
-}
+/// Dot-stuff CRLF text (the engine's own function, so both ends agree byte for byte).
+pub use ringpost_engine::smtp::data::dot_stuff as stuff;
 
 /// Remove dot-stuffing (the sink's view of the body).
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {

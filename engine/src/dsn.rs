@@ -4,6 +4,7 @@
 //! message whose own sender is null (RFC 5321 6.1). Remote text is flattened to one line so a
 //! hostile server cannot inject headers into the report.
 use crate::clock::rfc5322;
+pub use crate::smtp::data::dot_stuff;
 
 /// One failed recipient.
 #[derive(Debug, Clone)]
@@ -72,20 +73,6 @@ pub fn build(hostname: &str, now_ms: u64, orig: &Original<'_>, failed: &[FailedR
     // The original headers are already in wire form (stuffed as received).
     out.extend_from_slice(orig.headers);
     out.extend_from_slice(dot_stuff(format!("\r\n--{boundary}--\r\n").as_bytes()).as_slice());
-    out
-}
-
-/// Double a leading dot on every line (RFC 5321 4.5.2).
-pub fn dot_stuff(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 8);
-    let mut line_start = true;
-    for &b in text {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
     out
 }
 

@@ -57,15 +57,7 @@ fn txt_for(alg: &str, file: &str) -> String {
 fn sign(signers: &Signers, message: &[u8]) -> Vec<u8> {
     let mut stream = BodyHashStream::new();
     // Stream the message in odd-sized pieces, dot-stuffed, as a session would.
-    let mut wire = Vec::new();
-    let mut at_start = true;
-    for &b in message {
-        if at_start && b == b'.' {
-            wire.push(b'.');
-        }
-        wire.push(b);
-        at_start = b == b'\n';
-    }
+    let wire = ringpost_engine::smtp::data::dot_stuff(message);
     for piece in wire.chunks(7) {
         stream.write_wire(piece);
     }

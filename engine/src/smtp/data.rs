@@ -6,6 +6,20 @@
 //! afterwards (SMTP smuggling, CVE-2023-51764/5/6), as are text lines over 1000 octets. The
 //! unstuffed size is counted so `max_message_size` applies to what the sender meant.
 
+/// Double a leading dot on every line (RFC 5321 4.5.2): plain CRLF text into wire form.
+pub fn dot_stuff(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 8);
+    let mut line_start = true;
+    for &b in text {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out
+}
+
 /// Longest text line allowed, CRLF included, stuffing dot excluded (RFC 5321 4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
 
