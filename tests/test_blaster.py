@@ -110,3 +110,13 @@ def test_open_loop_latency_counts_from_the_intended_send_time():
     assert closed["accept_latency"]["max_us"] < 400_000, closed
     assert opened["accept_latency"]["max_us"] > 2_000_000, opened
     assert opened["accept_latency"]["p50_us"] > 1_000_000, opened
+
+
+def test_data_path_reconciles_too_when_chunking_is_off(tmp_path):
+    acc = tmp_path / "accepted.txt"
+    sink, port = start_sink("--exit-after", "3000", "--expect", str(acc))
+    rep = send(port, "-n", "3000", "-c", "10", "--no-chunking", "--dot-lines", "--eight-bit", "--size", "100-3000",
+               "--accepted-log", str(acc))
+    srep, code = finish(sink)
+    assert rep["accepted"] == 3000 and srep["received"] == 3000
+    assert code == 0 and srep["missing"] == 0 and srep["corrupted"] == 0 and srep["duplicates"] == 0

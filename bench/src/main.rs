@@ -77,6 +77,9 @@ struct SendArgs {
     /// Do not pipeline even when the server offers PIPELINING.
     #[arg(long)]
     no_pipelining: bool,
+    /// Do not use BDAT even when the server offers CHUNKING (RFC 3030).
+    #[arg(long)]
+    no_chunking: bool,
     /// Envelope sender.
     #[arg(long, default_value = "blaster@blaster.test")]
     from: String,
@@ -169,6 +172,7 @@ fn run_send(a: SendArgs) -> ExitCode {
         sizes,
         style: BodyStyle { eight_bit: a.eight_bit, dot_lines: a.dot_lines },
         pipelining: !a.no_pipelining,
+        chunking: !a.no_chunking,
         from: a.from,
         progress: !a.quiet,
     };

@@ -47,6 +47,8 @@ pub struct SendOpts {
     pub style: BodyStyle,
     /// Use PIPELINING when offered.
     pub pipelining: bool,
+    /// Use BDAT (CHUNKING) when offered: envelope and message in one write, one round trip.
+    pub chunking: bool,
     /// Envelope sender.
     pub from: String,
     /// Print a progress line every second.
@@ -303,6 +305,9 @@ async fn open(st: &CoreState) -> std::io::Result<Option<Conn>> {
     if !st.opts.pipelining {
         c.caps.pipelining = false;
     }
+    if !st.opts.chunking || !c.caps.pipelining {
+        c.caps.chunking = false;
+    }
     Ok(Some(c))
 }
 
@@ -357,10 +362,14 @@ async fn transaction(st: &CoreState, conn: &mut Conn, rng: &mut impl Rng, id: &s
     let o = &st.opts;
     let rcpts: Vec<String> = (0..o.rcpts).map(|i| format!("u{}x{i}@{}", rng.gen_range(0..1000), o.domains.pick(rng))).collect();
     let body = &st.bodies[rng.gen_range(0..st.bodies.len())];
-    let mut msg = headers(id, due.intended_ns, body.digest, &o.from, &rcpts[0], o.style.eight_bit);
+    let head = headers(id, due.intended_ns, body.digest, &o.from, &rcpts[0], o.style.eight_bit);
+    st.counters.sent.fetch_add(1, Ordering::Relaxed);
+    if conn.caps.chunking {
+        return bdat_transaction(st, conn, &rcpts, &head, body, id, due).await;
+    }
+    let mut msg = head;
     msg.extend_from_slice(&body.wire);
     msg.extend_from_slice(b".\r\n");
-    st.counters.sent.fetch_add(1, Ordering::Relaxed);
     let mut t = ClientTransaction::new(&conn.caps, &o.from, rcpts.clone(), msg.len() as u64, o.style.eight_bit, false);
     let mut step = t.start();
     let mut closed = false;
@@ -392,13 +401,53 @@ async fn transaction(st: &CoreState, conn: &mut Conn, rng: &mut impl Rng, id: &s
             }
         };
     };
+    record(st, id, due, &rcpts, &results, msg.len());
+    Ok(!closed)
+}
+
+/// MAIL, RCPTs and `BDAT n LAST` with the whole message in one write (RFC 3030 with RFC 2920):
+/// one round trip per message.
+async fn bdat_transaction(st: &CoreState, conn: &mut Conn, rcpts: &[String], head: &[u8], body: &Body, id: &str, due: &Due) -> std::io::Result<bool> {
+    let size = head.len() + body.plain.len();
+    let mut out = format!("MAIL FROM:<{}>{}\r\n", st.opts.from, if st.opts.style.eight_bit { " BODY=8BITMIME" } else { "" }).into_bytes();
+    for r in rcpts {
+        out.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(&body.plain);
+    conn.stream.write_all(&out).await?;
+    let mail = conn.reply().await?;
+    let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+    for _ in rcpts {
+        rcpt_replies.push(conn.reply().await?);
+    }
+    let last = conn.reply().await?;
+    let closed = [&mail, &last].iter().any(|r| r.code == 421) || rcpt_replies.iter().any(|r| r.code == 421);
+    let results: Vec<RcptResult> = rcpt_replies
+        .into_iter()
+        .map(|r| {
+            let verdict = if mail.code / 100 != 2 { &mail } else if r.code / 100 != 2 { &r } else { &last };
+            match verdict.code / 100 {
+                2 => RcptResult::Delivered(verdict.clone()),
+                5 => RcptResult::Permanent(verdict.clone()),
+                _ => RcptResult::Transient(verdict.clone()),
+            }
+        })
+        .collect();
+    record(st, id, due, rcpts, &results, size);
+    Ok(!closed)
+}
+
+/// Count a finished transaction and its latency.
+fn record(st: &CoreState, id: &str, due: &Due, rcpts: &[String], results: &[RcptResult], bytes: usize) {
     let latency_us = due.intended.elapsed().as_micros() as u64;
     let accepted: Vec<&str> =
-        rcpts.iter().zip(&results).filter(|(_, r)| matches!(r, RcptResult::Delivered(_))).map(|(a, _)| a.as_str()).collect();
+        rcpts.iter().zip(results).filter(|(_, r)| matches!(r, RcptResult::Delivered(_))).map(|(a, _)| a.as_str()).collect();
     let c = &st.counters;
     if !accepted.is_empty() {
         c.accepted.fetch_add(1, Ordering::Relaxed);
-        c.bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         st.hist.borrow_mut().record(latency_us.max(1)).ok();
         st.accepted_ids.borrow_mut().push(format!("{id} {}", accepted.join(",")));
     } else if results.iter().any(|r| matches!(r, RcptResult::Transient(_))) {
@@ -406,5 +455,4 @@ async fn transaction(st: &CoreState, conn: &mut Conn, rng: &mut impl Rng, id: &s
     } else {
         c.perm.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(!closed)
 }

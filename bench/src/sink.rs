@@ -327,9 +327,38 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
     let (mut start, mut end) = (0usize, 0usize);
     let mut rcpts: Vec<String> = Vec::new();
     let mut data: Option<(DataScanner, Vec<u8>)> = None;
+    // BDAT (RFC 3030): bytes still to take for the current chunk, whether it is the last,
+    // whether it is being discarded, and the message so far.
+    let mut bdat: Option<(usize, bool, bool)> = None;
+    let mut chunks: Vec<u8> = Vec::new();
     loop {
         // Process everything buffered, then flush replies and read.
         loop {
+            if let Some((left, last, discard)) = bdat {
+                let take = left.min(end - start);
+                if !discard {
+                    chunks.extend_from_slice(&buf[start..start + take]);
+                }
+                start += take;
+                if take < left {
+                    bdat = Some((left - take, last, discard));
+                    break;
+                }
+                bdat = None;
+                if discard {
+                    out.extend_from_slice(b"503 5.5.1 No valid recipients\r\n");
+                } else if last {
+                    if !c.opts.delay.is_zero() {
+                        glommio::timer::sleep(c.opts.delay).await;
+                    }
+                    let msg = std::mem::take(&mut chunks);
+                    out.extend_from_slice(end_of_message(c, &msg, &rcpts, false).as_bytes());
+                    rcpts.clear();
+                } else {
+                    out.extend_from_slice(b"250 2.0.0 Chunk received\r\n");
+                }
+                continue;
+            }
             if let Some((scanner, msg)) = data.as_mut() {
                 let f = scanner.feed(&buf[start..end]);
                 msg.extend_from_slice(f.prefix);
@@ -342,7 +371,7 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
                 if !c.opts.delay.is_zero() {
                     glommio::timer::sleep(c.opts.delay).await;
                 }
-                out.extend_from_slice(end_of_data(c, &msg, &rcpts).as_bytes());
+                out.extend_from_slice(end_of_message(c, &msg, &rcpts, true).as_bytes());
                 rcpts.clear();
                 continue;
             }
@@ -353,13 +382,18 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
             if !c.opts.delay.is_zero() {
                 glommio::timer::sleep(c.opts.delay).await;
             }
+            if let Some((size, last)) = parse_bdat(&line) {
+                bdat = Some((size, last, rcpts.is_empty()));
+                continue;
+            }
             let reply: String = match parse_command(&line) {
                 Ok(Command::Ehlo(_)) => {
-                    "250-sink.blaster\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+                    "250-sink.blaster\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n".into()
                 }
                 Ok(Command::Helo(_)) => "250 sink.blaster\r\n".into(),
                 Ok(Command::Mail(..)) => {
                     rcpts.clear();
+                    chunks.clear();
                     "250 2.1.0 Ok\r\n".into()
                 }
                 Ok(Command::Rcpt(a)) => {
@@ -413,7 +447,19 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
     }
 }
 
-fn end_of_data(c: &Core, msg: &[u8], rcpts: &[String]) -> &'static str {
+/// `BDAT <size> [LAST]` → (size, last).
+fn parse_bdat(line: &[u8]) -> Option<(usize, bool)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("BDAT") {
+        return None;
+    }
+    let size = words.next()?.parse().ok()?;
+    Some((size, words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"))))
+}
+
+/// A complete message: `stuffed` when it came by DATA (dot-stuffed wire form), not by BDAT.
+fn end_of_message(c: &Core, msg: &[u8], rcpts: &[String], stuffed: bool) -> &'static str {
     if c.roll(c.opts.data_temp) {
         c.fault("data_451");
         return "451 4.3.0 Temporary failure after data (injected)\r\n";
@@ -433,7 +479,8 @@ fn end_of_data(c: &Core, msg: &[u8], rcpts: &[String]) -> &'static str {
         e.0 += 1;
         e.2 = now;
     }
-    match read_stamp(msg) {
+    let stamp = if stuffed { read_stamp(msg) } else { crate::workload::read_stamp_plain(msg) };
+    match stamp {
         Some(stamp) => {
             if !stamp.intact {
                 st.corrupted += 1;

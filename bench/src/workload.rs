@@ -112,6 +112,8 @@ pub struct BodyStyle {
 pub struct Body {
     /// Wire bytes, ending in CRLF (or empty).
     pub wire: Vec<u8>,
+    /// The same body unstuffed, as BDAT sends it.
+    pub plain: Vec<u8>,
     /// CRC32C of the unstuffed body, as the sink will compute it.
     pub digest: u32,
 }
@@ -142,7 +144,7 @@ pub fn make_body(size: usize, style: BodyStyle, seed: u64) -> Body {
         plain.extend_from_slice(b"\r\n");
     }
     let digest = crc32c::crc32c(&plain);
-    Body { wire: stuff(&plain), digest }
+    Body { wire: stuff(&plain), plain, digest }
 }
 
 /// Dot-stuff CRLF text (the engine's own function, so both ends agree byte for byte).
@@ -186,7 +188,11 @@ pub struct Stamp {
 
 /// Parse a received message (wire form, as it arrived, possibly with trace headers on top).
 pub fn read_stamp(wire: &[u8]) -> Option<Stamp> {
-    let plain = unstuff(wire);
+    read_stamp_plain(&unstuff(wire))
+}
+
+/// Parse a received message that is not dot-stuffed (it came by BDAT).
+pub fn read_stamp_plain(plain: &[u8]) -> Option<Stamp> {
     let split = plain.windows(4).position(|w| w == b"\r\n\r\n")?;
     let (head, body) = (&plain[..split + 2], &plain[split + 4..]);
     let head = String::from_utf8_lossy(head);

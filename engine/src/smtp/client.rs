@@ -77,6 +77,8 @@ pub struct Capabilities {
     pub size: Option<u64>,
     /// RFC 3207.
     pub starttls: bool,
+    /// RFC 3030 (BDAT).
+    pub chunking: bool,
 }
 
 impl Capabilities {
@@ -90,6 +92,7 @@ impl Capabilities {
                 Some("8BITMIME") => c.eight_bit_mime = true,
                 Some("SMTPUTF8") => c.smtputf8 = true,
                 Some("STARTTLS") => c.starttls = true,
+                Some("CHUNKING") => c.chunking = true,
                 Some("SIZE") => c.size = words.next().and_then(|v| v.parse().ok()).filter(|v| *v > 0),
                 _ => {}
             }
@@ -359,7 +362,7 @@ mod tests {
 
     #[test]
     fn mail_parameters_follow_capabilities() {
-        let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000), starttls: false };
+        let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000), starttls: false, chunking: false };
         let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
         assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<a@b> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n".to_vec()));
     }
