@@ -181,11 +181,6 @@ impl Core {
         }
     }
 
-    /// Number of live messages this core owns.
-    pub fn live_messages(&self) -> usize {
-        self.live.borrow().len()
-    }
-
     /// Reload the inbound certificate and key (SIGHUP). Sessions in flight keep the old one.
     pub fn reload_tls(&self) {
         let t = &self.shared.config.tls;

@@ -158,9 +158,4 @@ impl Queues {
             futures_lite::future::or(async { listener.await }, glommio::timer::sleep(wait.min(Duration::from_secs(1)))).await;
         }
     }
-
-    /// Deliveries waiting in ready queues and in the retry schedule.
-    pub fn depth(&self) -> (usize, usize) {
-        (self.dests.borrow().values().map(|d| d.ready.len()).sum(), self.retry.borrow().len())
-    }
 }

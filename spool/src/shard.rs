@@ -229,6 +229,11 @@ impl SpoolShard {
 
     /// Drop the references a finished (or abandoned) message held: its record and its body.
     pub fn release_message(&self, msg: Option<MsgRef>, body: &[Extent]) {
+        // Sessions call this at every DATA start and end: with nothing to release there is
+        // nothing to collect either, so skip the scan of every segment.
+        if msg.is_none() && body.is_empty() {
+            return;
+        }
         {
             let mut st = self.state.borrow_mut();
             for seq in msg.iter().map(|m| m.segment).chain(body.iter().map(|e| e.segment)) {

@@ -50,15 +50,13 @@ pub struct Resolver {
     cfg: ResolverConfig,
     cache: RefCell<HashMap<(String, Qtype), (Instant, Answer)>>,
     next_id: std::cell::Cell<u16>,
-    /// Queries sent (for tests and metrics).
-    pub queries: std::cell::Cell<u64>,
 }
 
 impl Resolver {
     /// A resolver with an empty cache.
     pub fn new(cfg: ResolverConfig) -> Self {
         let seed = (crate::clock::unix_ms() as u16) ^ 0x5a5a;
-        Self { cfg, cache: RefCell::new(HashMap::new()), next_id: std::cell::Cell::new(seed), queries: std::cell::Cell::new(0) }
+        Self { cfg, cache: RefCell::new(HashMap::new()), next_id: std::cell::Cell::new(seed) }
     }
 
     fn id(&self) -> u16 {
@@ -93,7 +91,6 @@ impl Resolver {
             for _ in 0..self.cfg.attempts.max(1) {
                 let id = self.id();
                 let Ok(q) = build_query(id, name, qtype) else { return Answer::NxDomain(0) };
-                self.queries.set(self.queries.get() + 1);
                 let got = match glommio::timer::timeout(self.cfg.timeout, async { Ok(self.udp(&q, *ns, id, name, qtype).await) }).await {
                     Ok(a) => a,
                     Err(_) => Answer::ServFail(format!("timeout asking {ns}")),
