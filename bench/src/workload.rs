@@ -148,7 +148,7 @@ pub fn make_body(size: usize, style: BodyStyle, seed: u64) -> Body {
 }
 
 /// Dot-stuff CRLF text (the engine's own function, so both ends agree byte for byte).
-pub use ringpost_engine::smtp::data::dot_stuff as stuff;
+pub use ringpost_smtp::data::dot_stuff as stuff;
 
 /// Remove dot-stuffing (the sink's view of the body).
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {

@@ -13,6 +13,6 @@ pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod session;
-pub mod smtp;
+pub use ringpost_smtp as smtp;
 pub mod tls;
 pub mod tls_policy;

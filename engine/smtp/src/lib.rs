@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Sans-I/O SMTP: parsers, replies and state machines that take bytes and return events.
 pub mod address;
 pub mod auth;
