@@ -1,18 +1,12 @@
-//! ringpost's engine: configuration, the SMTP protocol machines, and the per-core runtime.
+//! ringpost's engine: configuration, the per-core runtime and the stages a message passes through.
+pub mod account;
 pub mod clock;
 pub mod config;
-pub mod core;
-pub mod deliver;
 pub mod dkim;
-pub mod dns;
-pub mod delivery_log;
-pub mod dsn;
+pub mod inbound;
 pub mod message;
-pub mod queue;
-pub mod retry;
-pub mod router;
+pub mod outbound;
 pub mod runtime;
-pub mod session;
+pub mod shard;
 pub use ringpost_smtp as smtp;
 pub mod tls;
-pub mod tls_policy;

@@ -3,8 +3,8 @@
 //! group commit before replying 250, enforces timeouts and the trickle defence, and hands
 //! accepted messages to the core for routing.
 use crate::clock::{rfc5322, unix_ms};
-use crate::core::Core;
-use crate::delivery_log::{EventKind, Peer};
+use crate::shard::core::Core;
+use crate::account::delivery_log::{EventKind, Peer};
 use crate::dkim::BodyHashStream;
 use crate::message::SpooledMessage;
 use crate::smtp::reply::Reply;

@@ -2,14 +2,14 @@
 //! transactions as the queue has ready. It drives the sans-I/O client machine, writes bodies
 //! straight from the spool's mapped segments, and turns every recipient's result into a
 //! delivery, a retry, a bounce or an expiry.
-use crate::core::{Core, FinalReport};
+use crate::shard::core::{Core, FinalReport};
 use crate::config::TlsPolicy;
-use crate::delivery_log::{EventKind, Peer};
+use crate::account::delivery_log::{EventKind, Peer};
 use crate::tls::Transport;
-use crate::tls_policy::{handshake_failed, not_offered, TlsFallback};
-use crate::dsn::FailedRecipient;
-use crate::queue::Delivery;
-use crate::retry::RetryDecision;
+use crate::outbound::tls_policy::{handshake_failed, not_offered, TlsFallback};
+use crate::account::dsn::FailedRecipient;
+use crate::outbound::queue::Delivery;
+use crate::outbound::retry::RetryDecision;
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -98,7 +98,7 @@ const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 /// The addresses to try for `domain`, in order: a static route, else DNS MX (RFC 5321 5.1).
 /// Each comes with the name TLS verifies (the MX host, a route's `tls_name`, or the address).
 async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
-    use crate::dns::resolver::Destination;
+    use crate::outbound::dns::resolver::Destination;
     if let Some((hosts, route)) = core.shared.router.route(domain) {
         return Ok(hosts.iter().map(|a| (route.tls_name.clone(), *a)).collect());
     }

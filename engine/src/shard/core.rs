@@ -5,11 +5,11 @@
 //! the delivery queues of the destinations this core owns. Other cores reach it only through
 //! [`CoreMsg`]s on the channel mesh. RefCell borrows here are never held across an `.await`.
 use crate::config::{Config, Network};
-use crate::delivery_log::{DeliveryLog, EventKind, LogEvent, Peer};
-use crate::dsn::{self, FailedRecipient, Original};
+use crate::account::delivery_log::{DeliveryLog, EventKind, LogEvent, Peer};
+use crate::account::dsn::{self, FailedRecipient, Original};
 use crate::message::SpooledMessage;
-use crate::queue::{Delivery, Queues};
-use crate::router::{domain_of, owner_core, Router};
+use crate::outbound::queue::{Delivery, Queues};
+use crate::shard::router::{domain_of, owner_core, Router};
 use crate::smtp::server::ServerLimits;
 use glommio::channels::channel_mesh::Senders;
 use ringpost_spool::record::MessageRecord;
@@ -77,13 +77,13 @@ impl Shared {
 }
 
 /// Resolver settings from `[dns]`, falling back to /etc/resolv.conf's nameservers.
-fn resolver_config(c: &Config) -> crate::dns::resolver::ResolverConfig {
+fn resolver_config(c: &Config) -> crate::outbound::dns::resolver::ResolverConfig {
     let mut nameservers: Vec<std::net::SocketAddr> = c.dns.nameservers.iter().filter_map(|n| n.parse().ok()).collect();
     if nameservers.is_empty() {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        nameservers = crate::dns::resolver::nameservers_from_resolv_conf(&text);
+        nameservers = crate::outbound::dns::resolver::nameservers_from_resolv_conf(&text);
     }
-    crate::dns::resolver::ResolverConfig {
+    crate::outbound::dns::resolver::ResolverConfig {
         nameservers,
         timeout: std::time::Duration::from_millis(c.dns.timeout_ms),
         attempts: c.dns.attempts,
@@ -122,11 +122,11 @@ pub struct Core {
     /// DKIM keys.
     pub signers: Rc<crate::dkim::Signers>,
     /// This core's DNS resolver and cache.
-    pub resolver: crate::dns::resolver::Resolver,
+    pub resolver: crate::outbound::dns::resolver::Resolver,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Outbound TLS client configurations by verification mode.
-    pub client_tls: crate::tls_policy::ClientConfigs,
+    pub client_tls: crate::outbound::tls_policy::ClientConfigs,
     live: RefCell<HashMap<MsgRef, LiveMessage>>,
 }
 
@@ -141,7 +141,7 @@ impl Core {
         senders: Senders<CoreMsg>,
         log: DeliveryLog,
         signers: crate::dkim::Signers,
-        tls: (Option<Arc<rustls::ServerConfig>>, crate::tls_policy::ClientConfigs),
+        tls: (Option<Arc<rustls::ServerConfig>>, crate::outbound::tls_policy::ClientConfigs),
     ) -> Rc<Self> {
         let s = &shared.config.server;
         let limits = Rc::new(ServerLimits {
@@ -155,7 +155,7 @@ impl Core {
             id,
             ncores,
             queues: Queues::new(&shared.config.delivery),
-            resolver: crate::dns::resolver::Resolver::new(resolver_config(&shared.config)),
+            resolver: crate::outbound::dns::resolver::Resolver::new(resolver_config(&shared.config)),
             server_tls: RefCell::new(tls.0),
             client_tls: tls.1,
             shared,

@@ -2,10 +2,10 @@
 //! and the dispatcher that decides when a connection is opened (queue manager apart from the
 //! delivery agent: this module decides *what goes when*; `deliver` only speaks SMTP).
 use crate::config::DeliverySection;
-use crate::core::Core;
-use crate::deliver;
+use crate::shard::core::Core;
+use crate::outbound::agent as deliver;
 use crate::message::SpooledMessage;
-use crate::retry::RetryPolicy;
+use crate::outbound::retry::RetryPolicy;
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};

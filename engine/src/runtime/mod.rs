@@ -1,10 +1,10 @@
 //! Start-up and shutdown: one pinned glommio executor per core, the channel mesh between
 //! them, recovery before serving, listeners with SO_REUSEPORT, and a clean stop on SIGTERM.
 use crate::config::Config;
-use crate::core::{Core, CoreMsg, Shared};
-use crate::delivery_log::DeliveryLog;
+use crate::shard::core::{Core, CoreMsg, Shared};
+use crate::account::delivery_log::DeliveryLog;
 use crate::message::SpooledMessage;
-use crate::queue::Queues;
+use crate::outbound::queue::Queues;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -118,7 +118,7 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
         (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(|e| e.to_string())?),
         _ => None,
     };
-    let client_tls = crate::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
+    let client_tls = crate::outbound::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
     let core = Core::new(id, n, shared.clone(), spool.clone(), senders, log, signers, (server_tls, client_tls));
 
     for (_, rx) in receivers.streams() {
@@ -220,7 +220,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
         core.sessions.set(core.sessions.get() + 1);
         let core2 = core.clone();
         glommio::spawn_local(async move {
-            crate::session::serve(core2.clone(), stream, peer).await;
+            crate::inbound::session::serve(core2.clone(), stream, peer).await;
             core2.sessions.set(core2.sessions.get() - 1);
             core2.shared.per_ip[ip_bucket(peer.ip(), core2.shared.per_ip.len())].fetch_sub(1, Ordering::Relaxed);
         })

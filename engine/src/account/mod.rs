@@ -1,0 +1,4 @@
+//! Accounting: the delivery log (one final event per recipient) and delivery status
+//! notifications to senders.
+pub mod delivery_log;
+pub mod dsn;
