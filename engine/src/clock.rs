@@ -1,5 +1,49 @@
-//! Wall-clock helpers: Unix milliseconds and RFC 5322 dates, without a date crate.
-use std::time::{SystemTime, UNIX_EPOCH};
+//! Time: the [`Clock`] every scheduling decision reads (real in the daemon, manual in tests, so
+//! retry, expiry and DSN decisions are tested by driving time instead of sleeping), plus Unix
+//! milliseconds and RFC 5322 dates without a date crate.
+//!
+//! Schedules are kept in Unix milliseconds rather than a monotonic clock because they are
+//! persisted in the spool (a recipient's next attempt survives a restart).
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of the current time, in Unix milliseconds.
+pub trait Clock {
+    /// Now, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        unix_ms()
+    }
+}
+
+/// A clock that moves only when told to: for tests of schedules.
+#[derive(Debug, Default)]
+pub struct ManualClock(Cell<u64>);
+
+impl ManualClock {
+    /// A clock stopped at `ms`.
+    pub fn at(ms: u64) -> Self {
+        Self(Cell::new(ms))
+    }
+
+    /// Move forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0.set(self.0.get() + d.as_millis() as u64);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {

@@ -257,8 +257,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                 if let Some(msg) = msg {
                     let client = Peer { remote: peer.to_string(), tls: stream.tls_description() };
                     core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
-                    let all = (0..msg.recipients.len() as u32).collect();
-                    core.accept_message(msg, all).await;
+                    core.accept_message(msg).await;
                 }
             }
             Step::Authenticate { consumed, user, password } => {

@@ -1,24 +1,52 @@
 //! The delivery agent: one outbound SMTP connection to a destination, reused for as many
-//! transactions as the queue has ready. It drives the sans-I/O client machine, writes bodies
-//! straight from the spool's mapped segments, and turns every recipient's result into a
-//! delivery, a retry, a bounce or an expiry.
-use crate::shard::core::{Core, FinalReport};
-use crate::config::TlsPolicy;
-use crate::account::delivery_log::{EventKind, Peer};
-use crate::tls::Transport;
-use crate::outbound::tls_policy::{handshake_failed, not_offered, TlsFallback};
-use crate::account::dsn::FailedRecipient;
+//! transactions as its [`WorkSource`] hands it. It drives the sans-I/O client machine, writes
+//! bodies straight from the spool's mapped segments, and reports one result per recipient.
+//!
+//! It knows nothing of queues, retries or the ledger: what a result means is the queue
+//! manager's decision ([`crate::outbound::queue`]), and applying it is the shard's.
+use crate::account::delivery_log::Peer;
+use crate::config::{Config, TlsPolicy};
+use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::Delivery;
-use crate::outbound::retry::RetryDecision;
+use crate::outbound::routes::Routes;
+use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
+use crate::tls::Transport;
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
-use ringpost_spool::Outcome;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
+
+/// What an agent needs to reach destinations: names, settings, routes, DNS and TLS. One per
+/// core, built at start.
+pub struct AgentContext {
+    /// Our name in EHLO.
+    pub hostname: String,
+    /// The configuration (delivery settings and TLS policies).
+    pub config: Config,
+    /// Static routes.
+    pub routes: Routes,
+    /// This core's resolver and cache.
+    pub resolver: Resolver,
+    /// Outbound TLS client configurations.
+    pub client_tls: ClientConfigs,
+}
+
+/// Where an agent gets its work and sends its results: the shard implements it over the
+/// queue manager. The agent never decides what a result means.
+#[allow(async_fn_in_trait)]
+pub trait WorkSource {
+    /// The next delivery for `domain`, waiting up to `idle`; `None`: close the connection.
+    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery>;
+    /// Every delivery ready for `domain` now (the connection could not be made).
+    fn take_ready(&self, domain: &str) -> Vec<Delivery>;
+    /// One result per recipient of `d`, in the order of `d.rcpts`.
+    async fn report(&self, domain: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>);
+    /// True once shutdown began: finish the current transaction and close.
+    fn stopping(&self) -> bool;
+}
 
 /// Why a connection could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +125,13 @@ const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The addresses to try for `domain`, in order: a static route, else DNS MX (RFC 5321 5.1).
 /// Each comes with the name TLS verifies (the MX host, a route's `tls_name`, or the address).
-async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
+async fn targets(ctx: &AgentContext, domain: &str) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
     use crate::outbound::dns::resolver::Destination;
-    if let Some((hosts, route)) = core.shared.router.route(domain) {
+    if let Some((hosts, route)) = ctx.routes.route(domain) {
         return Ok(hosts.iter().map(|a| (route.tls_name.clone(), *a)).collect());
     }
-    let port = core.shared.config.delivery.mx_port;
-    match core.resolver.destination(domain).await {
+    let port = ctx.config.delivery.mx_port;
+    match ctx.resolver.destination(domain).await {
         Destination::Hosts(hosts) => {
             Ok(hosts.into_iter().flat_map(|(h, ips)| ips.into_iter().map(move |ip| (Some(h.clone()), SocketAddr::new(ip, port)))).collect())
         }
@@ -113,26 +141,26 @@ async fn targets(core: &Core, domain: &str) -> Result<Vec<(Option<String>, Socke
     }
 }
 
-fn policy_for(core: &Core, domain: &str) -> TlsPolicy {
-    let cfg = &core.shared.config;
-    match core.shared.router.route(domain) {
+fn policy_for(ctx: &AgentContext, domain: &str) -> TlsPolicy {
+    let cfg = &ctx.config;
+    match ctx.routes.route(domain) {
         Some((_, r)) => cfg.tls_policy(r),
         None => cfg.default_tls_policy(),
     }
 }
 
-async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
-    let timeout = Duration::from_secs(core.shared.config.delivery.connect_timeout_s);
-    let policy = policy_for(core, domain);
+async fn connect(ctx: &AgentContext, domain: &str) -> Result<Conn, ConnError> {
+    let timeout = Duration::from_secs(ctx.config.delivery.connect_timeout_s);
+    let policy = policy_for(ctx, domain);
     let mut last = ConnError::NoRoute;
     // Every address of every exchange, in order, until one greets us (at least two are tried
     // whenever DNS gives two).
-    for (host, addr) in targets(core, domain).await? {
-        match greet(core, host.clone(), addr, timeout, &policy, true).await {
+    for (host, addr) in targets(ctx, domain).await? {
+        match greet(ctx, host.clone(), addr, timeout, &policy, true).await {
             Ok(c) => return Ok(c),
             Err(ConnError::TlsHandshake(_)) if handshake_failed(&policy) == TlsFallback::Plaintext => {
                 // Opportunistic with fallback: the same host again, without STARTTLS.
-                match greet(core, host, addr, timeout, &policy, false).await {
+                match greet(ctx, host, addr, timeout, &policy, false).await {
                     Ok(c) => return Ok(c),
                     Err(e) => last = e,
                 }
@@ -143,21 +171,21 @@ async fn connect(core: &Core, domain: &str) -> Result<Conn, ConnError> {
     Err(last)
 }
 
-async fn ehlo(core: &Core, c: &mut Conn) -> Result<(), ConnError> {
-    let r = c.command(format!("EHLO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
+    let r = c.command(format!("EHLO {}\r\n", ctx.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
     if r.code == 250 {
         c.caps = Capabilities::from_ehlo(&r);
         return Ok(());
     }
     c.caps = Capabilities::default();
-    let r = c.command(format!("HELO {}\r\n", core.limits.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+    let r = c.command(format!("HELO {}\r\n", ctx.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
     if r.code != 250 {
         return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
     }
     Ok(())
 }
 
-async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Duration, policy: &TlsPolicy, try_tls: bool) -> Result<Conn, ConnError> {
+async fn greet(ctx: &AgentContext, host: Option<String>, addr: SocketAddr, timeout: Duration, policy: &TlsPolicy, try_tls: bool) -> Result<Conn, ConnError> {
     let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let remote = match &host {
@@ -169,7 +197,7 @@ async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Dur
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
     }
-    ehlo(core, &mut c).await?;
+    ehlo(ctx, &mut c).await?;
     if policy.mode == "disabled" || !try_tls {
         return Ok(c);
     }
@@ -189,33 +217,32 @@ async fn greet(core: &Core, host: Option<String>, addr: SocketAddr, timeout: Dur
     c.buf.clear();
     c.start = 0;
     let name = host.unwrap_or_else(|| addr.ip().to_string());
-    let cfg = core.client_tls.for_policy(policy);
+    let cfg = ctx.client_tls.for_policy(policy);
     let hs = glommio::timer::timeout(COMMAND_TIMEOUT, async { Ok(c.stream.connect(cfg, &name).await) }).await;
     match hs {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
         Err(e) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
     }
-    ehlo(core, &mut c).await?;
+    ehlo(ctx, &mut c).await?;
     Ok(c)
 }
 
-/// Serve `domain` over one connection until its queue stays empty for the idle time.
-pub async fn run_connection(core: Rc<Core>, domain: String) {
-    let idle = Duration::from_secs_f64(core.shared.config.delivery.idle_timeout_s);
-    match connect(&core, &domain).await {
+/// Serve `domain` over one connection until its work source has nothing for the idle time.
+pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, domain: &str) {
+    let idle = Duration::from_secs_f64(ctx.config.delivery.idle_timeout_s);
+    match connect(ctx, domain).await {
         Err(e) => {
             // The destination is unreachable: everything ready for it fails this attempt.
-            for d in core.queues.drain(&domain) {
-                let rcpts = d.rcpts.clone();
-                let results = rcpts.iter().map(|_| local_result(&e)).collect();
-                settle(&core, &domain, d, rcpts, results, None).await;
+            for d in work.take_ready(domain) {
+                let results = d.rcpts.iter().map(|_| local_result(&e)).collect();
+                work.report(domain, d, results, None).await;
             }
         }
         Ok(mut conn) => {
-            while !core.shared.stopping() {
-                let Some(d) = core.queues.wait_for_work(&domain, idle).await else { break };
-                if !deliver_one(&core, &domain, &mut conn, d).await {
+            while !work.stopping() {
+                let Some(d) = work.next(domain, idle).await else { break };
+                if !deliver_one(ctx, work, domain, &mut conn, d).await {
                     break;
                 }
             }
@@ -223,7 +250,6 @@ pub async fn run_connection(core: Rc<Core>, domain: String) {
             let _ = conn.read_reply(Duration::from_secs(5)).await;
         }
     }
-    core.queues.connection_closed(&core, &domain);
 }
 
 fn local_result(e: &ConnError) -> RcptResult {
@@ -237,13 +263,12 @@ fn local_result(e: &ConnError) -> RcptResult {
     }
 }
 
-/// Send one message's recipients (in transactions of at most the configured size). Returns
-/// false when the connection is no longer usable.
-async fn deliver_one(core: &Rc<Core>, domain: &str, conn: &mut Conn, mut d: Delivery) -> bool {
-    let per_txn = core.shared.config.delivery.max_recipients_per_transaction;
-    let all = std::mem::take(&mut d.rcpts);
+/// Send one message's recipients (in transactions of at most the configured size) and report
+/// every result. Returns false when the connection is no longer usable.
+async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, conn: &mut Conn, d: Delivery) -> bool {
+    let per_txn = ctx.config.delivery.max_recipients_per_transaction;
     let mut usable = true;
-    for group in all.chunks(per_txn) {
+    for group in d.rcpts.chunks(per_txn) {
         let part = Delivery { msg: d.msg.clone(), rcpts: group.to_vec(), attempts: d.attempts };
         let outcome = if usable { transaction(conn, &part).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
         let results = match outcome {
@@ -259,7 +284,7 @@ async fn deliver_one(core: &Rc<Core>, domain: &str, conn: &mut Conn, mut d: Deli
             }
         };
         let peer = Peer { remote: conn.remote.clone(), tls: conn.stream.tls_description() };
-        settle(core, domain, part, group.to_vec(), results, Some(peer)).await;
+        work.report(domain, part, results, Some(peer)).await;
     }
     usable
 }
@@ -351,67 +376,4 @@ async fn write_vectored_all(transport: &mut Transport, pieces: &[&[u8]]) -> std:
         }
     }
     Ok(())
-}
-
-fn status_of(r: &Reply, default: &str) -> String {
-    match r.enhanced {
-        Some((c, s, d)) => format!("{c}.{s}.{d}"),
-        None => default.to_string(),
-    }
-}
-
-/// Turn per-recipient results into log events, final reports and retries.
-async fn settle(core: &Rc<Core>, domain: &str, d: Delivery, rcpts: Vec<u32>, results: Vec<RcptResult>, peer: Option<Peer>) {
-    let remote = peer.as_ref().map(|p| p.remote.clone());
-    let attempts = d.attempts + 1;
-    let mut retry = Vec::new();
-    let mut last_transient = None;
-    for (i, result) in rcpts.into_iter().zip(results) {
-        let (kind, outcome, reply) = match result {
-            RcptResult::Delivered(r) => (EventKind::Delivery, Outcome::Delivered, r),
-            RcptResult::Permanent(r) => (EventKind::Bounce, Outcome::Bounced, r),
-            RcptResult::Transient(r) => {
-                retry.push(i);
-                last_transient = Some(r);
-                continue;
-            }
-        };
-        let response = reply.to_wire().trim_end().replace("\r\n", " ");
-        core.log_event(kind, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
-        let failure = (outcome == Outcome::Bounced).then(|| FailedRecipient {
-            recipient: d.msg.recipients[i as usize].clone(),
-            status: status_of(&reply, "5.0.0"),
-            remote: remote.clone(),
-            diagnostic: response,
-            expired: false,
-        });
-        core.report_final(FinalReport { msg: d.msg.id, rcpt: i, outcome, failure }).await;
-    }
-    if retry.is_empty() {
-        return;
-    }
-    let reply = last_transient.expect("a transient result");
-    let response = reply.to_wire().trim_end().replace("\r\n", " ");
-    let age = Duration::from_millis(crate::clock::unix_ms().saturating_sub(d.msg.received_ms));
-    match core.queues.policy.decide(attempts, age) {
-        RetryDecision::RetryIn(after) => {
-            for &i in &retry {
-                core.log_event(EventKind::TransientFailure, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
-            }
-            core.queues.schedule(domain.to_string(), Delivery { msg: d.msg, rcpts: retry, attempts }, after);
-        }
-        RetryDecision::Expire => {
-            for i in retry {
-                core.log_event(EventKind::Expiration, &d.msg, Some(i), peer.as_ref(), Some(response.clone()), attempts);
-                let failure = FailedRecipient {
-                    recipient: d.msg.recipients[i as usize].clone(),
-                    status: "4.4.7".into(),
-                    remote: remote.clone(),
-                    diagnostic: format!("delivery time expired; last error: {response}"),
-                    expired: true,
-                };
-                core.report_final(FinalReport { msg: d.msg.id, rcpt: i, outcome: Outcome::Expired, failure: Some(failure) }).await;
-            }
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! Outbound: the queue manager decides what is delivered when; the delivery agent speaks SMTP
-//! to one destination; retry and TLS policy and DNS serve them.
+//! to one destination; retry and TLS policy, static routes and DNS serve them.
 pub mod agent;
 pub mod dns;
 pub mod queue;
 pub mod retry;
+pub mod routes;
 pub mod tls_policy;

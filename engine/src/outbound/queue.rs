@@ -1,17 +1,21 @@
-//! Per-destination queues on the owning core: a ready FIFO per destination, a retry schedule,
-//! and the dispatcher that decides when a connection is opened (queue manager apart from the
-//! delivery agent: this module decides *what goes when*; `deliver` only speaks SMTP).
-use crate::config::DeliverySection;
-use crate::shard::core::Core;
-use crate::outbound::agent as deliver;
+//! The queue manager of one core: per destination a ready FIFO, a schedule of deliveries
+//! waiting for their next attempt, and the decision of what happens after an attempt.
+//!
+//! It decides and never acts: no I/O, no timers, no spawning. Time is passed in (Unix ms from
+//! the shard's [`crate::clock::Clock`]), results are handed to it, and it answers with
+//! [`Dispatch`] (what the caller should do about connections) and [`Settlement`] (what became
+//! final, what waits). That keeps it testable by driving time (Postfix's qmgr apart from its
+//! smtp agents). The shard owns one and touches it only from its own core.
 use crate::message::SpooledMessage;
-use crate::outbound::retry::RetryPolicy;
+use crate::outbound::retry::{RetryDecision, RetryPolicy};
+use crate::smtp::client::RcptResult;
+use crate::smtp::reply::Reply;
 use event_listener::Event;
-use std::cell::{Cell, RefCell};
+use ringpost_spool::Outcome;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Some recipients of one message bound for one destination.
 pub struct Delivery {
@@ -20,6 +24,51 @@ pub struct Delivery {
     /// Recipient indexes.
     pub rcpts: Vec<u32>,
     /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// What the caller should do about connections after a queue change.
+pub enum Dispatch {
+    /// Nothing: no work, or the connection limit is reached.
+    Nothing,
+    /// Wake an idle connection of the destination (notify this event).
+    WakeIdle(Rc<Event>),
+    /// Open a new connection (already counted against the limit).
+    Open,
+}
+
+/// A recipient whose attempt ended for good.
+#[derive(Debug, Clone)]
+pub struct Final {
+    /// Recipient index.
+    pub rcpt: u32,
+    /// Delivered, bounced or expired.
+    pub outcome: Outcome,
+    /// The reply it ended with (for expiry: the last transient reply).
+    pub reply: Reply,
+}
+
+/// Recipients that wait for another attempt.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    /// Recipient indexes.
+    pub rcpts: Vec<u32>,
+    /// Attempts made so far, including this one.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms).
+    pub next_attempt_ms: u64,
+    /// The transient reply.
+    pub reply: Reply,
+}
+
+/// The outcome of one attempt for one delivery.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// Recipients that are done (delivered, bounced, expired).
+    pub finals: Vec<Final>,
+    /// Recipients scheduled again, if any.
+    pub deferred: Option<Deferred>,
+    /// Attempts made, including this one.
     pub attempts: u32,
 }
 
@@ -32,130 +81,144 @@ struct Destination {
 }
 
 /// All destination queues of one core.
-pub struct Queues {
-    dests: RefCell<HashMap<String, Destination>>,
-    retry: RefCell<BTreeMap<(Instant, u64), (String, Delivery)>>,
-    retry_seq: Cell<u64>,
-    retry_wake: Event,
-    /// The backoff policy.
-    pub policy: RetryPolicy,
-    max_connections: usize,
+pub struct QueueManager {
+    dests: HashMap<String, Destination>,
+    scheduled: BTreeMap<(u64, u64), (String, Delivery)>,
+    seq: u64,
+    policy: RetryPolicy,
+    connections_max: usize,
 }
 
-impl Queues {
-    /// Empty queues.
-    pub fn new(d: &DeliverySection) -> Self {
-        Self {
-            dests: RefCell::new(HashMap::new()),
-            retry: RefCell::new(BTreeMap::new()),
-            retry_seq: Cell::new(0),
-            retry_wake: Event::new(),
-            policy: RetryPolicy {
-                first: Duration::from_secs_f64(d.retry_first_s),
-                factor: d.retry_factor,
-                max: Duration::from_secs_f64(d.retry_max_s),
-                max_age: Duration::from_secs_f64(d.max_age_s),
-            },
-            max_connections: d.max_connections_per_destination,
-        }
+impl QueueManager {
+    /// Empty queues with this retry policy and per-destination connection limit.
+    pub fn new(policy: RetryPolicy, connections_max: usize) -> Self {
+        Self { dests: HashMap::new(), scheduled: BTreeMap::new(), seq: 0, policy, connections_max: connections_max.max(1) }
     }
 
-    /// Queue a delivery as ready now.
-    pub fn enqueue(&self, core: &Rc<Core>, domain: String, d: Delivery) {
-        self.dests.borrow_mut().entry(domain.clone()).or_default().ready.push_back(d);
-        self.dispatch(core, &domain);
+    /// Queue a delivery as ready now; `may_open` is false while shutting down.
+    pub fn enqueue(&mut self, domain: &str, d: Delivery, may_open: bool) -> Dispatch {
+        self.dests.entry(domain.to_string()).or_default().ready.push_back(d);
+        self.dispatch(domain, may_open)
     }
 
-    /// Queue a delivery for later.
-    pub fn schedule(&self, domain: String, d: Delivery, after: Duration) {
-        let seq = self.retry_seq.get();
-        self.retry_seq.set(seq + 1);
-        self.retry.borrow_mut().insert((Instant::now() + after, seq), (domain, d));
-        self.retry_wake.notify(1);
+    /// Queue a delivery for its next attempt at `at_ms`.
+    pub fn schedule(&mut self, domain: &str, d: Delivery, at_ms: u64) {
+        self.seq += 1;
+        self.scheduled.insert((at_ms, self.seq), (domain.to_string(), d));
     }
 
-    /// Wake an idle connection or open a new one, within the destination's connection limit.
-    fn dispatch(&self, core: &Rc<Core>, domain: &str) {
-        let mut dests = self.dests.borrow_mut();
-        let dest = dests.get_mut(domain).expect("dispatch of unknown destination");
+    /// When the earliest scheduled delivery is due (Unix ms).
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.scheduled.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Move every delivery due at `now_ms` to its ready queue; one dispatch per delivery moved.
+    pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<(String, Dispatch)> {
+        let later = self.scheduled.split_off(&(now_ms + 1, 0));
+        let due = std::mem::replace(&mut self.scheduled, later);
+        due.into_values()
+            .map(|(domain, d)| {
+                let action = self.enqueue(&domain, d, may_open);
+                (domain, action)
+            })
+            .collect()
+    }
+
+    /// Wake an idle connection or open one, within the destination's connection limit.
+    fn dispatch(&mut self, domain: &str, may_open: bool) -> Dispatch {
+        let Some(dest) = self.dests.get_mut(domain) else { return Dispatch::Nothing };
         if dest.ready.is_empty() {
-            return;
-        }
-        if dest.idle > 0 {
-            dest.wake.notify(1);
-        } else if dest.connections < self.max_connections && !core.shared.stopping() {
+            Dispatch::Nothing
+        } else if dest.idle > 0 {
+            Dispatch::WakeIdle(dest.wake.clone())
+        } else if dest.connections < self.connections_max && may_open {
             dest.connections += 1;
-            glommio::spawn_local(deliver::run_connection(core.clone(), domain.to_string())).detach();
+            Dispatch::Open
+        } else {
+            Dispatch::Nothing
         }
     }
 
     /// Next ready delivery for a connection to `domain`.
-    pub fn pop(&self, domain: &str) -> Option<Delivery> {
-        self.dests.borrow_mut().get_mut(domain)?.ready.pop_front()
+    pub fn pop(&mut self, domain: &str) -> Option<Delivery> {
+        self.dests.get_mut(domain)?.ready.pop_front()
     }
 
-    /// Take every ready delivery of `domain` (the destination is unreachable).
-    pub fn drain(&self, domain: &str) -> Vec<Delivery> {
-        self.dests.borrow_mut().get_mut(domain).map(|d| d.ready.drain(..).collect()).unwrap_or_default()
+    /// Every ready delivery of `domain` (its connection attempt failed).
+    pub fn take_ready(&mut self, domain: &str) -> Vec<Delivery> {
+        self.dests.get_mut(domain).map(|d| d.ready.drain(..).collect()).unwrap_or_default()
     }
 
-    /// Wait up to `idle` for more work for `domain`; returns it, or `None` to close.
-    pub async fn wait_for_work(&self, domain: &str, idle: Duration) -> Option<Delivery> {
-        if let Some(d) = self.pop(domain) {
-            return Some(d);
-        }
-        let wake = self.dests.borrow().get(domain)?.wake.clone();
-        let listener = wake.listen();
-        if let Some(d) = self.pop(domain) {
-            return Some(d);
-        }
-        self.set_idle(domain, 1);
-        futures_lite::future::or(async { listener.await }, glommio::timer::sleep(idle)).await;
-        self.set_idle(domain, -1);
-        self.pop(domain)
+    /// The event that wakes idle connections of `domain`.
+    pub fn wake_event(&self, domain: &str) -> Option<Rc<Event>> {
+        self.dests.get(domain).map(|d| d.wake.clone())
     }
 
-    fn set_idle(&self, domain: &str, delta: isize) {
-        if let Some(d) = self.dests.borrow_mut().get_mut(domain) {
+    /// A connection of `domain` starts (`+1`) or stops (`-1`) waiting idle for work.
+    pub fn set_idle(&mut self, domain: &str, delta: isize) {
+        if let Some(d) = self.dests.get_mut(domain) {
             d.idle = d.idle.saturating_add_signed(delta);
         }
     }
 
-    /// A connection to `domain` ended; reopen one if work arrived meanwhile.
-    pub fn connection_closed(&self, core: &Rc<Core>, domain: &str) {
-        let again = {
-            let mut dests = self.dests.borrow_mut();
-            let d = dests.get_mut(domain).expect("closing unknown destination");
-            d.connections -= 1;
-            if d.connections == 0 && d.ready.is_empty() {
-                dests.remove(domain);
-                false
-            } else {
-                d.connections == 0
-            }
-        };
-        if again {
-            self.dispatch(core, domain);
+    /// A connection to `domain` ended; open another if work is still ready and none is left.
+    pub fn connection_closed(&mut self, domain: &str, may_open: bool) -> Dispatch {
+        let Some(d) = self.dests.get_mut(domain) else { return Dispatch::Nothing };
+        d.connections = d.connections.saturating_sub(1);
+        if d.connections > 0 {
+            return Dispatch::Nothing;
         }
+        if d.ready.is_empty() {
+            self.dests.remove(domain);
+            return Dispatch::Nothing;
+        }
+        self.dispatch(domain, may_open)
     }
 
-    /// The retry timer: moves due deliveries back to their ready queues. Runs for the life of
-    /// the core.
-    pub async fn run_retry_timer(core: Rc<Core>) {
-        let q = &core.queues;
-        while !core.shared.stopping() {
-            let listener = q.retry_wake.listen();
-            let now = Instant::now();
-            let due: Vec<(String, Delivery)> = {
-                let mut retry = q.retry.borrow_mut();
-                let later = retry.split_off(&(now, u64::MAX));
-                std::mem::replace(&mut *retry, later).into_values().collect()
-            };
-            for (domain, d) in due {
-                q.enqueue(&core, domain, d);
+    /// Ready deliveries and open connections of `domain`.
+    pub fn depth(&self, domain: &str) -> (usize, usize) {
+        self.dests.get(domain).map(|d| (d.ready.len(), d.connections)).unwrap_or((0, 0))
+    }
+
+    /// Deliveries waiting for a later attempt.
+    pub fn scheduled_len(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    /// Decide what one attempt's results mean: finals for delivered and bounced recipients;
+    /// transient failures either wait (scheduled here) or, past the lifetime, expire.
+    pub fn settle(&mut self, now_ms: u64, domain: &str, d: Delivery, results: Vec<RcptResult>) -> Settlement {
+        let attempts = d.attempts + 1;
+        let mut out = Settlement { attempts, ..Default::default() };
+        let mut retry = Vec::new();
+        let mut last_transient = None;
+        assert_eq!(d.rcpts.len(), results.len(), "one result per recipient");
+        for (&rcpt, result) in d.rcpts.iter().zip(results) {
+            match result {
+                RcptResult::Delivered(reply) => out.finals.push(Final { rcpt, outcome: Outcome::Delivered, reply }),
+                RcptResult::Permanent(reply) => out.finals.push(Final { rcpt, outcome: Outcome::Bounced, reply }),
+                RcptResult::Transient(reply) => {
+                    retry.push(rcpt);
+                    last_transient = Some(reply);
+                }
             }
-            let wait = q.retry.borrow().keys().next().map(|(t, _)| t.saturating_duration_since(now)).unwrap_or(Duration::from_secs(1));
-            futures_lite::future::or(async { listener.await }, glommio::timer::sleep(wait.min(Duration::from_secs(1)))).await;
         }
+        let Some(reply) = last_transient else { return out };
+        let age = Duration::from_millis(now_ms.saturating_sub(d.msg.received_ms));
+        match self.policy.decide(attempts, age) {
+            RetryDecision::RetryIn(after) => {
+                let next_attempt_ms = now_ms + after.as_millis() as u64;
+                out.deferred = Some(Deferred { rcpts: retry.clone(), attempts, next_attempt_ms, reply });
+                self.schedule(domain, Delivery { msg: d.msg, rcpts: retry, attempts }, next_attempt_ms);
+            }
+            RetryDecision::Expire => {
+                out.finals.extend(retry.into_iter().map(|rcpt| Final { rcpt, outcome: Outcome::Expired, reply: reply.clone() }));
+            }
+        }
+        out
     }
 }
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;

@@ -15,6 +15,18 @@ pub struct RetryPolicy {
     pub max_age: Duration,
 }
 
+impl RetryPolicy {
+    /// The policy of `[delivery]`.
+    pub fn from_config(d: &crate::config::DeliverySection) -> Self {
+        Self {
+            first: Duration::from_secs_f64(d.retry_first_s),
+            factor: d.retry_factor,
+            max: Duration::from_secs_f64(d.retry_max_s),
+            max_age: Duration::from_secs_f64(d.max_age_s),
+        }
+    }
+}
+
 /// What to do after a transient failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {

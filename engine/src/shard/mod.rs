@@ -1,4 +1,10 @@
-//! The shard: one core's state, the messages cores exchange, the ledger of live messages and
-//! the router that decides which core owns a destination.
+//! The shard: one core's state and what it does with it — the messages cores exchange
+//! (`inbox`), the ledger of live messages (`ledger`, no I/O), the owner of each destination
+//! (`router`), the driver of the outbound side (`dispatch`) and the handling of outcomes
+//! (`finals`).
 pub mod core;
+pub mod dispatch;
+pub mod finals;
+pub mod inbox;
+pub mod ledger;
 pub mod router;

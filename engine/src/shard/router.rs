@@ -1,40 +1,6 @@
-//! Static routing and shard ownership: which hosts serve a domain, and which core owns it.
-use crate::config::Route;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
-/// The `[[route]]` table.
-#[derive(Debug, Clone, Default)]
-pub struct Router {
-    routes: HashMap<String, (Vec<SocketAddr>, Route)>,
-    default: Option<(Vec<SocketAddr>, Route)>,
-}
-
-impl Router {
-    /// Build from validated config routes.
-    pub fn new(routes: &[Route]) -> Self {
-        let mut r = Router::default();
-        for route in routes {
-            let hosts: Vec<SocketAddr> = route.hosts.iter().filter_map(|h| h.parse().ok()).collect();
-            if route.domain == "*" {
-                r.default = Some((hosts, route.clone()));
-            } else {
-                r.routes.insert(route.domain.to_ascii_lowercase(), (hosts, route.clone()));
-            }
-        }
-        r
-    }
-
-    /// Hosts for `domain` (lower-case), in the order to try; `None` if nothing routes it.
-    pub fn hosts(&self, domain: &str) -> Option<&[SocketAddr]> {
-        self.route(domain).map(|(h, _)| h.as_slice())
-    }
-
-    /// The static route for `domain` (specific, else `"*"`), with its hosts.
-    pub fn route(&self, domain: &str) -> Option<&(Vec<SocketAddr>, Route)> {
-        self.routes.get(domain).or(self.default.as_ref())
-    }
-}
+//! Shard ownership: which core owns a destination, and the grouping of a message's recipients
+//! by destination (done once, at acceptance) and by the core that owns each destination.
+use std::collections::BTreeMap;
 
 /// The core that owns destination `domain`: a stable FNV-1a hash modulo the core count, so
 /// every core agrees without asking anyone.
@@ -52,6 +18,20 @@ pub fn domain_of(addr: &str) -> String {
     addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("").to_ascii_lowercase()
 }
 
+/// A message's recipients grouped by destination domain and then by owner core: what each core
+/// is sent. Destinations come out in a stable (sorted) order.
+pub fn group_by_owner<'a>(recipients: impl Iterator<Item = (u32, &'a str)>, cores: usize) -> BTreeMap<usize, Vec<(String, Vec<u32>)>> {
+    let mut by_domain: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (i, addr) in recipients {
+        by_domain.entry(domain_of(addr)).or_default().push(i);
+    }
+    let mut out: BTreeMap<usize, Vec<(String, Vec<u32>)>> = BTreeMap::new();
+    for (domain, rcpts) in by_domain {
+        out.entry(owner_core(&domain, cores)).or_default().push((domain, rcpts));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,20 +41,17 @@ mod tests {
         assert_eq!(owner_core("Example.ORG", 4), owner_core("example.org", 4));
         let spread: std::collections::HashSet<usize> = (0..64).map(|i| owner_core(&format!("d{i}.test"), 4)).collect();
         assert_eq!(spread.len(), 4, "domains spread over every core");
-    }
-
-    fn route(domain: &str, hosts: &[&str]) -> Route {
-        Route { domain: domain.into(), hosts: hosts.iter().map(|h| h.to_string()).collect(), tls: None, tls_verify: None, tls_ca_file: None, tls_name: None }
+        assert_eq!(domain_of("x@Y.Test"), "y.test");
     }
 
     #[test]
-    fn specific_route_wins_over_default() {
-        let r = Router::new(&[
-            route("*", &["127.0.0.1:1"]),
-            route("a.test", &["127.0.0.1:2", "127.0.0.1:3"]),
-        ]);
-        assert_eq!(r.hosts("a.test").unwrap().len(), 2);
-        assert_eq!(r.hosts("b.test").unwrap()[0].port(), 1);
-        assert_eq!(domain_of("x@Y.Test"), "y.test");
+    fn recipients_are_grouped_once_by_domain_then_owner() {
+        let rcpts = ["a@X.test", "b@y.test", "c@x.test"];
+        let groups = group_by_owner(rcpts.iter().enumerate().map(|(i, r)| (i as u32, *r)), 2);
+        let flat: Vec<(usize, String, Vec<u32>)> =
+            groups.into_iter().flat_map(|(c, g)| g.into_iter().map(move |(d, r)| (c, d, r))).collect();
+        assert_eq!(flat.len(), 2, "two destinations: {flat:?}");
+        let x = flat.iter().find(|(_, d, _)| d == "x.test").unwrap();
+        assert_eq!((x.0, &x.2), (owner_core("x.test", 2), &vec![0, 2]));
     }
 }

@@ -1,0 +1,136 @@
+//! The listener: accepts connections on one listening socket of one core, applies the
+//! connection ceilings (per core, and per client address across all cores), and starts a
+//! session for each connection admitted.
+//!
+//! The per-address count is exact: a lock-free concurrent map keyed by the client address, so
+//! no client can share a counter with another (the hashed buckets it replaces let a client
+//! pick addresses that collide with a victim's bucket and lock the victim out).
+use crate::shard::core::Core;
+use glommio::net::TcpListener;
+use papaya::{Compute, Operation};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Open sessions per client address, host-wide, shared by every core's listener.
+#[derive(Default)]
+pub struct PerIpCounts {
+    map: papaya::HashMap<IpAddr, u32>,
+}
+
+impl PerIpCounts {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Count one more session for `ip` unless it already has `max`; false when refused.
+    pub fn try_enter(&self, ip: IpAddr, max: usize) -> bool {
+        let map = self.map.pin();
+        let result = map.compute(ip, |entry| match entry {
+            Some((_, &n)) if n as usize >= max => Operation::Abort(()),
+            Some((_, &n)) => Operation::Insert(n + 1),
+            None if max == 0 => Operation::Abort(()),
+            None => Operation::Insert(1),
+        });
+        !matches!(result, Compute::Aborted(()))
+    }
+
+    /// A session of `ip` ended.
+    pub fn leave(&self, ip: IpAddr) {
+        self.map.pin().compute(ip, |entry| match entry {
+            Some((_, &n)) if n > 1 => Operation::Insert(n - 1),
+            Some(_) => Operation::Remove,
+            None => Operation::Abort(()),
+        });
+    }
+
+    /// Sessions open for `ip` now.
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        self.map.pin().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// Accept connections until shutdown begins on this core.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerIpCounts>) {
+    let limits = &core.shared.config.server;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            core.stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        let Ok(stream) = accepted else { continue };
+        let Ok(peer) = stream.peer_addr() else { continue };
+        let full = core.sessions.get() >= limits.max_connections_per_core;
+        if full || !per_ip.try_enter(peer.ip(), limits.max_connections_per_ip) {
+            let why = if full { "on this server" } else { "from your address" };
+            refuse(stream, format!("421 4.7.0 {} Error: too many connections {why}\r\n", limits.hostname));
+            continue;
+        }
+        core.sessions.set(core.sessions.get() + 1);
+        let (core, per_ip) = (core.clone(), per_ip.clone());
+        glommio::spawn_local(async move {
+            crate::inbound::session::serve(core.clone(), stream, peer).await;
+            core.sessions.set(core.sessions.get() - 1);
+            per_ip.leave(peer.ip());
+        })
+        .detach();
+    }
+}
+
+/// Answer a refused connection with its 421 and close it, without holding up the accept loop.
+fn refuse(stream: glommio::net::TcpStream, reply: String) {
+    glommio::spawn_local(async move {
+        use futures_lite::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.close().await;
+    })
+    .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_exact_per_address() {
+        let t = PerIpCounts::new();
+        let victim: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.try_enter(victim, 3));
+        }
+        assert!(!t.try_enter(victim, 3), "the fourth session is refused");
+        assert_eq!(t.count(victim), 3);
+        t.leave(victim);
+        assert!(t.try_enter(victim, 3), "a session that ended makes room");
+    }
+
+    #[test]
+    fn no_other_address_can_use_up_a_victims_allowance() {
+        let t = PerIpCounts::new();
+        // Many distinct clients, each at its own limit: none of them touches the victim's count
+        // (with hashed buckets, some of these collided with the victim's bucket).
+        for i in 0..20_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(t.try_enter(ip, 1));
+            assert!(!t.try_enter(ip, 1));
+        }
+        let victim: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(t.count(victim), 0);
+        assert!(t.try_enter(victim, 1));
+    }
+
+    #[test]
+    fn the_last_session_out_removes_the_address() {
+        let t = PerIpCounts::new();
+        let ip: IpAddr = "::1".parse().unwrap();
+        assert!(t.try_enter(ip, 5));
+        t.leave(ip);
+        t.leave(ip);
+        assert_eq!(t.count(ip), 0);
+        assert_eq!(t.map.len(), 0);
+    }
+}

@@ -1,0 +1,149 @@
+//! One core's life: recover its spool, assemble its state, start its tasks and listeners,
+//! and on shutdown let sessions finish and the last commit round land.
+use crate::account::delivery_log::DeliveryLog;
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::inbound::listener::{accept_loop, PerIpCounts};
+use crate::outbound::agent::AgentContext;
+use crate::outbound::dns::resolver::{nameservers_from_resolv_conf, Resolver, ResolverConfig};
+use crate::outbound::routes::Routes;
+use crate::shard::core::{Core, CoreParts, Shared};
+use crate::shard::inbox::CoreMsg;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
+use glommio::net::TcpListener;
+use ringpost_spool::{Durability, Recovery, SpoolConfig, SpoolShard};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the flusher writes the delivery log and looks for a reload request.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// How long shutdown waits for open sessions to finish their transaction.
+const SESSION_DRAIN_MAX: Duration = Duration::from_secs(30);
+
+/// Run core `id` of `n` until shutdown.
+pub async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<CoreMsg, Full>, per_ip: Arc<PerIpCounts>) -> Result<(), String> {
+    let cfg = &shared.config;
+    let (spool, recovery) = open_spool(id, cfg)?;
+    let committer = glommio::spawn_local(spool.clone().run_committer());
+    let (senders, receivers) = mesh.join().await.map_err(|_| "channel mesh join failed".to_string())?;
+    let core = build_core(id, n, shared.clone(), spool.clone(), senders)?;
+    start_inbox(&core, receivers);
+    glommio::spawn_local(core.clone().run_retry_timer()).detach();
+    let flusher = glommio::spawn_local(run_flusher(core.clone()));
+    super::recovery::requeue(&core, recovery).await;
+
+    let mut accepts = Vec::new();
+    for addr in &cfg.server.listen {
+        let listener = TcpListener::bind(addr.as_str()).map_err(|e| format!("listen {addr}: {e}"))?;
+        accepts.push(glommio::spawn_local(accept_loop(core.clone(), listener, per_ip.clone())));
+    }
+    if id == 0 {
+        eprintln!("ringpost: {n} cores serving {:?} (durability {})", cfg.server.listen, cfg.spool.durability);
+    }
+    super::wait_shutdown(&shared).await;
+    core.stopping.notify(usize::MAX);
+    for a in accepts {
+        a.await;
+    }
+    drain_sessions(&core).await;
+    flusher.await;
+    core.log.flush();
+    spool.close();
+    committer.await;
+    Ok(())
+}
+
+/// Scan this core's spool and open it for appending, with every recovered message pinned.
+fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Recovery), String> {
+    let spool_cfg = SpoolConfig {
+        dir: cfg.spool.dir.clone(),
+        segment_size: cfg.spool.segment_size,
+        durability: if cfg.spool.durability == "none" { Durability::None } else { Durability::Fsync },
+        max_pending_bytes: 16 << 20,
+    };
+    let core_dir = SpoolShard::core_dir(&spool_cfg.dir, id as u16);
+    let mut recovery = Recovery::scan(&core_dir, id as u16).map_err(|e| e.to_string())?;
+    for (seg, at, why) in &recovery.torn {
+        eprintln!("ringpost: core {id}: dropped torn spool tail in segment {seg} at offset {at}: {why}");
+    }
+    let segments = std::mem::take(&mut recovery.segments);
+    let spool = SpoolShard::open(id as u16, spool_cfg, segments).map_err(|e| e.to_string())?;
+    for m in &recovery.messages {
+        spool.retain(m.msg.segment);
+        for e in &m.record.body {
+            spool.retain(e.segment);
+        }
+    }
+    Ok((spool, recovery))
+}
+
+/// Assemble the core's state from the configuration.
+fn build_core(id: usize, n: usize, shared: Arc<Shared>, spool: Rc<SpoolShard>, senders: glommio::channels::channel_mesh::Senders<CoreMsg>) -> Result<Rc<Core>, String> {
+    let cfg = &shared.config;
+    let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
+    let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;
+    let server_tls = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let agent = AgentContext {
+        hostname: cfg.server.hostname.clone(),
+        config: cfg.clone(),
+        routes: Routes::new(&cfg.route),
+        resolver: Resolver::new(resolver_config(cfg)),
+        client_tls: crate::outbound::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?,
+    };
+    let clock = Rc::new(SystemClock);
+    Ok(Core::new(CoreParts { id, ncores: n, shared, spool, senders, log, signers, server_tls, agent, clock }))
+}
+
+/// Resolver settings from `[dns]`, falling back to /etc/resolv.conf's nameservers.
+fn resolver_config(c: &Config) -> ResolverConfig {
+    let mut nameservers: Vec<std::net::SocketAddr> = c.dns.nameservers.iter().filter_map(|n| n.parse().ok()).collect();
+    if nameservers.is_empty() {
+        nameservers = nameservers_from_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    }
+    ResolverConfig {
+        nameservers,
+        timeout: Duration::from_millis(c.dns.timeout_ms),
+        attempts: c.dns.attempts,
+        negative_ttl_max: c.dns.negative_ttl_max_s,
+    }
+}
+
+/// One task per peer core, taking in what it sends.
+fn start_inbox(core: &Rc<Core>, mut receivers: Receivers<CoreMsg>) {
+    for (_, rx) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(m) = rx.recv().await {
+                core.handle(m);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Flush the delivery log every tick and reload TLS when SIGHUP asked for it.
+async fn run_flusher(core: Rc<Core>) {
+    let mut seen_reload = core.shared.reloads.load(Ordering::Relaxed);
+    while !core.is_stopping() {
+        glommio::timer::sleep(FLUSH_INTERVAL).await;
+        core.log.flush();
+        let r = core.shared.reloads.load(Ordering::Relaxed);
+        if r != seen_reload {
+            seen_reload = r;
+            core.reload_tls();
+        }
+    }
+}
+
+/// Let sessions finish their transaction (they close at their next command wait).
+async fn drain_sessions(core: &Core) {
+    let start = std::time::Instant::now();
+    while core.sessions.get() > 0 && start.elapsed() < SESSION_DRAIN_MAX {
+        glommio::timer::sleep(FLUSH_INTERVAL).await;
+    }
+}

@@ -1,0 +1,162 @@
+//! The shard's driver of the outbound side: it feeds the queue manager, starts delivery agents
+//! when the queue manager says so, hands agents their work, and applies what the queue manager
+//! decided about their results (log events, final reports, deferrals).
+//!
+//! The queue manager decides; this file only acts on its answers, so the decisions stay
+//! testable without I/O (see `outbound/queue_tests.rs`).
+use crate::account::delivery_log::{EventKind, Peer};
+use crate::account::dsn::FailedRecipient;
+use crate::message::SpooledMessage;
+use crate::outbound::agent::{run_connection, WorkSource};
+use crate::outbound::queue::{Delivery, Dispatch, Final, Settlement};
+use crate::shard::core::Core;
+use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
+use crate::smtp::client::RcptResult;
+use crate::smtp::reply::Reply;
+use ringpost_spool::Outcome;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest the retry timer sleeps before looking again (it also watches for shutdown).
+const RETRY_TICK_MAX: Duration = Duration::from_secs(1);
+
+impl Core {
+    /// Queue one group of a message on this core (which owns its destination): ready now, or
+    /// scheduled when a recovered recipient's next attempt is still ahead.
+    pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
+        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts };
+        if g.not_before_ms > self.clock.now_ms() {
+            self.queues.borrow_mut().schedule(&g.domain, d, g.not_before_ms);
+            self.retry_wake.notify(1);
+            return;
+        }
+        let action = self.queues.borrow_mut().enqueue(&g.domain, d, !self.is_stopping());
+        self.act(&g.domain, action);
+    }
+
+    fn act(self: &Rc<Self>, domain: &str, action: Dispatch) {
+        match action {
+            Dispatch::Nothing => {}
+            Dispatch::WakeIdle(event) => {
+                event.notify(1);
+            }
+            Dispatch::Open => self.spawn_agent(domain.to_string()),
+        }
+    }
+
+    fn spawn_agent(self: &Rc<Self>, domain: String) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            run_connection(&core.agent, &ShardWork(&core), &domain).await;
+            let again = core.queues.borrow_mut().connection_closed(&domain, !core.is_stopping());
+            core.act(&domain, again);
+        })
+        .detach();
+    }
+
+    /// The retry timer: moves due deliveries back to their ready queues. Runs for the life of
+    /// the core.
+    pub async fn run_retry_timer(self: Rc<Self>) {
+        while !self.is_stopping() {
+            let listener = self.retry_wake.listen();
+            let now = self.clock.now_ms();
+            let due = self.queues.borrow_mut().release_due(now, true);
+            for (domain, action) in due {
+                self.act(&domain, action);
+            }
+            let next = self.queues.borrow().next_due_ms();
+            let wait = next.map_or(RETRY_TICK_MAX, |t| Duration::from_millis(t.saturating_sub(now)).min(RETRY_TICK_MAX));
+            futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
+        }
+    }
+
+    /// Apply the queue manager's decision about one attempt: log every recipient, report
+    /// finals to the message's owner core, and send deferrals there to be persisted.
+    async fn apply(self: &Rc<Self>, msg: &Arc<SpooledMessage>, s: Settlement, peer: Option<Peer>) {
+        let remote = peer.as_ref().map(|p| p.remote.clone());
+        for f in s.finals {
+            let response = one_line(&f.reply);
+            let kind = match f.outcome {
+                Outcome::Delivered => EventKind::Delivery,
+                Outcome::Bounced => EventKind::Bounce,
+                Outcome::Expired => EventKind::Expiration,
+            };
+            self.log_event(kind, msg, Some(f.rcpt), peer.as_ref(), Some(response.clone()), s.attempts);
+            let failure = failure_of(msg, &f, remote.clone(), response);
+            self.report_final(FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure }).await;
+        }
+        if let Some(d) = s.deferred {
+            let response = one_line(&d.reply);
+            for &i in &d.rcpts {
+                self.log_event(EventKind::TransientFailure, msg, Some(i), peer.as_ref(), Some(response.clone()), d.attempts);
+            }
+            self.retry_wake.notify(1);
+            let deferral = Deferral { msg: msg.id, rcpts: d.rcpts, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, response };
+            self.route_to(msg.id.core as usize, CoreMsg::Deferred(deferral)).await;
+        }
+    }
+}
+
+fn one_line(r: &Reply) -> String {
+    r.to_wire().trim_end().replace("\r\n", " ")
+}
+
+fn status_of(r: &Reply, default: &str) -> String {
+    match r.enhanced {
+        Some((c, s, d)) => format!("{c}.{s}.{d}"),
+        None => default.to_string(),
+    }
+}
+
+/// The DSN entry of a recipient that failed for good (none for a delivery).
+fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String) -> Option<FailedRecipient> {
+    let recipient = msg.recipients[f.rcpt as usize].clone();
+    match f.outcome {
+        Outcome::Delivered => None,
+        Outcome::Bounced => Some(FailedRecipient { recipient, status: status_of(&f.reply, "5.0.0"), remote, diagnostic: response, expired: false }),
+        Outcome::Expired => Some(FailedRecipient {
+            recipient,
+            status: "4.4.7".into(),
+            remote,
+            diagnostic: format!("delivery time expired; last error: {response}"),
+            expired: true,
+        }),
+    }
+}
+
+/// The queue manager as seen by one delivery agent.
+struct ShardWork<'a>(&'a Rc<Core>);
+
+impl WorkSource for ShardWork<'_> {
+    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
+        let core = self.0;
+        if let Some(d) = core.queues.borrow_mut().pop(domain) {
+            return Some(d);
+        }
+        let wake = core.queues.borrow().wake_event(domain)?;
+        let listener = wake.listen();
+        if let Some(d) = core.queues.borrow_mut().pop(domain) {
+            return Some(d);
+        }
+        core.queues.borrow_mut().set_idle(domain, 1);
+        futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
+        core.queues.borrow_mut().set_idle(domain, -1);
+        core.queues.borrow_mut().pop(domain)
+    }
+
+    fn take_ready(&self, domain: &str) -> Vec<Delivery> {
+        self.0.queues.borrow_mut().take_ready(domain)
+    }
+
+    async fn report(&self, domain: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>) {
+        let core = self.0;
+        let msg = d.msg.clone();
+        let settlement = core.queues.borrow_mut().settle(core.clock.now_ms(), domain, d, results);
+        core.apply(&msg, settlement, peer).await;
+    }
+
+    fn stopping(&self) -> bool {
+        self.0.is_stopping()
+    }
+}

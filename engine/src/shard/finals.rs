@@ -1,0 +1,115 @@
+//! Outcomes on the core that owns a message: persist each recipient's final disposition or
+//! deferral in the spool, track it in the ledger, and when the message is finished make its
+//! DSN durable before its spool space is released.
+//!
+//! Order matters for the promise: the original message stays pinned in the spool until its
+//! DSN (when one is owed) is durable, so a crash or a full disk at any point leaves either the
+//! DSN or the means to build it again (recovery finds the failures and no DSN marker).
+use crate::account::delivery_log::EventKind;
+use crate::account::dsn::{self, Original};
+use crate::message::SpooledMessage;
+use crate::shard::core::Core;
+use crate::shard::inbox::{Deferral, FinalReport};
+use crate::shard::ledger::{Finished, Progress};
+use ringpost_spool::record::MessageRecord;
+use ringpost_spool::{Disposition, SpoolError};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest pause between two attempts to spool a DSN (the disk may be full for a while).
+const DSN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Core {
+    /// On the owner core: persist the disposition and track it; when the message is finished,
+    /// settle it (DSN, then release).
+    pub fn record_final(self: &Rc<Self>, r: FinalReport) {
+        if r.msg.core as usize != self.id {
+            // Only reached when the owner core is gone (shutdown): its spool still has the
+            // recipient open, and the restart delivers it again (at-least-once).
+            tracing::warn!("core {}: final report for {} of core {} left to recovery", self.id, r.msg, r.msg.core);
+            return;
+        }
+        let d = Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome };
+        if let Err(e) = self.spool.append_disposition(&d) {
+            tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);
+        }
+        let progress = self.ledger.borrow_mut().record(r.msg, r.rcpt, r.failure);
+        match progress {
+            Progress::Open | Progress::Duplicate => {}
+            Progress::Unknown => tracing::error!("core {}: final report for unknown message {}", self.id, r.msg),
+            Progress::Finished(f) => self.settle_finished(f),
+        }
+    }
+
+    /// On the owner core: persist where deferred recipients stand, so a restart resumes their
+    /// schedule instead of retrying the whole backlog at once.
+    pub fn record_deferral(&self, d: &Deferral) {
+        if d.msg.core as usize != self.id {
+            return;
+        }
+        let _ = d;
+    }
+
+    /// A message whose recipients are all final: release it, after its DSN when one is owed.
+    pub fn settle_finished(self: &Rc<Self>, f: Finished) {
+        if !f.owes_dsn() {
+            self.spool.release_message(Some(f.msg.id), &f.msg.extents());
+            return;
+        }
+        let core = self.clone();
+        glommio::spawn_local(async move { core.dsn_then_release(f).await }).detach();
+    }
+
+    async fn dsn_then_release(self: Rc<Self>, f: Finished) {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match self.spool_dsn(&f).await {
+                Ok(dsn) => {
+                    self.spool.release_message(Some(f.msg.id), &f.msg.extents());
+                    self.log_event(EventKind::Reception, &dsn, None, None, Some(format!("DSN for {}", f.msg.id)), 0);
+                    self.accept_message(dsn).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("core {}: could not spool the DSN for {}: {e}; the message stays queued", self.id, f.msg.id);
+                    if self.is_stopping() {
+                        return;
+                    }
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(DSN_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Build and durably spool the DSN for a finished message.
+    async fn spool_dsn(&self, f: &Finished) -> Result<Arc<SpooledMessage>, SpoolError> {
+        let orig = &f.msg;
+        let headers = orig.headers(32 * 1024);
+        let id = orig.id.to_string();
+        let now = self.clock.now_ms();
+        let original = Original { id: &id, sender: &orig.sender, received_ms: orig.received_ms, headers: &headers };
+        let body = dsn::build(&self.limits.hostname, now, &original, &f.failed);
+        self.spool_local_message(b"", vec![orig.sender.clone().into_bytes()], &body, now).await
+    }
+
+    /// Spool a locally generated message durably and return its shared view.
+    async fn spool_local_message(&self, sender: &[u8], recipients: Vec<Vec<u8>>, body: &[u8], now: u64) -> Result<Arc<SpooledMessage>, SpoolError> {
+        let (extent, _) = self.spool.append_chunk(body)?;
+        let record = MessageRecord { received_ms: now, sender: sender.to_vec(), recipients, body: vec![extent], ..Default::default() };
+        let (id, ticket) = match self.spool.append_message(&record) {
+            Ok(v) => v,
+            Err(e) => {
+                self.spool.release_message(None, &[extent]);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.spool.wait_durable(ticket).await {
+            self.spool.release_message(Some(id), &[extent]);
+            return Err(e);
+        }
+        let msg = SpooledMessage::from_record(id, &record, |s| self.spool.map(s)).expect("segment of a committed record");
+        Ok(Arc::new(msg))
+    }
+}
