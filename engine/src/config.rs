@@ -33,6 +33,11 @@ pub enum ConfigError {
     },
 }
 
+/// Highest accepted `server.max_recipients`. Each recipient costs spool record space, memory
+/// per open transaction and a queue entry; past this a transaction is a mailing-list explosion
+/// better done upstream in batches (Postfix ships 1000, Exim 50 000 as a hard ceiling).
+pub const MAX_RECIPIENTS_CEILING: usize = 10_000;
+
 /// Whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,7 +126,8 @@ pub struct ServerConfig {
     /// Largest message in octets.
     #[serde(default = "d_max_size")]
     pub max_message_size: u64,
-    /// Recipients per transaction (at least 100, RFC 5321 4.5.3.1.8).
+    /// Recipients per transaction (at least 100, RFC 5321 4.5.3.1.8; at most
+    /// [`MAX_RECIPIENTS_CEILING`]).
     #[serde(default = "d_max_rcpts")]
     pub max_recipients: usize,
     /// Concurrent sessions per core.
@@ -311,11 +317,13 @@ pub struct DnsSection {
     pub attempts: u32,
     /// Cap on negative-cache TTLs in seconds.
     pub negative_ttl_max_s: u32,
+    /// Most answers each core's cache holds (expired, then least recently used, are evicted).
+    pub cache_entries_max: usize,
 }
 
 impl Default for DnsSection {
     fn default() -> Self {
-        Self { nameservers: Vec::new(), timeout_ms: 2000, attempts: 2, negative_ttl_max_s: 3600 }
+        Self { nameservers: Vec::new(), timeout_ms: 2000, attempts: 2, negative_ttl_max_s: 3600, cache_entries_max: 100_000 }
     }
 }
 
@@ -408,6 +416,10 @@ impl Config {
         if self.server.max_recipients < 100 {
             return bad("server.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());
         }
+        if self.server.max_recipients > MAX_RECIPIENTS_CEILING {
+            let n = self.server.max_recipients;
+            return bad("server.max_recipients", format!("{n} is more than the ceiling of {MAX_RECIPIENTS_CEILING} per transaction"));
+        }
         if self.server.max_message_size < 1024 {
             return bad("server.max_message_size", "must be at least 1024".into());
         }
@@ -461,6 +473,9 @@ impl Config {
             if n.parse::<SocketAddr>().is_err() {
                 return bad("dns.nameservers", format!("{n:?} is not ip:port"));
             }
+        }
+        if self.dns.cache_entries_max == 0 {
+            return bad("dns.cache_entries_max", "must be at least 1".into());
         }
         for k in &self.dkim {
             if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {
@@ -534,6 +549,27 @@ mod tests {
         assert!(e.contains("server.max_recipients"), "{e}");
         let e = Config::parse("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\nsegment_size = 67108864\n").unwrap_err().to_string();
         assert!(e.contains("spool.durability"), "{e}");
+    }
+
+    #[test]
+    fn max_recipients_is_bounded_on_both_sides() {
+        for ok in [100, 1000, MAX_RECIPIENTS_CEILING] {
+            let c = Config::parse(&format!("[server]\nmax_recipients = {ok}\n")).unwrap();
+            assert_eq!(c.server.max_recipients, ok);
+        }
+        let e = Config::parse(&format!("[server]\nmax_recipients = {}\n", MAX_RECIPIENTS_CEILING + 1)).unwrap_err().to_string();
+        assert_eq!(e, "invalid value for `server.max_recipients`: 10001 is more than the ceiling of 10000 per transaction");
+        let e = Config::parse("[server]\nmax_recipients = 99\n").unwrap_err().to_string();
+        assert!(e.contains("server.max_recipients") && e.contains("at least 100"), "{e}");
+    }
+
+    #[test]
+    fn dns_cache_size_is_configurable_and_never_zero() {
+        assert_eq!(Config::parse("[server]\n").unwrap().dns.cache_entries_max, 100_000);
+        assert_eq!(Config::parse(DEFAULT_CONFIG).unwrap().dns.cache_entries_max, 100_000);
+        assert_eq!(Config::parse("[server]\n[dns]\ncache_entries_max = 5\n").unwrap().dns.cache_entries_max, 5);
+        let e = Config::parse("[server]\n[dns]\ncache_entries_max = 0\n").unwrap_err().to_string();
+        assert!(e.contains("dns.cache_entries_max"), "{e}");
     }
 
     #[test]

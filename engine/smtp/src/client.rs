@@ -3,6 +3,10 @@
 //!
 //! The delivery driver writes what [`ClientTransaction`] asks for and feeds back every reply;
 //! at the end it gets one typed result per recipient. No sockets, no timers here.
+//!
+//! It also refuses, before sending anything, a message the server cannot take as it is: one
+//! that needs SMTPUTF8 (RFC 6531 3.2) or 8BITMIME (RFC 6152 3) from a server that does not offer
+//! it. We never downgrade: converting an 8-bit body to 7-bit would break its DKIM signatures.
 use super::reply::Reply;
 
 /// Longest reply we buffer before calling the server broken.
@@ -148,23 +152,64 @@ pub struct ClientTransaction {
     expect: Expect,
     mail_reply: Option<Reply>,
     rcpt_replies: Vec<Reply>,
+    /// Why the server cannot take this message: every recipient fails with it, nothing is sent.
+    refusal: Option<Reply>,
+}
+
+/// What the message needs from the server beyond plain 7-bit SMTP.
+struct Needs {
+    eight_bit_mime: bool,
+    smtputf8: bool,
+}
+
+/// RFC 6531 3.2: SMTPUTF8 is needed for a non-ASCII address, or for UTF-8 headers. We only know
+/// that the message was submitted with SMTPUTF8 and whether it has 8-bit octets anywhere, so an
+/// SMTPUTF8 submission with 8-bit content counts as having UTF-8 headers; one that is all ASCII
+/// needs nothing (and then "SHOULD NOT" carry the parameter on).
+fn needs(sender: &str, rcpts: &[String], eight_bit: bool, smtputf8: bool) -> (Needs, bool) {
+    let utf8_address = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+    (Needs { eight_bit_mime: eight_bit, smtputf8: utf8_address || (smtputf8 && eight_bit) }, utf8_address)
+}
+
+/// The permanent reply for a message the server cannot take, if it cannot.
+fn refusal(caps: &Capabilities, needs: &Needs, utf8_address: bool) -> Option<Reply> {
+    const NO_UTF8: &str = "the receiving server does not offer SMTPUTF8 (RFC 6531)";
+    if needs.smtputf8 && !caps.smtputf8 {
+        return Some(if utf8_address {
+            Reply::new(553, (5, 6, 7), format!("Non-ASCII address needs SMTPUTF8, but {NO_UTF8}"))
+        } else {
+            Reply::new(554, (5, 6, 9), format!("Message with UTF-8 headers needs SMTPUTF8, but {NO_UTF8}"))
+        });
+    }
+    if needs.eight_bit_mime && !caps.eight_bit_mime {
+        return Some(Reply::new(
+            554,
+            (5, 6, 3),
+            "8-bit message, but the receiving server does not offer 8BITMIME; it is not converted to 7-bit because that would break its DKIM signatures (RFC 6152)",
+        ));
+    }
+    None
 }
 
 impl ClientTransaction {
-    /// Prepare a transaction. `eight_bit`/`smtputf8` add BODY=8BITMIME / SMTPUTF8 when the
-    /// server offers them; `size` adds SIZE=.
+    /// Prepare a transaction. `eight_bit` says the content has 8-bit octets, `smtputf8` that it
+    /// was submitted with SMTPUTF8; they add BODY=8BITMIME / SMTPUTF8 when the message needs
+    /// them, and when the server does not offer what the message needs, [`Self::start`] ends
+    /// the transaction at once with a permanent failure for every recipient. `size` adds SIZE=.
     pub fn new(caps: &Capabilities, sender: &str, rcpts: Vec<String>, size: u64, eight_bit: bool, smtputf8: bool) -> Self {
+        let (needs, utf8_address) = needs(sender, &rcpts, eight_bit, smtputf8);
         let mut mail_params = String::new();
         if caps.size.is_some() {
             mail_params.push_str(&format!(" SIZE={size}"));
         }
-        if eight_bit && caps.eight_bit_mime {
+        if needs.eight_bit_mime && caps.eight_bit_mime {
             mail_params.push_str(" BODY=8BITMIME");
         }
-        if smtputf8 && caps.smtputf8 {
+        if needs.smtputf8 && caps.smtputf8 {
             mail_params.push_str(" SMTPUTF8");
         }
         Self {
+            refusal: refusal(caps, &needs, utf8_address),
             pipelining: caps.pipelining,
             sender: sender.to_string(),
             rcpts,
@@ -183,8 +228,13 @@ impl ClientTransaction {
         format!("RCPT TO:<{}>\r\n", self.rcpts[i])
     }
 
-    /// The first bytes to send: MAIL alone, or the whole pipelined envelope.
+    /// The first bytes to send: MAIL alone, or the whole pipelined envelope. Or, for a
+    /// message this server cannot take, `Done` at once: nothing was sent, so no RSET is due and
+    /// the connection stays ready for the next message.
     pub fn start(&mut self) -> ClientStep {
+        if let Some(r) = self.refusal.take() {
+            return ClientStep::Done { results: self.rcpts.iter().map(|_| RcptResult::Permanent(r.clone())).collect(), reset: false };
+        }
         let mut out = self.mail_cmd();
         if self.pipelining {
             for i in 0..self.rcpts.len() {
@@ -365,5 +415,77 @@ mod tests {
         let caps = Capabilities { pipelining: false, eight_bit_mime: true, smtputf8: true, size: Some(1000), starttls: false, chunking: false };
         let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
         assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<a@b> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n".to_vec()));
+    }
+
+    fn refused_with(t: &mut ClientTransaction, n: usize, wire: &str) {
+        let ClientStep::Done { results, reset } = t.start() else { panic!("expected an immediate refusal") };
+        assert!(!reset, "nothing was sent, so no RSET is due");
+        assert_eq!(results.len(), n);
+        for r in results {
+            let RcptResult::Permanent(r) = r else { panic!("expected a permanent failure: {r:?}") };
+            assert_eq!(r.to_wire(), wire);
+        }
+    }
+
+    /// Plays a whole pipelined transaction and checks it ends delivered.
+    fn delivers(t: &mut ClientTransaction, first: &[u8]) {
+        assert_eq!(t.start(), ClientStep::Send(first.to_vec()));
+        assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
+        assert_eq!(t.on_reply(reply("354 go\r\n")), ClientStep::SendBody);
+        let ClientStep::Done { results, reset } = t.on_reply(reply("250 2.0.0 queued\r\n")) else { panic!() };
+        assert!(!reset && matches!(results[..], [RcptResult::Delivered(_)]), "{results:?}");
+    }
+
+    const UTF8_RCPT: &str = "jos\u{e9}@exampl\u{e9}.test";
+
+    #[test]
+    fn eight_bit_message_to_a_server_without_8bitmime_bounces_without_sending() {
+        let caps = Capabilities { pipelining: true, size: Some(1000), ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into(), "z@y".into()], 42, true, false);
+        refused_with(&mut t, 2, "554 5.6.3 8-bit message, but the receiving server does not offer 8BITMIME; it is not converted to 7-bit because that would break its DKIM signatures (RFC 6152)\r\n");
+    }
+
+    #[test]
+    fn eight_bit_message_to_an_8bitmime_server_says_body_8bitmime() {
+        let caps = Capabilities { pipelining: true, eight_bit_mime: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, false);
+        delivers(&mut t, b"MAIL FROM:<a@b> BODY=8BITMIME\r\nRCPT TO:<x@y>\r\nDATA\r\n");
+    }
+
+    #[test]
+    fn utf8_message_to_a_server_without_smtputf8_bounces_without_sending() {
+        // A non-ASCII address: 553 5.6.7, even though the server has 8BITMIME.
+        let caps = Capabilities { pipelining: true, eight_bit_mime: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into(), UTF8_RCPT.into()], 42, true, true);
+        refused_with(&mut t, 2, "553 5.6.7 Non-ASCII address needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n");
+        let mut t = ClientTransaction::new(&caps, "jos\u{e9}@b", vec!["x@y".into()], 42, false, true);
+        refused_with(&mut t, 1, "553 5.6.7 Non-ASCII address needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n");
+        // ASCII addresses, but an SMTPUTF8 submission with 8-bit content: UTF-8 headers.
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
+        refused_with(&mut t, 1, "554 5.6.9 Message with UTF-8 headers needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n");
+    }
+
+    #[test]
+    fn utf8_message_to_an_smtputf8_server_says_smtputf8() {
+        let caps = Capabilities { pipelining: true, eight_bit_mime: true, smtputf8: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec![UTF8_RCPT.into()], 42, true, true);
+        delivers(&mut t, "MAIL FROM:<a@b> BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<jos\u{e9}@exampl\u{e9}.test>\r\nDATA\r\n".as_bytes());
+        // A non-ASCII address alone (7-bit content) still needs SMTPUTF8, but not 8BITMIME.
+        let mut t = ClientTransaction::new(&caps, "a@b", vec![UTF8_RCPT.into()], 42, false, true);
+        delivers(&mut t, "MAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<jos\u{e9}@exampl\u{e9}.test>\r\nDATA\r\n".as_bytes());
+    }
+
+    #[test]
+    fn seven_bit_ascii_message_goes_to_a_plain_server_without_parameters() {
+        let plain = Capabilities { pipelining: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&plain, "a@b", vec!["x@y".into()], 42, false, false);
+        delivers(&mut t, b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\n");
+        // Submitted with SMTPUTF8 but all ASCII: nothing needs it (RFC 6531 3.2), so it goes.
+        let mut t = ClientTransaction::new(&plain, "a@b", vec!["x@y".into()], 42, false, true);
+        delivers(&mut t, b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\n");
+        let full = Capabilities { pipelining: true, eight_bit_mime: true, smtputf8: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&full, "a@b", vec!["x@y".into()], 42, false, true);
+        delivers(&mut t, b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\n");
     }
 }

@@ -93,7 +93,7 @@ async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: S
     }
     let tx: &Transaction = server.transaction().expect("a message without a transaction");
     let mut flags = 0;
-    if tx.params.body == crate::smtp::command::BodyType::EightBitMime || server.eight_bit() {
+    if server.eight_bit() {
         flags |= FLAG_8BITMIME;
     }
     if tx.params.smtputf8 {

@@ -110,6 +110,7 @@ fn resolver_config(c: &Config) -> ResolverConfig {
         timeout: Duration::from_millis(c.dns.timeout_ms),
         attempts: c.dns.attempts,
         negative_ttl_max: c.dns.negative_ttl_max_s,
+        cache_entries_max: c.dns.cache_entries_max,
     }
 }
 

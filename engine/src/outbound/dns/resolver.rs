@@ -1,12 +1,13 @@
 //! The per-core stub resolver: UDP on the core's own event loop, TCP when an answer is
-//! truncated, timeouts and retries over the configured nameservers, and a TTL cache with
-//! negative caching. One per core, owned by it (`Rc`), so the cache needs no lock.
+//! truncated, timeouts and retries over the configured nameservers, and a bounded TTL cache
+//! with negative caching ([`DnsCache`]). One per core, owned by it (`Rc`), so the cache needs
+//! no lock. This is the only place that reads the clock for the cache.
+use super::cache::DnsCache;
 use super::mx::{plan, MxPlan};
 use super::wire::{build_query, parse_answer, Answer, Qtype, Rec};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ pub struct ResolverConfig {
     pub attempts: u32,
     /// Cap on negative-cache TTLs (RFC 2308 suggests at most 3 hours).
     pub negative_ttl_max: u32,
+    /// Most answers the cache holds; beyond it expired, then least recently used, go.
+    pub cache_entries_max: usize,
 }
 
 /// Nameservers from resolv.conf text (port 53), for when none are configured.
@@ -48,7 +51,7 @@ pub enum Destination {
 /// One core's resolver and cache.
 pub struct Resolver {
     cfg: ResolverConfig,
-    cache: RefCell<HashMap<(String, Qtype), (Instant, Answer)>>,
+    cache: RefCell<DnsCache>,
     next_id: std::cell::Cell<u16>,
 }
 
@@ -56,7 +59,8 @@ impl Resolver {
     /// A resolver with an empty cache.
     pub fn new(cfg: ResolverConfig) -> Self {
         let seed = (crate::clock::unix_ms() as u16) ^ 0x5a5a;
-        Self { cfg, cache: RefCell::new(HashMap::new()), next_id: std::cell::Cell::new(seed) }
+        let cache = RefCell::new(DnsCache::new(cfg.cache_entries_max));
+        Self { cfg, cache, next_id: std::cell::Cell::new(seed) }
     }
 
     fn id(&self) -> u16 {
@@ -69,10 +73,9 @@ impl Resolver {
     /// Look up `name`/`qtype`, from the cache while its TTL lasts.
     pub async fn lookup(&self, name: &str, qtype: Qtype) -> Answer {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), qtype);
-        if let Some((exp, a)) = self.cache.borrow().get(&key) {
-            if Instant::now() < *exp {
-                return a.clone();
-            }
+        let hit = self.cache.borrow_mut().get(&key, Instant::now());
+        if let Some(a) = hit {
+            return a;
         }
         let answer = self.query(&key.0, qtype).await;
         let ttl = match &answer {
@@ -80,7 +83,8 @@ impl Resolver {
             Answer::ServFail(_) | Answer::Truncated => None,
         };
         if let Some(ttl) = ttl.filter(|t| *t > 0) {
-            self.cache.borrow_mut().insert(key, (Instant::now() + Duration::from_secs(ttl as u64), answer.clone()));
+            let now = Instant::now();
+            self.cache.borrow_mut().insert(key, answer.clone(), now + Duration::from_secs(ttl as u64), now);
         }
         answer
     }
