@@ -355,7 +355,7 @@ class Daemon:
         self.rp.config.write_text(fixed)
         self.lifetimes = []  # log offset at each start
         self.exit_codes = []
-        self.recovered = []  # "requeued N messages" lines seen on stderr, per lifetime
+        self._tail = (0, set())  # log offset read so far, final (queue id, recipient) pairs
 
     @property
     def port(self):
@@ -382,6 +382,26 @@ class Daemon:
         code = self.rp.stop(signal.SIGTERM, timeout=60)
         self.exit_codes.append(code)
         return code
+
+    def closed_pairs(self):
+        """(queue id, recipient) pairs with a final event in the log so far (read incrementally)."""
+        at, closed = self._tail
+        if not self.rp.log.exists():
+            return closed
+        with open(self.rp.log, "rb") as f:
+            f.seek(at)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].split(b"\n"):
+            if line and any(k.encode() in line for k in FINAL):
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e["type"] in FINAL:
+                    closed.add((e["id"], e["recipient"]))
+        self._tail = (at + end, closed)
+        return closed
 
     def final_events(self):
         """Final events, each tagged with the lifetime that wrote it. A line cut by SIGKILL (a
@@ -493,16 +513,25 @@ def wait_for(pred, timeout, what, step=0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_arrived(inj: Injector, sink: SwitchableSink, timeout: float):
-    """Poll until every 250'd (message, recipient) has arrived, then until the sink is quiet
-    (no arrival for a second: retries of messages never answered 250 have landed too)."""
-    want = {(s.test_id, r) for s in inj.acked() for r in s.rcpts}
+def wait_arrived(inj: Injector, sink: SwitchableSink, timeout: float, daemon=None):
+    """Poll until every 250'd (message, recipient) has arrived at the sink, or has a final event
+    in the delivery log (then ringpost is done with it: if it is not at the sink, it is lost, and
+    waiting longer will not bring it), then until the sink is quiet (no arrival for 1.5 s:
+    retries of messages never answered 250 have landed too). True when all arrived."""
+    want = {(s.test_id, r): s.queue_id for s in inj.acked() for r in s.rcpts}
 
-    def all_in():
+    def missing():
         have = {(a.test_id, r) for a in sink.snapshot() for r in a.rcpts}
-        return want <= have
+        return {k: q for k, q in want.items() if k not in have}
     deadline = time.time() + timeout
-    while time.time() < deadline and not all_in():
+    while time.time() < deadline:
+        m = missing()
+        if not m:
+            break
+        if daemon is not None:
+            closed = daemon.closed_pairs()
+            if all((q, k[1]) in closed for k, q in m.items()):
+                break
         time.sleep(0.2)
     last, quiet_since = -1, time.time()
     while time.time() < deadline:
@@ -512,7 +541,7 @@ def wait_arrived(inj: Injector, sink: SwitchableSink, timeout: float):
         elif time.time() - quiet_since >= 1.5:
             break
         time.sleep(0.1)
-    return all_in()
+    return not missing()
 
 
 @dataclass
@@ -569,7 +598,7 @@ def run_cycles(workdir: Path, plan: Plan, log=print, between=None):
                 f"(big bodies in flight: {big}), accepted so far {inj.count()}, arrived {sink.count()}, "
                 f"restart {restart:.2f}s; {daemon.stderr_since_start().strip().splitlines()[-3:]}")
         sink.set_mode("fast")
-        complete = wait_arrived(inj, sink, plan.drain_timeout)
+        complete = wait_arrived(inj, sink, plan.drain_timeout, daemon)
         code = daemon.stop()
         finals, torn = daemon.final_events()
         v = judge(inj.sent, sink.snapshot(), finals, torn)
@@ -577,6 +606,53 @@ def run_cycles(workdir: Path, plan: Plan, log=print, between=None):
         v.exit_code = code
         v.complete = complete
         v.sink_dropped = list(sink.dropped)
+        return v, inj, sink, daemon
+    finally:
+        try:
+            inj.stop()
+        except AssertionError:
+            pass
+        daemon.rp.stop(signal.SIGKILL)
+        sink.close()
+
+
+REQUEUED = re.compile(r"core (\d+): requeued (\d+) messages")
+
+
+def run_big_queue(workdir: Path, messages: int, clients=8, seed=2, big_share=0.0, drain_timeout=300.0,
+                  log=print, between=None):
+    """Queue `messages` with the sink down (nothing can be delivered), SIGKILL once every client
+    has its reply, restart on the same spool with the sink fast, and drain. Returns the verdict
+    and figures: what recovery requeued per core, restart and drain times, log events per
+    lifetime."""
+    t0 = time.time()
+    sink = SwitchableSink("down")
+    daemon = Daemon(workdir, sink.port)
+    inj = Injector(clients, seed, big_share)
+    try:
+        daemon.start()
+        inj.start(daemon.port, "q", limit=messages)
+        assert inj.wait_done(max(120, messages / 20)), "injection did not finish"
+        inj.stop()
+        t_inj = time.time() - t0
+        daemon.kill()
+        if between:
+            between(daemon, 0)
+        sink.set_mode("fast")
+        restart = daemon.start()
+        t1 = time.time()
+        wait_for(lambda: "serving" in daemon.stderr_since_start(), 20, "the restarted daemon's banner")
+        requeued = {int(c): int(n) for c, n in REQUEUED.findall(daemon.stderr_since_start())}
+        complete = wait_arrived(inj, sink, drain_timeout, daemon)
+        t_drain = time.time() - t1
+        code = daemon.stop()
+        finals, torn = daemon.final_events()
+        v = judge(inj.sent, sink.snapshot(), finals, torn)
+        v.exit_code, v.complete, v.wall_s = code, complete, time.time() - t0
+        v.requeued, v.restart_s, v.inject_s, v.drain_s = requeued, restart, t_inj, t_drain
+        v.finals = finals
+        log(f"big queue: {v.accepted} queued in {t_inj:.1f}s, requeued {requeued}, restart {restart:.2f}s, "
+            f"drained in {t_drain:.1f}s")
         return v, inj, sink, daemon
     finally:
         try:
