@@ -689,19 +689,39 @@ def main():
     ap.add_argument("--cycle-max", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--drain-timeout", type=float, default=900)
+    ap.add_argument("--big-queue", type=int, default=0,
+                    help="then also: queue this many with the sink down, SIGKILL, recover, drain")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
+    import shutil
     import tempfile
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    failed = False
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="crash-cycles-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plan = Plan(a.cycles, a.backlog, a.clients, (a.cycle_min, a.cycle_max), a.big_share, a.seed, a.drain_timeout)
-    v, *_ = run_cycles(workdir, plan, log=lambda m: print(m, flush=True))
-    report(v, cycles=a.cycles)
+    v, inj, _, _ = run_cycles(workdir, plan, log=say)
+    big = sum(s.size >= 128 * 1024 for s in inj.acked())
+    say(f"multi-chunk bodies (>=128 KiB) answered 250: {big}; log: gaps={v.log_gaps} torn_lines={v.torn_log_lines}")
+    report(v, log=say, cycles=a.cycles)
     if not v.complete or not v.ok() or v.exit_code != 0:
-        print(f"FAIL (complete={v.complete} exit={v.exit_code}); workdir kept: {workdir}")
-        sys.exit(1)
-    import shutil
-    shutil.rmtree(workdir, ignore_errors=True)
+        say(f"FAIL crash cycles (complete={v.complete} exit={v.exit_code}); workdir kept: {workdir}")
+        failed = True
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if a.big_queue:
+        workdir = Path(tempfile.mkdtemp(prefix="crash-bigqueue-"))
+        v, *_ = run_big_queue(workdir, a.big_queue, a.clients, a.seed, 0.002, a.drain_timeout, log=say)
+        say(v.summary())
+        say(f"SUMMARY big_queue={v.accepted} requeued={sum(v.requeued.values())} restart_s={v.restart_s:.2f} "
+            f"drain_s={v.drain_s:.1f} delivered={v.delivered}/{v.expected} lost={len(v.lost)} "
+            f"duplicates={v.duplicates} wall_s={v.wall_s:.1f}")
+        if not v.complete or not v.ok() or v.exit_code != 0 or v.duplicates:
+            say(f"FAIL big queue (complete={v.complete} exit={v.exit_code}); workdir kept: {workdir}")
+            failed = True
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
