@@ -109,7 +109,9 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
     for (seg, at, why) in &recovery.torn {
         eprintln!("ringpost: core {id}: dropped torn spool tail in segment {seg} at offset {at}: {why}");
     }
-    let spool = SpoolShard::open(id as u16, spool_cfg, recovery.segments).map_err(|e| e.to_string())?;
+    // Every recovered message's segments are pinned before `open` returns, so nothing below
+    // (sessions, releases, garbage collection) can delete a segment of one not yet requeued.
+    let (spool, recovered) = SpoolShard::open(id as u16, spool_cfg, recovery).map_err(|e| e.to_string())?;
     let committer = glommio::spawn_local(spool.clone().run_committer());
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh join failed".to_string())?;
     let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
@@ -147,21 +149,20 @@ async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<Co
         })
     };
 
-    // Requeue what recovery found, pinning its segments again first.
-    let recovered = recovery.messages.len();
-    for m in recovery.messages {
-        spool.retain(m.msg.segment);
-        for e in &m.record.body {
-            spool.retain(e.segment);
-        }
+    // Requeue what recovery found; each message arrives pinned by `SpoolShard::open`, and the
+    // queue releases those pins once the message is final.
+    let count = recovered.len();
+    for m in recovered {
         match SpooledMessage::from_record(m.msg, &m.record, |s| spool.map(s)) {
             Some(msg) => core.accept_message(Arc::new(msg), m.pending).await,
-            None => eprintln!("ringpost: core {id}: message {} names a missing segment", m.msg),
+            None => {
+                eprintln!("ringpost: core {id}: message {} names a missing segment", m.msg);
+                spool.release_message(Some(m.msg), &m.record.body);
+            }
         }
     }
-    spool.collect_garbage();
-    if recovered > 0 {
-        eprintln!("ringpost: core {id}: requeued {recovered} messages from the spool");
+    if count > 0 {
+        eprintln!("ringpost: core {id}: requeued {count} messages from the spool");
     }
 
     let mut accepts = Vec::new();
