@@ -12,9 +12,13 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 pub mod shard;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod storage;
 
 pub use error::SpoolError;
 pub use record::{Disposition, Extent, MessageRecord, MsgRef, Outcome, Record, RecordKind};
 pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery};
 pub use segment::SegmentMap;
-pub use shard::{Durability, SpoolConfig, SpoolShard};
+pub use shard::{Durability, SpoolConfig, SpoolShard, Ticket};
+pub use storage::{DiskStorage, SegmentFile, Storage};

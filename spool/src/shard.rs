@@ -15,10 +15,10 @@ use crate::record::{
     encode_disposition, encode_frame, encode_message, frame_len, Disposition, Extent, MessageRecord, MsgRef,
     RecordKind, FRAME_HEADER_LEN,
 };
-use crate::recovery::RecoveredSegment;
+use crate::recovery::{RecoveredMessage, Recovery};
 use crate::segment::{encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
+use crate::storage::{create_dir_durable, DiskStorage, SegmentFile, Storage};
 use event_listener::Event;
-use glommio::io::{BufferedFile, OpenOptions};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -56,12 +56,28 @@ struct Batch {
     buf: Vec<u8>,
 }
 
+/// One segment's bookkeeping. An entry lives until its segment is deleted, including a
+/// segment whose creation failed (`map` stays `None`): the references taken on it by the
+/// records of the failed round are released against this entry, and only then does it go.
 struct SegState {
-    file: Option<Rc<BufferedFile>>,
+    file: Option<Rc<dyn SegmentFile>>,
     map: Option<Arc<SegmentMap>>,
     refs: u64,
     /// Segments whose messages this segment records dispositions for.
     disposition_refs: BTreeSet<u32>,
+}
+
+impl SegState {
+    fn new() -> Self {
+        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new() }
+    }
+}
+
+/// The tickets `from..=` (the map key) of one or more consecutive failed rounds.
+struct Failure {
+    from: Ticket,
+    reason: Rc<str>,
+    disk_full: bool,
 }
 
 struct State {
@@ -69,11 +85,40 @@ struct State {
     tail: u64,
     pending: Vec<Batch>,
     pending_bytes: usize,
+    /// Segments the round in flight is writing (not deletable, even if unreferenced).
+    writing: Vec<u32>,
     appended: Ticket,
-    durable: Ticket,
-    failed: Vec<(Ticket, Ticket, String, bool)>,
+    /// Every ticket up to this one belongs to a finished round, durable or failed.
+    settled: Ticket,
+    /// Failed ticket ranges keyed by their last ticket. Never trimmed (a waiter may ask about
+    /// any ticket it holds); consecutive failed rounds merge, so a disk that stays full adds
+    /// one entry, not one per round.
+    failed: BTreeMap<Ticket, Failure>,
     segments: BTreeMap<u32, SegState>,
     closed: bool,
+    /// The committer has returned: no ticket will settle any more.
+    stopped: bool,
+}
+
+impl State {
+    /// The error of `ticket`'s round, if that round failed.
+    fn failure(&self, ticket: Ticket) -> Option<SpoolError> {
+        let (_, f) = self.failed.range(ticket..).next()?;
+        (f.from <= ticket).then(|| SpoolError::CommitFailed { reason: f.reason.to_string(), disk_full: f.disk_full })
+    }
+
+    /// Record tickets `from..=to` as failed, merging with the previous failure when adjacent.
+    fn record_failure(&mut self, from: Ticket, to: Ticket, reason: String, disk_full: bool) {
+        let mut f = Failure { from, reason: reason.into(), disk_full };
+        if let Some(last) = self.failed.last_entry() {
+            if *last.key() + 1 == from && last.get().disk_full == disk_full {
+                f.from = last.get().from;
+                f.reason = last.get().reason.clone();
+                last.remove();
+            }
+        }
+        self.failed.insert(to, f);
+    }
 }
 
 /// The spool of one core. Create with [`SpoolShard::open`], then spawn [`SpoolShard::run_committer`].
@@ -81,6 +126,7 @@ pub struct SpoolShard {
     core: u16,
     core_dir: PathBuf,
     cfg: SpoolConfig,
+    storage: Rc<dyn Storage>,
     state: RefCell<State>,
     work: Event,
     round_done: Event,
@@ -93,38 +139,77 @@ impl SpoolShard {
         root.join(format!("core-{core}"))
     }
 
-    /// Open a core's spool for appending. `recovered` are the segments recovery kept, with their
-    /// maps; new records go to a fresh segment after the highest sequence seen.
-    pub fn open(core: u16, cfg: SpoolConfig, recovered: Vec<RecoveredSegment>) -> Result<Rc<Self>> {
+    /// Open a core's spool for appending on the real file system; see [`Self::open_on`].
+    pub fn open(core: u16, cfg: SpoolConfig, recovery: Recovery) -> Result<(Rc<Self>, Vec<RecoveredMessage>)> {
+        Self::open_on(Rc::new(DiskStorage), core, cfg, recovery)
+    }
+
+    /// Open a core's spool on `storage`. `recovery` is what [`Recovery::scan`] found: its
+    /// segments are adopted with their maps, and every recovered message's record segment and
+    /// body segments are pinned before this returns, so no release or garbage collection can
+    /// delete a segment of a message not yet handed out. The returned messages own those pins:
+    /// each is released with [`Self::release_message`] once final (or abandoned). New records
+    /// go to a fresh segment after the highest sequence seen. Segments nothing pins are
+    /// collected at once.
+    pub fn open_on(
+        storage: Rc<dyn Storage>,
+        core: u16,
+        cfg: SpoolConfig,
+        recovery: Recovery,
+    ) -> Result<(Rc<Self>, Vec<RecoveredMessage>)> {
         let core_dir = Self::core_dir(&cfg.dir, core);
-        std::fs::create_dir_all(&core_dir).map_err(|e| SpoolError::from_io(&core_dir, e))?;
-        let active = recovered.iter().map(|r| r.map.seq() + 1).max().unwrap_or(1);
-        let segments = recovered
+        create_dir_durable(&*storage, &core_dir).map_err(|e| SpoolError::from_io(&core_dir, e))?;
+        let active = recovery.segments.iter().map(|r| r.map.seq() + 1).max().unwrap_or(1);
+        let segments = recovery
+            .segments
             .into_iter()
-            .map(|r| {
-                let state = SegState { file: None, map: Some(r.map), refs: 0, disposition_refs: r.disposition_refs };
-                (state.map.as_ref().unwrap().seq(), state)
-            })
+            .map(|r| (r.map.seq(), SegState { map: Some(r.map), disposition_refs: r.disposition_refs, ..SegState::new() }))
             .collect();
-        Ok(Rc::new(Self {
+        let state = State {
+            active,
+            tail: SEGMENT_HEADER_LEN,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            writing: Vec::new(),
+            appended: 0,
+            settled: 0,
+            failed: BTreeMap::new(),
+            segments,
+            closed: false,
+            stopped: false,
+        };
+        let shard = Rc::new(Self {
             core,
             core_dir,
             cfg,
-            state: RefCell::new(State {
-                active,
-                tail: SEGMENT_HEADER_LEN,
-                pending: Vec::new(),
-                pending_bytes: 0,
-                appended: 0,
-                durable: 0,
-                failed: Vec::new(),
-                segments,
-                closed: false,
-            }),
+            storage,
+            state: RefCell::new(state),
             work: Event::new(),
             round_done: Event::new(),
             rounds: Cell::new(0),
-        }))
+        });
+        let messages = shard.pin_recovered(recovery.messages);
+        shard.collect_garbage();
+        Ok((shard, messages))
+    }
+
+    /// Pin the segments of every recovered message; drop (loudly) any that names a segment
+    /// recovery did not keep, since it could never be read.
+    fn pin_recovered(&self, messages: Vec<RecoveredMessage>) -> Vec<RecoveredMessage> {
+        let mut st = self.state.borrow_mut();
+        let mut kept = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut seqs = m.record.body.iter().map(|e| e.segment).chain([m.msg.segment]);
+            if !seqs.all(|seq| st.segments.get(&seq).is_some_and(|s| s.map.is_some())) {
+                tracing::error!(target: "spool", "recovered message {} names a missing segment; skipped", m.msg);
+                continue;
+            }
+            for seq in m.record.body.iter().map(|e| e.segment).chain([m.msg.segment]) {
+                st.segments.get_mut(&seq).expect("checked above").refs += 1;
+            }
+            kept.push(m);
+        }
+        kept
     }
 
     /// This shard's core number.
@@ -162,9 +247,7 @@ impl SpoolShard {
         }
         let (seq, at) = (st.active, st.tail);
         st.tail += len as u64;
-        st.segments
-            .entry(seq)
-            .or_insert_with(|| SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new() });
+        st.segments.entry(seq).or_insert_with(SegState::new);
         match st.pending.last_mut() {
             Some(b) if b.seq == seq && b.start + b.buf.len() as u64 == at => encode_frame(kind, payload, &mut b.buf),
             _ => {
@@ -193,7 +276,8 @@ impl SpoolShard {
         }
     }
 
-    /// Append body bytes; the returned extent is pinned (counted live) until released.
+    /// Append body bytes; the returned extent is pinned (counted live) until released. Keep the
+    /// ticket: the message is durable only once this chunk is ([`Self::wait_durable_all`]).
     pub fn append_chunk(&self, data: &[u8]) -> Result<(Extent, Ticket)> {
         let (seq, at, ticket) = self.append(RecordKind::Chunk, data)?;
         self.retain(seq);
@@ -220,14 +304,13 @@ impl SpoolShard {
         Ok(ticket)
     }
 
-    /// Count one more reference to segment `seq` (used by recovery to re-pin live messages).
-    pub fn retain(&self, seq: u32) {
-        if let Some(s) = self.state.borrow_mut().segments.get_mut(&seq) {
-            s.refs += 1;
-        }
+    /// Count one more reference to segment `seq`, which was just appended to.
+    fn retain(&self, seq: u32) {
+        self.state.borrow_mut().segments.get_mut(&seq).expect("appended to a segment without an entry").refs += 1;
     }
 
     /// Drop the references a finished (or abandoned) message held: its record and its body.
+    /// Each reference must have been taken by an append or by [`Self::open_on`], exactly once.
     pub fn release_message(&self, msg: Option<MsgRef>, body: &[Extent]) {
         // Sessions call this at every DATA start and end: with nothing to release there is
         // nothing to collect either, so skip the scan of every segment.
@@ -237,9 +320,8 @@ impl SpoolShard {
         {
             let mut st = self.state.borrow_mut();
             for seq in msg.iter().map(|m| m.segment).chain(body.iter().map(|e| e.segment)) {
-                if let Some(s) = st.segments.get_mut(&seq) {
-                    s.refs = s.refs.checked_sub(1).expect("segment reference released twice");
-                }
+                let s = st.segments.get_mut(&seq).expect("released a reference to an unknown segment");
+                s.refs = s.refs.checked_sub(1).expect("segment reference released twice");
             }
         }
         self.collect_garbage();
@@ -255,45 +337,55 @@ impl SpoolShard {
         self.state.borrow().segments.len()
     }
 
-    /// Delete every sealed, unreferenced segment whose dispositions no longer matter.
+    /// Delete every sealed, unreferenced segment whose dispositions no longer matter. A
+    /// segment whose creation failed has no file: its entry goes once its last reference does.
     pub fn collect_garbage(&self) {
-        loop {
-            let victim = {
-                let st = self.state.borrow();
-                let pending: BTreeSet<u32> = st.pending.iter().map(|b| b.seq).collect();
-                st.segments
-                    .iter()
-                    .find(|(&seq, s)| {
-                        seq != st.active
-                            && s.refs == 0
-                            && s.map.is_some()
-                            && !pending.contains(&seq)
-                            && s.disposition_refs.iter().all(|r| *r == seq || !st.segments.contains_key(r))
-                    })
-                    .map(|(&seq, _)| seq)
-            };
-            let Some(seq) = victim else { return };
+        while let Some((seq, has_file)) = self.garbage_victim() {
             self.state.borrow_mut().segments.remove(&seq);
-            let path = segment_path(&self.core_dir, seq);
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(target: "spool", "could not delete spool segment {}: {e}", path.display());
+            if has_file {
+                let path = segment_path(&self.core_dir, seq);
+                if let Err(e) = self.storage.remove_file(&path) {
+                    tracing::warn!(target: "spool", "could not delete spool segment {}: {e}", path.display());
+                }
             }
         }
     }
 
-    /// Wait until the record with `ticket` is durable (or its round failed).
+    fn garbage_victim(&self) -> Option<(u32, bool)> {
+        let st = self.state.borrow();
+        let busy: BTreeSet<u32> = st.pending.iter().map(|b| b.seq).chain(st.writing.iter().copied()).collect();
+        st.segments
+            .iter()
+            .find(|(&seq, s)| {
+                seq < st.active
+                    && s.refs == 0
+                    && !busy.contains(&seq)
+                    && s.disposition_refs.iter().all(|r| *r == seq || !st.segments.contains_key(r))
+            })
+            .map(|(&seq, s)| (seq, s.map.is_some()))
+    }
+
+    /// Wait until the record with `ticket` is durable; see [`Self::wait_durable_all`].
     pub async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        self.wait_durable_all(&[ticket]).await
+    }
+
+    /// Wait until every record in `tickets` is durable: a message's record and all its body
+    /// chunks. Fails if any of their rounds failed, even when a later round succeeded, and
+    /// waits for a round still in flight at shutdown to give its real result.
+    pub async fn wait_durable_all(&self, tickets: &[Ticket]) -> Result<()> {
+        let last = tickets.iter().copied().max().unwrap_or(0);
         loop {
             let listener = self.round_done.listen();
             {
                 let st = self.state.borrow();
-                if let Some((_, _, reason, disk_full)) = st.failed.iter().find(|(a, b, _, _)| (*a..=*b).contains(&ticket)) {
-                    return Err(SpoolError::CommitFailed { reason: reason.clone(), disk_full: *disk_full });
+                if let Some(e) = tickets.iter().find_map(|t| st.failure(*t)) {
+                    return Err(e);
                 }
-                if st.durable >= ticket {
+                if st.settled >= last {
                     return Ok(());
                 }
-                if st.closed && st.pending.is_empty() {
+                if st.stopped {
                     return Err(SpoolError::Closed);
                 }
             }
@@ -307,18 +399,20 @@ impl SpoolShard {
         self.work.notify(usize::MAX);
     }
 
-    /// The group-commit loop. Runs until [`Self::close`] and everything pending is durable.
+    /// The group-commit loop. Runs until [`Self::close`] and everything pending is settled.
     pub async fn run_committer(self: Rc<Self>) {
         loop {
             let listener = self.work.listen();
-            let (batches, upto, closed) = {
+            let (batches, upto, from, closed) = {
                 let mut st = self.state.borrow_mut();
                 let batches = std::mem::take(&mut st.pending);
                 st.pending_bytes = 0;
-                (batches, st.appended, st.closed)
+                st.writing = batches.iter().map(|b| b.seq).collect();
+                (batches, st.appended, st.settled + 1, st.closed)
             };
             if batches.is_empty() {
                 if closed {
+                    self.state.borrow_mut().stopped = true;
                     self.round_done.notify(usize::MAX);
                     return;
                 }
@@ -326,11 +420,11 @@ impl SpoolShard {
                 continue;
             }
             drop(listener);
-            let from = self.state.borrow().durable + 1;
             match self.write_round(batches).await {
-                Ok(()) => self.state.borrow_mut().durable = upto,
+                Ok(()) => self.state.borrow_mut().settled = upto,
                 Err(e) => self.fail_round(from, e),
             }
+            self.state.borrow_mut().writing.clear();
             self.rounds.set(self.rounds.get() + 1);
             self.round_done.notify(usize::MAX);
             self.collect_garbage();
@@ -338,65 +432,54 @@ impl SpoolShard {
     }
 
     /// A failed round leaves an unknown tail in its segment: fail it and everything queued behind
-    /// it, and move appends to a fresh segment so no later record sits behind a hole.
+    /// it, and move appends to a fresh segment so no later record sits behind a hole. Segment
+    /// entries stay: the failed records' references are released against them later.
     fn fail_round(&self, from: Ticket, e: SpoolError) {
         let mut st = self.state.borrow_mut();
         let to = st.appended;
         st.pending.clear();
         st.pending_bytes = 0;
-        st.durable = to;
-        st.failed.push((from, to, e.to_string(), e.is_disk_full()));
-        if st.failed.len() > 64 {
-            st.failed.remove(0);
-        }
-        let broken = st.active;
+        st.settled = to;
+        st.record_failure(from, to, e.to_string(), e.is_disk_full());
         st.active += 1;
         st.tail = SEGMENT_HEADER_LEN;
-        if st.segments.get(&broken).is_some_and(|s| s.map.is_none()) {
-            st.segments.remove(&broken);
-        }
         drop(st);
         tracing::warn!(target: "spool", "spool commit failed on core {}: {e}", self.core);
     }
 
     async fn write_round(&self, batches: Vec<Batch>) -> Result<()> {
-        let mut touched: Vec<Rc<BufferedFile>> = Vec::new();
+        let mut touched: Vec<(u32, Rc<dyn SegmentFile>)> = Vec::new();
         for b in batches {
             let file = self.ensure_segment(b.seq).await?;
             let path = segment_path(&self.core_dir, b.seq);
-            write_all_at(&file, b.buf, b.start).await.map_err(|e| SpoolError::from_io(&path, e))?;
-            if !touched.iter().any(|f| Rc::ptr_eq(f, &file)) {
-                touched.push(file);
+            file.write_at(b.buf, b.start).await.map_err(|e| SpoolError::from_io(&path, e))?;
+            if !touched.iter().any(|(seq, _)| *seq == b.seq) {
+                touched.push((b.seq, file));
             }
         }
         if self.cfg.durability == Durability::Fsync {
-            for f in touched {
-                f.fdatasync().await.map_err(|e| SpoolError::from_io(&self.core_dir, e.into()))?;
+            for (seq, f) in touched {
+                f.fdatasync().await.map_err(|e| SpoolError::from_io(segment_path(&self.core_dir, seq), e))?;
             }
         }
         Ok(())
     }
 
     /// The open file of segment `seq`, creating and preallocating it on first use.
-    async fn ensure_segment(&self, seq: u32) -> Result<Rc<BufferedFile>> {
+    async fn ensure_segment(&self, seq: u32) -> Result<Rc<dyn SegmentFile>> {
         if let Some(f) = self.state.borrow().segments.get(&seq).and_then(|s| s.file.clone()) {
             return Ok(f);
         }
         let path = segment_path(&self.core_dir, seq);
-        let created = self.create_segment(seq, &path).await;
-        let (file, map) = match created {
+        let (file, map) = match self.create_segment(seq, &path).await {
             Ok(v) => v,
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = self.storage.remove_file(&path);
                 return Err(e);
             }
         };
-        let file = Rc::new(file);
         let mut st = self.state.borrow_mut();
-        let s = st
-            .segments
-            .entry(seq)
-            .or_insert_with(|| SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new() });
+        let s = st.segments.entry(seq).or_insert_with(SegState::new);
         s.file = Some(file.clone());
         s.map = Some(map);
         // Only the active segment keeps its write handle; older ones are sealed.
@@ -409,34 +492,16 @@ impl SpoolShard {
         Ok(file)
     }
 
-    async fn create_segment(&self, seq: u32, path: &std::path::Path) -> Result<(BufferedFile, Arc<SegmentMap>)> {
-        let io = |e: glommio::GlommioError<()>| SpoolError::from_io(path, e.into());
-        let file = OpenOptions::new().read(true).write(true).create_new(true).buffered_open(path).await.map_err(io)?;
-        file.pre_allocate(self.cfg.segment_size, false).await.map_err(io)?;
-        write_all_at(&file, encode_header(self.core, seq, self.cfg.segment_size), 0)
-            .await
-            .map_err(|e| SpoolError::from_io(path, e))?;
+    async fn create_segment(&self, seq: u32, path: &std::path::Path) -> Result<(Rc<dyn SegmentFile>, Arc<SegmentMap>)> {
+        let io = |e: std::io::Error| SpoolError::from_io(path, e);
+        let file = self.storage.create_file(path, self.cfg.segment_size).await.map_err(io)?;
+        file.write_at(encode_header(self.core, seq, self.cfg.segment_size), 0).await.map_err(io)?;
         if self.cfg.durability == Durability::Fsync {
             file.fdatasync().await.map_err(io)?;
             // The new directory entry must survive a crash too.
-            std::fs::File::open(&self.core_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| SpoolError::from_io(&self.core_dir, e))?;
+            self.storage.sync_dir(&self.core_dir).map_err(|e| SpoolError::from_io(&self.core_dir, e))?;
         }
-        let map = Arc::new(SegmentMap::map(seq, path.to_path_buf(), &file)?);
+        let map = Arc::new(file.map(seq, path)?);
         Ok((file, map))
-    }
-}
-
-/// Write a whole buffer at `pos`. The buffer moves into the kernel's hands (no copy); a short
-/// write into a preallocated segment only happens when the device is out of space, and the
-/// round then fails as a whole.
-async fn write_all_at(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
-    let len = buf.len();
-    let n = file.write_at(buf, pos).await.map_err(std::io::Error::from)?;
-    if n == len {
-        Ok(())
-    } else {
-        Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
     }
 }

@@ -12,7 +12,7 @@ use crate::smtp::server::{Server, Step, Transaction};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SMTPUTF8};
-use ringpost_spool::{Extent, SpoolError};
+use ringpost_spool::{Extent, SpoolError, Ticket};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ const INPUT_START: usize = 4 * 1024;
 struct BodyWriter {
     buf: Vec<u8>,
     extents: Vec<Extent>,
+    /// The spool tickets of those extents: the 250 waits for every one of them.
+    tickets: Vec<Ticket>,
     error: Option<SpoolError>,
     /// The single pass that computes the DKIM body hash, when any key is configured.
     dkim: Option<BodyHashStream>,
@@ -57,7 +59,10 @@ impl BodyWriter {
             return;
         }
         match core.spool.append_chunk(&self.buf) {
-            Ok((e, _)) => self.extents.push(e),
+            Ok((e, t)) => {
+                self.extents.push(e);
+                self.tickets.push(t);
+            }
             Err(e) => self.error = Some(e),
         }
         self.buf.clear();
@@ -67,6 +72,7 @@ impl BodyWriter {
     fn abandon(&mut self, core: &Core) {
         core.spool.release_message(None, &self.extents);
         self.extents.clear();
+        self.tickets.clear();
         self.buf.clear();
         self.error = None;
         self.dkim = (!core.signers.is_empty()).then(BodyHashStream::new);
@@ -120,9 +126,13 @@ async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: S
         flags,
         body_hash,
     };
+    let mut tickets = std::mem::take(&mut body.tickets);
     let appended = core.spool.append_message(&record);
     let result = match appended {
-        Ok((id, ticket)) => core.spool.wait_durable(ticket).await.map(|_| id).map_err(|e| (Some(id), e)),
+        Ok((id, ticket)) => {
+            tickets.push(ticket);
+            core.spool.wait_durable_all(&tickets).await.map(|_| id).map_err(|e| (Some(id), e))
+        }
         Err(e) => Err((None, e)),
     };
     match result {
@@ -160,7 +170,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     // when a read fills the buffer: zeroing 64 KiB per connection showed up in profiles.
     let mut input = vec![0u8; INPUT_START];
     let (mut start, mut end) = (0usize, 0usize);
-    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), error: None, dkim: None };
+    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), tickets: Vec::new(), error: None, dkim: None };
     let command_timeout = Duration::from_secs(cfg.command_timeout_s);
     let data_timeout = Duration::from_secs(cfg.data_timeout_s);
     let mut phase_start = Instant::now();

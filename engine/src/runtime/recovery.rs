@@ -9,18 +9,19 @@ use crate::message::SpooledMessage;
 use crate::shard::core::Core;
 use crate::shard::inbox::Group;
 use crate::shard::router::domain_of;
-use ringpost_spool::Recovery;
+use ringpost_spool::RecoveredMessage;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 /// Hand every recovered message back to the engine.
-pub async fn requeue(core: &Rc<Core>, recovery: Recovery) {
+pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
     let id = core.id;
-    let recovered = recovery.messages.len();
-    for m in recovery.messages {
+    let count = recovered.len();
+    for m in recovered {
         let Some(msg) = SpooledMessage::from_record(m.msg, &m.record, |s| core.spool.map(s)) else {
             eprintln!("ringpost: core {id}: message {} names a missing segment", m.msg);
+            core.spool.release_message(Some(m.msg), &m.record.body);
             continue;
         };
         let msg = Arc::new(msg);
@@ -35,8 +36,7 @@ pub async fn requeue(core: &Rc<Core>, recovery: Recovery) {
         let groups = groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0 }).collect();
         core.send_groups(&msg, groups).await;
     }
-    core.spool.collect_garbage();
-    if recovered > 0 {
-        eprintln!("ringpost: core {id}: requeued {recovered} messages from the spool");
+    if count > 0 {
+        eprintln!("ringpost: core {id}: requeued {count} messages from the spool");
     }
 }

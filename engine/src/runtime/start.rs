@@ -11,7 +11,7 @@ use crate::shard::core::{Core, CoreParts, Shared};
 use crate::shard::inbox::CoreMsg;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::net::TcpListener;
-use ringpost_spool::{Durability, Recovery, SpoolConfig, SpoolShard};
+use ringpost_spool::{Durability, RecoveredMessage, Recovery, SpoolConfig, SpoolShard};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ pub async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilde
 }
 
 /// Scan this core's spool and open it for appending, with every recovered message pinned.
-fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Recovery), String> {
+fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredMessage>), String> {
     let spool_cfg = SpoolConfig {
         dir: cfg.spool.dir.clone(),
         segment_size: cfg.spool.segment_size,
@@ -64,19 +64,13 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Recovery), Str
         max_pending_bytes: 16 << 20,
     };
     let core_dir = SpoolShard::core_dir(&spool_cfg.dir, id as u16);
-    let mut recovery = Recovery::scan(&core_dir, id as u16).map_err(|e| e.to_string())?;
+    let recovery = Recovery::scan(&core_dir, id as u16).map_err(|e| e.to_string())?;
     for (seg, at, why) in &recovery.torn {
         eprintln!("ringpost: core {id}: dropped torn spool tail in segment {seg} at offset {at}: {why}");
     }
-    let segments = std::mem::take(&mut recovery.segments);
-    let spool = SpoolShard::open(id as u16, spool_cfg, segments).map_err(|e| e.to_string())?;
-    for m in &recovery.messages {
-        spool.retain(m.msg.segment);
-        for e in &m.record.body {
-            spool.retain(e.segment);
-        }
-    }
-    Ok((spool, recovery))
+    // Every recovered message's segments are pinned before `open` returns, so nothing after it
+    // (sessions, releases, garbage collection) can delete a segment of one not yet requeued.
+    SpoolShard::open(id as u16, spool_cfg, recovery).map_err(|e| e.to_string())
 }
 
 /// Assemble the core's state from the configuration.

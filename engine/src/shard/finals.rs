@@ -96,7 +96,7 @@ impl Core {
 
     /// Spool a locally generated message durably and return its shared view.
     async fn spool_local_message(&self, sender: &[u8], recipients: Vec<Vec<u8>>, body: &[u8], now: u64) -> Result<Arc<SpooledMessage>, SpoolError> {
-        let (extent, _) = self.spool.append_chunk(body)?;
+        let (extent, chunk_ticket) = self.spool.append_chunk(body)?;
         let record = MessageRecord { received_ms: now, sender: sender.to_vec(), recipients, body: vec![extent], ..Default::default() };
         let (id, ticket) = match self.spool.append_message(&record) {
             Ok(v) => v,
@@ -105,7 +105,7 @@ impl Core {
                 return Err(e);
             }
         };
-        if let Err(e) = self.spool.wait_durable(ticket).await {
+        if let Err(e) = self.spool.wait_durable_all(&[chunk_ticket, ticket]).await {
             self.spool.release_message(Some(id), &[extent]);
             return Err(e);
         }
