@@ -13,7 +13,7 @@ use crate::router::{domain_of, owner_core, Router};
 use crate::smtp::server::ServerLimits;
 use glommio::channels::channel_mesh::Senders;
 use ringpost_spool::record::MessageRecord;
-use ringpost_spool::{Disposition, MsgRef, Outcome, SpoolShard};
+use ringpost_spool::{Disposition, FailureDetail, MsgRef, Outcome, SpoolShard};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -270,7 +270,12 @@ impl Core {
     /// On the owner core: persist the disposition; when the message is finished, free its spool
     /// space and send one DSN for all its failed recipients.
     fn record_final(self: &Rc<Self>, r: FinalReport) {
-        if let Err(e) = self.spool.append_disposition(&Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome }) {
+        let failure = r.failure.as_ref().map(|f| FailureDetail {
+            status: f.status.clone(),
+            remote: f.remote.clone(),
+            diagnostic: f.diagnostic.clone(),
+        });
+        if let Err(e) = self.spool.append_disposition(&Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome, failure }) {
             tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);
         }
         let finished = {

@@ -14,7 +14,7 @@ pub mod segment;
 pub mod shard;
 
 pub use error::SpoolError;
-pub use record::{Disposition, Extent, MessageRecord, MsgRef, Outcome, Record, RecordKind};
-pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery};
+pub use record::{Disposition, Extent, FailureDetail, MessageRecord, MsgRef, Outcome, RcptState, Record, RecordKind};
+pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery, ScanEvent, SegmentScanner};
 pub use segment::SegmentMap;
 pub use shard::{Durability, SpoolConfig, SpoolShard};

@@ -12,11 +12,11 @@
 //! segment that still exists: deleting it would resurrect delivered recipients after a crash.
 use crate::error::{Result, SpoolError};
 use crate::record::{
-    encode_disposition, encode_frame, encode_message, frame_len, Disposition, Extent, MessageRecord, MsgRef,
-    RecordKind, FRAME_HEADER_LEN,
+    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition,
+    Extent, MessageRecord, MsgRef, RcptState, RecordKind, FRAME_HEADER_LEN,
 };
 use crate::recovery::RecoveredSegment;
-use crate::segment::{encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
+use crate::segment::{derive_frame_seed, encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
 use event_listener::Event;
 use glommio::io::{BufferedFile, OpenOptions};
 use std::cell::{Cell, RefCell};
@@ -85,6 +85,8 @@ pub struct SpoolShard {
     work: Event,
     round_done: Event,
     rounds: Cell<u64>,
+    /// Random per process: the frame seed of each new segment derives from it.
+    frame_key: u64,
 }
 
 impl SpoolShard {
@@ -124,6 +126,7 @@ impl SpoolShard {
             work: Event::new(),
             round_done: Event::new(),
             rounds: Cell::new(0),
+            frame_key: rand::random(),
         }))
     }
 
@@ -161,15 +164,16 @@ impl SpoolShard {
             st = self.state.borrow_mut();
         }
         let (seq, at) = (st.active, st.tail);
+        let seed = derive_frame_seed(self.frame_key, seq);
         st.tail += len as u64;
         st.segments
             .entry(seq)
             .or_insert_with(|| SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new() });
         match st.pending.last_mut() {
-            Some(b) if b.seq == seq && b.start + b.buf.len() as u64 == at => encode_frame(kind, payload, &mut b.buf),
+            Some(b) if b.seq == seq && b.start + b.buf.len() as u64 == at => encode_frame(seed, kind, payload, &mut b.buf),
             _ => {
                 let mut buf = Vec::with_capacity(len.max(64 * 1024));
-                encode_frame(kind, payload, &mut buf);
+                encode_frame(seed, kind, payload, &mut buf);
                 st.pending.push(Batch { seq, start: at, buf });
             }
         }
@@ -215,6 +219,32 @@ impl SpoolShard {
         if d.msg.segment != seq {
             if let Some(s) = self.state.borrow_mut().segments.get_mut(&seq) {
                 s.disposition_refs.insert(d.msg.segment);
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Append a recipient's retry state after a transient failure (the latest in spool order
+    /// wins at recovery). Like a disposition, no one waits for it: losing the last one to a
+    /// crash only means a retry sooner than planned.
+    pub fn append_rcpt_state(&self, s: &RcptState) -> Result<Ticket> {
+        self.append_about(s.msg, RecordKind::RcptState, &encode_rcpt_state(s))
+    }
+
+    /// Append the marker that `msg`'s DSN is spooled. Append it only once the DSN message is
+    /// durable: recovery then knows the DSN is not owed. Losing the marker to a crash means a
+    /// second DSN, never none.
+    pub fn append_dsn_done(&self, msg: MsgRef) -> Result<Ticket> {
+        self.append_about(msg, RecordKind::DsnDone, &encode_dsn_done(&msg))
+    }
+
+    /// Append a record about message `msg`, with the garbage-collection guard of
+    /// [`Self::append_disposition`]: its segment is kept while `msg`'s segment exists.
+    fn append_about(&self, msg: MsgRef, kind: RecordKind, payload: &[u8]) -> Result<Ticket> {
+        let (seq, _, ticket) = self.append(kind, payload)?;
+        if msg.segment != seq {
+            if let Some(s) = self.state.borrow_mut().segments.get_mut(&seq) {
+                s.disposition_refs.insert(msg.segment);
             }
         }
         Ok(ticket)
@@ -413,7 +443,7 @@ impl SpoolShard {
         let io = |e: glommio::GlommioError<()>| SpoolError::from_io(path, e.into());
         let file = OpenOptions::new().read(true).write(true).create_new(true).buffered_open(path).await.map_err(io)?;
         file.pre_allocate(self.cfg.segment_size, false).await.map_err(io)?;
-        write_all_at(&file, encode_header(self.core, seq, self.cfg.segment_size), 0)
+        write_all_at(&file, encode_header(self.core, seq, self.cfg.segment_size, derive_frame_seed(self.frame_key, seq)), 0)
             .await
             .map_err(|e| SpoolError::from_io(path, e))?;
         if self.cfg.durability == Durability::Fsync {

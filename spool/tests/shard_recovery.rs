@@ -36,7 +36,7 @@ fn write_messages(dir: &Path, n: usize, segment_size: u64) -> Vec<Vec<u8>> {
                 last = t;
                 // The first recipient of every even message is already final.
                 if i % 2 == 0 {
-                    shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered }).unwrap();
+                    shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered, failure: None }).unwrap();
                 }
                 bodies.push(body);
             }
@@ -111,7 +111,7 @@ fn segments_are_deleted_once_every_message_is_final() {
             let before = shard.segment_count();
             assert!(before >= 6);
             for (msg, e) in live {
-                let t = shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered }).unwrap();
+                let t = shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered, failure: None }).unwrap();
                 shard.release_message(Some(msg), &[e]);
                 last = t;
             }
