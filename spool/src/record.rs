@@ -674,10 +674,14 @@ mod tests {
         assert_eq!(back.last_response, "a".repeat(MAX_RESPONSE_LEN - 1));
         // A record claiming a longer text is corrupt, whatever its checksum says.
         let mut p = encode_rcpt_state(&state());
-        p.truncate(34);
+        p.truncate(30); // msg 14 + rcpt 4 + attempts 4 + next_attempt_ms 8: the text follows.
+        let mut exact = p.clone();
+        exact.extend_from_slice(&(MAX_RESPONSE_LEN as u32).to_le_bytes());
+        exact.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_LEN));
+        assert_eq!(decode_rcpt_state(&exact).unwrap().last_response.len(), MAX_RESPONSE_LEN);
         p.extend_from_slice(&((MAX_RESPONSE_LEN + 1) as u32).to_le_bytes());
         p.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_LEN + 1));
-        assert!(decode_rcpt_state(&p).is_err());
+        assert!(matches!(decode_rcpt_state(&p), Err(SpoolError::Corrupt("text field over its bound"))));
         let mut p = encode_rcpt_state(&state());
         let n = p.len();
         p[n - 1] = 0xff;
