@@ -12,9 +12,13 @@
 //! logs an error and counts it in [`Recovery::corrupt`], and never drops a later valid record.
 //! Resynchronising is safe because frame checksums are seeded with the segment's secret seed
 //! (see [`crate::record`]): bytes a sender put in a body cannot pass for a frame. Format-1
-//! segments have no seed, so their scan still stops at the first bad frame. Reading cost: the
-//! scan stops at the first all-zero header (the written end), except after a bad frame, where it
-//! reads on to the segment's end looking for a valid frame.
+//! segments have no seed, so their scan still stops at the first bad frame.
+//!
+//! Reading cost: the scan stops at the first all-zero header (the written end), except after a
+//! bad frame, where it reads on to the segment's end looking for a valid frame. Measured with
+//! `cargo run --release -p ringpost-spool --example scan_cost` (bytes in RAM, 2-core VM at load
+//! average ~17, so noisy): 1.5–5.6 µs per record for a 4 KiB chunk + message + retry-state mix,
+//! and 54–106 ms to rule out valid frames after a torn frame at the start of a 64 MiB segment.
 use crate::error::{Result, SpoolError};
 use crate::record::{
     decode_record, scan_frame, Disposition, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record,
