@@ -10,6 +10,10 @@
 //! crash or a failed commit round leaves) and is reported quietly in [`Recovery::torn`]. A bad
 //! frame followed by valid frames is corruption: the scan resynchronises on the next valid frame,
 //! logs an error and counts it in [`Recovery::corrupt`], and never drops a later valid record.
+//! Zeros where a frame should start are the written end of the newest segment, which is where a
+//! crash strikes, so its scan stops there. Every older segment is sealed: its rounds completed
+//! (a failed round moves appends to a new segment), so zeros followed by a valid frame there are
+//! corruption too (a lost or zeroed block) and are skipped the same way.
 //! Resynchronising is safe because frame checksums are seeded with the segment's secret seed
 //! (see [`crate::record`]): bytes a sender put in a body cannot pass for a frame. Format-1
 //! segments have no seed, so their scan still stops at the first bad frame.
@@ -107,6 +111,7 @@ pub struct SegmentScanner<'a> {
     bytes: &'a [u8],
     seed: u32,
     resync: bool,
+    sealed: bool,
     at: usize,
     done: bool,
 }
@@ -115,7 +120,14 @@ impl<'a> SegmentScanner<'a> {
     /// Scan `bytes`, a whole segment whose intact header is `header`.
     pub fn new(bytes: &'a [u8], header: &SegmentHeader) -> Self {
         let at = (SEGMENT_HEADER_LEN as usize).min(bytes.len());
-        Self { bytes, seed: header.frame_seed, resync: header.seeded, at, done: false }
+        Self { bytes, seed: header.frame_seed, resync: header.seeded, sealed: false, at, done: false }
+    }
+
+    /// Mark the segment sealed (not the newest): zeros followed by a valid frame are then
+    /// corruption, not the written end. Costs a read of the segment's unused tail.
+    pub fn sealed(mut self, sealed: bool) -> Self {
+        self.sealed = sealed;
+        self
     }
 
     /// The first offset after `from` where a valid frame starts, if any.
@@ -152,8 +164,14 @@ impl<'a> Iterator for SegmentScanner<'a> {
         }
         match scan_frame(&self.bytes[self.at..], self.seed) {
             FrameScan::End => {
-                self.done = true;
-                None
+                let next = if self.sealed && self.resync { self.next_valid_frame(self.at + FRAME_ALIGN) } else { None };
+                let Some(p) = next else {
+                    self.done = true;
+                    return None;
+                };
+                let offset = self.at as u64;
+                self.at = p;
+                Some(ScanEvent::Corrupt { offset, skipped: p as u64 - offset, why: "zeroed frame" })
             }
             FrameScan::Torn(why) => Some(self.bad_frame(why, FRAME_ALIGN)),
             FrameScan::Frame(kind, payload, total) => match decode_record(kind, payload) {
@@ -242,9 +260,11 @@ impl Recovery {
     pub fn scan(core_dir: &Path, core: u16) -> Result<Self> {
         let mut out = Recovery::default();
         let mut found = Collector::default();
-        for seq in list_segments(core_dir)? {
+        let seqs = list_segments(core_dir)?;
+        let newest = seqs.last().copied();
+        for seq in seqs {
             let Some((map, header)) = open_segment(core_dir, core, seq)? else { continue };
-            let refs = out.scan_segment(&map, &header, core, &mut found);
+            let refs = out.scan_segment(&map, &header, Some(seq) != newest, core, &mut found);
             out.segments.push(RecoveredSegment { map: Arc::new(map), disposition_refs: refs });
         }
         found.finish(&mut out);
@@ -253,10 +273,10 @@ impl Recovery {
 
     /// Feed one segment's records to `found`, noting torn tails and corruption; returns the
     /// other segments its records are about.
-    fn scan_segment(&mut self, map: &SegmentMap, header: &SegmentHeader, core: u16, found: &mut Collector) -> BTreeSet<u32> {
+    fn scan_segment(&mut self, map: &SegmentMap, header: &SegmentHeader, sealed: bool, core: u16, found: &mut Collector) -> BTreeSet<u32> {
         let seq = header.seq;
         let mut refs = BTreeSet::new();
-        for event in SegmentScanner::new(map.bytes(), header) {
+        for event in SegmentScanner::new(map.bytes(), header).sealed(sealed) {
             match event {
                 ScanEvent::Record { offset, record } => found.absorb(core, seq, offset, record, &mut refs),
                 ScanEvent::Corrupt { offset, skipped, why } => {

@@ -145,6 +145,26 @@ fn undecodable_record_with_a_good_checksum_is_skipped_as_corruption() {
     assert_eq!(other, vec![ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "undecodable record" }]);
 }
 
+#[test]
+fn zeroed_frame_ends_the_newest_segment_but_is_corruption_in_a_sealed_one() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(4));
+    bytes[offsets[1]..offsets[2]].fill(0);
+    let h = header(&bytes);
+    let newest: Vec<_> = SegmentScanner::new(&bytes, &h).collect();
+    assert_eq!(newest.len(), 1, "the newest segment's written end is the first zero header");
+    let events: Vec<_> = SegmentScanner::new(&bytes, &h).sealed(true).collect();
+    let offsets_found: Vec<u64> = events.iter().filter_map(|e| match e {
+        ScanEvent::Record { offset, .. } => Some(*offset),
+        _ => None,
+    }).collect();
+    assert_eq!(offsets_found, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
+    let skipped = (offsets[2] - offsets[1]) as u64;
+    assert_eq!(events[1], ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "zeroed frame" });
+    // A sealed segment's clean unused tail is no corruption.
+    let (clean, _) = segment(1, SEED, &chunks(4));
+    assert_eq!(SegmentScanner::new(&clean, &h).sealed(true).count(), 4);
+}
+
 // ---- cross-segment rules, on files ----
 
 /// Builds segment files record by record, tracking where each lands.
@@ -295,6 +315,26 @@ fn corruption_in_a_file_is_counted_and_later_messages_recovered() {
     let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
     assert_eq!(got, vec![first, third]);
     assert!(rec.torn.is_empty());
+    let chunk_of_third = third.offset - crate::record::frame_len(18) as u64;
+    assert_eq!(rec.corrupt, vec![(1, second.offset, chunk_of_third - second.offset)]);
+}
+
+#[test]
+fn zeroed_block_in_a_sealed_segment_is_counted_and_later_messages_recovered() {
+    let mut sp = Spool::new();
+    let first = sp.message(1);
+    let second = sp.message(1);
+    let third = sp.message(1);
+    sp.seal();
+    let newest = sp.message(1);
+    sp.seal();
+    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[second.offset as usize..second.offset as usize + 24].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    let rec = sp.recover();
+    let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
+    assert_eq!(got, vec![first, third, newest]);
     let chunk_of_third = third.offset - crate::record::frame_len(18) as u64;
     assert_eq!(rec.corrupt, vec![(1, second.offset, chunk_of_third - second.offset)]);
 }

@@ -59,6 +59,7 @@ fn recovery_returns_every_committed_message_with_its_pending_recipients() {
     let rec = run(move || Recovery::scan(&SpoolShard::core_dir(&dir, 0), 0).unwrap());
     assert!(rec.segments.len() > 1, "16 KiB segments must have rolled over");
     assert!(rec.torn.is_empty());
+    assert!(rec.corrupt.is_empty(), "sealed segments' unused tails are not corruption: {:?}", rec.corrupt);
     assert_eq!(rec.messages.len(), 200);
     for (i, m) in rec.messages.iter().enumerate() {
         let expect: Vec<u32> = if i % 2 == 0 { vec![1] } else { vec![0, 1] };
