@@ -70,8 +70,8 @@ fn spool_encode(c: &mut Criterion) {
             if batch.len() > (1 << 20) - 4096 {
                 batch.clear();
             }
-            encode_frame(RecordKind::Chunk, black_box(&chunk), &mut batch);
-            encode_frame(RecordKind::Message, &encode_message(black_box(&msg)), &mut batch);
+            encode_frame(0x5EED, RecordKind::Chunk, black_box(&chunk), &mut batch);
+            encode_frame(0x5EED, RecordKind::Message, &encode_message(black_box(&msg)), &mut batch);
         })
     });
     g.finish();

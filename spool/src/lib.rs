@@ -17,8 +17,8 @@ pub mod sim;
 pub mod storage;
 
 pub use error::SpoolError;
-pub use record::{Disposition, Extent, MessageRecord, MsgRef, Outcome, Record, RecordKind};
-pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery};
+pub use record::{Disposition, Extent, FailureDetail, MessageRecord, MsgRef, Outcome, RcptState, Record, RecordKind};
+pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery, ScanEvent, SegmentScanner};
 pub use segment::SegmentMap;
 pub use shard::{Durability, SpoolConfig, SpoolShard, Ticket};
 pub use storage::{DiskStorage, SegmentFile, Storage};

@@ -7,8 +7,29 @@
 //! ```
 //!
 //! The checksum covers kind, length and payload, so a torn write (zeros from preallocation or
-//! a half-copied payload) never decodes. This module must stay free of I/O: it is fuzzed and
-//! unit-tested with byte vectors.
+//! a half-copied payload) never decodes. It is seeded with the segment's secret frame seed (a
+//! random `u32` kept in the segment header, see [`crate::segment`]): `crc32c_append(seed, kind
+//! ‖ len ‖ payload)`. Body chunks hold bytes a sender chose, so without the seed a sender could
+//! embed a well-formed frame in a body, and recovery resynchronising past corruption could land
+//! on it and resurrect a forged message. Version-1 segments (`RPSEG001`) have seed 0, which is
+//! the unseeded checksum of the original format; recovery never resynchronises inside them.
+//!
+//! Record kinds and payloads (strings are `u32 len ‖ UTF-8 bytes`, a `MsgRef` is
+//! `core u16 ‖ segment u32 ‖ offset u64`):
+//!
+//! ```text
+//! 1 Chunk        body bytes
+//! 2 Message      received_ms u64 | flags u32 | sender | n u32 | n × rcpt | trace
+//!                | m u32 | m × (segment u32 | offset u64 | len u32) | 0 or 1 ‖ hash [32]
+//! 3 Disposition  MsgRef | rcpt u32 | outcome u8                        (format 1, no details)
+//!                MsgRef | rcpt u32 | outcome u8 | 1 | status | 0 or 1 ‖ remote | diagnostic
+//! 4 RcptState    MsgRef | rcpt u32 | attempts u32 | next_attempt_ms u64 | last_response
+//! 5 DsnDone      MsgRef
+//! ```
+//!
+//! Text fields are bounded (see the `MAX_*_LEN` constants): encoders truncate at a character
+//! boundary, decoders reject longer fields as corrupt. This module must stay free of I/O: it is
+//! fuzzed and unit-tested with byte vectors.
 use crate::error::{Result, SpoolError};
 
 /// Frame magic: "RPR1".
@@ -28,6 +49,10 @@ pub enum RecordKind {
     Message = 2,
     /// The final outcome of one recipient of a message.
     Disposition = 3,
+    /// The retry state of a recipient after a transient failure.
+    RcptState = 4,
+    /// A message's DSN is durably spooled.
+    DsnDone = 5,
 }
 
 impl RecordKind {
@@ -36,6 +61,8 @@ impl RecordKind {
             1 => Some(Self::Chunk),
             2 => Some(Self::Message),
             3 => Some(Self::Disposition),
+            4 => Some(Self::RcptState),
+            5 => Some(Self::DsnDone),
             _ => None,
         }
     }
@@ -113,8 +140,26 @@ pub enum Outcome {
     Expired = 3,
 }
 
+/// Longest RFC 3463 status kept (`5.1.1`; the longest legal one, `5.999.999`, is 9 bytes).
+pub const MAX_STATUS_LEN: usize = 16;
+/// Longest remote MTA name kept (a DNS name is at most 255 bytes).
+pub const MAX_REMOTE_LEN: usize = 255;
+/// Longest diagnostic or last-response text kept: enough for a multi-line SMTP reply's gist.
+pub const MAX_RESPONSE_LEN: usize = 1024;
+
+/// Why a recipient failed for good: what its DSN reports (RFC 3464 per-recipient fields).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailureDetail {
+    /// RFC 3463 status, e.g. `5.1.1` (at most [`MAX_STATUS_LEN`] bytes).
+    pub status: String,
+    /// The remote MTA that answered, when one did (at most [`MAX_REMOTE_LEN`] bytes).
+    pub remote: Option<String>,
+    /// The SMTP reply or local reason (at most [`MAX_RESPONSE_LEN`] bytes).
+    pub diagnostic: String,
+}
+
 /// One recipient's final disposition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disposition {
     /// The message.
     pub msg: MsgRef,
@@ -122,6 +167,24 @@ pub struct Disposition {
     pub rcpt: u32,
     /// What happened.
     pub outcome: Outcome,
+    /// For a failure: what the DSN must say, written in the same record so that a DSN built
+    /// after a restart lists it. `None` for deliveries (and for format-1 records).
+    pub failure: Option<FailureDetail>,
+}
+
+/// A recipient's retry state after a transient failure; the latest one in spool order wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptState {
+    /// The message.
+    pub msg: MsgRef,
+    /// Index into the message's recipient list.
+    pub rcpt: u32,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When to try again, milliseconds since the Unix epoch.
+    pub next_attempt_ms: u64,
+    /// The last transient reply (at most [`MAX_RESPONSE_LEN`] bytes).
+    pub last_response: String,
 }
 
 /// A decoded record, borrowing from the segment bytes.
@@ -133,6 +196,10 @@ pub enum Record<'a> {
     Message(MessageRecord),
     /// A recipient's final outcome.
     Disposition(Disposition),
+    /// A recipient's retry state.
+    RcptState(RcptState),
+    /// The DSN of this message is durably spooled.
+    DsnDone(MsgRef),
 }
 
 /// Bytes a frame with `payload_len` payload bytes occupies, padding included.
@@ -140,20 +207,23 @@ pub fn frame_len(payload_len: usize) -> usize {
     (FRAME_HEADER_LEN + payload_len).div_ceil(FRAME_ALIGN) * FRAME_ALIGN
 }
 
-fn checksum(kind: u8, len: u32, payload: &[u8]) -> u32 {
+/// The frame checksum, seeded with the segment's secret `seed` (0 for format-1 segments,
+/// where it equals the original unseeded `crc32c(kind ‖ len) ‖ payload`).
+fn checksum(seed: u32, kind: u8, len: u32, payload: &[u8]) -> u32 {
     let mut head = [0u8; 5];
     head[0] = kind;
     head[1..5].copy_from_slice(&len.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&head), payload)
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, &head), payload)
 }
 
-/// Append one frame (header, payload, padding) to `out`.
-pub fn encode_frame(kind: RecordKind, payload: &[u8], out: &mut Vec<u8>) {
+/// Append one frame (header, payload, padding) to `out`, checksummed with the frame `seed` of
+/// the segment it goes to.
+pub fn encode_frame(seed: u32, kind: RecordKind, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).expect("record payload over 4 GiB");
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&[kind as u8, 0, 0, 0]);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(kind as u8, len, payload).to_le_bytes());
+    out.extend_from_slice(&checksum(seed, kind as u8, len, payload).to_le_bytes());
     out.extend_from_slice(payload);
     let pad = frame_len(payload.len()) - FRAME_HEADER_LEN - payload.len();
     out.extend(std::iter::repeat_n(0u8, pad));
@@ -170,8 +240,9 @@ pub enum FrameScan<'a> {
     Torn(&'static str),
 }
 
-/// Examine `buf` (the segment from a frame boundary on) for the next frame.
-pub fn scan_frame(buf: &[u8]) -> FrameScan<'_> {
+/// Examine `buf` (the segment from a frame boundary on) for the next frame, checking its
+/// checksum against the segment's frame `seed`.
+pub fn scan_frame(buf: &[u8], seed: u32) -> FrameScan<'_> {
     if buf.len() < FRAME_HEADER_LEN {
         return if buf.iter().all(|&b| b == 0) { FrameScan::End } else { FrameScan::Torn("short header") };
     }
@@ -193,7 +264,7 @@ pub fn scan_frame(buf: &[u8]) -> FrameScan<'_> {
         return FrameScan::Torn("frame runs past the segment");
     }
     let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len as usize];
-    if checksum(kind as u8, len, payload) != crc {
+    if checksum(seed, kind as u8, len, payload) != crc {
         return FrameScan::Torn("checksum mismatch");
     }
     FrameScan::Frame(kind, payload, total)
@@ -205,6 +276,8 @@ pub fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Record<'_>> {
         RecordKind::Chunk => Ok(Record::Chunk(payload)),
         RecordKind::Message => decode_message(payload).map(Record::Message),
         RecordKind::Disposition => decode_disposition(payload).map(Record::Disposition),
+        RecordKind::RcptState => decode_rcpt_state(payload).map(Record::RcptState),
+        RecordKind::DsnDone => decode_dsn_done(payload).map(Record::DsnDone),
     }
 }
 
@@ -235,20 +308,63 @@ pub fn encode_message(m: &MessageRecord) -> Vec<u8> {
     p
 }
 
-/// Encode a disposition record's payload.
+/// Encode a disposition record's payload. Failure texts longer than their bound are truncated.
 pub fn encode_disposition(d: &Disposition) -> Vec<u8> {
     let mut p = Vec::with_capacity(19);
-    p.extend_from_slice(&d.msg.core.to_le_bytes());
-    p.extend_from_slice(&d.msg.segment.to_le_bytes());
-    p.extend_from_slice(&d.msg.offset.to_le_bytes());
+    put_msgref(&mut p, &d.msg);
     p.extend_from_slice(&d.rcpt.to_le_bytes());
     p.push(d.outcome as u8);
+    if let Some(f) = &d.failure {
+        p.push(1);
+        put_text(&mut p, &f.status, MAX_STATUS_LEN);
+        match &f.remote {
+            Some(r) => {
+                p.push(1);
+                put_text(&mut p, r, MAX_REMOTE_LEN);
+            }
+            None => p.push(0),
+        }
+        put_text(&mut p, &f.diagnostic, MAX_RESPONSE_LEN);
+    }
     p
+}
+
+/// Encode a recipient-state record's payload. A longer `last_response` is truncated.
+pub fn encode_rcpt_state(s: &RcptState) -> Vec<u8> {
+    let mut p = Vec::with_capacity(34 + s.last_response.len().min(MAX_RESPONSE_LEN));
+    put_msgref(&mut p, &s.msg);
+    p.extend_from_slice(&s.rcpt.to_le_bytes());
+    p.extend_from_slice(&s.attempts.to_le_bytes());
+    p.extend_from_slice(&s.next_attempt_ms.to_le_bytes());
+    put_text(&mut p, &s.last_response, MAX_RESPONSE_LEN);
+    p
+}
+
+/// Encode a DSN-done record's payload.
+pub fn encode_dsn_done(msg: &MsgRef) -> Vec<u8> {
+    let mut p = Vec::with_capacity(14);
+    put_msgref(&mut p, msg);
+    p
+}
+
+fn put_msgref(p: &mut Vec<u8>, m: &MsgRef) {
+    p.extend_from_slice(&m.core.to_le_bytes());
+    p.extend_from_slice(&m.segment.to_le_bytes());
+    p.extend_from_slice(&m.offset.to_le_bytes());
 }
 
 fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
     p.extend_from_slice(&(b.len() as u32).to_le_bytes());
     p.extend_from_slice(b);
+}
+
+/// Write `s` cut to at most `max` bytes, at a character boundary so it stays UTF-8.
+fn put_text(p: &mut Vec<u8>, s: &str, max: usize) {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_bytes(p, &s.as_bytes()[..end]);
 }
 
 /// A bounds-checked reader over a payload.
@@ -278,6 +394,17 @@ impl<'a> Cursor<'a> {
     fn bytes(&mut self) -> Result<Vec<u8>> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
+    }
+    fn text(&mut self, max: usize) -> Result<String> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(SpoolError::Corrupt("text field over its bound"));
+        }
+        let b = self.take(n)?;
+        std::str::from_utf8(b).map(str::to_owned).map_err(|_| SpoolError::Corrupt("text field not UTF-8"))
+    }
+    fn msgref(&mut self) -> Result<MsgRef> {
+        Ok(MsgRef { core: self.u16()?, segment: self.u32()?, offset: self.u64()? })
     }
     fn finish(&self) -> Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(SpoolError::Corrupt("trailing bytes in payload")) }
@@ -313,7 +440,7 @@ fn decode_message(payload: &[u8]) -> Result<MessageRecord> {
 
 fn decode_disposition(payload: &[u8]) -> Result<Disposition> {
     let mut c = Cursor(payload);
-    let msg = MsgRef { core: c.u16()?, segment: c.u32()?, offset: c.u64()? };
+    let msg = c.msgref()?;
     let rcpt = c.u32()?;
     let outcome = match c.u8()? {
         1 => Outcome::Delivered,
@@ -321,13 +448,51 @@ fn decode_disposition(payload: &[u8]) -> Result<Disposition> {
         3 => Outcome::Expired,
         _ => return Err(SpoolError::Corrupt("bad outcome")),
     };
+    // Format 1 ends here; format 2 adds a tagged failure detail.
+    let failure = if c.0.is_empty() { None } else { Some(decode_failure(&mut c)?) };
     c.finish()?;
-    Ok(Disposition { msg, rcpt, outcome })
+    Ok(Disposition { msg, rcpt, outcome, failure })
+}
+
+fn decode_failure(c: &mut Cursor<'_>) -> Result<FailureDetail> {
+    if c.u8()? != 1 {
+        return Err(SpoolError::Corrupt("bad failure-detail tag"));
+    }
+    let status = c.text(MAX_STATUS_LEN)?;
+    let remote = match c.u8()? {
+        0 => None,
+        1 => Some(c.text(MAX_REMOTE_LEN)?),
+        _ => return Err(SpoolError::Corrupt("bad remote tag")),
+    };
+    let diagnostic = c.text(MAX_RESPONSE_LEN)?;
+    Ok(FailureDetail { status, remote, diagnostic })
+}
+
+fn decode_rcpt_state(payload: &[u8]) -> Result<RcptState> {
+    let mut c = Cursor(payload);
+    let s = RcptState {
+        msg: c.msgref()?,
+        rcpt: c.u32()?,
+        attempts: c.u32()?,
+        next_attempt_ms: c.u64()?,
+        last_response: c.text(MAX_RESPONSE_LEN)?,
+    };
+    c.finish()?;
+    Ok(s)
+}
+
+fn decode_dsn_done(payload: &[u8]) -> Result<MsgRef> {
+    let mut c = Cursor(payload);
+    let msg = c.msgref()?;
+    c.finish()?;
+    Ok(msg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SEED: u32 = 0x5EED_1234;
 
     fn sample() -> MessageRecord {
         MessageRecord {
@@ -345,9 +510,9 @@ mod tests {
     fn message_round_trips() {
         let m = sample();
         let mut buf = Vec::new();
-        encode_frame(RecordKind::Message, &encode_message(&m), &mut buf);
+        encode_frame(SEED, RecordKind::Message, &encode_message(&m), &mut buf);
         assert_eq!(buf.len() % FRAME_ALIGN, 0);
-        let FrameScan::Frame(kind, payload, total) = scan_frame(&buf) else { panic!("no frame") };
+        let FrameScan::Frame(kind, payload, total) = scan_frame(&buf, SEED) else { panic!("no frame") };
         assert_eq!(total, buf.len());
         assert_eq!(decode_record(kind, payload).unwrap(), Record::Message(m));
     }
@@ -361,32 +526,32 @@ mod tests {
 
     #[test]
     fn disposition_and_chunk_round_trip() {
-        let d = Disposition { msg: MsgRef { core: 1, segment: 9, offset: 640 }, rcpt: 3, outcome: Outcome::Expired };
+        let d = Disposition { msg: MsgRef { core: 1, segment: 9, offset: 640 }, rcpt: 3, outcome: Outcome::Expired, failure: None };
         let mut buf = Vec::new();
-        encode_frame(RecordKind::Disposition, &encode_disposition(&d), &mut buf);
-        encode_frame(RecordKind::Chunk, b"Subject: hi\r\n\r\n..dot\r\n", &mut buf);
-        let FrameScan::Frame(k, p, n) = scan_frame(&buf) else { panic!() };
-        assert_eq!(decode_record(k, p).unwrap(), Record::Disposition(d));
-        let FrameScan::Frame(k, p, m) = scan_frame(&buf[n..]) else { panic!() };
+        encode_frame(SEED, RecordKind::Disposition, &encode_disposition(&d), &mut buf);
+        encode_frame(SEED, RecordKind::Chunk, b"Subject: hi\r\n\r\n..dot\r\n", &mut buf);
+        let FrameScan::Frame(k, p, n) = scan_frame(&buf, SEED) else { panic!() };
+        assert_eq!(decode_record(k, p).unwrap(), Record::Disposition(d.clone()));
+        let FrameScan::Frame(k, p, m) = scan_frame(&buf[n..], SEED) else { panic!() };
         assert_eq!(decode_record(k, p).unwrap(), Record::Chunk(b"Subject: hi\r\n\r\n..dot\r\n"));
-        assert_eq!(scan_frame(&buf[n + m..]), FrameScan::End);
+        assert_eq!(scan_frame(&buf[n + m..], SEED), FrameScan::End);
     }
 
     #[test]
     fn zeros_are_a_clean_end() {
-        assert_eq!(scan_frame(&[0u8; 64]), FrameScan::End);
-        assert_eq!(scan_frame(&[0u8; 3]), FrameScan::End);
+        assert_eq!(scan_frame(&[0u8; 64], SEED), FrameScan::End);
+        assert_eq!(scan_frame(&[0u8; 3], SEED), FrameScan::End);
     }
 
     #[test]
     fn every_torn_prefix_is_detected() {
         let mut buf = Vec::new();
-        encode_frame(RecordKind::Message, &encode_message(&sample()), &mut buf);
+        encode_frame(SEED, RecordKind::Message, &encode_message(&sample()), &mut buf);
         // A write torn at any point leaves zeros (preallocated space) after the written prefix.
         for cut in 1..buf.len() {
             let mut torn = buf[..cut].to_vec();
             torn.resize(buf.len() + 32, 0);
-            match scan_frame(&torn) {
+            match scan_frame(&torn, SEED) {
                 FrameScan::Torn(_) => {}
                 FrameScan::End => assert!(buf[..cut].iter().all(|&b| b == 0)),
                 FrameScan::Frame(..) => panic!("torn frame cut at {cut} decoded as valid"),
@@ -397,13 +562,13 @@ mod tests {
     #[test]
     fn any_flipped_bit_is_detected() {
         let mut buf = Vec::new();
-        encode_frame(RecordKind::Chunk, b"hello world, a body line\r\n", &mut buf);
+        encode_frame(SEED, RecordKind::Chunk, b"hello world, a body line\r\n", &mut buf);
         let payload_end = FRAME_HEADER_LEN + 26;
         for i in 0..payload_end {
             for bit in 0..8 {
                 let mut c = buf.clone();
                 c[i] ^= 1 << bit;
-                assert!(!matches!(scan_frame(&c), FrameScan::Frame(..)), "flip at byte {i} bit {bit} undetected");
+                assert!(!matches!(scan_frame(&c, SEED), FrameScan::Frame(..)), "flip at byte {i} bit {bit} undetected");
             }
         }
     }
@@ -415,6 +580,130 @@ mod tests {
             assert!(decode_message(&p[..cut]).is_err());
         }
         assert!(decode_disposition(&[1, 2, 3]).is_err());
+        let all = [
+            (RecordKind::Disposition, encode_disposition(&failed())),
+            (RecordKind::RcptState, encode_rcpt_state(&state())),
+            (RecordKind::DsnDone, encode_dsn_done(&state().msg)),
+        ];
+        for (kind, p) in all {
+            assert!(decode_record(kind, &p).is_ok(), "{kind:?} must decode whole");
+            for cut in 0..p.len() {
+                // A cut disposition right after its outcome byte is the valid format-1 form.
+                if kind == RecordKind::Disposition && cut == 19 {
+                    continue;
+                }
+                assert!(decode_record(kind, &p[..cut]).is_err(), "{kind:?} cut at {cut} decoded");
+            }
+            let mut long = p.clone();
+            long.push(0);
+            assert!(decode_record(kind, &long).is_err(), "{kind:?} with a trailing byte decoded");
+        }
+    }
+
+    fn failed() -> Disposition {
+        Disposition {
+            msg: MsgRef { core: 2, segment: 7, offset: 4160 },
+            rcpt: 1,
+            outcome: Outcome::Bounced,
+            failure: Some(FailureDetail {
+                status: "5.1.1".into(),
+                remote: Some("mx.example.org".into()),
+                diagnostic: "550 5.1.1 <bob@example.org>: no such user".into(),
+            }),
+        }
+    }
+
+    fn state() -> RcptState {
+        RcptState {
+            msg: MsgRef { core: 2, segment: 7, offset: 4160 },
+            rcpt: 0,
+            attempts: 3,
+            next_attempt_ms: 1_700_000_900_000,
+            last_response: "451 4.7.1 greylisted, try again later".into(),
+        }
+    }
+
+    fn round_trip(kind: RecordKind, payload: &[u8]) -> Record<'static> {
+        let mut buf = Vec::new();
+        encode_frame(SEED, kind, payload, &mut buf);
+        let FrameScan::Frame(k, p, n) = scan_frame(&buf, SEED) else { panic!("no frame") };
+        assert_eq!((k, n), (kind, buf.len()));
+        match decode_record(k, p).unwrap() {
+            Record::Chunk(_) | Record::Message(_) => panic!("unexpected kind"),
+            Record::Disposition(d) => Record::Disposition(d),
+            Record::RcptState(s) => Record::RcptState(s),
+            Record::DsnDone(m) => Record::DsnDone(m),
+        }
+    }
+
+    #[test]
+    fn failure_details_round_trip() {
+        let d = failed();
+        assert_eq!(round_trip(RecordKind::Disposition, &encode_disposition(&d)), Record::Disposition(d.clone()));
+        let no_remote = Disposition { failure: Some(FailureDetail { remote: None, ..d.failure.clone().unwrap() }), ..d };
+        assert_eq!(round_trip(RecordKind::Disposition, &encode_disposition(&no_remote)), Record::Disposition(no_remote));
+    }
+
+    #[test]
+    fn format_1_disposition_still_decodes() {
+        // The 19-byte layout written before failure details existed.
+        let mut p = Vec::new();
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&4160u64.to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(Outcome::Delivered as u8);
+        let d = Disposition { msg: MsgRef { core: 2, segment: 7, offset: 4160 }, rcpt: 1, outcome: Outcome::Delivered, failure: None };
+        assert_eq!(decode_disposition(&p).unwrap(), d);
+        assert_eq!(encode_disposition(&d), p);
+    }
+
+    #[test]
+    fn rcpt_state_and_dsn_done_round_trip() {
+        let s = state();
+        assert_eq!(round_trip(RecordKind::RcptState, &encode_rcpt_state(&s)), Record::RcptState(s.clone()));
+        assert_eq!(round_trip(RecordKind::DsnDone, &encode_dsn_done(&s.msg)), Record::DsnDone(s.msg));
+    }
+
+    #[test]
+    fn long_texts_are_truncated_on_a_char_boundary_and_bounded_on_read() {
+        // 'é' is two bytes: 1023 bytes of 'a' then 'é' would cross the 1024-byte bound.
+        let long = format!("{}é{}", "a".repeat(MAX_RESPONSE_LEN - 1), "b".repeat(100));
+        let s = RcptState { last_response: long, ..state() };
+        let Record::RcptState(back) = round_trip(RecordKind::RcptState, &encode_rcpt_state(&s)) else { panic!() };
+        assert_eq!(back.last_response, "a".repeat(MAX_RESPONSE_LEN - 1));
+        // A record claiming a longer text is corrupt, whatever its checksum says.
+        let mut p = encode_rcpt_state(&state());
+        p.truncate(30); // msg 14 + rcpt 4 + attempts 4 + next_attempt_ms 8: the text follows.
+        let mut exact = p.clone();
+        exact.extend_from_slice(&(MAX_RESPONSE_LEN as u32).to_le_bytes());
+        exact.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_LEN));
+        assert_eq!(decode_rcpt_state(&exact).unwrap().last_response.len(), MAX_RESPONSE_LEN);
+        p.extend_from_slice(&((MAX_RESPONSE_LEN + 1) as u32).to_le_bytes());
+        p.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_LEN + 1));
+        assert!(matches!(decode_rcpt_state(&p), Err(SpoolError::Corrupt("text field over its bound"))));
+        let mut p = encode_rcpt_state(&state());
+        let n = p.len();
+        p[n - 1] = 0xff;
+        assert!(decode_rcpt_state(&p).is_err(), "non-UTF-8 text must be corrupt");
+    }
+
+    #[test]
+    fn frame_from_another_seed_is_rejected() {
+        let mut buf = Vec::new();
+        encode_frame(SEED, RecordKind::DsnDone, &encode_dsn_done(&state().msg), &mut buf);
+        assert!(matches!(scan_frame(&buf, SEED), FrameScan::Frame(..)));
+        assert_eq!(scan_frame(&buf, SEED ^ 1), FrameScan::Torn("checksum mismatch"));
+        assert_eq!(scan_frame(&buf, 0), FrameScan::Torn("checksum mismatch"));
+    }
+
+    #[test]
+    fn seed_0_is_the_format_1_checksum() {
+        let payload = b"abc";
+        let mut buf = Vec::new();
+        encode_frame(0, RecordKind::Chunk, payload, &mut buf);
+        let old = crc32c::crc32c_append(crc32c::crc32c(&[1, 3, 0, 0, 0]), payload);
+        assert_eq!(buf[12..16], old.to_le_bytes());
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //! segment that still exists: deleting it would resurrect delivered recipients after a crash.
 use crate::error::{Result, SpoolError};
 use crate::record::{
-    encode_disposition, encode_frame, encode_message, frame_len, Disposition, Extent, MessageRecord, MsgRef,
-    RecordKind, FRAME_HEADER_LEN,
+    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition,
+    Extent, MessageRecord, MsgRef, RcptState, RecordKind, FRAME_HEADER_LEN,
 };
 use crate::recovery::{RecoveredMessage, Recovery};
-use crate::segment::{encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
+use crate::segment::{derive_frame_seed, encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
 use crate::storage::{create_dir_durable, DiskStorage, SegmentFile, Storage};
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
@@ -131,6 +131,8 @@ pub struct SpoolShard {
     work: Event,
     round_done: Event,
     rounds: Cell<u64>,
+    /// Random per process: the frame seed of each new segment derives from it.
+    frame_key: u64,
 }
 
 impl SpoolShard {
@@ -147,7 +149,8 @@ impl SpoolShard {
     /// Open a core's spool on `storage`. `recovery` is what [`Recovery::scan`] found: its
     /// segments are adopted with their maps, and every recovered message's record segment and
     /// body segments are pinned before this returns, so no release or garbage collection can
-    /// delete a segment of a message not yet handed out. The returned messages own those pins:
+    /// delete a segment of a message not yet handed out. The returned messages (those with open
+    /// recipients, then those that only owe a DSN, with no `pending`) own those pins:
     /// each is released with [`Self::release_message`] once final (or abandoned). New records
     /// go to a fresh segment after the highest sequence seen. Segments nothing pins are
     /// collected at once.
@@ -187,8 +190,12 @@ impl SpoolShard {
             work: Event::new(),
             round_done: Event::new(),
             rounds: Cell::new(0),
+            frame_key: rand::random(),
         });
-        let messages = shard.pin_recovered(recovery.messages);
+        // Messages that still owe a DSN are pinned too: the DSN quotes their headers.
+        let mut messages = recovery.messages;
+        messages.extend(recovery.owed_dsn);
+        let messages = shard.pin_recovered(messages);
         shard.collect_garbage();
         Ok((shard, messages))
     }
@@ -246,13 +253,14 @@ impl SpoolShard {
             st = self.state.borrow_mut();
         }
         let (seq, at) = (st.active, st.tail);
+        let seed = derive_frame_seed(self.frame_key, seq);
         st.tail += len as u64;
         st.segments.entry(seq).or_insert_with(SegState::new);
         match st.pending.last_mut() {
-            Some(b) if b.seq == seq && b.start + b.buf.len() as u64 == at => encode_frame(kind, payload, &mut b.buf),
+            Some(b) if b.seq == seq && b.start + b.buf.len() as u64 == at => encode_frame(seed, kind, payload, &mut b.buf),
             _ => {
                 let mut buf = Vec::with_capacity(len.max(64 * 1024));
-                encode_frame(kind, payload, &mut buf);
+                encode_frame(seed, kind, payload, &mut buf);
                 st.pending.push(Batch { seq, start: at, buf });
             }
         }
@@ -295,10 +303,31 @@ impl SpoolShard {
     /// Append a final disposition. No one waits for it: at-least-once allows a redelivery if
     /// the host crashes before the next round makes it durable.
     pub fn append_disposition(&self, d: &Disposition) -> Result<Ticket> {
-        let (seq, _, ticket) = self.append(RecordKind::Disposition, &encode_disposition(d))?;
-        if d.msg.segment != seq {
+        self.append_about(d.msg, RecordKind::Disposition, &encode_disposition(d))
+    }
+
+    /// Append a recipient's retry state after a transient failure (the latest in spool order
+    /// wins at recovery). Like a disposition, no one waits for it: losing the last one to a
+    /// crash only means a retry sooner than planned.
+    pub fn append_rcpt_state(&self, s: &RcptState) -> Result<Ticket> {
+        self.append_about(s.msg, RecordKind::RcptState, &encode_rcpt_state(s))
+    }
+
+    /// Append the marker that `msg`'s DSN is spooled. Append it only once the DSN message is
+    /// durable: recovery then knows the DSN is not owed. Losing the marker to a crash means a
+    /// second DSN, never none.
+    pub fn append_dsn_done(&self, msg: MsgRef) -> Result<Ticket> {
+        self.append_about(msg, RecordKind::DsnDone, &encode_dsn_done(&msg))
+    }
+
+    /// Append a record about message `msg` (a disposition, a retry state, a DSN marker). Its
+    /// segment is kept while `msg`'s segment exists: deleting it first would resurrect what it
+    /// records after a crash.
+    fn append_about(&self, msg: MsgRef, kind: RecordKind, payload: &[u8]) -> Result<Ticket> {
+        let (seq, _, ticket) = self.append(kind, payload)?;
+        if msg.segment != seq {
             if let Some(s) = self.state.borrow_mut().segments.get_mut(&seq) {
-                s.disposition_refs.insert(d.msg.segment);
+                s.disposition_refs.insert(msg.segment);
             }
         }
         Ok(ticket)
@@ -495,7 +524,7 @@ impl SpoolShard {
     async fn create_segment(&self, seq: u32, path: &std::path::Path) -> Result<(Rc<dyn SegmentFile>, Arc<SegmentMap>)> {
         let io = |e: std::io::Error| SpoolError::from_io(path, e);
         let file = self.storage.create_file(path, self.cfg.segment_size).await.map_err(io)?;
-        file.write_at(encode_header(self.core, seq, self.cfg.segment_size), 0).await.map_err(io)?;
+        file.write_at(encode_header(self.core, seq, self.cfg.segment_size, derive_frame_seed(self.frame_key, seq)), 0).await.map_err(io)?;
         if self.cfg.durability == Durability::Fsync {
             file.fdatasync().await.map_err(io)?;
             // The new directory entry must survive a crash too.

@@ -221,7 +221,7 @@ impl Ctx {
             if self.model.borrow().msgs[&id].final_[rcpt] || self.below(3) == 0 {
                 continue;
             }
-            let d = Disposition { msg: id, rcpt: rcpt as u32, outcome: Outcome::Delivered };
+            let d = Disposition { msg: id, rcpt: rcpt as u32, outcome: Outcome::Delivered, failure: None };
             if let Ok(t) = self.shard.append_disposition(&d) {
                 self.model.borrow_mut().msgs.get_mut(&id).unwrap().final_[rcpt] = true;
                 appended.push((rcpt, t));

@@ -36,7 +36,7 @@ fn write_messages(dir: &Path, n: usize, segment_size: u64) -> Vec<Vec<u8>> {
                 last = t;
                 // The first recipient of every even message is already final.
                 if i % 2 == 0 {
-                    shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered }).unwrap();
+                    shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered, failure: None }).unwrap();
                 }
                 bodies.push(body);
             }
@@ -60,6 +60,7 @@ fn recovery_returns_every_committed_message_with_its_pending_recipients() {
     let rec = run(move || Recovery::scan(&SpoolShard::core_dir(&dir, 0), 0).unwrap());
     assert!(rec.segments.len() > 1, "16 KiB segments must have rolled over");
     assert!(rec.torn.is_empty());
+    assert!(rec.corrupt.is_empty(), "sealed segments' unused tails are not corruption: {:?}", rec.corrupt);
     assert_eq!(rec.messages.len(), 200);
     for (i, m) in rec.messages.iter().enumerate() {
         let expect: Vec<u32> = if i % 2 == 0 { vec![1] } else { vec![0, 1] };
@@ -112,7 +113,7 @@ fn segments_are_deleted_once_every_message_is_final() {
             let before = shard.segment_count();
             assert!(before >= 6);
             for (msg, e) in live {
-                let t = shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered }).unwrap();
+                let t = shard.append_disposition(&Disposition { msg, rcpt: 0, outcome: Outcome::Delivered, failure: None }).unwrap();
                 shard.release_message(Some(msg), &[e]);
                 last = t;
             }
@@ -161,4 +162,64 @@ fn open_pins_every_recovered_message_before_anything_is_released() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+#[test]
+fn retry_state_and_dsn_markers_survive_restart_and_guard_gc() {
+    use ringpost_spool::{FailureDetail, RcptState};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (live, done) = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let (shard, _) = SpoolShard::open(0, cfg(&dir, 16 * 1024), Recovery::default()).unwrap();
+            let committer = glommio::spawn_local(shard.clone().run_committer());
+            let mut msgs = Vec::new();
+            for _ in 0..2 {
+                let (e, _) = shard.append_chunk(b"Subject: s\r\n\r\nx\r\n").unwrap();
+                let m = MessageRecord { recipients: vec![b"r@x".to_vec(), b"s@y".to_vec()], body: vec![e], ..Default::default() };
+                msgs.push(shard.append_message(&m).unwrap().0);
+            }
+            let (live, done) = (msgs[0], msgs[1]);
+            let mut last = 0;
+            // Several segments of filler, each released at once (so deletable), with the
+            // records about both messages spread over them.
+            // The latest state is followed by filler too, so its segment is sealed and unpinned.
+            for round in 0..4u32 {
+                let state = RcptState { msg: live, rcpt: 1, attempts: round + 1, next_attempt_ms: 5000 + round as u64, last_response: format!("451 round {round}") };
+                shard.append_rcpt_state(&state).unwrap();
+                for _ in 0..20 {
+                    let (e, t) = shard.append_chunk(&[b'f'; 1000]).unwrap();
+                    shard.release_message(None, &[e]);
+                    last = t;
+                }
+            }
+            let failure = Some(FailureDetail { status: "5.1.1".into(), remote: None, diagnostic: "550 no".into() });
+            shard.append_disposition(&Disposition { msg: live, rcpt: 0, outcome: Outcome::Bounced, failure: failure.clone() }).unwrap();
+            shard.append_disposition(&Disposition { msg: done, rcpt: 0, outcome: Outcome::Bounced, failure }).unwrap();
+            shard.append_disposition(&Disposition { msg: done, rcpt: 1, outcome: Outcome::Delivered, failure: None }).unwrap();
+            last = last.max(shard.append_dsn_done(done).unwrap());
+            shard.wait_durable(last).await.unwrap();
+            shard.collect_garbage();
+            // The messages' own segment, the three sealed segments holding retry states 1..3 (guarded
+            // while the message's segment exists) and the active one; the pure-filler ones are gone.
+            assert_eq!(shard.segment_count(), 5, "segments with records about live messages are kept");
+            shard.close();
+            committer.await;
+            (live, done)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let rec = run(move || Recovery::scan(&SpoolShard::core_dir(&dir, 0), 0).unwrap());
+    assert!(rec.torn.is_empty() && rec.corrupt.is_empty());
+    assert_eq!(rec.messages.len(), 1);
+    let m = &rec.messages[0];
+    assert_eq!(m.msg, live);
+    assert_eq!(m.pending, vec![1]);
+    assert_eq!(m.states.len(), 1);
+    assert_eq!((m.states[0].attempts, m.states[0].last_response.as_str()), (4, "451 round 3"));
+    assert_eq!(m.failed.len(), 1);
+    assert_eq!(m.failed[0].failure.as_ref().unwrap().status, "5.1.1");
+    assert!(rec.owed_dsn.is_empty(), "{done} has its DSN marker");
 }

@@ -1,15 +1,18 @@
 //! Requeue what the spool recovered, before the core serves anything: every recovered message
-//! goes back into the ledger with what is known of it, and its open recipients to the cores
-//! owning their destinations.
+//! goes back into the ledger with what is known of it (failures so far, for its DSN), and its
+//! open recipients to the cores owning their destinations, each resuming its persisted retry
+//! schedule (attempts made, next attempt time) instead of all being retried at once.
 //!
 //! The spool pinned every recovered message when it opened, so a release that happens while
 //! this loop waits on a full channel can never delete a segment that a message still to be
-//! requeued lives in.
+//! requeued lives in. Messages whose recipients are all final but whose DSN was never spooled
+//! come back with nothing open: the ledger finishes them at once and the DSN is sent.
+use crate::account::dsn::FailedRecipient;
 use crate::message::SpooledMessage;
 use crate::shard::core::Core;
 use crate::shard::inbox::Group;
 use crate::shard::router::domain_of;
-use ringpost_spool::RecoveredMessage;
+use ringpost_spool::{Outcome, RecoveredMessage};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 /// Hand every recovered message back to the engine.
 pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
     let id = core.id;
-    let count = recovered.len();
+    let (mut requeued, mut owed) = (0usize, 0usize);
     for m in recovered {
         let Some(msg) = SpooledMessage::from_record(m.msg, &m.record, |s| core.spool.map(s)) else {
             eprintln!("ringpost: core {id}: message {} names a missing segment", m.msg);
@@ -25,18 +28,44 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
             continue;
         };
         let msg = Arc::new(msg);
-        if let Some(finished) = core.ledger.borrow_mut().admit(msg.clone(), &m.pending, Vec::new()) {
+        let failed = failures(&msg, &m);
+        if let Some(finished) = core.ledger.borrow_mut().admit(msg.clone(), &m.pending, failed) {
+            owed += 1;
             core.settle_finished(finished);
             continue;
         }
-        let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for &i in &m.pending {
-            groups.entry(domain_of(&msg.recipients[i as usize])).or_default().push(i);
-        }
-        let groups = groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0 }).collect();
-        core.send_groups(&msg, groups).await;
+        requeued += 1;
+        core.send_groups(&msg, groups(&msg, &m)).await;
     }
-    if count > 0 {
-        eprintln!("ringpost: core {id}: requeued {count} messages from the spool");
+    if requeued + owed > 0 {
+        eprintln!("ringpost: core {id}: requeued {requeued} messages from the spool ({owed} more owed only a DSN)");
     }
+}
+
+/// The recovered failures of `m`, as its DSN will list them.
+fn failures(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<FailedRecipient> {
+    m.failed
+        .iter()
+        .map(|d| {
+            let detail = d.failure.clone().unwrap_or_default();
+            FailedRecipient {
+                recipient: msg.recipients[d.rcpt as usize].clone(),
+                status: if detail.status.is_empty() { "5.0.0".into() } else { detail.status },
+                remote: detail.remote,
+                diagnostic: detail.diagnostic,
+                expired: d.outcome == Outcome::Expired,
+            }
+        })
+        .collect()
+}
+
+/// The open recipients of `m` grouped by destination and by where their schedule stands.
+fn groups(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<Group> {
+    let mut by_key: BTreeMap<(String, u32, u64), Vec<u32>> = BTreeMap::new();
+    for &i in &m.pending {
+        let state = m.states.iter().find(|s| s.rcpt == i);
+        let (attempts, next) = state.map_or((0, 0), |s| (s.attempts, s.next_attempt_ms));
+        by_key.entry((domain_of(&msg.recipients[i as usize]), attempts, next)).or_default().push(i);
+    }
+    by_key.into_iter().map(|((domain, attempts, not_before_ms), rcpts)| Group { domain, rcpts, attempts, not_before_ms }).collect()
 }

@@ -12,7 +12,7 @@ use crate::shard::core::Core;
 use crate::shard::inbox::{Deferral, FinalReport};
 use crate::shard::ledger::{Finished, Progress};
 use ringpost_spool::record::MessageRecord;
-use ringpost_spool::{Disposition, SpoolError};
+use ringpost_spool::{Disposition, FailureDetail, RcptState, SpoolError};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,8 @@ impl Core {
             tracing::warn!("core {}: final report for {} of core {} left to recovery", self.id, r.msg, r.msg.core);
             return;
         }
-        let d = Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome };
+        let failure = r.failure.as_ref().map(|f| FailureDetail { status: f.status.clone(), remote: f.remote.clone(), diagnostic: f.diagnostic.clone() });
+        let d = Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome, failure };
         if let Err(e) = self.spool.append_disposition(&d) {
             tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);
         }
@@ -48,12 +49,23 @@ impl Core {
         if d.msg.core as usize != self.id {
             return;
         }
-        let _ = d;
+        for &rcpt in &d.rcpts {
+            let state = RcptState { msg: d.msg, rcpt, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, last_response: d.response.clone() };
+            if let Err(e) = self.spool.append_rcpt_state(&state) {
+                // Only the schedule is lost: after a restart this recipient is retried sooner.
+                tracing::warn!("core {}: cannot record the retry state of {} recipient {rcpt}: {e}", self.id, d.msg);
+            }
+        }
     }
 
     /// A message whose recipients are all final: release it, after its DSN when one is owed.
     pub fn settle_finished(self: &Rc<Self>, f: Finished) {
         if !f.owes_dsn() {
+            if !f.failed.is_empty() {
+                // Failures but no DSN (null sender): mark it handled, or every restart would
+                // find this message owing one while its segment lasts.
+                let _ = self.spool.append_dsn_done(f.msg.id);
+            }
             self.spool.release_message(Some(f.msg.id), &f.msg.extents());
             return;
         }
@@ -66,6 +78,11 @@ impl Core {
         loop {
             match self.spool_dsn(&f).await {
                 Ok(dsn) => {
+                    // Only now that the DSN is durable: mark it sent (a crash before this marker
+                    // is durable means a second DSN, never none), then let the original go.
+                    if let Err(e) = self.spool.append_dsn_done(f.msg.id) {
+                        tracing::warn!("core {}: cannot mark the DSN of {} as sent: {e}", self.id, f.msg.id);
+                    }
                     self.spool.release_message(Some(f.msg.id), &f.msg.extents());
                     self.log_event(EventKind::Reception, &dsn, None, None, Some(format!("DSN for {}", f.msg.id)), 0);
                     self.accept_message(dsn).await;

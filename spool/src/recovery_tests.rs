@@ -1,0 +1,340 @@
+//! Recovery rules, tested on byte vectors (the sans-I/O segment scan) and on segment files
+//! written by hand into a temporary directory (the cross-segment rules).
+use super::*;
+use crate::record::{
+    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail,
+    RecordKind,
+};
+use crate::segment::encode_header;
+
+const SEED: u32 = 0xC0FF_EE01;
+const SIZE: usize = 8192;
+
+/// A segment (header, frames, zeros up to `SIZE`) and the offset of each frame.
+fn segment(seq: u32, seed: u32, frames: &[(RecordKind, Vec<u8>)]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = encode_header(0, seq, SIZE as u64, seed);
+    let mut offsets = Vec::new();
+    for (kind, payload) in frames {
+        offsets.push(bytes.len());
+        encode_frame(seed, *kind, payload, &mut bytes);
+    }
+    bytes.resize(SIZE, 0);
+    (bytes, offsets)
+}
+
+fn header(bytes: &[u8]) -> SegmentHeader {
+    decode_header(bytes).unwrap()
+}
+
+fn chunks(n: usize) -> Vec<(RecordKind, Vec<u8>)> {
+    (0..n).map(|i| (RecordKind::Chunk, format!("body line {i}\r\n").repeat(i + 1).into_bytes())).collect()
+}
+
+/// Offsets of the records found, and the non-record events.
+fn scan(bytes: &[u8]) -> (Vec<u64>, Vec<ScanEvent<'_>>) {
+    let mut records = Vec::new();
+    let mut other = Vec::new();
+    for e in SegmentScanner::new(bytes, &header(bytes)) {
+        match e {
+            ScanEvent::Record { offset, .. } => records.push(offset),
+            e => other.push(e),
+        }
+    }
+    (records, other)
+}
+
+#[test]
+fn clean_segment_yields_every_record_and_nothing_else() {
+    let (bytes, offsets) = segment(1, SEED, &chunks(5));
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, offsets.iter().map(|&o| o as u64).collect::<Vec<_>>());
+    assert!(other.is_empty());
+}
+
+#[test]
+fn corruption_in_the_middle_is_skipped_loudly_and_later_records_survive() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(5));
+    bytes[offsets[2] + FRAME_HEADER_LEN + 3] ^= 0x40;
+    let (records, other) = scan(&bytes);
+    let expect: Vec<u64> = [0, 1, 3, 4].iter().map(|&i| offsets[i] as u64).collect();
+    assert_eq!(records, expect);
+    let skipped = (offsets[3] - offsets[2]) as u64;
+    assert_eq!(other, vec![ScanEvent::Corrupt { offset: offsets[2] as u64, skipped, why: "checksum mismatch" }]);
+}
+
+#[test]
+fn corrupt_header_magic_in_the_middle_resyncs_too() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(4));
+    bytes[offsets[1]..offsets[1] + 4].copy_from_slice(&[0, 0, 0, 0]);
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
+    assert_eq!(other.len(), 1);
+    assert!(matches!(other[0], ScanEvent::Corrupt { why: "bad magic", .. }));
+}
+
+#[test]
+fn torn_tail_stays_quiet() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(5));
+    // A write torn half way through the last frame: the rest is still preallocated zeros.
+    let cut = offsets[4] + 20;
+    bytes[cut..].fill(0);
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, offsets[..4].iter().map(|&o| o as u64).collect::<Vec<_>>());
+    assert_eq!(other, vec![ScanEvent::Torn { offset: offsets[4] as u64, why: "checksum mismatch" }]);
+}
+
+#[test]
+fn corrupt_last_frame_of_a_sealed_segment_is_torn() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(5));
+    bytes[offsets[4] + FRAME_HEADER_LEN] ^= 1;
+    let (records, other) = scan(&bytes);
+    assert_eq!(records.len(), 4);
+    assert_eq!(other, vec![ScanEvent::Torn { offset: offsets[4] as u64, why: "checksum mismatch" }]);
+}
+
+#[test]
+fn frame_forged_inside_a_body_is_never_resurrected() {
+    // A sender embeds a well-formed message frame, 8-byte aligned, in a body chunk. It can only
+    // guess the seed: here it uses 0 (the unseeded checksum) and a near miss.
+    let forged_msg = MessageRecord { sender: b"evil@x".to_vec(), recipients: vec![b"v@y".to_vec()], ..Default::default() };
+    let mut body = Vec::new();
+    for guess in [0, SEED ^ 1] {
+        encode_frame(guess, RecordKind::Message, &encode_message(&forged_msg), &mut body);
+    }
+    let mut frames = chunks(1);
+    frames.push((RecordKind::Chunk, body));
+    frames.extend(chunks(2));
+    let (mut bytes, offsets) = segment(1, SEED, &frames);
+    // Corruption hits the header of the chunk carrying the forged frames.
+    bytes[offsets[1] + 8] ^= 0xff;
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
+    let skipped = (offsets[2] - offsets[1]) as u64;
+    assert_eq!(other, vec![ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "checksum mismatch" }]);
+}
+
+#[test]
+fn format_1_segment_never_resyncs() {
+    let (mut bytes, offsets) = segment(1, 0, &chunks(5));
+    // Rewrite the header as format 1 (unseeded): frames written with seed 0 are its frames.
+    let mut h = b"RPSEG001".to_vec();
+    h.extend_from_slice(&0u16.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&(SIZE as u64).to_le_bytes());
+    let crc = crc32c::crc32c(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    bytes[..h.len()].copy_from_slice(&h);
+    bytes[h.len()..64].fill(0);
+    assert!(!header(&bytes).seeded);
+    assert_eq!(scan(&bytes).0.len(), 5, "a format-1 segment reads as before");
+    bytes[offsets[2] + FRAME_HEADER_LEN] ^= 1;
+    let (records, other) = scan(&bytes);
+    assert_eq!(records.len(), 2);
+    assert_eq!(other, vec![ScanEvent::Torn { offset: offsets[2] as u64, why: "checksum mismatch" }]);
+}
+
+#[test]
+fn undecodable_record_with_a_good_checksum_is_skipped_as_corruption() {
+    let mut frames = chunks(1);
+    frames.push((RecordKind::DsnDone, vec![1, 2, 3]));
+    frames.extend(chunks(1));
+    let (bytes, offsets) = segment(1, SEED, &frames);
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, vec![offsets[0] as u64, offsets[2] as u64]);
+    let skipped = (offsets[2] - offsets[1]) as u64;
+    assert_eq!(other, vec![ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "undecodable record" }]);
+}
+
+#[test]
+fn zeroed_frame_ends_the_newest_segment_but_is_corruption_in_a_sealed_one() {
+    let (mut bytes, offsets) = segment(1, SEED, &chunks(4));
+    bytes[offsets[1]..offsets[2]].fill(0);
+    let h = header(&bytes);
+    let newest: Vec<_> = SegmentScanner::new(&bytes, &h).collect();
+    assert_eq!(newest.len(), 1, "the newest segment's written end is the first zero header");
+    let events: Vec<_> = SegmentScanner::new(&bytes, &h).sealed(true).collect();
+    let offsets_found: Vec<u64> = events.iter().filter_map(|e| match e {
+        ScanEvent::Record { offset, .. } => Some(*offset),
+        _ => None,
+    }).collect();
+    assert_eq!(offsets_found, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
+    let skipped = (offsets[2] - offsets[1]) as u64;
+    assert_eq!(events[1], ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "zeroed frame" });
+    // A sealed segment's clean unused tail is no corruption.
+    let (clean, _) = segment(1, SEED, &chunks(4));
+    assert_eq!(SegmentScanner::new(&clean, &h).sealed(true).count(), 4);
+}
+
+// ---- cross-segment rules, on files ----
+
+/// Builds segment files record by record, tracking where each lands.
+struct Spool {
+    dir: tempfile::TempDir,
+    seq: u32,
+    frames: Vec<(RecordKind, Vec<u8>)>,
+    at: usize,
+}
+
+impl Spool {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), seq: 1, frames: Vec::new(), at: SEGMENT_HEADER_LEN as usize }
+    }
+    fn push(&mut self, kind: RecordKind, payload: Vec<u8>) -> u64 {
+        let at = self.at;
+        self.at += crate::record::frame_len(payload.len());
+        self.frames.push((kind, payload));
+        at as u64
+    }
+    /// A message with `n` recipients and a one-chunk body, in the current segment.
+    fn message(&mut self, n: usize) -> MsgRef {
+        let body = b"Subject: x\r\n\r\nhi\r\n".to_vec();
+        let len = body.len() as u32;
+        let chunk = self.push(RecordKind::Chunk, body);
+        let extent = Extent { segment: self.seq, offset: chunk + FRAME_HEADER_LEN as u64, len };
+        let recipients = (0..n).map(|i| format!("r{i}@x").into_bytes()).collect();
+        let m = MessageRecord { sender: b"a@b".to_vec(), recipients, body: vec![extent], ..Default::default() };
+        let offset = self.push(RecordKind::Message, encode_message(&m));
+        MsgRef { core: 0, segment: self.seq, offset }
+    }
+    fn state(&mut self, msg: MsgRef, rcpt: u32, attempts: u32) -> RcptState {
+        let s = RcptState { msg, rcpt, attempts, next_attempt_ms: 1000 * attempts as u64, last_response: format!("451 try {attempts}") };
+        self.push(RecordKind::RcptState, encode_rcpt_state(&s));
+        s
+    }
+    fn finalise(&mut self, msg: MsgRef, rcpt: u32, outcome: Outcome) -> Disposition {
+        let failure = (outcome != Outcome::Delivered).then(|| FailureDetail {
+            status: "5.1.1".into(),
+            remote: Some("mx.x".into()),
+            diagnostic: format!("550 no r{rcpt}"),
+        });
+        let d = Disposition { msg, rcpt, outcome, failure };
+        self.push(RecordKind::Disposition, encode_disposition(&d));
+        d
+    }
+    fn dsn_done(&mut self, msg: MsgRef) {
+        self.push(RecordKind::DsnDone, encode_dsn_done(&msg));
+    }
+    /// Write the current segment and start the next one.
+    fn seal(&mut self) {
+        let core_dir = crate::SpoolShard::core_dir(self.dir.path(), 0);
+        std::fs::create_dir_all(&core_dir).unwrap();
+        let seed = SEED.wrapping_add(self.seq);
+        let (bytes, _) = segment(self.seq, seed, &std::mem::take(&mut self.frames));
+        std::fs::write(crate::segment::segment_path(&core_dir, self.seq), bytes).unwrap();
+        self.seq += 1;
+        self.at = SEGMENT_HEADER_LEN as usize;
+    }
+    fn recover(&mut self) -> Recovery {
+        if !self.frames.is_empty() {
+            self.seal();
+        }
+        Recovery::scan(&crate::SpoolShard::core_dir(self.dir.path(), 0), 0).unwrap()
+    }
+}
+
+#[test]
+fn latest_state_wins_across_segments() {
+    let mut sp = Spool::new();
+    let m = sp.message(2);
+    sp.state(m, 0, 1);
+    let s1 = sp.state(m, 1, 1);
+    sp.seal();
+    sp.state(m, 0, 2);
+    sp.seal();
+    let s0 = sp.state(m, 0, 3);
+    let rec = sp.recover();
+    assert_eq!(rec.messages.len(), 1);
+    assert_eq!(rec.messages[0].pending, vec![0, 1]);
+    assert_eq!(rec.messages[0].states, vec![s0, s1]);
+    assert!(rec.messages[0].failed.is_empty());
+    // Segments 2 and 3 hold records about message of segment 1: they guard its GC.
+    let refs: Vec<_> = rec.segments.iter().map(|s| s.disposition_refs.iter().copied().collect::<Vec<_>>()).collect();
+    assert_eq!(refs, vec![vec![], vec![1], vec![1]]);
+}
+
+#[test]
+fn pending_recipients_keep_state_and_failed_ones_keep_their_details() {
+    let mut sp = Spool::new();
+    let m = sp.message(3);
+    sp.state(m, 0, 1);
+    let bounced = sp.finalise(m, 0, Outcome::Bounced);
+    sp.finalise(m, 1, Outcome::Delivered);
+    sp.seal();
+    let s2 = sp.state(m, 2, 4);
+    let rec = sp.recover();
+    let r = &rec.messages[0];
+    assert_eq!(r.pending, vec![2]);
+    assert_eq!(r.states, vec![s2], "only pending recipients report a state");
+    assert_eq!(r.failed, vec![bounced]);
+    assert!(rec.owed_dsn.is_empty());
+}
+
+#[test]
+fn finished_message_with_a_failure_and_no_dsn_marker_owes_a_dsn() {
+    let mut sp = Spool::new();
+    let owing = sp.message(2);
+    let delivered = sp.message(1);
+    let covered = sp.message(1);
+    sp.finalise(delivered, 0, Outcome::Delivered);
+    let failed = [sp.finalise(owing, 0, Outcome::Expired), sp.finalise(owing, 1, Outcome::Bounced)];
+    sp.finalise(covered, 0, Outcome::Bounced);
+    sp.seal();
+    sp.dsn_done(covered);
+    let rec = sp.recover();
+    assert!(rec.messages.is_empty());
+    assert_eq!(rec.owed_dsn.len(), 1);
+    let o = &rec.owed_dsn[0];
+    assert_eq!(o.msg, owing);
+    assert!(o.pending.is_empty() && o.states.is_empty());
+    assert_eq!(o.failed, failed);
+}
+
+#[test]
+fn dsn_marker_without_a_failure_changes_nothing_for_pending_messages() {
+    let mut sp = Spool::new();
+    let m = sp.message(2);
+    let bounced = sp.finalise(m, 0, Outcome::Bounced);
+    sp.dsn_done(m);
+    let rec = sp.recover();
+    assert_eq!(rec.messages.len(), 1, "a pending recipient keeps the message queued");
+    assert_eq!(rec.messages[0].failed, vec![bounced]);
+}
+
+#[test]
+fn corruption_in_a_file_is_counted_and_later_messages_recovered() {
+    let mut sp = Spool::new();
+    let first = sp.message(1);
+    let second = sp.message(1);
+    let third = sp.message(1);
+    sp.seal();
+    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[second.offset as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    let rec = sp.recover();
+    let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
+    assert_eq!(got, vec![first, third]);
+    assert!(rec.torn.is_empty());
+    let chunk_of_third = third.offset - crate::record::frame_len(18) as u64;
+    assert_eq!(rec.corrupt, vec![(1, second.offset, chunk_of_third - second.offset)]);
+}
+
+#[test]
+fn zeroed_block_in_a_sealed_segment_is_counted_and_later_messages_recovered() {
+    let mut sp = Spool::new();
+    let first = sp.message(1);
+    let second = sp.message(1);
+    let third = sp.message(1);
+    sp.seal();
+    let newest = sp.message(1);
+    sp.seal();
+    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[second.offset as usize..second.offset as usize + 24].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    let rec = sp.recover();
+    let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
+    assert_eq!(got, vec![first, third, newest]);
+    let chunk_of_third = third.offset - crate::record::frame_len(18) as u64;
+    assert_eq!(rec.corrupt, vec![(1, second.offset, chunk_of_third - second.offset)]);
+}
