@@ -60,11 +60,11 @@ for t in "${TARGETS[@]}"; do
   # Rebuild the corpus: only inputs that add coverage, from the old corpus and the new finds.
   "$BIN_DIR/$t" -merge=1 -max_len="$MAX_LEN" "$WORK/$t.merged" "$corpus" "$WORK/$t.new" >"$WORK/$t.merge.log" 2>&1 || true
   merged=$(ls "$WORK/$t.merged" | wc -l)
-  if [ "$merged" -gt 0 ] && [ "$merged" -le "$MAX_FILES" ]; then
+  if [ "$merged" -gt 0 ]; then
     rm -f "$corpus"/*
-    cp "$WORK/$t.merged"/* "$corpus"/
-  elif [ "$merged" -gt "$MAX_FILES" ]; then
-    echo "   merged corpus has $merged files (> $MAX_FILES): kept the old corpus; raise MAX_FILES or lower MAX_LEN"
+    # Over the cap, keep the smallest inputs: they are the cheapest to replay in CI.
+    (cd "$WORK/$t.merged" && ls -S -r | head -n "$MAX_FILES" | xargs -r cp -t "$corpus"/)
+    [ "$merged" -le "$MAX_FILES" ] || echo "   merged corpus has $merged files: kept the $MAX_FILES smallest"
   fi
   echo "   corpus $before -> $(ls "$corpus" | wc -l) files"
 done

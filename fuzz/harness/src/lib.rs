@@ -38,8 +38,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 pub(crate) fn assert_crlf_only(what: &str, b: &[u8]) {
     for (i, &c) in b.iter().enumerate() {
         match c {
-            b'\r' => assert!(b.get(i + 1) == Some(&b'\n'), "{what}: bare CR at {i}"),
-            b'\n' => assert!(i > 0 && b[i - 1] == b'\r', "{what}: bare LF at {i}"),
+            b'\r' => assert!(b.get(i + 1) == Some(&b'\n'), "{what}: bare CR at {i}: {:?}", String::from_utf8_lossy(b)),
+            b'\n' => assert!(i > 0 && b[i - 1] == b'\r', "{what}: bare LF at {i}: {:?}", String::from_utf8_lossy(b)),
             _ => {}
         }
     }

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 struct Written {
     seg: Vec<u8>,
     chunks: Vec<Extent>,
-    /// Message frame offset -> (record, frame end, chunk frame ends it needs).
-    messages: BTreeMap<u64, (MessageRecord, usize, Vec<usize>)>,
+    /// Message frame offset -> (record, frame end).
+    messages: BTreeMap<u64, (MessageRecord, usize)>,
     /// (message offset, recipient, frame end).
     dispositions: Vec<(u64, u32, usize)>,
     raw: bool,
@@ -72,12 +72,13 @@ impl Written {
         }
         let recipients = (0..=r % 4).map(|i| format!("r{i}@d.test").into_bytes()).collect();
         let m = MessageRecord { received_ms: 1, sender: b"s@b.test".to_vec(), recipients, trace: Vec::new(), body, flags: 0, body_hash: None };
-        let needs = m.body.iter().map(|e| self.chunk_end(e)).collect();
         let (start, end) = self.frame(RecordKind::Message, &encode_message(&m));
-        self.messages.insert(start as u64, (m, end, needs));
+        self.messages.insert(start as u64, (m, end));
     }
 
     /// Frame end of the chunk an extent names; `usize::MAX` when no chunk matches (never intact).
+    /// Any chunk of the segment counts, even one written after the message (a bogus extent can
+    /// name it by chance), as recovery only asks whether the named chunk is intact.
     fn chunk_end(&self, e: &Extent) -> usize {
         match self.chunks.iter().find(|c| *c == e) {
             Some(c) => c.offset as usize - FRAME_HEADER_LEN + frame_len(c.len as usize),
@@ -119,8 +120,9 @@ fn check(w: &Written, rec: &Recovery, full: &[u8], cut: usize) {
     // contiguous, so a frame that starts past the cut loses its magic and is gone.
     let survives = |end: usize| end <= cut || full[cut..end].iter().all(|&b| b == 0);
     let mut want: Vec<(u64, Vec<u32>)> = Vec::new();
-    for (&off, (m, end, needs)) in &w.messages {
-        if !survives(*end) || !needs.iter().all(|&e| e != usize::MAX && survives(e)) {
+    for (&off, (m, end)) in &w.messages {
+        let chunk_ok = |e: &Extent| w.chunk_end(e) != usize::MAX && survives(w.chunk_end(e));
+        if !survives(*end) || !m.body.iter().all(chunk_ok) {
             continue;
         }
         let done = |i: u32| w.dispositions.iter().any(|&(o, r, e)| o == off && r == i && survives(e));
