@@ -63,7 +63,7 @@ for t in "${TARGETS[@]}"; do
   if [ "$merged" -gt 0 ]; then
     rm -f "$corpus"/*
     # Over the cap, keep the smallest inputs: they are the cheapest to replay in CI.
-    (cd "$WORK/$t.merged" && ls -S -r | head -n "$MAX_FILES" | xargs -r cp -t "$corpus"/)
+    (cd "$WORK/$t.merged" && ls -S -r >"$WORK/$t.list" && head -n "$MAX_FILES" "$WORK/$t.list" | xargs -r cp -t "$corpus"/)
     [ "$merged" -le "$MAX_FILES" ] || echo "   merged corpus has $merged files: kept the $MAX_FILES smallest"
   fi
   echo "   corpus $before -> $(ls "$corpus" | wc -l) files"
