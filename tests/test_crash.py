@@ -1,5 +1,22 @@
-"""Crash safety: kill -9 ringpost mid-stream, restart it on the same spool, and check that every
-message that got a 250 is delivered at least once, with duplicates bounded by what was in flight."""
+"""Process-crash safety: kill -9 ringpost mid-stream, restart it on the same spool, and check what
+the restart delivers.
+
+What this test can prove, and what it cannot: kill -9 ends the process but keeps the kernel's page
+cache, so every byte ringpost wrote survives whether or not it was ever fsynced. This test
+therefore proves that nothing acknowledged is lost when the *process* dies (records are written
+before the 250, recovery finds and requeues them, nothing beyond what was in flight is delivered
+twice). It does NOT prove durability against power loss: it passes with fdatasync removed.
+fsync durability (a 250 only once the record is on stable storage) is proven by the spool's
+simulated power-loss test, spool/tests/power_loss.rs, which drops every write not covered by a
+completed fdatasync.
+
+Exact claims checked:
+- every message whose 250 the client saw is delivered (none missing);
+- the only other messages delivered are the ones in flight at the kill: at most one per client
+  connection, and exactly the next message number of that connection;
+- no message is delivered more than twice, and the duplicates (deliveries the sink accepted
+  before the kill whose disposition was not yet written) are printed and bounded by the number
+  of delivery transactions that can be open at once."""
 import signal
 import smtplib
 import threading
@@ -8,6 +25,8 @@ import time
 from conftest import strip_trace
 
 CONNECTIONS = 16
+DESTINATIONS = 5  # r@d0.test .. r@d4.test
+MAX_CONNECTIONS_PER_DESTINATION = 8  # conftest's [delivery] max_connections_per_destination
 
 
 def injector(port, tag, stop, accepted, lock):
@@ -20,7 +39,7 @@ def injector(port, tag, stop, accepted, lock):
                     mid = f"{tag}-{n}"
                     n += 1
                     body = f"Subject: crash {mid}\r\nMessage-ID: <{mid}@crash.test>\r\n\r\n{mid}\r\n".encode()
-                    s.sendmail("a@b.test", [f"r@d{n % 5}.test"], body)
+                    s.sendmail("a@b.test", [f"r@d{n % DESTINATIONS}.test"], body)
                     with lock:
                         accepted.add(mid)
         except (OSError, smtplib.SMTPException):
@@ -55,9 +74,25 @@ def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
         time.sleep(0.2)
     missing = accepted - set(got)
     assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
-    duplicates = sum(c - 1 for c in got.values())
-    # A duplicate is a message the sink had accepted whose disposition was not yet durable at the
-    # kill: at most one transaction per open delivery connection plus one commit round's worth.
-    in_flight_bound = 2 * 8 * 2 + CONNECTIONS
-    print(f"accepted={len(accepted)} delivered_before_kill={before} duplicates={duplicates}")
-    assert duplicates <= in_flight_bound, f"{duplicates} duplicates exceed the in-flight bound {in_flight_bound}"
+    # Delivered but never acknowledged: the transaction a connection had in flight at the kill
+    # (spooled, but the 250 never reached the client). A connection numbers its messages in
+    # order, so that can only be the one after its last acknowledged message.
+    unacked = set(got) - accepted
+    last = {}
+    for mid in accepted:
+        tag, n = mid.rsplit("-", 1)
+        last[tag] = max(last.get(tag, -1), int(n))
+    for mid in unacked:
+        tag, n = mid.rsplit("-", 1)
+        assert int(n) == last.get(tag, -1) + 1, f"{mid} delivered but never sent in full (last acknowledged {last.get(tag)})"
+    assert len({m.rsplit("-", 1)[0] for m in unacked}) == len(unacked) <= CONNECTIONS
+    duplicates = {m: c for m, c in got.items() if c > 1}
+    extra = sum(c - 1 for c in duplicates.values())
+    # A duplicate is a message the sink accepted before the kill whose disposition was not yet
+    # written: at most one per delivery transaction open at the kill (one message per
+    # transaction, one transaction per connection), and each is redelivered once.
+    in_flight_bound = DESTINATIONS * MAX_CONNECTIONS_PER_DESTINATION
+    print(f"accepted={len(accepted)} delivered_before_kill={before} unacked_delivered={len(unacked)} "
+          f"duplicated_messages={len(duplicates)} extra_deliveries={extra}")
+    assert all(c == 2 for c in duplicates.values()), f"delivered more than twice: {duplicates}"
+    assert extra <= in_flight_bound, f"{extra} duplicates exceed the in-flight bound {in_flight_bound}"

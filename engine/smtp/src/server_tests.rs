@@ -13,57 +13,87 @@ fn limits() -> Rc<ServerLimits> {
     })
 }
 
+/// What a client script did to the machine, seen as the driver (session.rs) sees it.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// First line of every reply, greeting included.
+    replies: Vec<String>,
+    /// Bodies of messages the machine completed and the driver committed (`Step::Message`).
+    bodies: Vec<Vec<u8>>,
+    /// Body bytes handed to the driver (`Step::Body`) of messages then refused with
+    /// `Step::DataRefused`, which tells the driver to discard what it spooled for them.
+    refused: Vec<Vec<u8>>,
+    /// Body bytes handed out that no Message, DataRefused or new DATA ever resolved: the
+    /// driver would keep them pinned in the spool.
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+impl Outcome {
+    /// Nothing of a refused message stays spooled: no message was committed, the body bytes
+    /// handed out were all discarded by exactly `refusals` DataRefused steps, and none is left
+    /// waiting for a verdict.
+    fn assert_nothing_spooled(&self, refusals: usize) {
+        assert!(self.bodies.is_empty(), "committed: {:?}", self.bodies);
+        assert_eq!(self.refused.len(), refusals, "messages refused with DataRefused");
+        assert!(self.pending.is_empty(), "body bytes left spooled: {:?}", String::from_utf8_lossy(&self.pending));
+    }
+}
+
 /// Drive a whole client script through the machine, as a driver would, committing messages.
-/// Returns every reply code line and the bodies of accepted messages.
-fn session(relay: bool, input: &[u8]) -> (Vec<String>, Vec<Vec<u8>>, bool) {
+fn session(relay: bool, input: &[u8]) -> Outcome {
+    session_in_reads(relay, input, input.len().max(1))
+}
+
+/// The same, with the client's bytes arriving `read` at a time (a driver's socket reads).
+fn session_in_reads(relay: bool, input: &[u8], read: usize) -> Outcome {
     let mut s = Server::new(limits(), relay);
-    let mut replies = vec![first_line(&s.greeting())];
-    let mut bodies = Vec::new();
-    let mut body = Vec::new();
-    let mut pos = 0;
+    let mut o = Outcome { replies: vec![first_line(&s.greeting())], ..Default::default() };
+    let (mut pos, mut avail) = (0, read.min(input.len()));
     loop {
-        match s.step(&input[pos..]) {
-            Step::Need { consumed } => {
-                pos += consumed;
-                if consumed == 0 || pos == input.len() {
-                    return (replies, bodies, false);
-                }
-            }
+        match s.step(&input[pos..avail]) {
+            Step::Need { consumed: 0 } if avail == input.len() => return o,
+            Step::Need { consumed: 0 } => avail = (avail + read).min(input.len()),
+            Step::Need { consumed } => pos += consumed,
             Step::Reply { consumed, reply } => {
                 pos += consumed;
-                replies.push(first_line(&reply));
+                if reply.code == 354 {
+                    // The driver forgets anything of an earlier message when DATA starts.
+                    o.pending.clear();
+                }
+                o.replies.push(first_line(&reply));
             }
             Step::Close { consumed: _, reply } => {
-                replies.push(first_line(&reply));
-                return (replies, bodies, true);
+                o.replies.push(first_line(&reply));
+                o.closed = true;
+                return o;
             }
             Step::Body { consumed, prefix, body: n } => {
-                body.extend_from_slice(prefix);
-                body.extend_from_slice(&input[pos..pos + n]);
+                o.pending.extend_from_slice(prefix);
+                o.pending.extend_from_slice(&input[pos..pos + n]);
                 pos += consumed;
             }
             Step::Message { consumed, prefix, body: n } => {
-                body.extend_from_slice(prefix);
-                body.extend_from_slice(&input[pos..pos + n]);
+                o.pending.extend_from_slice(prefix);
+                o.pending.extend_from_slice(&input[pos..pos + n]);
                 pos += consumed;
-                bodies.push(std::mem::take(&mut body));
-                replies.push(first_line(&s.committed("ID")));
+                o.bodies.push(std::mem::take(&mut o.pending));
+                o.replies.push(first_line(&s.committed("ID")));
             }
             Step::Authenticate { consumed, user, password } => {
                 pos += consumed;
-                replies.push(first_line(&s.auth_result(&user, password == "good")));
+                o.replies.push(first_line(&s.auth_result(&user, password == "good")));
             }
-            Step::StartTls { consumed, reply } => {
+            Step::StartTls { consumed: _, reply } => {
                 // A driver discards whatever followed STARTTLS in the buffer.
-                let _ = consumed;
-                replies.push(first_line(&reply));
+                o.replies.push(first_line(&reply));
                 s.tls_started();
-                return (replies, bodies, false);
+                return o;
             }
             Step::DataRefused { consumed, reply } => {
                 pos += consumed;
-                body.clear();
-                replies.push(first_line(&reply));
+                o.refused.push(std::mem::take(&mut o.pending));
+                o.replies.push(first_line(&reply));
             }
         }
     }
@@ -83,7 +113,7 @@ const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.te
 fn pipelined_transaction_with_dot_lines() {
     let mut input = ENVELOPE.to_vec();
     input.extend_from_slice(b"..leading dot\r\n.\r\nQUIT\r\n");
-    let (r, bodies, closed) = session(true, &input);
+    let Outcome { replies: r, bodies, closed, .. } = session(true, &input);
     assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "250", "221"]);
     assert_eq!(bodies, vec![b"..leading dot\r\n".to_vec()]);
     assert!(closed);
@@ -92,7 +122,7 @@ fn pipelined_transaction_with_dot_lines() {
 
 #[test]
 fn empty_body_and_null_sender() {
-    let (r, bodies, _) = session(true, b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n.\r\n");
+    let Outcome { replies: r, bodies, .. } = session(true, b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n.\r\n");
     assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "250"]);
     assert_eq!(bodies, vec![Vec::<u8>::new()]);
 }
@@ -101,17 +131,22 @@ fn empty_body_and_null_sender() {
 fn smuggled_end_of_data_is_refused_and_no_second_transaction_starts() {
     let mut input = ENVELOPE.to_vec();
     input.extend_from_slice(b"hi\n.\nMAIL FROM:<evil@b.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nspoof\r\n.\r\nNOOP\r\n");
-    let (r, bodies, _) = session(true, &input);
-    assert!(bodies.is_empty(), "nothing may be spooled");
-    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "554", "250"]);
-    assert!(r[5].starts_with("554 5.5.2"));
+    // Whole, and in small reads so the body streams out through Step::Body before the verdict.
+    for read in [input.len(), 7, 1] {
+        let o = session_in_reads(true, &input, read);
+        o.assert_nothing_spooled(1);
+        assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "354", "554", "250"], "read {read}");
+        assert!(o.replies[5].starts_with("554 5.5.2"));
+    }
     // The same with <LF>.<CRLF> and a bare CR.
     for evil in [&b"hi\n.\r\nMAIL FROM:<e@b.test>\r\n.\r\n"[..], b"hi\r.\r\n.\r\n"] {
         let mut input = ENVELOPE.to_vec();
         input.extend_from_slice(evil);
-        let (r, bodies, _) = session(true, &input);
-        assert!(bodies.is_empty());
-        assert_eq!(codes(&r).last(), Some(&"554"));
+        for read in [input.len(), 5] {
+            let o = session_in_reads(true, &input, read);
+            o.assert_nothing_spooled(1);
+            assert_eq!(codes(&o.replies).last(), Some(&"554"));
+        }
     }
 }
 
@@ -120,7 +155,7 @@ fn long_command_line_gets_500_and_session_continues() {
     let mut input = b"EHLO c.test\r\nNOOP ".to_vec();
     input.extend(std::iter::repeat_n(b'x', 600));
     input.extend_from_slice(b"\r\nNOOP\r\n");
-    let (r, _, _) = session(true, &input);
+    let Outcome { replies: r, .. } = session(true, &input);
     assert_eq!(codes(&r), ["220", "250", "500", "250"]);
     assert!(r[2].starts_with("500 5.5.2"));
 }
@@ -130,10 +165,12 @@ fn long_text_line_refuses_the_message() {
     let mut input = ENVELOPE.to_vec();
     input.extend(std::iter::repeat_n(b'a', 1001));
     input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
-    let (r, bodies, _) = session(true, &input);
-    assert!(bodies.is_empty(), "nothing is spooled");
-    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "500", "250"]);
-    assert!(r[5].starts_with("500 5.5.2"));
+    for read in [input.len(), 64] {
+        let o = session_in_reads(true, &input, read);
+        o.assert_nothing_spooled(1);
+        assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "354", "500", "250"], "read {read}");
+        assert!(o.replies[5].starts_with("500 5.5.2"));
+    }
 }
 
 #[test]
@@ -144,29 +181,33 @@ fn oversize_data_is_drained_then_552() {
         input.extend_from_slice(b"\r\n");
     }
     input.extend_from_slice(b".\r\nNOOP\r\n");
-    let (r, bodies, _) = session(true, &input);
-    assert!(bodies.is_empty());
-    assert_eq!(codes(&r), ["220", "250", "250", "250", "354", "552", "250"]);
-    assert!(r[5].starts_with("552 5.3.4"));
+    for read in [input.len(), 64, 1] {
+        let o = session_in_reads(true, &input, read);
+        o.assert_nothing_spooled(1);
+        assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "354", "552", "250"], "read {read}");
+        assert!(o.replies[5].starts_with("552 5.3.4"));
+        // Drained: past the limit (1000 octets) no more body is handed to the spool.
+        assert!(o.refused[0].len() <= 1000, "{} body octets spooled for a message over the limit", o.refused[0].len());
+    }
 }
 
 #[test]
 fn declared_size_too_large_is_552_at_mail() {
-    let (r, _, _) = session(true, b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=5000\r\nMAIL FROM:<a@b.test> SIZE=10\r\n");
+    let Outcome { replies: r, .. } = session(true, b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=5000\r\nMAIL FROM:<a@b.test> SIZE=10\r\n");
     assert_eq!(codes(&r), ["220", "250", "552", "250"]);
     assert!(r[2].starts_with("552 5.3.4"));
 }
 
 #[test]
 fn commands_out_of_order_get_503() {
-    let (r, _, _) = session(true, b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nRCPT TO:<x@y.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+    let Outcome { replies: r, .. } = session(true, b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nRCPT TO:<x@y.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
     assert_eq!(codes(&r), ["220", "503", "250", "503", "503", "250", "503"]);
     assert!(r.iter().filter(|l| l.starts_with("503")).all(|l| l.starts_with("503 5.5.1")));
 }
 
 #[test]
 fn unknown_malformed_and_invalid_utf8() {
-    let (r, _, _) = session(
+    let Outcome { replies: r, .. } = session(
         true,
         b"EHLO c.test\r\nXYZZY\r\nMAIL FROM:<bad..addr@b.test>\r\nMAIL FROM:<\xc3\x28@b.test>\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<no-domain>\r\nNOOP\r\n",
     );
@@ -183,14 +224,14 @@ fn recipients_over_the_limit_get_452_each() {
     for i in 0..103 {
         input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
     }
-    let (r, _, _) = session(true, &input);
+    let Outcome { replies: r, .. } = session(true, &input);
     assert_eq!(r.iter().filter(|l| l.starts_with("250 2.1.5")).count(), 100);
     assert_eq!(r.iter().filter(|l| l.starts_with("452 4.5.3")).count(), 3);
 }
 
 #[test]
 fn relay_is_denied_outside_relay_networks_except_local_domains() {
-    let (r, _, _) = session(false, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<x@local.test>\r\n");
+    let Outcome { replies: r, .. } = session(false, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<x@local.test>\r\n");
     assert_eq!(codes(&r), ["220", "250", "250", "554", "250"]);
     assert!(r[3].starts_with("554 5.7.1"));
 }
@@ -198,7 +239,7 @@ fn relay_is_denied_outside_relay_networks_except_local_domains() {
 #[test]
 fn error_limit_closes_with_421() {
     let input = b"BOGUS\r\n".repeat(25);
-    let (r, _, closed) = session(true, &input);
+    let Outcome { replies: r, closed, .. } = session(true, &input);
     assert!(closed);
     assert!(r.last().unwrap().starts_with("421 4.7.0"));
     assert_eq!(r.iter().filter(|l| l.starts_with("500")).count(), 20);
@@ -206,7 +247,7 @@ fn error_limit_closes_with_421() {
 
 #[test]
 fn bare_lf_command_is_refused_without_desync() {
-    let (r, _, _) = session(true, b"EHLO c.test\nNOOP\r\n");
+    let Outcome { replies: r, .. } = session(true, b"EHLO c.test\nNOOP\r\n");
     assert_eq!(codes(&r), ["220", "500", "250"]);
 }
 
@@ -267,7 +308,7 @@ fn auth_needs_tls_unless_the_listener_is_trusted_and_unlocks_relaying() {
     use base64::Engine;
     let b = |x: &[u8]| base64::engine::general_purpose::STANDARD.encode(x);
     // Not configured.
-    let (r, _, _) = session(false, b"EHLO c.test\r\nAUTH PLAIN x\r\n");
+    let Outcome { replies: r, .. } = session(false, b"EHLO c.test\r\nAUTH PLAIN x\r\n");
     assert!(r[2].starts_with("502 5.5.1"));
     // Configured, no TLS, untrusted listener: 538, and not advertised.
     let mut s = Server::new(limits(), false);
