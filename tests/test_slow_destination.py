@@ -10,6 +10,8 @@
 import signal
 import smtplib
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -136,12 +138,40 @@ def test_stalled_destination_does_not_freeze_its_core(tmp_path, sink, stall_core
         dest.close()
 
 
-def test_client_that_stops_reading_replies_is_cut_by_write_timeout(tmp_path, sink):
-    rp = Ringpost(tmp_path, sink.port, extra="write_timeout_s = 1").start()
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
+                    "cert.pem", "-days", "2", "-subj", "/CN=mta.test"], check=True, capture_output=True, cwd=d)
+    return d
+
+
+def connect_without_reading(rp, tls):
+    """A client session (optionally after STARTTLS) with a small receive buffer."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    s.connect(("127.0.0.1", rp.port))
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    if tls:
+        s.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s)
+    return s
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_client_that_stops_reading_replies_is_cut_by_write_timeout(tmp_path, sink, cert, tls):
+    tail = f'[tls]\ncert_file = "{cert / "cert.pem"}"\nkey_file = "{cert / "key.pem"}"\n'
+    rp = Ringpost(tmp_path, sink.port, extra="write_timeout_s = 1", tail=tail).start()
     try:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        s.connect(("127.0.0.1", rp.port))
+        s = connect_without_reading(rp, tls)
         s.setblocking(False)
         # Pipeline NOOPs and never read: our receive buffer and ringpost's send buffer fill, then
         # ringpost's reply write cannot progress.
@@ -152,14 +182,14 @@ def test_client_that_stops_reading_replies_is_cut_by_write_timeout(tmp_path, sin
             try:
                 sent += s.send(b"NOOP\r\n" * 1000)
                 stuck_since = None
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):
                 stuck_since = stuck_since or time.time()
                 if time.time() - stuck_since > 0.5:
                     break
                 time.sleep(0.01)
         assert stuck_since is not None, "the server kept reading: its replies never filled up"
         assert sent > 100_000
-        time.sleep(3.0)  # > write_timeout_s: the server must have given up by now
+        time.sleep(3.0)  # > write_timeout_s (twice under TLS: reply, then close_notify)
         # Drain: a cut session ends in EOF or a reset; a live one keeps answering NOOPs.
         s.setblocking(True)
         s.settimeout(2.0)
@@ -170,10 +200,10 @@ def test_client_that_stops_reading_replies_is_cut_by_write_timeout(tmp_path, sin
                 if not data:
                     cut = True
                     break
-        except ConnectionResetError:
-            cut = True
-        except socket.timeout:
+        except (socket.timeout, ssl.SSLWantReadError):
             cut = False
+        except (ConnectionResetError, ssl.SSLError):  # reset, or a TLS stream cut short
+            cut = True
         assert cut, "a client that stopped reading our replies still holds its session"
         s.close()
         # The server is fine for everyone else.

@@ -16,3 +16,4 @@ pub mod session;
 pub mod smtp;
 pub mod tls;
 pub mod tls_policy;
+pub mod wire_write;
