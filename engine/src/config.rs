@@ -100,6 +100,9 @@ const fn d_cmd_timeout() -> u64 {
 const fn d_data_timeout() -> u64 {
     180
 }
+const fn d_write_timeout() -> u64 {
+    300
+}
 const fn d_min_rate() -> u64 {
     500
 }
@@ -142,6 +145,10 @@ pub struct ServerConfig {
     /// Seconds to wait for each data block (RFC 5321 4.5.3.2.5: 3 minutes).
     #[serde(default = "d_data_timeout")]
     pub data_timeout_s: u64,
+    /// Seconds a reply write may make no progress before the session is cut (a client that
+    /// stops reading our replies).
+    #[serde(default = "d_write_timeout")]
+    pub write_timeout_s: u64,
     /// Minimum DATA rate in bytes/s once the block timeout has passed (trickle defence).
     #[serde(default = "d_min_rate")]
     pub min_data_rate: u64,

@@ -10,3 +10,4 @@ pub mod runtime;
 pub mod shard;
 pub use ringpost_smtp as smtp;
 pub mod tls;
+pub mod wire_write;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,19 @@ impl Transport {
             Transport::Client(t) => t.get_ref().0,
             Transport::Taken => panic!("transport used during a handshake"),
         }
+    }
+
+    /// Bound every later write on this connection: a write (TLS records, the close_notify of
+    /// a TLS close, a plain send) that makes no progress for `timeout` fails with
+    /// `ErrorKind::TimedOut`. glommio arms the timer only when a send would block, so the
+    /// common case costs nothing. Used by `wire_write`, which sets it before each write.
+    pub fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        if matches!(self, Transport::Taken) {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        // glommio refuses a zero timeout (EINVAL): the shortest it takes stands for "now".
+        let timeout = timeout.max(Duration::from_nanos(1));
+        self.tcp().set_write_timeout(Some(timeout)).map_err(io::Error::from)
     }
 
     /// True once TLS is active.

@@ -12,6 +12,9 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// How long a refused connection may take to accept its 421.
+const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Open sessions per client address, host-wide, shared by every core's listener.
 #[derive(Default)]
 pub struct PerIpCounts {
@@ -85,6 +88,8 @@ fn refuse(stream: glommio::net::TcpStream, reply: String) {
     glommio::spawn_local(async move {
         use futures_lite::AsyncWriteExt;
         let mut stream = stream;
+        // A client that does not read its 421 must not keep the task (or the socket) forever.
+        let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.close().await;
     })

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use crate::tls::Transport;
+use crate::wire_write::write_all_timeout;
 
 /// Body bytes are handed to the spool in pieces of this size: the most a session holds.
 const CHUNK: usize = 128 * 1024;
@@ -173,6 +174,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), tickets: Vec::new(), error: None, dkim: None };
     let command_timeout = Duration::from_secs(cfg.command_timeout_s);
     let data_timeout = Duration::from_secs(cfg.data_timeout_s);
+    let write_timeout = Duration::from_secs(cfg.write_timeout_s);
     let mut phase_start = Instant::now();
     let mut data_bytes = 0u64;
     let _ = stream.tcp().set_nodelay(true);
@@ -182,7 +184,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             Step::Need { consumed } if consumed > 0 => start += consumed,
             Step::Need { .. } => {
                 if !out.is_empty() {
-                    if stream.write_all(&out).await.is_err() {
+                    if write_all_timeout(&mut stream, &out, write_timeout).await.is_err() {
                         break;
                     }
                     out.clear();
@@ -205,7 +207,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                     command_timeout
                 };
                 let Some(left) = allowed.checked_sub(phase_start.elapsed()).filter(|d| !d.is_zero()) else {
-                    let _ = stream.write_all(&server.timeout_reply().to_wire().into_bytes()).await;
+                    let _ = write_all_timeout(&mut stream, &server.timeout_reply().to_wire().into_bytes(), write_timeout).await;
                     break;
                 };
                 let _ = stream.tcp().set_read_timeout(Some(left.min(if in_data { data_timeout } else { command_timeout })));
@@ -221,7 +223,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                 match read {
                     None => {
                         let r = Reply::new(421, (4, 3, 2), format!("{} Service shutting down", core.limits.hostname));
-                        let _ = stream.write_all(r.to_wire().as_bytes()).await;
+                        let _ = write_all_timeout(&mut stream, r.to_wire().as_bytes(), write_timeout).await;
                         break;
                     }
                     Some(Ok(0)) => break,
@@ -233,7 +235,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                     }
                     Some(Err(e)) => {
                         if e.kind() == std::io::ErrorKind::TimedOut {
-                            let _ = stream.write_all(server.timeout_reply().to_wire().as_bytes()).await;
+                            let _ = write_all_timeout(&mut stream, server.timeout_reply().to_wire().as_bytes(), write_timeout).await;
                         }
                         break;
                     }
@@ -251,7 +253,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             }
             Step::Close { consumed: _, reply } => {
                 reply.write_to(&mut out);
-                let _ = stream.write_all(&out).await;
+                let _ = write_all_timeout(&mut stream, &out, write_timeout).await;
                 break;
             }
             Step::Body { consumed, prefix, body: n } => {
@@ -287,14 +289,14 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                 server.auth_result(&user, ok).write_to(&mut out);
                 if auth_failures >= auth.max_failures {
                     Reply::new(421, (4, 7, 0), format!("{} Error: too many authentication failures", core.limits.hostname)).write_to(&mut out);
-                    let _ = stream.write_all(&out).await;
+                    let _ = write_all_timeout(&mut stream, &out, write_timeout).await;
                     break;
                 }
                 phase_start = Instant::now();
             }
             Step::StartTls { consumed: _, reply } => {
                 reply.write_to(&mut out);
-                if stream.write_all(&out).await.is_err() {
+                if write_all_timeout(&mut stream, &out, write_timeout).await.is_err() {
                     break;
                 }
                 out.clear();

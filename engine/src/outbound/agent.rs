@@ -13,7 +13,7 @@ use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, 
 use crate::tls::Transport;
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::net::SocketAddr;
@@ -114,7 +114,7 @@ impl Conn {
     }
 
     async fn command(&mut self, line: &[u8], timeout: Duration) -> Result<Reply, ConnError> {
-        self.stream.write_all(line).await?;
+        crate::wire_write::write_all_timeout(&mut self.stream, line, COMMAND_TIMEOUT).await?;
         self.read_reply(timeout).await
     }
 }
@@ -246,7 +246,7 @@ pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, domain: 
                     break;
                 }
             }
-            let _ = conn.stream.write_all(b"QUIT\r\n").await;
+            let _ = crate::wire_write::write_all_timeout(&mut conn.stream, b"QUIT\r\n", Duration::from_secs(5)).await;
             let _ = conn.read_reply(Duration::from_secs(5)).await;
         }
     }
@@ -297,7 +297,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                conn.stream.write_all(&bytes).await?;
+                crate::wire_write::write_all_timeout(&mut conn.stream, &bytes, COMMAND_TIMEOUT).await?;
                 t.on_reply(conn.read_reply(DATA_INIT_TIMEOUT.max(COMMAND_TIMEOUT)).await?)
             }
             ClientStep::Read => t.on_reply(conn.read_reply(COMMAND_TIMEOUT).await?),
@@ -306,74 +306,10 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
                 pieces.push(&m.trace);
                 pieces.extend(m.body_pieces());
                 pieces.push(b".\r\n");
-                write_vectored_all(&mut conn.stream, &pieces).await?;
+                crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, DATA_END_TIMEOUT).await?;
                 t.on_reply(conn.read_reply(DATA_END_TIMEOUT).await?)
             }
             ClientStep::Done { results, reset } => return Ok((results, reset)),
         };
     }
-}
-
-/// Write `pieces` in order with as few system calls as possible and no copy: `writev` straight
-/// from the segment mapping while the socket takes it, then glommio's write (which waits for
-/// the socket to drain) for whatever is left.
-async fn write_vectored_all(transport: &mut Transport, pieces: &[&[u8]]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let stream = match transport {
-        Transport::Plain(s) => s,
-        tls => {
-            // Under TLS the bytes are encrypted into records anyway: plain writes, then flush.
-            for p in pieces {
-                tls.write_all(p).await?;
-            }
-            return tls.flush().await;
-        }
-    };
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < pieces.len() {
-        let iov: Vec<libc::iovec> = pieces[idx..]
-            .iter()
-            .enumerate()
-            .take(64)
-            .map(|(i, p)| {
-                let p = if i == 0 { &p[off..] } else { p };
-                libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() }
-            })
-            .collect();
-        // SAFETY: every iovec points into a live slice borrowed for the duration of the call.
-        let n = unsafe { libc::writev(stream.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            // The socket is full: let glommio wait for it with the rest of this piece.
-            let rest = &pieces[idx][off..];
-            stream.write_all(rest).await?;
-            idx += 1;
-            off = 0;
-            continue;
-        }
-        let mut n = n as usize;
-        while n > 0 {
-            let left = pieces[idx].len() - off;
-            if n >= left {
-                n -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
-        while idx < pieces.len() && pieces[idx].len() == off {
-            idx += 1;
-            off = 0;
-        }
-    }
-    Ok(())
 }

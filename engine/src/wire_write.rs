@@ -1,0 +1,351 @@
+//! Every network write of the engine: SMTP replies, outbound commands and message bodies.
+//!
+//! Owns one rule: a write never blocks the core's thread and never waits forever. glommio 0.9
+//! makes its sockets in blocking mode, so a plain `write`/`writev` on one stalls the whole
+//! executor — every session and the group committer of that core — as soon as the peer stops
+//! reading. Here a send is either a non-blocking syscall (`MSG_DONTWAIT`) or glommio's own
+//! async write, which waits for writability through io_uring (a poll op) on the reactor.
+//!
+//! **No copy of the body.** The plain path hands the caller's pieces (the spool's mapped
+//! segment slices) to `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` as an iovec, as many as fit in
+//! one call. When the socket is full (`EAGAIN`) the rest of the current piece goes through
+//! glommio's `poll_write`, which itself sends straight from our slice (`send(MSG_DONTWAIT)`
+//! first, then an io_uring poll for writability, then `send` again): glommio 0.9 exposes no
+//! "wait until writable" on its own, and writing part of the data *is* that wait, without a
+//! copy. Then the vectored sends resume. Under TLS the bytes are encrypted into records by
+//! rustls (a copy inherent to TLS), whose socket writes are glommio's same async path.
+//!
+//! **Timeout semantics: no progress for `timeout`.** Each time the socket takes no bytes for
+//! `timeout`, the write fails with `ErrorKind::TimedOut` (glommio's write timer, armed only
+//! while a send would block, cancelled by every send that takes bytes). This is RFC 5321
+//! §4.5.3.2.5's reading ("while awaiting the completion of each TCP SEND call"): a large body
+//! to a slow but live peer is never cut for being large, a peer that stops reading is cut
+//! `timeout` after it stopped. The timeout stays set on the socket afterwards, so a later TLS
+//! `close` (which sends close_notify) is bounded by it too.
+//!
+//! Never: a blocking syscall, a copy of body bytes on the plain path, an unbounded wait.
+use crate::tls::Transport;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Most iovecs handed to one `sendmsg` (a body is a few pieces per 128 KiB chunk; 64 pieces
+/// cover megabytes, far more than a socket takes in one call).
+const IOV_BATCH: usize = 64;
+
+/// Write every byte of `pieces`, in order, to `t`; fails with `TimedOut` when the peer takes
+/// no bytes for `timeout` (see the module notes). On plain TCP the pieces leave from where
+/// they are (zero copy); under TLS they are encrypted by rustls and flushed.
+pub async fn write_all_vectored(t: &mut Transport, pieces: &[&[u8]], timeout: Duration) -> io::Result<()> {
+    t.set_write_timeout(timeout)?;
+    match t {
+        Transport::Plain(stream) => plain_vectored(stream, pieces).await,
+        tls => {
+            for piece in pieces {
+                tls.write_all(piece).await?;
+            }
+            // rustls may still hold records it could not send: push them out, same timeout.
+            tls.flush().await
+        }
+    }
+}
+
+/// Write a command or a reply: all of `bytes`, or `TimedOut` when the peer takes nothing for
+/// `timeout`. One `sendmsg` in the common case, exactly like the vectored path.
+pub async fn write_all_timeout(t: &mut Transport, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    write_all_vectored(t, &[bytes], timeout).await
+}
+
+/// The plain-TCP loop: vectored non-blocking sends while the socket takes bytes; when it is
+/// full, glommio's async write of the current piece's rest (waits on io_uring, timed out).
+async fn plain_vectored(stream: &mut TcpStream, pieces: &[&[u8]]) -> io::Result<()> {
+    let mut cursor = Cursor::new(pieces);
+    while !cursor.is_done() {
+        match send_nonblocking(stream.as_raw_fd(), &cursor) {
+            Ok(n) => cursor.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let n = stream.write(cursor.current()).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                cursor.advance(n);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of the next pieces: never blocks, even on
+/// glommio's blocking sockets; a closed peer is an `EPIPE` error, not a signal.
+fn send_nonblocking(fd: std::os::fd::RawFd, cursor: &Cursor<'_>) -> io::Result<usize> {
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
+    let count = cursor.fill(&mut iov);
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = count as _;
+    // SAFETY: every iovec points into a slice `cursor` borrows for the duration of the call,
+    // and the kernel only reads through them.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Where a write of several pieces stands: the next byte to send is `pieces[idx][off]`.
+/// Invariant: `idx` is past every empty piece, so `current()` is never empty unless done.
+struct Cursor<'a> {
+    pieces: &'a [&'a [u8]],
+    idx: usize,
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(pieces: &'a [&'a [u8]]) -> Self {
+        let mut c = Cursor { pieces, idx: 0, off: 0 };
+        c.skip_empty();
+        c
+    }
+
+    fn is_done(&self) -> bool {
+        self.idx == self.pieces.len()
+    }
+
+    /// What is left of the current piece.
+    fn current(&self) -> &'a [u8] {
+        &self.pieces[self.idx][self.off..]
+    }
+
+    /// Describe the next pieces (at most `iov.len()`) as iovecs; returns how many.
+    fn fill(&self, iov: &mut [libc::iovec]) -> usize {
+        let mut count = 0;
+        for (i, piece) in self.pieces[self.idx..].iter().enumerate() {
+            if count == iov.len() {
+                break;
+            }
+            let piece = if i == 0 { &piece[self.off..] } else { piece };
+            if piece.is_empty() {
+                continue;
+            }
+            iov[count] = libc::iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() };
+            count += 1;
+        }
+        count
+    }
+
+    /// `n` more bytes were sent.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let left = self.pieces[self.idx].len() - self.off;
+            if n < left {
+                self.off += n;
+                return;
+            }
+            n -= left;
+            self.idx += 1;
+            self.off = 0;
+            assert!(n == 0 || self.idx < self.pieces.len(), "the kernel sent more than we gave it");
+        }
+        self.skip_empty();
+    }
+
+    fn skip_empty(&mut self) {
+        while self.idx < self.pieces.len() && self.pieces[self.idx].len() == self.off {
+            self.idx += 1;
+            self.off = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+    use std::cell::Cell;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    #[test]
+    fn cursor_walks_pieces_and_skips_empty_ones() {
+        let pieces: [&[u8]; 5] = [b"ab", b"", b"cde", b"", b""];
+        let mut c = Cursor::new(&pieces);
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
+        assert_eq!(c.fill(&mut iov), 2, "empty pieces are not sent");
+        assert_eq!((iov[0].iov_len, iov[1].iov_len), (2, 3));
+        c.advance(1);
+        assert_eq!(c.current(), b"b");
+        assert_eq!(c.fill(&mut iov), 2);
+        assert_eq!((iov[0].iov_len, iov[0].iov_base as *const u8), (1, pieces[0][1..].as_ptr()), "from the caller's bytes, no copy");
+        c.advance(3);
+        assert_eq!(c.current(), b"e");
+        assert!(!c.is_done());
+        c.advance(1);
+        assert!(c.is_done(), "trailing empty pieces are skipped");
+        let none: [&[u8]; 2] = [b"", b""];
+        assert!(Cursor::new(&none).is_done());
+    }
+
+    #[test]
+    fn cursor_hands_at_most_one_batch_to_the_kernel() {
+        let byte = [7u8];
+        let pieces: Vec<&[u8]> = (0..IOV_BATCH + 10).map(|_| &byte[..]).collect();
+        let mut c = Cursor::new(&pieces);
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
+        assert_eq!(c.fill(&mut iov), IOV_BATCH);
+        c.advance(IOV_BATCH);
+        assert_eq!(c.fill(&mut iov), 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "more than we gave")]
+    fn cursor_refuses_to_advance_past_the_end() {
+        let pieces: [&[u8]; 1] = [b"ab"];
+        Cursor::new(&pieces).advance(3);
+    }
+
+    fn set_buf(fd: std::os::fd::RawFd, opt: libc::c_int, bytes: libc::c_int) {
+        // SAFETY: plain setsockopt with an int value on a socket we own.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, &bytes as *const _ as *const libc::c_void, 4) };
+        assert_eq!(r, 0);
+    }
+
+    /// A listener whose accepted sockets have a small receive buffer, so a peer that does not
+    /// read stops taking bytes after a few KiB.
+    fn small_listener() -> TcpListener {
+        use std::os::fd::AsRawFd;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        set_buf(l.as_raw_fd(), libc::SO_RCVBUF, 16 * 1024);
+        l
+    }
+
+    /// Run `f` on a glommio executor of its own; fail (instead of hanging) if the executor
+    /// thread does not finish, which is what a blocking write does to it.
+    fn on_executor<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            LocalExecutorBuilder::default().io_memory(1 << 20).spawn(f).unwrap().join().unwrap();
+            done.send(()).unwrap();
+        });
+        finished.recv_timeout(Duration::from_secs(30)).expect("the executor thread did not finish (blocked or panicked)");
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> Transport {
+        let s = TcpStream::connect(addr).await.unwrap();
+        set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 32 * 1024);
+        Transport::Plain(s)
+    }
+
+    #[test]
+    fn pieces_arrive_in_order_byte_for_byte_through_a_slow_reader() {
+        let l = small_listener();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut all, mut buf) = (Vec::new(), vec![0u8; 7000]);
+            loop {
+                std::thread::sleep(Duration::from_micros(200));
+                match s.read(&mut buf).unwrap() {
+                    0 => return all,
+                    n => all.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expect = data.clone();
+        on_executor(move || async move {
+            // Pieces of every shape: empty, one byte, odd sizes, more than one batch of them.
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for i in 0.. {
+                let len = [0, 1, 13, 4096, 65_537, 30_000][i % 6].min(data.len() - at);
+                pieces.push(&data[at..at + len]);
+                at += len;
+                if at == data.len() {
+                    break;
+                }
+            }
+            assert!(pieces.len() > IOV_BATCH);
+            let mut t = connect(addr).await;
+            write_all_vectored(&mut t, &pieces, Duration::from_secs(5)).await.unwrap();
+            t.close().await.unwrap();
+        });
+        assert!(reader.join().unwrap() == expect, "bytes differ");
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_times_out_while_the_core_keeps_running() {
+        let l = small_listener();
+        let addr = l.local_addr().unwrap();
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let _ = release.recv(); // never reads; keeps the connection open until the end
+            drop(s);
+        });
+        on_executor(move || async move {
+            let ticks = Rc::new(Cell::new(0u32));
+            let t2 = ticks.clone();
+            let ticker = glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    t2.set(t2.get() + 1);
+                }
+            })
+            .detach();
+            let body = vec![b'x'; 16 << 20];
+            let pieces: Vec<&[u8]> = body.chunks(128 * 1024).collect();
+            let mut t = connect(addr).await;
+            let started = Instant::now();
+            let e = write_all_vectored(&mut t, &pieces, Duration::from_millis(300)).await.unwrap_err();
+            let took = started.elapsed();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+            assert!(ticks.get() >= 10, "the executor kept running other tasks: {} ticks", ticks.get());
+            // A reply on the same stuck connection is cut the same way.
+            let e = write_all_timeout(&mut t, b"250 ok\r\n", Duration::from_millis(100)).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            ticker.cancel();
+        });
+        hold.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_but_steady_reader_is_not_cut_by_the_timeout() {
+        let l = small_listener();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut total, mut buf) = (0usize, vec![0u8; 16 * 1024]);
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                match s.read(&mut buf).unwrap() {
+                    0 => return total,
+                    n => total += n,
+                }
+            }
+        });
+        on_executor(move || async move {
+            let body = vec![b'y'; 1 << 20];
+            let pieces: Vec<&[u8]> = body.chunks(100_000).collect();
+            let mut t = connect(addr).await;
+            let started = Instant::now();
+            write_all_vectored(&mut t, &pieces, Duration::from_millis(250)).await.unwrap();
+            let took = started.elapsed();
+            assert!(took > Duration::from_millis(500), "the whole write outlasts the timeout ({took:?}): progress resets it");
+            t.close().await.unwrap();
+        });
+        assert_eq!(reader.join().unwrap(), 1 << 20);
+    }
+}
