@@ -1,324 +1,285 @@
-//! The inbound session driver: a thin loop between a TCP stream and the sans-I/O server
-//! machine. It streams body bytes into the core's spool in bounded chunks, waits for the
-//! group commit before replying 250, enforces timeouts and the trickle defence, and hands
-//! accepted messages to the core for routing.
-use crate::clock::{rfc5322, unix_ms};
-use crate::shard::core::Core;
+//! The inbound session driver: a thin loop between a socket and the sans-I/O server machine,
+//! one small handler per [`Step`]. It streams body bytes into the spool through the
+//! [`BodyWriter`], answers 250 only after the durable commit, enforces the command, data and
+//! write deadlines and the trickle defence, keeps its buffers bounded (input, body chunk, and
+//! pending replies: pipelined commands cannot pile up replies), and hands accepted messages to
+//! the shard.
 use crate::account::delivery_log::{EventKind, Peer};
-use crate::dkim::BodyHashStream;
-use crate::message::SpooledMessage;
+use crate::inbound::commit::{commit, BodyWriter};
+use crate::shard::core::Core;
 use crate::smtp::reply::Reply;
-use crate::smtp::server::{Server, Step, Transaction};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SMTPUTF8};
-use ringpost_spool::{Extent, SpoolError, Ticket};
-use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use crate::smtp::server::{Server, Step};
 use crate::tls::Transport;
 use crate::wire_write::write_all_timeout;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Body bytes are handed to the spool in pieces of this size: the most a session holds.
-const CHUNK: usize = 128 * 1024;
+const BODY_CHUNK_BYTES: usize = 128 * 1024;
 /// Input buffer per session, at most.
-const INPUT: usize = 64 * 1024;
-/// Input buffer a session starts with.
-const INPUT_START: usize = 4 * 1024;
+const INPUT_BYTES_MAX: usize = 64 * 1024;
+/// Input buffer a session starts with: most sessions are a few commands and small messages,
+/// and zeroing 64 KiB per connection showed up in profiles.
+const INPUT_BYTES_START: usize = 4 * 1024;
+/// Replies pending for pipelined commands are written once they pass this: a client that
+/// pipelines 64 KiB of EHLO gets its replies as it goes instead of 850 KiB held here.
+const OUTPUT_FLUSH_BYTES: usize = 16 * 1024;
 
-/// Body bytes of the message being received, and the spool extents already written for it.
-struct BodyWriter {
-    buf: Vec<u8>,
-    extents: Vec<Extent>,
-    /// The spool tickets of those extents: the 250 waits for every one of them.
-    tickets: Vec<Ticket>,
-    error: Option<SpoolError>,
-    /// The single pass that computes the DKIM body hash, when any key is configured.
-    dkim: Option<BodyHashStream>,
+/// Whether the session goes on after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
 }
 
-impl BodyWriter {
-    async fn push(&mut self, core: &Core, prefix: &[u8], bytes: &[u8]) {
-        if self.error.is_some() {
-            return;
-        }
-        self.buf.extend_from_slice(prefix);
-        self.buf.extend_from_slice(bytes);
-        if let Some(d) = self.dkim.as_mut() {
-            d.write_wire(prefix);
-            d.write_wire(bytes);
-        }
-        if self.buf.len() >= CHUNK {
-            core.spool.wait_for_room().await;
-            self.flush(core);
-        }
-    }
-
-    fn flush(&mut self, core: &Core) {
-        if self.buf.is_empty() || self.error.is_some() {
-            return;
-        }
-        match core.spool.append_chunk(&self.buf) {
-            Ok((e, t)) => {
-                self.extents.push(e);
-                self.tickets.push(t);
-            }
-            Err(e) => self.error = Some(e),
-        }
-        self.buf.clear();
-    }
-
-    /// Forget the message: unpin whatever was spooled for it, and get ready for the next.
-    fn abandon(&mut self, core: &Core) {
-        core.spool.release_message(None, &self.extents);
-        self.extents.clear();
-        self.tickets.clear();
-        self.buf.clear();
-        self.error = None;
-        self.dkim = (!core.signers.is_empty()).then(BodyHashStream::new);
-    }
-}
-
-fn received_header(core: &Core, helo: &str, peer: SocketAddr, tls: bool) -> Vec<u8> {
-    format!(
-        "Received: from {helo} ([{}])\r\n\tby {} (ringpost) with {};\r\n\t{}\r\n",
-        peer.ip(),
-        core.limits.hostname,
-        if tls { "ESMTPS" } else { "ESMTP" },
-        rfc5322(unix_ms())
-    )
-    .into_bytes()
-}
-
-/// Make the completed message durable; returns the reply and, on success, the message.
-async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: SocketAddr) -> (Reply, Option<Arc<SpooledMessage>>) {
-    body.flush(core);
-    if let Some(e) = body.error.take() {
-        body.abandon(core);
-        return (server.commit_failed(e.is_disk_full()), None);
-    }
-    let tx: &Transaction = server.transaction().expect("a message without a transaction");
-    let mut flags = 0;
-    if server.eight_bit() {
-        flags |= FLAG_8BITMIME;
-    }
-    if tx.params.smtputf8 {
-        flags |= FLAG_SMTPUTF8;
-    }
-    let received_ms = unix_ms();
-    let mut trace = received_header(core, server.helo().unwrap_or("unknown"), peer, server.tls_active());
-    let mut body_hash = None;
-    if let Some(d) = body.dkim.take() {
-        let (headers, hash) = d.finish();
-        body_hash = Some(hash);
-        match headers.map(|h| core.signers.sign(&h, &hash, received_ms / 1000)) {
-            Some(Ok(sigs)) => trace.extend_from_slice(&sigs),
-            Some(Err(e)) => tracing::warn!("core {}: DKIM signing skipped: {e}", core.id),
-            None => tracing::warn!("core {}: DKIM signing skipped: header block too large", core.id),
-        }
-    }
-    let record = MessageRecord {
-        received_ms,
-        sender: tx.sender.as_ref().map(|a| a.raw.clone().into_bytes()).unwrap_or_default(),
-        recipients: tx.recipients.iter().map(|a| a.raw.clone().into_bytes()).collect(),
-        trace,
-        body: std::mem::take(&mut body.extents),
-        flags,
-        body_hash,
-    };
-    let mut tickets = std::mem::take(&mut body.tickets);
-    let appended = core.spool.append_message(&record);
-    let result = match appended {
-        Ok((id, ticket)) => {
-            tickets.push(ticket);
-            core.spool.wait_durable_all(&tickets).await.map(|_| id).map_err(|e| (Some(id), e))
-        }
-        Err(e) => Err((None, e)),
-    };
-    match result {
-        Ok(id) => {
-            let msg = SpooledMessage::from_record(id, &record, |s| core.spool.map(s)).expect("segments of a committed record");
-            (server.committed(&id.to_string()), Some(Arc::new(msg)))
-        }
-        Err((id, e)) => {
-            tracing::warn!("core {}: spool commit failed: {e}", core.id);
-            core.spool.release_message(id, &record.body);
-            (server.commit_failed(e.is_disk_full()), None)
-        }
-    }
+struct Session {
+    core: Rc<Core>,
+    server: Server,
+    stream: Transport,
+    peer: SocketAddr,
+    tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
+    out: Vec<u8>,
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    body: BodyWriter,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    write_timeout: Duration,
+    phase_start: Instant,
+    data_bytes: u64,
+    auth_failures: u32,
 }
 
 /// Serve one SMTP session to completion.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let cfg = &core.shared.config.server;
-    let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
-    let mut server = Server::new(core.limits.clone(), relay);
-    let tls_config = core.server_tls.borrow().clone();
-    if tls_config.is_some() {
-        server.offer_tls();
-    }
-    let auth = &core.shared.config.auth;
-    if !auth.users.is_empty() {
-        let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        server.offer_auth(auth.plaintext_listeners.iter().any(|l| *l == local));
-    }
-    let mut auth_failures = 0u32;
-    let mut stream = Transport::Plain(stream);
-    let mut out = Vec::with_capacity(4096);
-    server.greeting().write_to(&mut out);
-    // Start small (most sessions are a few commands and small messages) and grow to INPUT
-    // when a read fills the buffer: zeroing 64 KiB per connection showed up in profiles.
-    let mut input = vec![0u8; INPUT_START];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut body = BodyWriter { buf: Vec::new(), extents: Vec::new(), tickets: Vec::new(), error: None, dkim: None };
-    let command_timeout = Duration::from_secs(cfg.command_timeout_s);
-    let data_timeout = Duration::from_secs(cfg.data_timeout_s);
-    let write_timeout = Duration::from_secs(cfg.write_timeout_s);
-    let mut phase_start = Instant::now();
-    let mut data_bytes = 0u64;
-    let _ = stream.tcp().set_nodelay(true);
+    let mut s = Session::new(core, stream, peer);
     loop {
-        let step = server.step(&input[start..end]);
-        match step {
-            Step::Need { consumed } if consumed > 0 => start += consumed,
-            Step::Need { .. } => {
-                if !out.is_empty() {
-                    if write_all_timeout(&mut stream, &out, write_timeout).await.is_err() {
-                        break;
-                    }
-                    out.clear();
-                }
-                if start == end {
-                    (start, end) = (0, 0);
-                } else if end == input.len() {
-                    input.copy_within(start..end, 0);
-                    (start, end) = (0, end - start);
-                }
-                if end == input.len() && input.len() < INPUT {
-                    input.resize(INPUT, 0);
-                }
-                // Deadlines: a whole command within command_timeout; DATA at least
-                // min_data_rate once data_timeout has passed (trickling clients are cut).
-                let in_data = server.in_data();
-                let allowed = if in_data {
-                    data_timeout + Duration::from_secs(data_bytes / cfg.min_data_rate.max(1))
-                } else {
-                    command_timeout
-                };
-                let Some(left) = allowed.checked_sub(phase_start.elapsed()).filter(|d| !d.is_zero()) else {
-                    let _ = write_all_timeout(&mut stream, &server.timeout_reply().to_wire().into_bytes(), write_timeout).await;
-                    break;
-                };
-                let _ = stream.tcp().set_read_timeout(Some(left.min(if in_data { data_timeout } else { command_timeout })));
-                let read = if in_data {
-                    Some(stream.read(&mut input[end..]).await)
-                } else {
-                    futures_lite::future::or(async { Some(stream.read(&mut input[end..]).await) }, async {
-                        core.stopped().await;
-                        None
-                    })
-                    .await
-                };
-                match read {
-                    None => {
-                        let r = Reply::new(421, (4, 3, 2), format!("{} Service shutting down", core.limits.hostname));
-                        let _ = write_all_timeout(&mut stream, r.to_wire().as_bytes(), write_timeout).await;
-                        break;
-                    }
-                    Some(Ok(0)) => break,
-                    Some(Ok(n)) => {
-                        end += n;
-                        if in_data {
-                            data_bytes += n as u64;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if e.kind() == std::io::ErrorKind::TimedOut {
-                            let _ = write_all_timeout(&mut stream, server.timeout_reply().to_wire().as_bytes(), write_timeout).await;
-                        }
-                        break;
-                    }
-                }
+        let flow = match s.server.step(&s.input[s.start..s.end]) {
+            Step::Need { consumed } if consumed > 0 => {
+                s.start += consumed;
+                Flow::Continue
             }
-            Step::Reply { consumed, reply } => {
-                start += consumed;
-                let entering_data = reply.code == 354;
-                reply.write_to(&mut out);
-                phase_start = Instant::now();
-                if entering_data {
-                    data_bytes = 0;
-                    body.abandon(&core);
-                }
-            }
+            Step::Need { .. } => s.read_more().await,
+            Step::Reply { consumed, reply } => s.on_reply(consumed, reply).await,
             Step::Close { consumed: _, reply } => {
-                reply.write_to(&mut out);
-                let _ = write_all_timeout(&mut stream, &out, write_timeout).await;
-                break;
+                reply.write_to(&mut s.out);
+                let _ = s.flush().await;
+                Flow::Close
             }
-            Step::Body { consumed, prefix, body: n } => {
-                body.push(&core, prefix, &input[start..start + n]).await;
-                start += consumed;
+            Step::Body { consumed, prefix, body } => {
+                s.body.push(&s.core, prefix, &s.input[s.start..s.start + body]).await;
+                s.start += consumed;
+                Flow::Continue
             }
-            Step::Message { consumed, prefix, body: n } => {
-                body.push(&core, prefix, &input[start..start + n]).await;
-                start += consumed;
-                let (reply, msg) = commit(&core, &mut server, &mut body, peer).await;
-                reply.write_to(&mut out);
-                phase_start = Instant::now();
-                if let Some(msg) = msg {
-                    let client = Peer { remote: peer.to_string(), tls: stream.tls_description() };
-                    core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
-                    core.accept_message(msg).await;
-                }
-            }
-            Step::Authenticate { consumed, user, password } => {
-                start += consumed;
-                let hash = auth.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
-                // Argon2 costs milliseconds by design: verify on glommio's blocking pool so the
-                // core keeps serving everyone else.
-                let ok = match hash {
-                    Some(h) => glommio::executor().spawn_blocking(move || crate::smtp::auth::verify_password(&h, &password)).await,
-                    None => false,
-                };
-                if !ok {
-                    auth_failures += 1;
-                    glommio::timer::sleep(Duration::from_millis(auth.failure_delay_ms)).await;
-                    tracing::warn!("core {}: AUTH failure for {user:?} from {peer}", core.id);
-                }
-                server.auth_result(&user, ok).write_to(&mut out);
-                if auth_failures >= auth.max_failures {
-                    Reply::new(421, (4, 7, 0), format!("{} Error: too many authentication failures", core.limits.hostname)).write_to(&mut out);
-                    let _ = write_all_timeout(&mut stream, &out, write_timeout).await;
-                    break;
-                }
-                phase_start = Instant::now();
-            }
-            Step::StartTls { consumed: _, reply } => {
-                reply.write_to(&mut out);
-                if write_all_timeout(&mut stream, &out, write_timeout).await.is_err() {
-                    break;
-                }
-                out.clear();
-                // Whatever the client sent after STARTTLS was sent in plaintext: drop it
-                // (CVE-2011-0411, "NO STARTTLS").
-                (start, end) = (0, 0);
-                let Some(tls) = tls_config.clone() else { break };
-                let handshake = glommio::timer::timeout(command_timeout, async { Ok(stream.accept(tls).await) }).await;
-                match handshake {
-                    Ok(Ok(())) => server.tls_started(),
-                    _ => break,
-                }
-                phase_start = Instant::now();
-            }
+            Step::Message { consumed, prefix, body } => s.on_message(consumed, prefix, body).await,
+            Step::Authenticate { consumed, user, password } => s.on_auth(consumed, user, password).await,
+            Step::StartTls { consumed: _, reply } => s.on_starttls(reply).await,
             Step::DataRefused { consumed, reply } => {
-                start += consumed;
-                body.abandon(&core);
-                reply.write_to(&mut out);
-                phase_start = Instant::now();
+                s.start += consumed;
+                s.body.abandon(&s.core);
+                reply.write_to(&mut s.out);
+                s.phase_start = Instant::now();
+                Flow::Continue
             }
+        };
+        if flow == Flow::Close {
+            break;
         }
     }
-    body.abandon(&core);
-    let _ = stream.close().await;
+    s.body.abandon(&s.core);
+    let _ = s.stream.close().await;
+}
+
+impl Session {
+    fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) -> Self {
+        let cfg = &core.shared.config.server;
+        let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
+        let mut server = Server::new(core.limits.clone(), relay);
+        let tls_config = core.server_tls.borrow().clone();
+        if tls_config.is_some() {
+            server.offer_tls();
+        }
+        let auth = &core.shared.config.auth;
+        if !auth.users.is_empty() {
+            let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            server.offer_auth(auth.plaintext_listeners.contains(&local));
+        }
+        let _ = stream.set_nodelay(true);
+        let mut out = Vec::with_capacity(4096);
+        server.greeting().write_to(&mut out);
+        Self {
+            command_timeout: Duration::from_secs(cfg.command_timeout_s),
+            data_timeout: Duration::from_secs(cfg.data_timeout_s),
+            write_timeout: Duration::from_secs(cfg.write_timeout_s),
+            core,
+            server,
+            stream: Transport::Plain(stream),
+            peer,
+            tls_config,
+            out,
+            input: vec![0u8; INPUT_BYTES_START],
+            start: 0,
+            end: 0,
+            body: BodyWriter::new(BODY_CHUNK_BYTES),
+            phase_start: Instant::now(),
+            data_bytes: 0,
+            auth_failures: 0,
+        }
+    }
+
+    /// Write every pending reply (bounded by the write timeout).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            write_all_timeout(&mut self.stream, &self.out, self.write_timeout).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Write `reply` at once and close (timeouts, shutdown).
+    async fn close_with(&mut self, reply: &Reply) -> Flow {
+        reply.write_to(&mut self.out);
+        let _ = self.flush().await;
+        Flow::Close
+    }
+
+    /// Flush replies, make room in the input buffer, and read within the phase's deadline: a
+    /// whole command within command_timeout; DATA at least min_data_rate once data_timeout has
+    /// passed (trickling clients are cut).
+    async fn read_more(&mut self) -> Flow {
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        self.compact_input();
+        let in_data = self.server.in_data();
+        let min_rate = self.core.shared.config.server.min_data_rate.max(1);
+        let allowed = if in_data { self.data_timeout + Duration::from_secs(self.data_bytes / min_rate) } else { self.command_timeout };
+        let Some(left) = allowed.checked_sub(self.phase_start.elapsed()).filter(|d| !d.is_zero()) else {
+            let r = self.server.timeout_reply();
+            return self.close_with(&r).await;
+        };
+        let per_read = if in_data { self.data_timeout } else { self.command_timeout };
+        let _ = self.stream.tcp().set_read_timeout(Some(left.min(per_read)));
+        let read = if in_data {
+            Some(self.stream.read(&mut self.input[self.end..]).await)
+        } else {
+            let core = self.core.clone();
+            let (stream, buf) = (&mut self.stream, &mut self.input[self.end..]);
+            futures_lite::future::or(async { Some(stream.read(buf).await) }, async {
+                core.stopped().await;
+                None
+            })
+            .await
+        };
+        self.after_read(read, in_data).await
+    }
+
+    fn compact_input(&mut self) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.input.len() {
+            self.input.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.input.len() && self.input.len() < INPUT_BYTES_MAX {
+            self.input.resize(INPUT_BYTES_MAX, 0);
+        }
+    }
+
+    async fn after_read(&mut self, read: Option<std::io::Result<usize>>, in_data: bool) -> Flow {
+        match read {
+            None => {
+                let r = Reply::new(421, (4, 3, 2), format!("{} Service shutting down", self.core.limits.hostname));
+                self.close_with(&r).await
+            }
+            Some(Ok(0)) => Flow::Close,
+            Some(Ok(n)) => {
+                self.end += n;
+                if in_data {
+                    self.data_bytes += n as u64;
+                }
+                Flow::Continue
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let r = self.server.timeout_reply();
+                self.close_with(&r).await
+            }
+            Some(Err(_)) => Flow::Close,
+        }
+    }
+
+    async fn on_reply(&mut self, consumed: usize, reply: Reply) -> Flow {
+        self.start += consumed;
+        reply.write_to(&mut self.out);
+        self.phase_start = Instant::now();
+        if reply.code == 354 {
+            self.data_bytes = 0;
+            self.body.abandon(&self.core);
+        }
+        if self.out.len() >= OUTPUT_FLUSH_BYTES && self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn on_message(&mut self, consumed: usize, prefix: &'static [u8], body: usize) -> Flow {
+        self.body.push(&self.core, prefix, &self.input[self.start..self.start + body]).await;
+        self.start += consumed;
+        let (reply, msg) = commit(&self.core, &mut self.server, &mut self.body, self.peer).await;
+        reply.write_to(&mut self.out);
+        self.phase_start = Instant::now();
+        if let Some(msg) = msg {
+            let client = Peer { remote: self.peer.to_string(), tls: self.stream.tls_description() };
+            self.core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
+            self.core.accept_message(msg).await;
+        }
+        Flow::Continue
+    }
+
+    async fn on_auth(&mut self, consumed: usize, user: String, password: String) -> Flow {
+        self.start += consumed;
+        let auth = &self.core.shared.config.auth;
+        let hash = auth.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
+        // Argon2 costs milliseconds by design: verify on glommio's blocking pool so the core
+        // keeps serving everyone else.
+        let ok = match hash {
+            Some(h) => glommio::executor().spawn_blocking(move || crate::smtp::auth::verify_password(&h, &password)).await,
+            None => false,
+        };
+        if !ok {
+            self.auth_failures += 1;
+            glommio::timer::sleep(Duration::from_millis(auth.failure_delay_ms)).await;
+            tracing::warn!("core {}: AUTH failure for {user:?} from {}", self.core.id, self.peer);
+        }
+        self.server.auth_result(&user, ok).write_to(&mut self.out);
+        self.phase_start = Instant::now();
+        if self.auth_failures >= auth.max_failures {
+            let r = Reply::new(421, (4, 7, 0), format!("{} Error: too many authentication failures", self.core.limits.hostname));
+            return self.close_with(&r).await;
+        }
+        Flow::Continue
+    }
+
+    async fn on_starttls(&mut self, reply: Reply) -> Flow {
+        reply.write_to(&mut self.out);
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // Whatever the client sent after STARTTLS was sent in plaintext: drop it
+        // (CVE-2011-0411, "NO STARTTLS").
+        (self.start, self.end) = (0, 0);
+        let Some(tls) = self.tls_config.clone() else { return Flow::Close };
+        let stream = &mut self.stream;
+        let handshake = glommio::timer::timeout(self.command_timeout, async { Ok(stream.accept(tls).await) }).await;
+        match handshake {
+            Ok(Ok(())) => self.server.tls_started(),
+            _ => return Flow::Close,
+        }
+        self.phase_start = Instant::now();
+        Flow::Continue
+    }
 }

@@ -68,6 +68,12 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredM
     for (seg, at, why) in &recovery.torn {
         eprintln!("ringpost: core {id}: dropped torn spool tail in segment {seg} at offset {at}: {why}");
     }
+    for (seg, at, skipped) in &recovery.corrupt {
+        eprintln!("ringpost: core {id}: CORRUPT spool data in segment {seg} at offset {at}: skipped {skipped} bytes, later records kept");
+    }
+    if recovery.incomplete > 0 {
+        eprintln!("ringpost: core {id}: {} message records name a body chunk that is not intact: not recovered", recovery.incomplete);
+    }
     // Every recovered message's segments are pinned before `open` returns, so nothing after it
     // (sessions, releases, garbage collection) can delete a segment of one not yet requeued.
     SpoolShard::open(id as u16, spool_cfg, recovery).map_err(|e| e.to_string())

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// Longest pause between two attempts to spool a DSN (the disk may be full for a while).
 const DSN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Locally generated bodies (DSNs) are spooled in pieces of this size, like received ones.
+const LOCAL_CHUNK_BYTES: usize = 128 * 1024;
 
 impl Core {
     /// On the owner core: persist the disposition and track it; when the message is finished,
@@ -88,6 +90,14 @@ impl Core {
                     self.accept_message(dsn).await;
                     return;
                 }
+                Err(e @ SpoolError::RecordTooLarge { .. }) => {
+                    // Retrying cannot help: give the DSN up loudly rather than pin the original
+                    // (and every segment behind it) for ever.
+                    tracing::error!("core {}: the DSN for {} can never be spooled ({e}); it is dropped", self.id, f.msg.id);
+                    let _ = self.spool.append_dsn_done(f.msg.id);
+                    self.spool.release_message(Some(f.msg.id), &f.msg.extents());
+                    return;
+                }
                 Err(e) => {
                     tracing::error!("core {}: could not spool the DSN for {}: {e}; the message stays queued", self.id, f.msg.id);
                     if self.is_stopping() {
@@ -111,19 +121,35 @@ impl Core {
         self.spool_local_message(b"", vec![orig.sender.clone().into_bytes()], &body, now).await
     }
 
-    /// Spool a locally generated message durably and return its shared view.
+    /// Spool a locally generated message durably and return its shared view. The body goes in
+    /// pieces of at most [`LOCAL_CHUNK_BYTES`], like a received one, so a large DSN fits any
+    /// segment size; the message waits for every piece and its record.
     async fn spool_local_message(&self, sender: &[u8], recipients: Vec<Vec<u8>>, body: &[u8], now: u64) -> Result<Arc<SpooledMessage>, SpoolError> {
-        let (extent, chunk_ticket) = self.spool.append_chunk(body)?;
-        let record = MessageRecord { received_ms: now, sender: sender.to_vec(), recipients, body: vec![extent], ..Default::default() };
+        let mut extents = Vec::new();
+        let mut tickets = Vec::new();
+        for piece in body.chunks(LOCAL_CHUNK_BYTES) {
+            match self.spool.append_chunk(piece) {
+                Ok((extent, ticket)) => {
+                    extents.push(extent);
+                    tickets.push(ticket);
+                }
+                Err(e) => {
+                    self.spool.release_message(None, &extents);
+                    return Err(e);
+                }
+            }
+        }
+        let record = MessageRecord { received_ms: now, sender: sender.to_vec(), recipients, body: extents, ..Default::default() };
         let (id, ticket) = match self.spool.append_message(&record) {
             Ok(v) => v,
             Err(e) => {
-                self.spool.release_message(None, &[extent]);
+                self.spool.release_message(None, &record.body);
                 return Err(e);
             }
         };
-        if let Err(e) = self.spool.wait_durable_all(&[chunk_ticket, ticket]).await {
-            self.spool.release_message(Some(id), &[extent]);
+        tickets.push(ticket);
+        if let Err(e) = self.spool.wait_durable_all(&tickets).await {
+            self.spool.release_message(Some(id), &record.body);
             return Err(e);
         }
         let msg = SpooledMessage::from_record(id, &record, |s| self.spool.map(s)).expect("segment of a committed record");
