@@ -20,7 +20,7 @@ WORK=$(mktemp -d /tmp/conn10k.XXXXXX)
 RP_PORT=${RP_PORT:-2726}
 SINK_PORT=${SINK_PORT:-2926}
 . "$ROOT/bench/lib/ringpost.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'stop_all; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); fd limit $(ulimit -n); N=$N per_ip=$PER_IP; $(load_avg)"

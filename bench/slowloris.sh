@@ -26,7 +26,7 @@ WORK=$(mktemp -d /tmp/slowloris.XXXXXX)
 RP_PORT=${RP_PORT:-2727}
 SINK_PORT=${SINK_PORT:-2927}
 . "$ROOT/bench/lib/ringpost.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'stop_all; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); slowloris=$LORIS duration=${DURATION}s sessions=$SESSIONS size=$SIZE;" \
