@@ -15,6 +15,7 @@ N=${N:-10000}
 PER_IP=${PER_IP:-50}
 HOLD=${HOLD:-10}
 PROBES=${PROBES:-200}
+RP_PER_IP=${RP_PER_IP:-$PER_IP}  # ringpost's limit; RP_PER_IP=49 must make exactly one session per address fail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/conn10k.XXXXXX)
 RP_PORT=${RP_PORT:-2726}
@@ -25,7 +26,7 @@ trap 'stop_all; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXI
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); fd limit $(ulimit -n); N=$N per_ip=$PER_IP; $(load_avg)"
 write_config "max_connections_per_core = $N
-max_connections_per_ip = $PER_IP"
+max_connections_per_ip = $RP_PER_IP"
 start_ringpost
 rc=0
 python3 "$PY/hold_conns.py" --port "$RP_PORT" --pid "$RP_PID" -n "$N" --per-ip "$PER_IP" --hold "$HOLD" --probes "$PROBES" || rc=$?

@@ -46,9 +46,10 @@ sleep 3  # let the queue drain the peak run's backlog
 # run_load NAME: open-loop blaster at RATE for DURATION; JSON in $WORK/NAME.json.
 run_load() {
   echo "$1: start $(load_avg)"
+  local c0; c0=$(cpu_s "$RP_PID")
   "$BLASTER" send --to 127.0.0.1:$RP_PORT --rate "$RATE" --duration "${DURATION}s" -c "$SESSIONS" --size "$SIZE" \
     --domains 1 -q --json > "$WORK/$1.json"
-  echo "$1: end   $(load_avg)"
+  echo "$1: end   $(load_avg); ringpost used $(python3 -c "print(round($(cpu_s "$RP_PID") - $c0, 1))") s CPU over the run"
 }
 
 run_load without

@@ -32,9 +32,10 @@ RATE=$((PEAK / 2))
 echo "peak: $PEAK msg/s -> soak at $RATE msg/s; $(load_avg)"
 sleep 3
 
-# RSS every 10 s, from the start of the soak load (a sample: seconds since start, KiB).
+# RSS every 10 s, from the start of the soak load (a sample: seconds since start, VmRSS, RssAnon,
+# RssFile in KiB).
 ( t0=$(date +%s); while kill -0 "$RP_PID" 2>/dev/null; do
-    echo "$(( $(date +%s) - t0 )) $(rss_kib "$RP_PID")"; sleep 10; done ) > "$WORK/rss.txt" &
+    echo "$(( $(date +%s) - t0 )) $(rss_parts_kib "$RP_PID")"; sleep 10; done ) > "$WORK/rss.txt" &
 SAMPLER_PID=$!
 "$BLASTER" send --to 127.0.0.1:$RP_PORT --rate "$RATE" --duration "${SECS}s" -c "$SESSIONS" --size "$SIZE" \
   --domains 1 -q --json > "$WORK/soak.json"
@@ -51,15 +52,16 @@ accepted = s["accepted"] + (json.load(open(peak))["accepted"] if os.path.exists(
 receptions = sum(1 for l in open(f"{work}/delivery.jsonl") if '"Reception"' in l)
 print(f"receptions in the delivery log {receptions}; messages blaster saw answered 250 (peak + soak) {accepted}"
       f" -> {'OK' if receptions >= accepted else 'LOST 250 messages'}")
-rss = [tuple(map(int, l.split())) for l in open(f"{work}/rss.txt") if len(l.split()) == 2]
+rss = [tuple(map(int, l.split())) for l in open(f"{work}/rss.txt") if len(l.split()) == 4]
 a = s["accept_latency"]
 print(f"soak load: target {s['target_rate']:.0f} msg/s, accepted {s['accepted']} of {s['sent']} in {s['duration_s']:.0f} s"
       f" = {s['msgs_per_s']:.0f} msg/s; temp {s['temp_failures']} perm {s['perm_failures']} errors {s['errors']};"
       f" accept latency p50 {a['p50_us']/1000:.1f} ms p99 {a['p99_us']/1000:.1f} ms max {a['max_us']/1000:.0f} ms")
-kib = [k for _, k in rss]
-print(f"ringpost RSS ({len(rss)} samples, every 10 s): first {kib[0]} KiB, last {kib[-1]} KiB, max {max(kib)} KiB"
-      f" (at {rss[kib.index(max(kib))][0]} s)")
-print("RSS series (s:KiB): " + " ".join(f"{t}:{k}" for t, k in rss))
+for col, name in ((1, "RSS"), (2, "RssAnon (heap)"), (3, "RssFile (mapped spool)")):
+    kib = [r[col] for r in rss]
+    print(f"ringpost {name} ({len(rss)} samples, every 10 s): first {kib[0]} KiB, last {kib[-1]} KiB,"
+          f" max {max(kib)} KiB (at {rss[kib.index(max(kib))][0]} s)")
+print("series (s:RSS/anon KiB): " + " ".join(f"{t}:{r}/{a}" for t, r, a, _ in rss))
 sys.exit(0 if receptions >= accepted else 1)
 PY
 [ "$rc" = 0 ] && echo "soak verdict: PASS" || echo "soak verdict: FAIL (delivery log)"

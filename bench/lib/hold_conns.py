@@ -96,7 +96,7 @@ async def main(a):
     await asyncio.gather(*(one(s) for s in srcs))
     print(f"held sessions: {len(held)} of {a.n} greeted+EHLO'd in {time.perf_counter() - t0:.1f} s from"
           f" {len(set(srcs))} source addresses; failures {len(failures)} {failures[:3]}", flush=True)
-    print(f"over-limit connection from {srcs[0]} (already {a.per_ip} held): {await per_ip_refusal(a.host, a.port, srcs[0])!r}")
+    print(f"over-limit connection from {srcs[0]} (after {a.per_ip} sessions opened from it): {await per_ip_refusal(a.host, a.port, srcs[0])!r}")
     await asyncio.sleep(1)
     print(f"ringpost RSS with {len(held)} held: {rss(a.pid)} KiB; fds {len(__import__('os').listdir(f'/proc/{a.pid}/fd'))}", flush=True)
     await probe(a.host, a.port, a.probes, f"while {len(held)} held")

@@ -54,6 +54,12 @@ PY
 # rss_kib PID: resident set in KiB.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# cpu_s PID: user+system CPU seconds the process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+
+# rss_parts_kib PID: "VmRSS RssAnon RssFile" in KiB (file pages are mostly mapped spool segments).
+rss_parts_kib() { awk '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print r, a, f}' "/proc/$1/status"; }
+
 # load_avg: the 1-minute load average and the machine's core count.
 load_avg() { echo "load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"; }
 

@@ -10,7 +10,7 @@ Three kinds, a third each, spread PER_IP per source address over 127.0.0.2..:
 A cut client reconnects at once (the attack keeps N connections), so `cuts` counts every
 connection the server ended. Writes a JSON summary to --out and prints one line per kind.
 """
-import argparse, asyncio, json, random, sys, time
+import argparse, asyncio, json, random, resource, sys, time
 
 KINDS = ("cmd", "data", "data-slow")
 
@@ -109,7 +109,9 @@ async def main(a):
             w = int(c["at_s"] // 10) * 10
             windows[w] = windows.get(w, 0) + 1
     print("cuts per 10 s window since the attack began: " + ", ".join(f"{w}s:{n}" for w, n in sorted(windows.items())))
-    print(f"connect errors {stats['connect_errors']}")
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"connect errors {stats['connect_errors']}; the attacker itself used {ru.ru_utime + ru.ru_stime:.1f} s CPU"
+          f" in {time.monotonic() - t_start:.0f} s (it shares the machine's cores with ringpost and blaster)")
     json.dump(stats, open(a.out, "w"))
 
 
