@@ -74,6 +74,7 @@ measure_peak() {
 start_sink() {
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --report "$WORK/sink.json" > /dev/null 2>&1 &
   SINK_PID=$!
+  disown "$SINK_PID"  # it is SIGKILLed at the end if SIGTERM is slow: no "Killed" job notice
   sleep 0.5
 }
 
