@@ -369,24 +369,30 @@ impl SpoolShard {
     /// Delete every sealed, unreferenced segment whose dispositions no longer matter. A
     /// segment whose creation failed has no file: its entry goes once its last reference does.
     pub fn collect_garbage(&self) {
-        while let Some((seq, has_file)) = self.garbage_victim() {
-            self.state.borrow_mut().segments.remove(&seq);
+        let mut failed = BTreeSet::new();
+        while let Some((seq, has_file)) = self.garbage_victim(&failed) {
             if has_file {
                 let path = segment_path(&self.core_dir, seq);
                 if let Err(e) = self.storage.remove_file(&path) {
-                    tracing::warn!(target: "spool", "could not delete spool segment {}: {e}", path.display());
+                    // Keep the entry while the file is still there: the segments that record
+                    // dispositions about it must outlive it, or a restart would redeliver.
+                    tracing::error!(target: "spool", "could not delete spool segment {}: {e}", path.display());
+                    failed.insert(seq);
+                    continue;
                 }
             }
+            self.state.borrow_mut().segments.remove(&seq);
         }
     }
 
-    fn garbage_victim(&self) -> Option<(u32, bool)> {
+    fn garbage_victim(&self, skip: &BTreeSet<u32>) -> Option<(u32, bool)> {
         let st = self.state.borrow();
         let busy: BTreeSet<u32> = st.pending.iter().map(|b| b.seq).chain(st.writing.iter().copied()).collect();
         st.segments
             .iter()
             .find(|(&seq, s)| {
                 seq < st.active
+                    && !skip.contains(&seq)
                     && s.refs == 0
                     && !busy.contains(&seq)
                     && s.disposition_refs.iter().all(|r| *r == seq || !st.segments.contains_key(r))
@@ -528,7 +534,7 @@ impl SpoolShard {
         if self.cfg.durability == Durability::Fsync {
             file.fdatasync().await.map_err(io)?;
             // The new directory entry must survive a crash too.
-            self.storage.sync_dir(&self.core_dir).map_err(|e| SpoolError::from_io(&self.core_dir, e))?;
+            self.storage.sync_dir_async(&self.core_dir).await.map_err(|e| SpoolError::from_io(&self.core_dir, e))?;
         }
         let map = Arc::new(file.map(seq, path)?);
         Ok((file, map))

@@ -37,6 +37,11 @@ pub trait Storage {
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Make the entries of directory `path` durable (created and removed names).
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// [`Self::sync_dir`] without holding up the executor: the committer uses it after each
+    /// new segment, while sessions on the same core go on. By default the blocking call.
+    fn sync_dir_async<'a>(&'a self, path: &'a Path) -> IoFuture<'a, ()> {
+        Box::pin(async move { self.sync_dir(path) })
+    }
     /// Remove a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
 }
@@ -89,6 +94,16 @@ impl Storage for DiskStorage {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
+    }
+
+    fn sync_dir_async<'a>(&'a self, path: &'a Path) -> IoFuture<'a, ()> {
+        // Through io_uring: a directory fsync waits for a journal commit, which on a busy disk
+        // takes long enough to freeze every session of the core if done in place.
+        Box::pin(async move {
+            let dir = glommio::io::Directory::open(path).await.map_err(io::Error::from)?;
+            dir.sync().await.map_err(io::Error::from)?;
+            dir.close().await.map_err(io::Error::from)
+        })
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
