@@ -36,8 +36,20 @@ impl Address {
     }
 }
 
+/// A non-ASCII character an SMTPUTF8 address may hold (RFC 6531 UTF8-non-ascii), less the
+/// ones no mailbox needs and that would travel on into replies, logs and Received headers:
+/// C1 controls (U+0085 NEL is a line break to some parsers), Unicode line, paragraph and other
+/// separators, and the invisible bidirectional and zero-width format characters that make a
+/// name display as another.
+fn is_utf8_text(c: char) -> bool {
+    !c.is_ascii()
+        && !c.is_control()
+        && !c.is_whitespace()
+        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn is_atext(c: char, utf8: bool) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (utf8 && !c.is_ascii())
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (utf8 && is_utf8_text(c))
 }
 
 /// Parse the inside of a path (after `<`, before `>`), with optional source route `@a,@b:`.
@@ -70,7 +82,7 @@ pub fn parse_mailbox(s: &str, smtputf8: bool) -> Result<Address, AddressError> {
                 (true, _) => return Err(AddressError::Syntax),
                 (false, '\\') => esc = true,
                 (false, '"') => return Err(AddressError::Syntax),
-                (false, c) if (c == ' ' || c.is_ascii_graphic()) || (smtputf8 && !c.is_ascii()) => {}
+                (false, c) if (c == ' ' || c.is_ascii_graphic()) || (smtputf8 && is_utf8_text(c)) => {}
                 _ => return Err(AddressError::Syntax),
             }
         }
@@ -102,7 +114,7 @@ pub fn validate_domain(d: &str, smtputf8: bool) -> Result<(), AddressError> {
         if label.len() > 63 {
             return Err(AddressError::DomainTooLong);
         }
-        let good = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (smtputf8 && !c.is_ascii());
+        let good = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (smtputf8 && is_utf8_text(c));
         if !label.chars().all(good) || label.starts_with('-') || label.ends_with('-') {
             return Err(AddressError::Syntax);
         }
@@ -140,5 +152,16 @@ mod tests {
         assert_eq!(parse_mailbox(&long_label, false), Err(AddressError::DomainTooLong));
         assert_eq!(parse_mailbox("jörg@example.de", false), Err(AddressError::NeedsSmtpUtf8));
         assert!(parse_mailbox("jörg@exämple.de", true).is_ok());
+    }
+
+    #[test]
+    fn utf8_addresses_refuse_controls_separators_and_invisible_characters() {
+        for bad in ["a\u{85}b@x.org", "a@x\u{85}y.org", "\"a\u{85}\"@x.org", "a\u{2028}@x.org", "a@x\u{2029}.org",
+            "a\u{a0}b@x.org", "a@\u{202e}gro.x", "a\u{200b}@x.org", "a@x\u{feff}.org", "a\u{9f}@x.org"] {
+            assert_eq!(parse_mailbox(bad, true), Err(AddressError::Syntax), "{bad:?} must be refused");
+        }
+        assert_eq!(validate_domain("c\u{85}.test", true), Err(AddressError::Syntax));
+        assert_eq!(validate_domain("bücher.test", true), Ok(()));
+        assert!(parse_mailbox("\"jörg müller\"@bücher.test", true).is_ok());
     }
 }

@@ -9,11 +9,18 @@ use super::address::AddressError;
 use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
 use super::auth::{self, AuthState, AuthStep};
 use super::data::DataScanner;
-use super::reply::Reply;
+use super::reply::{echo, Reply};
 use super::address::Address;
 
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Most characters of a client's MAIL/RCPT parameter quoted back in `555` (enough for any
+/// keyword and value worth reading; the reply line stays far below 512 octets).
+pub const MAX_ECHOED_PARAM: usize = 64;
+
+/// Most characters of an address quoted back (RFC 5321 4.5.3.1.1/2: 64 + 1 + 255).
+pub const MAX_ECHOED_ADDRESS: usize = 320;
 
 /// Per-listener settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -466,13 +473,15 @@ impl Server {
         }
         let local = self.limits.local_domains.iter().any(|d| d.eq_ignore_ascii_case(to.domain()));
         if !self.relay_allowed && !local {
-            return self.error_reply(consumed, Reply::new(554, (5, 7, 1), format!("<{}>: Relay access denied", to.raw)));
+            return self.error_reply(consumed, Reply::new(554, (5, 7, 1), format!("<{}>: Relay access denied", echo(&to.raw, MAX_ECHOED_ADDRESS))));
         }
         self.tx.as_mut().unwrap().recipients.push(to);
         Step::Reply { consumed, reply: Reply::new(250, (2, 1, 5), "Ok") }
     }
 }
 
+/// The reply to a line that did not parse. Only [`CommandError::UnknownParam`] quotes the
+/// client, through [`echo`]; unknown verbs, AUTH mechanisms and HELO names are never echoed.
 fn command_error_reply(e: CommandError) -> Reply {
     match e {
         CommandError::InvalidUtf8 => Reply::new(501, (5, 5, 2), "Invalid UTF-8 in command"),
@@ -483,6 +492,6 @@ fn command_error_reply(e: CommandError) -> Reply {
         }
         CommandError::BadSender(_) => Reply::new(501, (5, 1, 7), "Bad sender address syntax"),
         CommandError::BadRecipient(_) => Reply::new(501, (5, 1, 3), "Bad recipient address syntax"),
-        CommandError::UnknownParam(p) => Reply::new(555, (5, 5, 4), format!("Unsupported parameter {p}")),
+        CommandError::UnknownParam(p) => Reply::new(555, (5, 5, 4), format!("Unsupported parameter {}", echo(&p, MAX_ECHOED_PARAM))),
     }
 }

@@ -333,3 +333,109 @@ fn auth_needs_tls_unless_the_listener_is_trusted_and_unlocks_relaying() {
     s.step(b"MAIL FROM:<a@b.test>\r\n");
     assert!(matches!(s.step(b"RCPT TO:<x@y.test>\r\n"), Step::Reply { reply, .. } if reply.code == 250), "authenticated clients relay");
 }
+
+/// The wire bytes of the reply to `line`, on a fresh session (AUTH offered) after `setup` lines.
+fn wire_reply_after(relay: bool, setup: &[&[u8]], line: &[u8]) -> String {
+    let mut s = Server::new(limits(), relay);
+    s.offer_auth(true);
+    for l in setup {
+        assert!(matches!(s.step(l), Step::Reply { reply, .. } if reply.code == 250), "setup {:?}", String::from_utf8_lossy(l));
+    }
+    let (Step::Reply { consumed, reply } | Step::Close { consumed, reply }) = s.step(line) else { panic!("no reply") };
+    assert_eq!(consumed, line.len());
+    let wire = reply.to_wire();
+    assert_wire_safe(&wire);
+    wire
+}
+
+/// A reply on the wire: CRLF lines of printable ASCII, each within 512 octets.
+fn assert_wire_safe(wire: &str) {
+    assert!(wire.ends_with("\r\n"), "{wire:?}");
+    for line in wire.split_inclusive("\r\n") {
+        assert!(line.len() <= 512, "reply line of {} octets", line.len());
+        let text = &line.as_bytes()[..line.len() - 2];
+        assert!(text.iter().all(|b| (0x20..0x7f).contains(b)), "non-printable byte in reply line {line:?}");
+    }
+}
+
+const EHLO: &[u8] = b"EHLO c.test\r\n";
+const MAIL: &[u8] = b"MAIL FROM:<a@b.test>\r\n";
+
+#[test]
+fn unsupported_parameter_is_echoed_without_control_bytes() {
+    // The fuzzer's finding: a bare CR inside a MAIL parameter went out inside the 555 line.
+    let w = wire_reply_after(true, &[EHLO], b"MAIL FROM:<a@b.test> X\rY\0Z\x7f\x1b[2J\r\n");
+    assert_eq!(w, "555 5.5.4 Unsupported parameter X?Y?Z??[2J\r\n");
+    // A bad BODY= value and a C1 control or any other UTF-8 in the value.
+    let w = wire_reply_after(true, &[EHLO], "MAIL FROM:<a@b.test> BODY=8BIT\u{85}MIME\r\n".as_bytes());
+    assert_eq!(w, "555 5.5.4 Unsupported parameter BODY=8BIT?MIME\r\n");
+    let w = wire_reply_after(true, &[EHLO], "MAIL FROM:<a@b.test> BODY=ü\r\n".as_bytes());
+    assert_eq!(w, "555 5.5.4 Unsupported parameter BODY=?\r\n");
+    // RCPT parameters take the same path.
+    let w = wire_reply_after(true, &[EHLO, MAIL], b"RCPT TO:<x@y.test> NOTIFY=\rNEVER\r\n");
+    assert_eq!(w, "555 5.5.4 Unsupported parameter NOTIFY=?NEVER\r\n");
+}
+
+#[test]
+fn unsupported_parameter_echo_is_bounded() {
+    // The fuzzer's second finding: a 480-octet parameter made a 514-octet 555 line.
+    let mut line = b"MAIL FROM:<a@b.test> ".to_vec();
+    line.extend(std::iter::repeat_n(b'X', 480));
+    line.extend_from_slice(b"\r\n");
+    let w = wire_reply_after(true, &[EHLO], &line);
+    assert_eq!(w, format!("555 5.5.4 Unsupported parameter {}...\r\n", "X".repeat(61)));
+    // Exactly the cap is echoed whole.
+    let w = wire_reply_after(true, &[EHLO], format!("MAIL FROM:<a@b.test> {}\r\n", "Y".repeat(64)).as_bytes());
+    assert_eq!(w, format!("555 5.5.4 Unsupported parameter {}\r\n", "Y".repeat(64)));
+    // The longest command line the machine takes, all parameter, multi-byte characters.
+    let mut line = "RCPT TO:<x@y.test> ".as_bytes().to_vec();
+    while line.len() + 2 + 2 <= super::server::MAX_COMMAND_LINE {
+        line.extend_from_slice("é".as_bytes());
+    }
+    line.extend_from_slice(b"\r\n");
+    let w = wire_reply_after(true, &[EHLO, MAIL], &line);
+    assert_eq!(w, format!("555 5.5.4 Unsupported parameter {}...\r\n", "?".repeat(61)));
+}
+
+#[test]
+fn relay_denied_echoes_the_address_as_printable_ascii() {
+    let w = wire_reply_after(false, &[EHLO, MAIL], b"RCPT TO:<x@y.test>\r\n");
+    assert_eq!(w, "554 5.7.1 <x@y.test>: Relay access denied\r\n");
+    // An SMTPUTF8 address is quoted with `?` for each non-ASCII character.
+    let utf8_mail: &[u8] = b"MAIL FROM:<a@b.test> SMTPUTF8\r\n";
+    let w = wire_reply_after(false, &[EHLO, utf8_mail], "RCPT TO:<jörg@bücher.test>\r\n".as_bytes());
+    assert_eq!(w, "554 5.7.1 <j?rg@b?cher.test>: Relay access denied\r\n");
+    // The longest address there is (64 + 1 + 255 octets) is quoted whole and fits the line.
+    let label = "d".repeat(63);
+    let address = format!("{}@{label}.{label}.{label}.{}", "ö".repeat(32), "e".repeat(63));
+    assert_eq!(address.len(), 64 + 1 + 255);
+    let w = wire_reply_after(false, &[EHLO, utf8_mail], format!("RCPT TO:<{address}>\r\n").as_bytes());
+    assert_eq!(w, format!("554 5.7.1 <{}{}>: Relay access denied\r\n", "?".repeat(32), &address[64..]));
+    // Control characters and invisible format characters never make it into an address.
+    for bad in ["RCPT TO:<x\u{85}@y.test>\r\n", "RCPT TO:<x@y\u{202e}.test>\r\n", "RCPT TO:<\"x\ry\"@y.test>\r\n"] {
+        let w = wire_reply_after(false, &[EHLO, utf8_mail], bad.as_bytes());
+        assert_eq!(w, "501 5.1.3 Bad recipient address syntax\r\n", "{bad:?}");
+    }
+}
+
+#[test]
+fn unknown_commands_auth_mechanisms_and_helo_names_are_never_echoed() {
+    let w = wire_reply_after(true, &[EHLO], b"X\rY\0Z\x1b[2J\r\n");
+    assert_eq!(w, "500 5.5.1 Error: command not recognized\r\n");
+    let w = wire_reply_after(true, &[EHLO], b"AUTH X\rY\0-\x01\r\n");
+    assert_eq!(w, "504 5.5.4 Unrecognized authentication type\r\n");
+    let w = wire_reply_after(true, &[EHLO], format!("AUTH {}\r\n", "M".repeat(490)).as_bytes());
+    assert_eq!(w, "504 5.5.4 Unrecognized authentication type\r\n");
+    // A HELO name with a control byte (C0 or C1), or one of 400 octets, is refused unquoted...
+    for bad in [&b"EHLO c\r.test\r\n"[..], b"HELO c\x01.test\r\n", "EHLO c\u{85}.test\r\n".as_bytes(), "EHLO c\u{2028}.test\r\n".as_bytes()] {
+        let w = wire_reply_after(true, &[], bad);
+        assert_eq!(w, "501 5.5.4 Syntax error: invalid domain name\r\n", "{:?}", String::from_utf8_lossy(bad));
+    }
+    let w = wire_reply_after(true, &[], format!("EHLO {}\r\n", "a".repeat(400)).as_bytes());
+    assert_eq!(w, "501 5.5.4 Syntax error: invalid domain name\r\n");
+    // ... and a good one is answered with our name, not the client's.
+    assert_eq!(wire_reply_after(true, &[], b"HELO client.test\r\n"), "250 mta.test\r\n");
+    // Bad addresses are refused without quoting them.
+    let w = wire_reply_after(true, &[EHLO], b"MAIL FROM:<a\rb@x.test>\r\n");
+    assert_eq!(w, "501 5.1.7 Bad sender address syntax\r\n");
+}
