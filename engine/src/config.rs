@@ -50,6 +50,32 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &'static str, v: T, lo: T, h
     Ok(())
 }
 
+/// toml's message (line, column, the offending line, what was expected), led by the dotted
+/// key when the error points into a `key = value` line: toml itself shows only the line.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span().and_then(|span| dotted_key_at(text, span.start)) {
+        Some(key) => format!("`{key}`: {e}"),
+        None => e.to_string(),
+    }
+}
+
+/// The dotted key of the `key = value` line holding byte `offset`, prefixed with the table
+/// header above it (`[spool]`, `[[route]]`).
+fn dotted_key_at(text: &str, offset: usize) -> Option<String> {
+    let head = text.get(..offset)?;
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return None;
+    }
+    let table = head[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    match table.map(|t| t.trim_matches(|c| c == '[' || c == ']').trim()) {
+        Some(t) => Some(format!("{t}.{key}")),
+        None => Some(key.to_string()),
+    }
+}
+
 /// Whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -511,7 +537,7 @@ impl Config {
     /// Parse and validate TOML text. Errors name the key (and, for syntax and type errors, the
     /// line and column).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -679,7 +705,7 @@ mod tests {
     #[test]
     fn unknown_key_is_reported_with_its_name_and_line() {
         let e = Config::parse("[server]\nlisten = [\"127.0.0.1:25\"]\nmax_recipents = 5\n").unwrap_err().to_string();
-        assert!(e.contains("max_recipents") && e.contains("line 3"), "{e}");
+        assert!(e.starts_with("`server.max_recipents`: ") && e.contains("line 3"), "{e}");
     }
 
     #[test]
@@ -699,19 +725,19 @@ mod tests {
     #[test]
     fn each_enum_rejects_a_wrong_word_naming_key_and_line() {
         let e = refused("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\n");
-        assert!(e.contains("line 4") && e.contains("durability = \"maybe\"") && e.contains("`fsync` or `none`"), "{e}");
+        assert!(e.starts_with("`spool.durability`: ") && e.contains("line 4") && e.contains("`fsync` or `none`"), "{e}");
         let e = refused("[server]\n[delivery]\ntls = \"sometimes\"\n");
-        assert!(e.contains("line 3") && e.contains("tls = \"sometimes\"") && e.contains("`opportunistic`, `required`, `disabled`"), "{e}");
+        assert!(e.starts_with("`delivery.tls`: ") && e.contains("line 3") && e.contains("`opportunistic`, `required`, `disabled`"), "{e}");
         let e = refused("[server]\n[delivery]\ntls_verify = \"CA\"\n");
-        assert!(e.contains("line 3") && e.contains("tls_verify = \"CA\"") && e.contains("`none` or `ca`"), "{e}");
+        assert!(e.starts_with("`delivery.tls_verify`: ") && e.contains("line 3") && e.contains("`none` or `ca`"), "{e}");
         let e = refused("[server]\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:25\"]\ntls = \"yes\"\n");
-        assert!(e.contains("line 5") && e.contains("tls = \"yes\"") && e.contains("unknown variant `yes`"), "{e}");
+        assert!(e.starts_with("`route.tls`: ") && e.contains("line 5") && e.contains("unknown variant `yes`"), "{e}");
         let e = refused("[server]\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:25\"]\ntls_verify = \"full\"\n");
-        assert!(e.contains("line 5") && e.contains("tls_verify = \"full\"") && e.contains("unknown variant `full`"), "{e}");
+        assert!(e.starts_with("`route.tls_verify`: ") && e.contains("line 5") && e.contains("unknown variant `full`"), "{e}");
         let e = refused("[server]\n[[dkim]]\ndomain = \"d\"\nselector = \"s\"\nalgorithm = \"rsa-sha1\"\nkey_file = \"k\"\n");
-        assert!(e.contains("line 5") && e.contains("algorithm = \"rsa-sha1\"") && e.contains("`rsa-sha256` or `ed25519-sha256`"), "{e}");
+        assert!(e.starts_with("`dkim.algorithm`: ") && e.contains("line 5") && e.contains("`rsa-sha256` or `ed25519-sha256`"), "{e}");
         let e = refused("[server]\n[engine]\ncores = \"most\"\n");
-        assert!(e.contains("line 3") && e.contains("cores = \"most\"") && e.contains("\"all\" or a number of cores"), "{e}");
+        assert!(e.starts_with("`engine.cores`: ") && e.contains("line 3") && e.contains("\"all\" or a number of cores"), "{e}");
     }
 
     #[test]
