@@ -38,6 +38,44 @@ pub enum ConfigError {
 /// better done upstream in batches (Postfix ships 1000, Exim 50 000 as a hard ceiling).
 pub const MAX_RECIPIENTS_CEILING: usize = 10_000;
 
+fn invalid(key: &'static str, why: String) -> ConfigError {
+    ConfigError::Invalid { key, why }
+}
+
+/// Refuse `v` outside `lo..=hi`, naming the key, the range and its unit.
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &'static str, v: T, lo: T, hi: T, unit: &str) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(key, format!("{v} is outside {lo}..={hi} {unit}")));
+    }
+    Ok(())
+}
+
+/// toml's message (line, column, the offending line, what was expected), led by the dotted
+/// key when the error points into a `key = value` line: toml itself shows only the line.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span().and_then(|span| dotted_key_at(text, span.start)) {
+        Some(key) => format!("`{key}`: {e}"),
+        None => e.to_string(),
+    }
+}
+
+/// The dotted key of the `key = value` line holding byte `offset`, prefixed with the table
+/// header above it (`[spool]`, `[[route]]`).
+fn dotted_key_at(text: &str, offset: usize) -> Option<String> {
+    let head = text.get(..offset)?;
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return None;
+    }
+    let table = head[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    match table.map(|t| t.trim_matches(|c| c == '[' || c == ']').trim()) {
+        Some(t) => Some(format!("{t}.{key}")),
+        None => Some(key.to_string()),
+    }
+}
+
 /// Whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +147,12 @@ const fn d_min_rate() -> u64 {
 const fn d_errors() -> u32 {
     20
 }
+const fn d_body_chunk() -> usize {
+    131_072
+}
+const fn d_input_max() -> usize {
+    65_536
+}
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +199,15 @@ pub struct ServerConfig {
     /// Error replies before the session is closed with 421.
     #[serde(default = "d_errors")]
     pub hard_error_limit: u32,
+    /// Bytes of message body gathered before they are appended to the spool as one chunk
+    /// record: larger chunks mean fewer records and syscalls, smaller ones less memory per
+    /// session in DATA.
+    #[serde(default = "d_body_chunk")]
+    pub body_chunk_bytes: usize,
+    /// Most bytes a session's input buffer grows to (commands and pipelined batches): the
+    /// per-session memory ceiling before DATA.
+    #[serde(default = "d_input_max")]
+    pub input_buffer_bytes_max: usize,
 }
 
 /// `[spool]`.
@@ -163,16 +216,87 @@ pub struct ServerConfig {
 pub struct SpoolSection {
     /// Spool root directory.
     pub dir: PathBuf,
-    /// `"fsync"` (default) or `"none"` (benchmarks only).
-    pub durability: String,
+    /// `fsync` (default) or `none` (benchmarks only).
+    pub durability: Durability,
     /// Preallocated bytes per segment.
     pub segment_size: u64,
+    /// Appenders wait while this many bytes are written but not yet committed, so a flood
+    /// of large bodies cannot grow memory without limit.
+    pub pending_bytes_max: usize,
 }
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        Self { dir: "var/spool".into(), durability: "fsync".into(), segment_size: 64 << 20 }
+        Self { dir: "var/spool".into(), durability: Durability::Fsync, segment_size: 64 << 20, pending_bytes_max: 16 << 20 }
     }
+}
+
+/// `spool.durability`: whether a 250 waits for the spool's fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every accepted message is on stable storage before its 250 (the promise).
+    Fsync,
+    /// No fsync: benchmarks only, accepted mail is lost on a crash.
+    None,
+}
+
+impl From<Durability> for ringpost_spool::shard::Durability {
+    fn from(d: Durability) -> Self {
+        match d {
+            Durability::Fsync => Self::Fsync,
+            Durability::None => Self::None,
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::None => "none",
+        })
+    }
+}
+
+/// `engine.cores`: `"all"` or a number of executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "\"all\" or a number of cores")]
+pub enum Cores {
+    /// One executor per online CPU.
+    All(AllCores),
+    /// This many executors.
+    Count(usize),
+}
+
+/// The word `all` of [`Cores::All`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllCores {
+    /// Every online CPU.
+    All,
+}
+
+/// Outbound TLS mode (`delivery.tls`, `route.tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when offered, plaintext otherwise.
+    Opportunistic,
+    /// No STARTTLS, no delivery (temporary failure).
+    Required,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+/// Outbound certificate verification (`delivery.tls_verify`, `route.tls_verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsVerify {
+    /// Encrypt without checking the certificate (what MX TLS without DANE/MTA-STS can do).
+    None,
+    /// Verify the chain against the CA bundle in `tls_ca_file`.
+    Ca,
 }
 
 /// `[engine]`.
@@ -180,15 +304,18 @@ impl Default for SpoolSection {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     /// `"all"` or a number of cores.
-    pub cores: toml::Value,
+    pub cores: Cores,
     /// Microseconds an idle core spins before parking in the kernel. Spinning trades idle
     /// CPU for far fewer sleep/wake-up context switches under load (0: park at once).
     pub spin_before_park_us: u64,
+    /// Messages each core-to-core channel holds before the sender waits (back-pressure
+    /// between cores; memory is this times the message size times cores squared).
+    pub mesh_capacity: usize,
 }
 
 impl Default for EngineSection {
     fn default() -> Self {
-        Self { cores: toml::Value::String("all".into()), spin_before_park_us: 0 }
+        Self { cores: Cores::All(AllCores::All), spin_before_park_us: 0, mesh_capacity: 4096 }
     }
 }
 
@@ -229,14 +356,24 @@ pub struct DeliverySection {
     /// Port of MX hosts found through DNS (25; tests use another).
     pub mx_port: u16,
     /// Outbound TLS: `opportunistic` (STARTTLS when offered), `required`, `disabled`.
-    pub tls: String,
+    pub tls: TlsMode,
     /// Certificate verification: `none` or `ca`.
-    pub tls_verify: String,
+    pub tls_verify: TlsVerify,
     /// CA bundle for `tls_verify = "ca"`.
     pub tls_ca_file: Option<PathBuf>,
     /// Opportunistic only: after a failed handshake, deliver in plaintext (Postfix `may`)
     /// instead of failing the attempt (KumoMTA's default).
     pub tls_plaintext_fallback: bool,
+    /// Seconds to wait for the greeting and each command's reply (RFC 5321 4.5.3.2.1-4:
+    /// 5 minutes).
+    pub command_timeout_s: u64,
+    /// Seconds to wait for the replies of a pipelined batch ending in DATA (RFC 5321
+    /// 4.5.3.2.5 "DATA initiation": 2 minutes; never less than `command_timeout_s`, since the
+    /// batch carries MAIL and RCPT too).
+    pub data_init_timeout_s: u64,
+    /// Seconds for sending the body and for the reply to its final dot (RFC 5321 4.5.3.2.6
+    /// "DATA termination": 10 minutes; the server may be filtering the message).
+    pub data_timeout_s: u64,
 }
 
 impl Default for DeliverySection {
@@ -251,10 +388,13 @@ impl Default for DeliverySection {
             max_recipients_per_transaction: 100,
             idle_timeout_s: 2.0,
             mx_port: 25,
-            tls: "opportunistic".into(),
-            tls_verify: "none".into(),
+            tls: TlsMode::Opportunistic,
+            tls_verify: TlsVerify::None,
             tls_ca_file: None,
             tls_plaintext_fallback: true,
+            command_timeout_s: 300,
+            data_init_timeout_s: 120,
+            data_timeout_s: 600,
         }
     }
 }
@@ -302,10 +442,10 @@ pub struct AuthUser {
 /// Outbound TLS policy for a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPolicy {
-    /// `opportunistic`, `required` or `disabled`.
-    pub mode: String,
-    /// `none` or `ca`.
-    pub verify: String,
+    /// When to use STARTTLS.
+    pub mode: TlsMode,
+    /// How to check the server's certificate.
+    pub verify: TlsVerify,
     /// CA bundle for `verify = "ca"`.
     pub ca_file: Option<PathBuf>,
     /// After a failed handshake under `opportunistic`, retry the delivery in plaintext.
@@ -344,10 +484,10 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Outbound TLS mode for this route (default: `delivery.tls`).
     #[serde(default)]
-    pub tls: Option<String>,
+    pub tls: Option<TlsMode>,
     /// Verification for this route (default: `delivery.tls_verify`).
     #[serde(default)]
-    pub tls_verify: Option<String>,
+    pub tls_verify: Option<TlsVerify>,
     /// CA bundle for this route.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
@@ -397,7 +537,7 @@ impl Config {
     /// Parse and validate TOML text. Errors name the key (and, for syntax and type errors, the
     /// line and column).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -408,105 +548,123 @@ impl Config {
         Self::parse(&text)
     }
 
+    /// Check every section; each check names the key it refuses.
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, why: String| Err(ConfigError::Invalid { key, why });
-        for l in &self.server.listen {
-            if l.parse::<SocketAddr>().is_err() {
-                return bad("server.listen", format!("{l:?} is not ip:port"));
-            }
+        self.validate_server()?;
+        self.validate_spool()?;
+        self.validate_engine()?;
+        self.validate_delivery()?;
+        self.validate_routes()?;
+        self.validate_tls_and_auth()?;
+        self.validate_dns()
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if let Some(l) = s.listen.iter().find(|l| l.parse::<SocketAddr>().is_err()) {
+            return Err(invalid("server.listen", format!("{l:?} is not ip:port")));
         }
-        for n in &self.server.relay_networks {
-            if Network::parse(n).is_none() {
-                return bad("server.relay_networks", format!("{n:?} is not a CIDR network"));
-            }
+        if let Some(n) = s.relay_networks.iter().find(|n| Network::parse(n).is_none()) {
+            return Err(invalid("server.relay_networks", format!("{n:?} is not a CIDR network")));
         }
-        if self.server.max_recipients < 100 {
-            return bad("server.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());
+        if s.max_recipients < 100 {
+            return Err(invalid("server.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into()));
         }
-        if self.server.max_recipients > MAX_RECIPIENTS_CEILING {
-            let n = self.server.max_recipients;
-            return bad("server.max_recipients", format!("{n} is more than the ceiling of {MAX_RECIPIENTS_CEILING} per transaction"));
+        if s.max_recipients > MAX_RECIPIENTS_CEILING {
+            let n = s.max_recipients;
+            return Err(invalid("server.max_recipients", format!("{n} is more than the ceiling of {MAX_RECIPIENTS_CEILING} per transaction")));
         }
-        if self.server.max_message_size < 1024 {
-            return bad("server.max_message_size", "must be at least 1024".into());
+        if s.max_message_size < 1024 {
+            return Err(invalid("server.max_message_size", "must be at least 1024".into()));
         }
-        if !matches!(self.spool.durability.as_str(), "fsync" | "none") {
-            return bad("spool.durability", format!("{:?}: expected \"fsync\" or \"none\"", self.spool.durability));
+        // A chunk record must fit a segment (at least 4 MiB) beside the message record.
+        in_range("server.body_chunk_bytes", s.body_chunk_bytes, 4096, 1 << 20, "bytes")?;
+        // RFC 4954 4: an AUTH line may be 12 288 octets; the buffer starts at 4 KiB.
+        in_range("server.input_buffer_bytes_max", s.input_buffer_bytes_max, 16 << 10, 1 << 20, "bytes")
+    }
+
+    fn validate_spool(&self) -> Result<(), ConfigError> {
+        let s = &self.spool;
+        if s.segment_size < (4 << 20) {
+            return Err(invalid("spool.segment_size", "must be at least 4 MiB".into()));
         }
-        if self.spool.segment_size < (4 << 20) {
-            return bad("spool.segment_size", "must be at least 4 MiB".into());
+        if s.segment_size < self.server.max_recipients as u64 * 600 {
+            return Err(invalid("spool.segment_size", "too small for a message record with max_recipients".into()));
         }
-        if self.spool.segment_size < self.server.max_recipients as u64 * 600 {
-            return bad("spool.segment_size", "too small for a message record with max_recipients".into());
+        // Below one body chunk every chunk would wait for its own commit round.
+        in_range("spool.pending_bytes_max", s.pending_bytes_max, self.server.body_chunk_bytes, 1 << 30, "bytes (at least server.body_chunk_bytes)")
+    }
+
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        if let Cores::Count(n) = self.engine.cores {
+            in_range("engine.cores", n, 1, 1024, "cores")?;
         }
-        match &self.engine.cores {
-            toml::Value::String(s) if s == "all" => {}
-            toml::Value::Integer(n) if *n >= 1 && *n <= 1024 => {}
-            v => return bad("engine.cores", format!("{v}: expected \"all\" or a number from 1")),
-        }
+        in_range("engine.mesh_capacity", self.engine.mesh_capacity, 1, 1 << 20, "messages")
+    }
+
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
         let d = &self.delivery;
         if !(d.retry_first_s > 0.0 && d.retry_factor >= 1.0 && d.retry_max_s >= d.retry_first_s && d.max_age_s > 0.0) {
-            return bad("delivery", "need retry_first_s > 0, retry_factor >= 1, retry_max_s >= retry_first_s, max_age_s > 0".into());
+            return Err(invalid("delivery", "need retry_first_s > 0, retry_factor >= 1, retry_max_s >= retry_first_s, max_age_s > 0".into()));
         }
         if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
-            return bad("delivery", "connection and recipient limits must be at least 1".into());
+            return Err(invalid("delivery", "connection and recipient limits must be at least 1".into()));
         }
-        let tls_ok = |mode: &str, verify: &str, ca: &Option<PathBuf>| {
-            matches!(mode, "opportunistic" | "required" | "disabled") && matches!(verify, "none" | "ca") && (verify != "ca" || ca.is_some())
-        };
-        if !tls_ok(&self.delivery.tls, &self.delivery.tls_verify, &self.delivery.tls_ca_file) {
-            return bad("delivery.tls", "tls must be opportunistic|required|disabled, tls_verify none|ca (ca needs tls_ca_file)".into());
+        in_range("delivery.command_timeout_s", d.command_timeout_s, 1, 86_400, "seconds")?;
+        in_range("delivery.data_init_timeout_s", d.data_init_timeout_s, 1, 86_400, "seconds")?;
+        in_range("delivery.data_timeout_s", d.data_timeout_s, 1, 86_400, "seconds")?;
+        if d.tls_verify == TlsVerify::Ca && d.tls_ca_file.is_none() {
+            return Err(invalid("delivery.tls_ca_file", "tls_verify = \"ca\" needs tls_ca_file".into()));
         }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
         for r in &self.route {
             let p = self.tls_policy(r);
-            if !tls_ok(&p.mode, &p.verify, &p.ca_file) {
-                return bad("route.tls", format!("route {:?}: tls must be opportunistic|required|disabled, tls_verify none|ca with a CA file", r.domain));
+            if p.verify == TlsVerify::Ca && p.ca_file.is_none() {
+                return Err(invalid("route.tls_ca_file", format!("route {:?}: tls_verify = \"ca\" needs tls_ca_file", r.domain)));
+            }
+            if r.hosts.is_empty() {
+                return Err(invalid("route.hosts", format!("route for {:?} has no hosts", r.domain)));
+            }
+            if let Some(h) = r.hosts.iter().find(|h| h.parse::<SocketAddr>().is_err()) {
+                return Err(invalid("route.hosts", format!("{h:?} is not ip:port")));
             }
         }
+        Ok(())
+    }
+
+    fn validate_tls_and_auth(&self) -> Result<(), ConfigError> {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            return bad("tls", "cert_file and key_file go together".into());
+            return Err(invalid("tls", "cert_file and key_file go together".into()));
         }
         for u in &self.auth.users {
             if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
-                return bad("auth.users.password_hash", format!("user {:?}: not a PHC hash (make one with ringpost --hash-password)", u.name));
+                return Err(invalid("auth.users.password_hash", format!("user {:?}: not a PHC hash (make one with ringpost --hash-password)", u.name)));
             }
         }
-        for l in &self.auth.plaintext_listeners {
-            if !self.server.listen.contains(l) {
-                return bad("auth.plaintext_listeners", format!("{l:?} is not one of server.listen"));
-            }
+        if let Some(l) = self.auth.plaintext_listeners.iter().find(|l| !self.server.listen.contains(l)) {
+            return Err(invalid("auth.plaintext_listeners", format!("{l:?} is not one of server.listen")));
         }
-        for n in &self.dns.nameservers {
-            if n.parse::<SocketAddr>().is_err() {
-                return bad("dns.nameservers", format!("{n:?} is not ip:port"));
-            }
+        Ok(())
+    }
+
+    fn validate_dns(&self) -> Result<(), ConfigError> {
+        if let Some(n) = self.dns.nameservers.iter().find(|n| n.parse::<SocketAddr>().is_err()) {
+            return Err(invalid("dns.nameservers", format!("{n:?} is not ip:port")));
         }
         if self.dns.cache_entries_max == 0 {
-            return bad("dns.cache_entries_max", "must be at least 1".into());
-        }
-        for k in &self.dkim {
-            if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {
-                return bad("dkim.algorithm", format!("{:?}: expected \"rsa-sha256\" or \"ed25519-sha256\"", k.algorithm));
-            }
-        }
-        for r in &self.route {
-            if r.hosts.is_empty() {
-                return bad("route.hosts", format!("route for {:?} has no hosts", r.domain));
-            }
-            for h in &r.hosts {
-                if h.parse::<SocketAddr>().is_err() {
-                    return bad("route.hosts", format!("{h:?} is not ip:port"));
-                }
-            }
+            return Err(invalid("dns.cache_entries_max", "must be at least 1".into()));
         }
         Ok(())
     }
 
     /// Number of executors to start on a host with `online` CPUs.
     pub fn core_count(&self, online: usize) -> usize {
-        match &self.engine.cores {
-            toml::Value::Integer(n) => *n as usize,
-            _ => online.max(1),
+        match self.engine.cores {
+            Cores::Count(n) => n,
+            Cores::All(_) => online.max(1),
         }
     }
 
@@ -514,8 +672,8 @@ impl Config {
     pub fn tls_policy(&self, r: &Route) -> TlsPolicy {
         let d = &self.delivery;
         TlsPolicy {
-            mode: r.tls.clone().unwrap_or_else(|| d.tls.clone()),
-            verify: r.tls_verify.clone().unwrap_or_else(|| d.tls_verify.clone()),
+            mode: r.tls.unwrap_or(d.tls),
+            verify: r.tls_verify.unwrap_or(d.tls_verify),
             ca_file: r.tls_ca_file.clone().or_else(|| d.tls_ca_file.clone()),
             plaintext_fallback: d.tls_plaintext_fallback,
         }
@@ -524,7 +682,7 @@ impl Config {
     /// The default outbound TLS policy (destinations found through DNS).
     pub fn default_tls_policy(&self) -> TlsPolicy {
         let d = &self.delivery;
-        TlsPolicy { mode: d.tls.clone(), verify: d.tls_verify.clone(), ca_file: d.tls_ca_file.clone(), plaintext_fallback: d.tls_plaintext_fallback }
+        TlsPolicy { mode: d.tls, verify: d.tls_verify, ca_file: d.tls_ca_file.clone(), plaintext_fallback: d.tls_plaintext_fallback }
     }
 
     /// Parsed relay networks.
@@ -541,21 +699,99 @@ mod tests {
     fn embedded_default_is_valid() {
         let c = Config::parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(c.server.max_recipients, 1000);
-        assert_eq!(c.spool.durability, "fsync");
+        assert_eq!(c.spool.durability, Durability::Fsync);
     }
 
     #[test]
     fn unknown_key_is_reported_with_its_name_and_line() {
         let e = Config::parse("[server]\nlisten = [\"127.0.0.1:25\"]\nmax_recipents = 5\n").unwrap_err().to_string();
-        assert!(e.contains("max_recipents") && e.contains("line 3"), "{e}");
+        assert!(e.starts_with("`server.max_recipents`: ") && e.contains("line 3"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_their_key() {
         let e = Config::parse("[server]\nmax_recipients = 10\n").unwrap_err().to_string();
         assert!(e.contains("server.max_recipients"), "{e}");
-        let e = Config::parse("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\nsegment_size = 67108864\n").unwrap_err().to_string();
-        assert!(e.contains("spool.durability"), "{e}");
+        let e = Config::parse("[server]\n[engine]\ncores = 0\n").unwrap_err().to_string();
+        assert_eq!(e, "invalid value for `engine.cores`: 0 is outside 1..=1024 cores");
+    }
+
+    /// A wrong enum word is refused by serde while parsing: the message shows the line, the
+    /// key as written and the words accepted.
+    fn refused(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_enum_rejects_a_wrong_word_naming_key_and_line() {
+        let e = refused("[server]\n[spool]\ndir = \"x\"\ndurability = \"maybe\"\n");
+        assert!(e.starts_with("`spool.durability`: ") && e.contains("line 4") && e.contains("`fsync` or `none`"), "{e}");
+        let e = refused("[server]\n[delivery]\ntls = \"sometimes\"\n");
+        assert!(e.starts_with("`delivery.tls`: ") && e.contains("line 3") && e.contains("`opportunistic`, `required`, `disabled`"), "{e}");
+        let e = refused("[server]\n[delivery]\ntls_verify = \"CA\"\n");
+        assert!(e.starts_with("`delivery.tls_verify`: ") && e.contains("line 3") && e.contains("`none` or `ca`"), "{e}");
+        let e = refused("[server]\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:25\"]\ntls = \"yes\"\n");
+        assert!(e.starts_with("`route.tls`: ") && e.contains("line 5") && e.contains("unknown variant `yes`"), "{e}");
+        let e = refused("[server]\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:25\"]\ntls_verify = \"full\"\n");
+        assert!(e.starts_with("`route.tls_verify`: ") && e.contains("line 5") && e.contains("unknown variant `full`"), "{e}");
+        let e = refused("[server]\n[[dkim]]\ndomain = \"d\"\nselector = \"s\"\nalgorithm = \"rsa-sha1\"\nkey_file = \"k\"\n");
+        assert!(e.starts_with("`dkim.algorithm`: ") && e.contains("line 5") && e.contains("`rsa-sha256` or `ed25519-sha256`"), "{e}");
+        let e = refused("[server]\n[engine]\ncores = \"most\"\n");
+        assert!(e.starts_with("`engine.cores`: ") && e.contains("line 3") && e.contains("\"all\" or a number of cores"), "{e}");
+    }
+
+    #[test]
+    fn enum_words_parse_to_their_variants() {
+        let c = Config::parse("[server]\n[spool]\ndurability = \"none\"\n[engine]\ncores = 3\n[delivery]\ntls = \"required\"\ntls_verify = \"ca\"\ntls_ca_file = \"/ca.pem\"\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:25\"]\ntls = \"disabled\"\ntls_verify = \"none\"\n").unwrap();
+        assert_eq!(c.spool.durability, Durability::None);
+        assert_eq!(ringpost_spool::Durability::from(c.spool.durability), ringpost_spool::Durability::None);
+        assert_eq!((c.engine.cores, c.core_count(8)), (Cores::Count(3), 3));
+        assert_eq!((c.delivery.tls, c.delivery.tls_verify), (TlsMode::Required, TlsVerify::Ca));
+        let p = c.tls_policy(&c.route[0]);
+        assert_eq!((p.mode, p.verify, p.ca_file.as_deref()), (TlsMode::Disabled, TlsVerify::None, Some(std::path::Path::new("/ca.pem"))));
+        let d = Config::parse("[server]\n[engine]\ncores = \"all\"\n").unwrap();
+        assert_eq!((d.engine.cores, d.core_count(8)), (Cores::All(AllCores::All), 8));
+    }
+
+    #[test]
+    fn ca_verification_needs_a_ca_file() {
+        let e = refused("[server]\n[delivery]\ntls_verify = \"ca\"\n");
+        assert_eq!(e, "invalid value for `delivery.tls_ca_file`: tls_verify = \"ca\" needs tls_ca_file");
+        let e = refused("[server]\n[[route]]\ndomain = \"x.test\"\nhosts = [\"127.0.0.1:25\"]\ntls_verify = \"ca\"\n");
+        assert_eq!(e, "invalid value for `route.tls_ca_file`: route \"x.test\": tls_verify = \"ca\" needs tls_ca_file");
+    }
+
+    #[test]
+    fn limits_default_to_the_former_constants() {
+        for c in [Config::parse("[server]\n").unwrap(), Config::parse(DEFAULT_CONFIG).unwrap()] {
+            assert_eq!(c.spool.pending_bytes_max, 16 << 20);
+            assert_eq!(c.engine.mesh_capacity, 4096);
+            assert_eq!(c.server.body_chunk_bytes, 128 * 1024);
+            assert_eq!(c.server.input_buffer_bytes_max, 64 * 1024);
+            let d = &c.delivery;
+            assert_eq!((d.command_timeout_s, d.data_init_timeout_s, d.data_timeout_s), (300, 120, 600));
+            assert_eq!((d.tls, d.tls_verify, c.engine.cores), (TlsMode::Opportunistic, TlsVerify::None, Cores::All(AllCores::All)));
+        }
+    }
+
+    #[test]
+    fn limits_are_configurable_within_their_ranges() {
+        let c = Config::parse("[server]\nbody_chunk_bytes = 8192\ninput_buffer_bytes_max = 32768\n[spool]\npending_bytes_max = 8192\n[engine]\nmesh_capacity = 16\n[delivery]\ncommand_timeout_s = 7\ndata_init_timeout_s = 8\ndata_timeout_s = 9\n").unwrap();
+        assert_eq!((c.server.body_chunk_bytes, c.server.input_buffer_bytes_max, c.spool.pending_bytes_max, c.engine.mesh_capacity), (8192, 32768, 8192, 16));
+        assert_eq!((c.delivery.command_timeout_s, c.delivery.data_init_timeout_s, c.delivery.data_timeout_s), (7, 8, 9));
+        let cases = [
+            ("[server]\nbody_chunk_bytes = 4095\n", "invalid value for `server.body_chunk_bytes`: 4095 is outside 4096..=1048576 bytes"),
+            ("[server]\nbody_chunk_bytes = 1048577\n", "invalid value for `server.body_chunk_bytes`: 1048577 is outside 4096..=1048576 bytes"),
+            ("[server]\ninput_buffer_bytes_max = 4096\n", "invalid value for `server.input_buffer_bytes_max`: 4096 is outside 16384..=1048576 bytes"),
+            ("[server]\n[spool]\npending_bytes_max = 131071\n", "invalid value for `spool.pending_bytes_max`: 131071 is outside 131072..=1073741824 bytes (at least server.body_chunk_bytes)"),
+            ("[server]\n[engine]\nmesh_capacity = 0\n", "invalid value for `engine.mesh_capacity`: 0 is outside 1..=1048576 messages"),
+            ("[server]\n[delivery]\ncommand_timeout_s = 0\n", "invalid value for `delivery.command_timeout_s`: 0 is outside 1..=86400 seconds"),
+            ("[server]\n[delivery]\ndata_init_timeout_s = 0\n", "invalid value for `delivery.data_init_timeout_s`: 0 is outside 1..=86400 seconds"),
+            ("[server]\n[delivery]\ndata_timeout_s = 86401\n", "invalid value for `delivery.data_timeout_s`: 86401 is outside 1..=86400 seconds"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(refused(text), want, "{text}");
+        }
     }
 
     #[test]
@@ -583,7 +819,7 @@ mod tests {
     fn omitted_keys_take_their_defaults() {
         let c = Config::parse("[server]\n[spool]\ndir = \"/x\"\n[log]\n").unwrap();
         assert_eq!(c.spool.segment_size, 64 << 20);
-        assert_eq!(c.spool.durability, "fsync");
+        assert_eq!(c.spool.durability, Durability::Fsync);
         assert_eq!(c.server.max_message_size, 26_214_400);
     }
 

@@ -33,7 +33,7 @@ pub struct DkimConfig {
     /// Selector (s=).
     pub selector: String,
     /// `"rsa-sha256"` (key of at least 2048 bits) or `"ed25519-sha256"`.
-    pub algorithm: String,
+    pub algorithm: DkimAlgorithm,
     /// PEM private key (PKCS#8, or PKCS#1 for RSA).
     pub key_file: PathBuf,
     /// Headers to sign (default [`DEFAULT_HEADERS`]).
@@ -42,6 +42,17 @@ pub struct DkimConfig {
     /// Headers to over-sign (default [`DEFAULT_OVERSIGN`]).
     #[serde(default)]
     pub oversign: Option<Vec<String>>,
+}
+
+/// A DKIM signing algorithm (RFC 6376 3.3, RFC 8463), as named in `a=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 with SHA-256.
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
 }
 
 /// Why a key could not be used.
@@ -83,10 +94,10 @@ pub struct Signers {
 }
 
 /// Load a private key of `algorithm` from PEM text.
-pub fn load_key(algorithm: &str, pem: &str, path: &std::path::Path) -> Result<DkimKey, DkimError> {
+pub fn load_key(algorithm: DkimAlgorithm, pem: &str, path: &std::path::Path) -> Result<DkimKey, DkimError> {
     let bad = |why: String| DkimError::Key { path: path.into(), why };
     match algorithm {
-        "rsa-sha256" => {
+        DkimAlgorithm::RsaSha256 => {
             use rustls_pki_types::pem::PemObject;
             let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(format!("no private key PEM block: {e:?}")))?;
             let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(format!("not an RSA private key: {e}")))?;
@@ -95,11 +106,10 @@ pub fn load_key(algorithm: &str, pem: &str, path: &std::path::Path) -> Result<Dk
             }
             Ok(DkimKey::Rsa(key))
         }
-        "ed25519-sha256" => {
+        DkimAlgorithm::Ed25519Sha256 => {
             let der = pem_body(pem).ok_or_else(|| bad("no PEM block".into()))?;
             Ed25519Key::from_pkcs8_maybe_unchecked_der(&der).map(DkimKey::Ed25519).map_err(|e| bad(format!("not an Ed25519 PKCS#8 key: {e}")))
         }
-        other => Err(bad(format!("unknown algorithm {other:?}: use rsa-sha256 or ed25519-sha256"))),
     }
 }
 
@@ -114,7 +124,7 @@ impl Signers {
         let mut keys = Vec::new();
         for c in cfgs {
             let pem = std::fs::read_to_string(&c.key_file).map_err(|source| DkimError::Read { path: c.key_file.clone(), source })?;
-            let key = load_key(&c.algorithm, &pem, &c.key_file)?;
+            let key = load_key(c.algorithm, &pem, &c.key_file)?;
             keys.push(Self::entry(c, key));
         }
         Ok(Self { keys })
@@ -386,7 +396,7 @@ mod tests {
         let cfg = DkimConfig {
             domain: "football.example.com".into(),
             selector: "brisbane".into(),
-            algorithm: "ed25519-sha256".into(),
+            algorithm: DkimAlgorithm::Ed25519Sha256,
             key_file: "unused".into(),
             headers: None,
             oversign: None,

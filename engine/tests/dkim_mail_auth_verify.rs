@@ -5,7 +5,7 @@ use mail_auth::common::crypto::DkimKey;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt};
-use ringpost_engine::dkim::{load_key, BodyHashStream, DkimConfig, Signers};
+use ringpost_engine::dkim::{load_key, BodyHashStream, DkimAlgorithm, DkimConfig, Signers};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -38,14 +38,14 @@ fn keys_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/benches/keys")
 }
 
-fn entry(domain: &str, selector: &str, alg: &str, file: &str) -> ringpost_engine::dkim::SigningEntry {
-    let c = DkimConfig { domain: domain.into(), selector: selector.into(), algorithm: alg.into(), key_file: keys_dir().join(file), headers: None, oversign: None };
+fn entry(domain: &str, selector: &str, alg: DkimAlgorithm, file: &str) -> ringpost_engine::dkim::SigningEntry {
+    let c = DkimConfig { domain: domain.into(), selector: selector.into(), algorithm: alg, key_file: keys_dir().join(file), headers: None, oversign: None };
     let key = load_key(alg, &std::fs::read_to_string(&c.key_file).unwrap(), &c.key_file).unwrap();
     Signers::entry(&c, key)
 }
 
 /// DNS TXT record text for a key, the way an operator publishes it.
-fn txt_for(alg: &str, file: &str) -> String {
+fn txt_for(alg: DkimAlgorithm, file: &str) -> String {
     let pem = std::fs::read_to_string(keys_dir().join(file)).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
     match load_key(alg, &pem, std::path::Path::new(file)).unwrap() {
@@ -70,12 +70,12 @@ fn sign(signers: &Signers, message: &[u8]) -> Vec<u8> {
 #[test]
 fn mail_auth_verifies_rsa_ed25519_and_dual_signatures() {
     let signers = Signers::from_entries(vec![
-        entry("dual.test", "rsa", "rsa-sha256", "rsa2048-test-only.pem"),
-        entry("dual.test", "ed", "ed25519-sha256", "ed25519-test-only.pem"),
+        entry("dual.test", "rsa", DkimAlgorithm::RsaSha256, "rsa2048-test-only.pem"),
+        entry("dual.test", "ed", DkimAlgorithm::Ed25519Sha256, "ed25519-test-only.pem"),
     ]);
     let cache = TxtCache(Mutex::new(HashMap::new()));
     let far = Instant::now() + std::time::Duration::from_secs(3600);
-    for (name, alg, file) in [("rsa._domainkey.dual.test.", "rsa-sha256", "rsa2048-test-only.pem"), ("ed._domainkey.dual.test.", "ed25519-sha256", "ed25519-test-only.pem")] {
+    for (name, alg, file) in [("rsa._domainkey.dual.test.", DkimAlgorithm::RsaSha256, "rsa2048-test-only.pem"), ("ed._domainkey.dual.test.", DkimAlgorithm::Ed25519Sha256, "ed25519-test-only.pem")] {
         let key = DomainKey::parse(txt_for(alg, file).as_bytes()).unwrap();
         cache.insert(name.into(), Txt::DomainKey(Arc::new(key)), far);
     }

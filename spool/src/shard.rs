@@ -44,7 +44,7 @@ pub struct SpoolConfig {
     /// Commit mode.
     pub durability: Durability,
     /// Appenders wait when this many bytes are pending (bounded memory under overload).
-    pub max_pending_bytes: usize,
+    pub pending_bytes_max: usize,
 }
 
 /// A position in the commit order: the record is durable once the round covering it is done.
@@ -277,7 +277,7 @@ impl SpoolShard {
     pub async fn wait_for_room(&self) {
         loop {
             let listener = self.round_done.listen();
-            if self.state.borrow().pending_bytes <= self.cfg.max_pending_bytes {
+            if self.state.borrow().pending_bytes <= self.cfg.pending_bytes_max {
                 return;
             }
             listener.await;

@@ -20,7 +20,7 @@ use std::rc::Rc;
 const SEGMENT: u64 = 16 * 1024;
 
 fn cfg(root: &Path) -> SpoolConfig {
-    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, max_pending_bytes: 1 << 20 }
+    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
 }
 
 fn core_dir(root: &Path) -> std::path::PathBuf {

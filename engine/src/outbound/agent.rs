@@ -5,7 +5,7 @@
 //! It knows nothing of queues, retries or the ledger: what a result means is the queue
 //! manager's decision ([`crate::outbound::queue`]), and applying it is the shard's.
 use crate::account::delivery_log::Peer;
-use crate::config::{Config, TlsPolicy};
+use crate::config::{Config, DeliverySection, TlsMode, TlsPolicy};
 use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::Delivery;
 use crate::outbound::routes::Routes;
@@ -81,6 +81,8 @@ struct Conn {
     /// `host[ip]:port` or `ip:port` of the server we talk to.
     remote: String,
     caps: Capabilities,
+    /// This connection's SMTP timeouts.
+    timeouts: Timeouts,
 }
 
 impl Conn {
@@ -114,14 +116,29 @@ impl Conn {
     }
 
     async fn command(&mut self, line: &[u8], timeout: Duration) -> Result<Reply, ConnError> {
-        crate::wire_write::write_all_timeout(&mut self.stream, line, COMMAND_TIMEOUT).await?;
+        crate::wire_write::write_all_timeout(&mut self.stream, line, self.timeouts.command).await?;
         self.read_reply(timeout).await
     }
 }
 
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
-const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// The client's RFC 5321 4.5.3.2 timeouts, from `[delivery]`.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// Greeting and each command's reply.
+    command: Duration,
+    /// Replies of a pipelined batch that may end in DATA: the batch carries MAIL and RCPT
+    /// too, so never less than `command`.
+    batch: Duration,
+    /// Sending the body and the reply to its final dot.
+    data_end: Duration,
+}
+
+impl Timeouts {
+    fn from_config(d: &DeliverySection) -> Self {
+        let command = Duration::from_secs(d.command_timeout_s);
+        Self { command, batch: Duration::from_secs(d.data_init_timeout_s).max(command), data_end: Duration::from_secs(d.data_timeout_s) }
+    }
+}
 
 /// The addresses to try for `domain`, in order: a static route, else DNS MX (RFC 5321 5.1).
 /// Each comes with the name TLS verifies (the MX host, a route's `tls_name`, or the address).
@@ -172,13 +189,13 @@ async fn connect(ctx: &AgentContext, domain: &str) -> Result<Conn, ConnError> {
 }
 
 async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
-    let r = c.command(format!("EHLO {}\r\n", ctx.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+    let r = c.command(format!("EHLO {}\r\n", ctx.hostname).as_bytes(), c.timeouts.command).await?;
     if r.code == 250 {
         c.caps = Capabilities::from_ehlo(&r);
         return Ok(());
     }
     c.caps = Capabilities::default();
-    let r = c.command(format!("HELO {}\r\n", ctx.hostname).as_bytes(), COMMAND_TIMEOUT).await?;
+    let r = c.command(format!("HELO {}\r\n", ctx.hostname).as_bytes(), c.timeouts.command).await?;
     if r.code != 250 {
         return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
     }
@@ -192,13 +209,14 @@ async fn greet(ctx: &AgentContext, host: Option<String>, addr: SocketAddr, timeo
         Some(h) => format!("{h}[{}]:{}", addr.ip(), addr.port()),
         None => addr.to_string(),
     };
-    let mut c = Conn { stream: Transport::Plain(stream), buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default() };
-    let g = c.read_reply(COMMAND_TIMEOUT).await?;
+    let timeouts = Timeouts::from_config(&ctx.config.delivery);
+    let mut c = Conn { stream: Transport::Plain(stream), buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default(), timeouts };
+    let g = c.read_reply(timeouts.command).await?;
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
     }
     ehlo(ctx, &mut c).await?;
-    if policy.mode == "disabled" || !try_tls {
+    if policy.mode == TlsMode::Disabled || !try_tls {
         return Ok(c);
     }
     if !c.caps.starttls {
@@ -207,7 +225,7 @@ async fn greet(ctx: &AgentContext, host: Option<String>, addr: SocketAddr, timeo
             TlsFallback::Defer => Err(ConnError::TlsUnavailable(format!("TLS required but {} does not offer STARTTLS", c.remote))),
         };
     }
-    let r = c.command(b"STARTTLS\r\n", COMMAND_TIMEOUT).await?;
+    let r = c.command(b"STARTTLS\r\n", timeouts.command).await?;
     if r.code != 220 {
         return match not_offered(policy) {
             TlsFallback::Plaintext => Ok(c),
@@ -218,7 +236,7 @@ async fn greet(ctx: &AgentContext, host: Option<String>, addr: SocketAddr, timeo
     c.start = 0;
     let name = host.unwrap_or_else(|| addr.ip().to_string());
     let cfg = ctx.client_tls.for_policy(policy);
-    let hs = glommio::timer::timeout(COMMAND_TIMEOUT, async { Ok(c.stream.connect(cfg, &name).await) }).await;
+    let hs = glommio::timer::timeout(timeouts.command, async { Ok(c.stream.connect(cfg, &name).await) }).await;
     match hs {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
@@ -274,7 +292,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, c
         let results = match outcome {
             Ok((results, reset)) => {
                 if reset {
-                    usable = conn.command(b"RSET\r\n", COMMAND_TIMEOUT).await.is_ok_and(|r| r.code == 250);
+                    usable = conn.command(b"RSET\r\n", conn.timeouts.command).await.is_ok_and(|r| r.code == 250);
                 }
                 results
             }
@@ -297,17 +315,17 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                crate::wire_write::write_all_timeout(&mut conn.stream, &bytes, COMMAND_TIMEOUT).await?;
-                t.on_reply(conn.read_reply(DATA_INIT_TIMEOUT.max(COMMAND_TIMEOUT)).await?)
+                crate::wire_write::write_all_timeout(&mut conn.stream, &bytes, conn.timeouts.command).await?;
+                t.on_reply(conn.read_reply(conn.timeouts.batch).await?)
             }
-            ClientStep::Read => t.on_reply(conn.read_reply(COMMAND_TIMEOUT).await?),
+            ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
                 pieces.push(&m.trace);
                 pieces.extend(m.body_pieces());
                 pieces.push(b".\r\n");
-                crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, DATA_END_TIMEOUT).await?;
-                t.on_reply(conn.read_reply(DATA_END_TIMEOUT).await?)
+                crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
+                t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
             }
             ClientStep::Done { results, reset } => return Ok((results, reset)),
         };

@@ -1,6 +1,6 @@
 //! Outbound TLS policy decisions: which client configuration a destination uses and what a
 //! missing or failed STARTTLS means for the delivery attempt.
-use crate::config::{Config, TlsPolicy};
+use crate::config::{Config, TlsMode, TlsPolicy, TlsVerify};
 use crate::tls::{client_config, TlsError, Verify};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ impl ClientConfigs {
         let mut by_ca = HashMap::new();
         let policies = cfg.route.iter().map(|r| cfg.tls_policy(r)).chain(std::iter::once(cfg.default_tls_policy()));
         for p in policies {
-            if let (true, Some(ca)) = (p.verify == "ca", p.ca_file.clone()) {
+            if let (TlsVerify::Ca, Some(ca)) = (p.verify, p.ca_file.clone()) {
                 if !by_ca.contains_key(&ca) {
                     let c = client_config(&Verify::Ca(ca.clone()))?;
                     by_ca.insert(ca, c);
@@ -31,8 +31,8 @@ impl ClientConfigs {
 
     /// The configuration for a policy.
     pub fn for_policy(&self, p: &TlsPolicy) -> Arc<rustls::ClientConfig> {
-        match (p.verify.as_str(), &p.ca_file) {
-            ("ca", Some(ca)) => self.by_ca.get(ca).cloned().unwrap_or_else(|| self.none.clone()),
+        match (p.verify, &p.ca_file) {
+            (TlsVerify::Ca, Some(ca)) => self.by_ca.get(ca).cloned().unwrap_or_else(|| self.none.clone()),
             _ => self.none.clone(),
         }
     }
@@ -49,29 +49,29 @@ pub enum TlsFallback {
 
 /// Decide for a server that does not offer STARTTLS.
 pub fn not_offered(p: &TlsPolicy) -> TlsFallback {
-    if p.mode == "required" { TlsFallback::Defer } else { TlsFallback::Plaintext }
+    if p.mode == TlsMode::Required { TlsFallback::Defer } else { TlsFallback::Plaintext }
 }
 
 /// Decide after a failed handshake (the connection is gone either way; plaintext means a new
 /// connection without STARTTLS).
 pub fn handshake_failed(p: &TlsPolicy) -> TlsFallback {
-    if p.mode == "opportunistic" && p.plaintext_fallback { TlsFallback::Plaintext } else { TlsFallback::Defer }
+    if p.mode == TlsMode::Opportunistic && p.plaintext_fallback { TlsFallback::Plaintext } else { TlsFallback::Defer }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(mode: &str, fallback: bool) -> TlsPolicy {
-        TlsPolicy { mode: mode.into(), verify: "none".into(), ca_file: None, plaintext_fallback: fallback }
+    fn p(mode: TlsMode, fallback: bool) -> TlsPolicy {
+        TlsPolicy { mode, verify: TlsVerify::None, ca_file: None, plaintext_fallback: fallback }
     }
 
     #[test]
     fn policy_table() {
-        assert_eq!(not_offered(&p("opportunistic", true)), TlsFallback::Plaintext);
-        assert_eq!(not_offered(&p("required", true)), TlsFallback::Defer);
-        assert_eq!(handshake_failed(&p("opportunistic", true)), TlsFallback::Plaintext);
-        assert_eq!(handshake_failed(&p("opportunistic", false)), TlsFallback::Defer);
-        assert_eq!(handshake_failed(&p("required", true)), TlsFallback::Defer);
+        assert_eq!(not_offered(&p(TlsMode::Opportunistic, true)), TlsFallback::Plaintext);
+        assert_eq!(not_offered(&p(TlsMode::Required, true)), TlsFallback::Defer);
+        assert_eq!(handshake_failed(&p(TlsMode::Opportunistic, true)), TlsFallback::Plaintext);
+        assert_eq!(handshake_failed(&p(TlsMode::Opportunistic, false)), TlsFallback::Defer);
+        assert_eq!(handshake_failed(&p(TlsMode::Required, true)), TlsFallback::Defer);
     }
 }

@@ -52,7 +52,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = config.core_count(online);
-    if config.spool.durability == "none" {
+    if config.spool.durability == crate::config::Durability::None {
         eprintln!("ringpost: WARNING: spool.durability = \"none\": accepted mail is NOT fsynced and WILL BE LOST on a crash. Benchmarks only.");
     }
     let shared = Arc::new(Shared::new(config, shutdown));
@@ -69,7 +69,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             })
             .map_err(RuntimeError::Signals)?;
     }
-    let mesh: MeshBuilder<CoreMsg, _> = MeshBuilder::full(n, 4096);
+    let mesh: MeshBuilder<CoreMsg, _> = MeshBuilder::full(n, shared.config.engine.mesh_capacity);
     let per_ip = Arc::new(PerIpCounts::new());
     let mut handles = Vec::new();
     for i in 0..n {

@@ -11,7 +11,7 @@ use crate::shard::core::{Core, CoreParts, Shared};
 use crate::shard::inbox::CoreMsg;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::net::TcpListener;
-use ringpost_spool::{Durability, RecoveredMessage, Recovery, SpoolConfig, SpoolShard};
+use ringpost_spool::{RecoveredMessage, Recovery, SpoolConfig, SpoolShard};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,8 +60,8 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredM
     let spool_cfg = SpoolConfig {
         dir: cfg.spool.dir.clone(),
         segment_size: cfg.spool.segment_size,
-        durability: if cfg.spool.durability == "none" { Durability::None } else { Durability::Fsync },
-        max_pending_bytes: 16 << 20,
+        durability: cfg.spool.durability.into(),
+        pending_bytes_max: cfg.spool.pending_bytes_max,
     };
     let core_dir = SpoolShard::core_dir(&spool_cfg.dir, id as u16);
     let recovery = Recovery::scan(&core_dir, id as u16).map_err(|e| e.to_string())?;
