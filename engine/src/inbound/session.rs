@@ -17,11 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Body bytes are handed to the spool in pieces of this size: the most a session holds.
-const BODY_CHUNK_BYTES: usize = 128 * 1024;
-/// Input buffer per session, at most.
-const INPUT_BYTES_MAX: usize = 64 * 1024;
-/// Input buffer a session starts with: most sessions are a few commands and small messages,
+/// Input buffer a session starts with (it grows to `[server] input_buffer_bytes_max`): most sessions are a few commands and small messages,
 /// and zeroing 64 KiB per connection showed up in profiles.
 const INPUT_BYTES_START: usize = 4 * 1024;
 /// Replies pending for pipelined commands are written once they pass this: a client that
@@ -46,6 +42,7 @@ struct Session {
     start: usize,
     end: usize,
     body: BodyWriter,
+    input_bytes_max: usize,
     command_timeout: Duration,
     data_timeout: Duration,
     write_timeout: Duration,
@@ -109,6 +106,7 @@ impl Session {
             server.offer_auth(auth.plaintext_listeners.contains(&local));
         }
         let _ = stream.set_nodelay(true);
+        let (body_chunk_bytes, input_bytes_max) = (cfg.body_chunk_bytes, cfg.input_buffer_bytes_max);
         let mut out = Vec::with_capacity(4096);
         server.greeting().write_to(&mut out);
         Self {
@@ -124,7 +122,8 @@ impl Session {
             input: vec![0u8; INPUT_BYTES_START],
             start: 0,
             end: 0,
-            body: BodyWriter::new(BODY_CHUNK_BYTES),
+            body: BodyWriter::new(body_chunk_bytes),
+            input_bytes_max,
             phase_start: Instant::now(),
             data_bytes: 0,
             auth_failures: 0,
@@ -185,8 +184,8 @@ impl Session {
             self.input.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        if self.end == self.input.len() && self.input.len() < INPUT_BYTES_MAX {
-            self.input.resize(INPUT_BYTES_MAX, 0);
+        if self.end == self.input.len() && self.input.len() < self.input_bytes_max {
+            self.input.resize(self.input_bytes_max, 0);
         }
     }
 
