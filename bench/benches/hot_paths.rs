@@ -57,7 +57,8 @@ fn spool_encode(c: &mut Criterion) {
         received_ms: 1,
         sender: b"newsletter@mailer.example.com".to_vec(),
         recipients: vec![b"someone@recipient.example.org".to_vec()],
-        trace: b"Received: from client.example.net ([127.0.0.1])\r\n\tby mta.example (ringpost) with ESMTP;\r\n\tMon, 23 Nov 2026 12:00:00 +0000\r\n".to_vec(),
+        trace: b"Received: from client.example.net ([127.0.0.1])\r\n\tby mta.example (ringpost) with ESMTP;\r\n\tMon, 23 Nov 2026 12:00:00 +0000\r\n"
+            .to_vec(),
         body: vec![Extent { segment: 1, offset: 4096, len: 1024 }],
         ..Default::default()
     };
@@ -88,7 +89,7 @@ fn replies(c: &mut Criterion) {
 }
 
 fn dkim(c: &mut Criterion) {
-    use ringpost_engine::dkim::{load_key, BodyHashStream, DkimConfig, Signers};
+    use ringpost_engine::dkim::{load_key, BodyHashStream, DkimAlgorithm, DkimConfig, Signers};
     let mut g = c.benchmark_group("dkim_body_hash");
     for size in [4 * 1024usize, 1024 * 1024] {
         let b = body(size);
@@ -107,12 +108,14 @@ fn dkim(c: &mut Criterion) {
     let header_block = b"From: Sender <news@signer.test>\r\nTo: <r@example.org>\r\nSubject: hello\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@signer.test>\r\n";
     let mut g = c.benchmark_group("dkim_sign_with_precomputed_body_hash");
     g.throughput(Throughput::Elements(1));
-    for (alg, file) in [("rsa-sha256", "rsa2048-test-only.pem"), ("ed25519-sha256", "ed25519-test-only.pem")] {
+    for (name, alg, file) in
+        [("rsa-sha256", DkimAlgorithm::RsaSha256, "rsa2048-test-only.pem"), ("ed25519-sha256", DkimAlgorithm::Ed25519Sha256, "ed25519-test-only.pem")]
+    {
         let path = keys.join(file);
         let key = load_key(alg, &std::fs::read_to_string(&path).unwrap(), &path).unwrap();
-        let cfg = DkimConfig { domain: "signer.test".into(), selector: "s".into(), algorithm: alg.into(), key_file: path, headers: None, oversign: None };
+        let cfg = DkimConfig { domain: "signer.test".into(), selector: "s".into(), algorithm: alg, key_file: path, headers: None, oversign: None };
         let signers = Signers::from_entries(vec![Signers::entry(&cfg, key)]);
-        g.bench_function(alg, |b| b.iter(|| black_box(signers.sign(black_box(header_block), &[7u8; 32], 1_795_000_000).unwrap())));
+        g.bench_function(name, |b| b.iter(|| black_box(signers.sign(black_box(header_block), &[7u8; 32], 1_795_000_000).unwrap())));
     }
     g.finish();
 }

@@ -200,7 +200,9 @@ fn run_send(a: SendArgs) -> ExitCode {
 }
 
 fn run_sink(a: SinkArgs) -> ExitCode {
-    for (name, v) in [("rcpt-temp", a.rcpt_temp), ("rcpt-perm", a.rcpt_perm), ("data-temp", a.data_temp), ("data-perm", a.data_perm), ("banner-421", a.banner_421)] {
+    for (name, v) in
+        [("rcpt-temp", a.rcpt_temp), ("rcpt-perm", a.rcpt_perm), ("data-temp", a.data_temp), ("data-perm", a.data_perm), ("banner-421", a.banner_421)]
+    {
         if !(0.0..=1.0).contains(&v) {
             return usage(&format!("--{name} must be between 0 and 1"));
         }

@@ -427,7 +427,13 @@ async fn bdat_transaction(st: &CoreState, conn: &mut Conn, rcpts: &[String], hea
     let results: Vec<RcptResult> = rcpt_replies
         .into_iter()
         .map(|r| {
-            let verdict = if mail.code / 100 != 2 { &mail } else if r.code / 100 != 2 { &r } else { &last };
+            let verdict = if mail.code / 100 != 2 {
+                &mail
+            } else if r.code / 100 != 2 {
+                &r
+            } else {
+                &last
+            };
             match verdict.code / 100 {
                 2 => RcptResult::Delivered(verdict.clone()),
                 5 => RcptResult::Permanent(verdict.clone()),
@@ -442,8 +448,7 @@ async fn bdat_transaction(st: &CoreState, conn: &mut Conn, rcpts: &[String], hea
 /// Count a finished transaction and its latency.
 fn record(st: &CoreState, id: &str, due: &Due, rcpts: &[String], results: &[RcptResult], bytes: usize) {
     let latency_us = due.intended.elapsed().as_micros() as u64;
-    let accepted: Vec<&str> =
-        rcpts.iter().zip(results).filter(|(_, r)| matches!(r, RcptResult::Delivered(_))).map(|(a, _)| a.as_str()).collect();
+    let accepted: Vec<&str> = rcpts.iter().zip(results).filter(|(_, r)| matches!(r, RcptResult::Delivered(_))).map(|(a, _)| a.as_str()).collect();
     let c = &st.counters;
     if !accepted.is_empty() {
         c.accepted.fetch_add(1, Ordering::Relaxed);

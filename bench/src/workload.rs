@@ -125,10 +125,10 @@ pub fn make_body(size: usize, style: BodyStyle, seed: u64) -> Body {
     while plain.len() + 2 < size {
         line_no += 1;
         let mut line = Vec::with_capacity(78);
-        if style.dot_lines && line_no % 7 == 0 {
+        if style.dot_lines && line_no.is_multiple_of(7) {
             line.push(b'.');
         }
-        if style.eight_bit && line_no % 5 == 0 {
+        if style.eight_bit && line_no.is_multiple_of(5) {
             line.extend_from_slice("Grüße, naïve café — ".as_bytes());
         }
         let mut x = line_no.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -170,7 +170,11 @@ pub fn headers(id: &str, sent_ns: u128, digest: u32, from: &str, to: &str, eight
     let mut h = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: blaster {id}\r\nMessage-ID: <{id}@blaster.test>\r\nX-Blaster-Id: {id}\r\nX-Blaster-Sent: {sent_ns}\r\nX-Blaster-Digest: {digest:08x}\r\nMIME-Version: 1.0\r\n"
     );
-    h.push_str(if eight_bit { "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n" } else { "Content-Type: text/plain\r\n" });
+    h.push_str(if eight_bit {
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+    } else {
+        "Content-Type: text/plain\r\n"
+    });
     h.push_str("\r\n");
     h.into_bytes()
 }
@@ -196,9 +200,7 @@ pub fn read_stamp_plain(plain: &[u8]) -> Option<Stamp> {
     let split = plain.windows(4).position(|w| w == b"\r\n\r\n")?;
     let (head, body) = (&plain[..split + 2], &plain[split + 4..]);
     let head = String::from_utf8_lossy(head);
-    let field = |name: &str| {
-        head.split("\r\n").find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-    };
+    let field = |name: &str| head.split("\r\n").find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
     let id = field("X-Blaster-Id:")?;
     let sent_ns = field("X-Blaster-Sent:")?.parse().ok()?;
     let digest = u32::from_str_radix(&field("X-Blaster-Digest:")?, 16).ok()?;

@@ -641,7 +641,10 @@ impl Config {
         }
         for u in &self.auth.users {
             if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
-                return Err(invalid("auth.users.password_hash", format!("user {:?}: not a PHC hash (make one with ringpost --hash-password)", u.name)));
+                return Err(invalid(
+                    "auth.users.password_hash",
+                    format!("user {:?}: not a PHC hash (make one with ringpost --hash-password)", u.name),
+                ));
             }
         }
         if let Some(l) = self.auth.plaintext_listeners.iter().find(|l| !self.server.listen.contains(l)) {
@@ -777,13 +780,19 @@ mod tests {
     #[test]
     fn limits_are_configurable_within_their_ranges() {
         let c = Config::parse("[server]\nbody_chunk_bytes = 8192\ninput_buffer_bytes_max = 32768\n[spool]\npending_bytes_max = 8192\n[engine]\nmesh_capacity = 16\n[delivery]\ncommand_timeout_s = 7\ndata_init_timeout_s = 8\ndata_timeout_s = 9\n").unwrap();
-        assert_eq!((c.server.body_chunk_bytes, c.server.input_buffer_bytes_max, c.spool.pending_bytes_max, c.engine.mesh_capacity), (8192, 32768, 8192, 16));
+        assert_eq!(
+            (c.server.body_chunk_bytes, c.server.input_buffer_bytes_max, c.spool.pending_bytes_max, c.engine.mesh_capacity),
+            (8192, 32768, 8192, 16)
+        );
         assert_eq!((c.delivery.command_timeout_s, c.delivery.data_init_timeout_s, c.delivery.data_timeout_s), (7, 8, 9));
         let cases = [
             ("[server]\nbody_chunk_bytes = 4095\n", "invalid value for `server.body_chunk_bytes`: 4095 is outside 4096..=1048576 bytes"),
             ("[server]\nbody_chunk_bytes = 1048577\n", "invalid value for `server.body_chunk_bytes`: 1048577 is outside 4096..=1048576 bytes"),
             ("[server]\ninput_buffer_bytes_max = 4096\n", "invalid value for `server.input_buffer_bytes_max`: 4096 is outside 16384..=1048576 bytes"),
-            ("[server]\n[spool]\npending_bytes_max = 131071\n", "invalid value for `spool.pending_bytes_max`: 131071 is outside 131072..=1073741824 bytes (at least server.body_chunk_bytes)"),
+            (
+                "[server]\n[spool]\npending_bytes_max = 131071\n",
+                "invalid value for `spool.pending_bytes_max`: 131071 is outside 131072..=1073741824 bytes (at least server.body_chunk_bytes)",
+            ),
             ("[server]\n[engine]\nmesh_capacity = 0\n", "invalid value for `engine.mesh_capacity`: 0 is outside 1..=1048576 messages"),
             ("[server]\n[delivery]\ncommand_timeout_s = 0\n", "invalid value for `delivery.command_timeout_s`: 0 is outside 1..=86400 seconds"),
             ("[server]\n[delivery]\ndata_init_timeout_s = 0\n", "invalid value for `delivery.data_init_timeout_s`: 0 is outside 1..=86400 seconds"),

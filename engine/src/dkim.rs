@@ -16,8 +16,22 @@ use std::path::PathBuf;
 
 /// Headers signed by default (those present are signed; absent ones are not listed).
 pub const DEFAULT_HEADERS: &[&str] = &[
-    "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "In-Reply-To", "References", "MIME-Version",
-    "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "Feedback-ID",
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Id",
+    "Feedback-ID",
 ];
 /// Headers listed once more than they occur, so none can be added after signing.
 pub const DEFAULT_OVERSIGN: &[&str] = &["From", "Subject", "To"];

@@ -42,9 +42,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(path) = args.check_config {
-        let checked = Config::load(&path).map_err(|e| e.to_string()).and_then(|c| {
-            ringpost_engine::dkim::Signers::load(&c.dkim).map(|_| c).map_err(|e| e.to_string())
-        });
+        let checked = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| ringpost_engine::dkim::Signers::load(&c.dkim).map(|_| c).map_err(|e| e.to_string()));
         return match checked {
             Ok(_) => {
                 println!("{}: ok", path.display());

@@ -39,7 +39,14 @@ fn keys_dir() -> std::path::PathBuf {
 }
 
 fn entry(domain: &str, selector: &str, alg: DkimAlgorithm, file: &str) -> ringpost_engine::dkim::SigningEntry {
-    let c = DkimConfig { domain: domain.into(), selector: selector.into(), algorithm: alg, key_file: keys_dir().join(file), headers: None, oversign: None };
+    let c = DkimConfig {
+        domain: domain.into(),
+        selector: selector.into(),
+        algorithm: alg,
+        key_file: keys_dir().join(file),
+        headers: None,
+        oversign: None,
+    };
     let key = load_key(alg, &std::fs::read_to_string(&c.key_file).unwrap(), &c.key_file).unwrap();
     Signers::entry(&c, key)
 }
@@ -75,7 +82,10 @@ fn mail_auth_verifies_rsa_ed25519_and_dual_signatures() {
     ]);
     let cache = TxtCache(Mutex::new(HashMap::new()));
     let far = Instant::now() + std::time::Duration::from_secs(3600);
-    for (name, alg, file) in [("rsa._domainkey.dual.test.", DkimAlgorithm::RsaSha256, "rsa2048-test-only.pem"), ("ed._domainkey.dual.test.", DkimAlgorithm::Ed25519Sha256, "ed25519-test-only.pem")] {
+    for (name, alg, file) in [
+        ("rsa._domainkey.dual.test.", DkimAlgorithm::RsaSha256, "rsa2048-test-only.pem"),
+        ("ed._domainkey.dual.test.", DkimAlgorithm::Ed25519Sha256, "ed25519-test-only.pem"),
+    ] {
         let key = DomainKey::parse(txt_for(alg, file).as_bytes()).unwrap();
         cache.insert(name.into(), Txt::DomainKey(Arc::new(key)), far);
     }

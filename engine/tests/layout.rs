@@ -86,9 +86,7 @@ const SHARED: [&str; 7] = ["clock", "config", "dkim", "message", "tls", "smtp", 
 
 /// Every `crate::<module>` a file names.
 fn crate_refs(text: &str) -> Vec<String> {
-    text.match_indices("crate::")
-        .map(|(at, m)| text[at + m.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
-        .collect()
+    text.match_indices("crate::").map(|(at, m)| text[at + m.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()).collect()
 }
 
 /// Why `from` (a top-level module) may not name `to`, if it may not.

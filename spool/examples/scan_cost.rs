@@ -21,8 +21,20 @@ fn main() {
     // A full segment of typical records: 4 KiB chunk + message + 1 state.
     let mut full = encode_header(0, 1, size as u64, seed);
     let body = vec![b'x'; 4096];
-    let m = MessageRecord { sender: b"a@b.example".to_vec(), recipients: vec![b"r@x.example".to_vec(); 2], trace: vec![b't'; 120], body: vec![Extent { segment: 1, offset: 64, len: 4096 }], ..Default::default() };
-    let s = RcptState { msg: MsgRef { core: 0, segment: 1, offset: 64 }, rcpt: 0, attempts: 2, next_attempt_ms: 1, last_response: "451 4.7.1 try later".into() };
+    let m = MessageRecord {
+        sender: b"a@b.example".to_vec(),
+        recipients: vec![b"r@x.example".to_vec(); 2],
+        trace: vec![b't'; 120],
+        body: vec![Extent { segment: 1, offset: 64, len: 4096 }],
+        ..Default::default()
+    };
+    let s = RcptState {
+        msg: MsgRef { core: 0, segment: 1, offset: 64 },
+        rcpt: 0,
+        attempts: 2,
+        next_attempt_ms: 1,
+        last_response: "451 4.7.1 try later".into(),
+    };
     let mut recs = 0;
     while full.len() + 8192 < size {
         encode_frame(seed, RecordKind::Chunk, &body, &mut full);
@@ -36,7 +48,7 @@ fn main() {
     let e = t.elapsed();
     println!("full 64 MiB: {n} records ({recs} written) in {e:?}, {:?}/record", e / n as u32);
     // Same, corrupt frame in the middle.
-    full[size / 2 / 8 * 8 ..][..8].fill(0xee);
+    full[size / 2 / 8 * 8..][..8].fill(0xee);
     let t = Instant::now();
     let n = SegmentScanner::new(&full, &h).count();
     println!("full with mid corruption: {n} events in {:?}", t.elapsed());

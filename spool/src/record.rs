@@ -407,7 +407,11 @@ impl<'a> Cursor<'a> {
         Ok(MsgRef { core: self.u16()?, segment: self.u32()?, offset: self.u64()? })
     }
     fn finish(&self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(SpoolError::Corrupt("trailing bytes in payload")) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(SpoolError::Corrupt("trailing bytes in payload"))
+        }
     }
 }
 
@@ -426,9 +430,7 @@ fn decode_message(payload: &[u8]) -> Result<MessageRecord> {
     if n > payload.len() / 16 {
         return Err(SpoolError::Corrupt("extent count exceeds payload"));
     }
-    let body = (0..n)
-        .map(|_| Ok(Extent { segment: c.u32()?, offset: c.u64()?, len: c.u32()? }))
-        .collect::<Result<Vec<_>>>()?;
+    let body = (0..n).map(|_| Ok(Extent { segment: c.u32()?, offset: c.u64()?, len: c.u32()? })).collect::<Result<Vec<_>>>()?;
     let body_hash = match c.u8()? {
         0 => None,
         1 => Some(c.take(32)?.try_into().unwrap()),
@@ -470,13 +472,7 @@ fn decode_failure(c: &mut Cursor<'_>) -> Result<FailureDetail> {
 
 fn decode_rcpt_state(payload: &[u8]) -> Result<RcptState> {
     let mut c = Cursor(payload);
-    let s = RcptState {
-        msg: c.msgref()?,
-        rcpt: c.u32()?,
-        attempts: c.u32()?,
-        next_attempt_ms: c.u64()?,
-        last_response: c.text(MAX_RESPONSE_LEN)?,
-    };
+    let s = RcptState { msg: c.msgref()?, rcpt: c.u32()?, attempts: c.u32()?, next_attempt_ms: c.u64()?, last_response: c.text(MAX_RESPONSE_LEN)? };
     c.finish()?;
     Ok(s)
 }

@@ -25,8 +25,7 @@
 //! and 54–106 ms to rule out valid frames after a torn frame at the start of a 64 MiB segment.
 use crate::error::{Result, SpoolError};
 use crate::record::{
-    decode_record, scan_frame, Disposition, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record,
-    FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC,
+    decode_record, scan_frame, Disposition, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC,
 };
 use crate::segment::{decode_header, parse_segment_name, SegmentHeader, SegmentMap, SEGMENT_HEADER_LEN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -240,10 +239,7 @@ impl Collector {
             let n = record.recipients.len() as u32;
             let pending: Vec<u32> = (0..n).filter(|i| !self.finals.contains_key(&(msg, *i))).collect();
             let states = pending.iter().filter_map(|i| self.states.remove(&(msg, *i))).collect();
-            let failed: Vec<Disposition> = (0..n)
-                .filter_map(|i| self.finals.remove(&(msg, i)))
-                .filter(|d| d.outcome != Outcome::Delivered)
-                .collect();
+            let failed: Vec<Disposition> = (0..n).filter_map(|i| self.finals.remove(&(msg, i))).filter(|d| d.outcome != Outcome::Delivered).collect();
             let owes_dsn = pending.is_empty() && !failed.is_empty() && !self.dsn_done.contains(&msg);
             let m = RecoveredMessage { msg, record, pending, states, failed };
             if !m.pending.is_empty() {

@@ -1,10 +1,7 @@
 //! Recovery rules, tested on byte vectors (the sans-I/O segment scan) and on segment files
 //! written by hand into a temporary directory (the cross-segment rules).
 use super::*;
-use crate::record::{
-    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail,
-    RecordKind,
-};
+use crate::record::{encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail, RecordKind};
 use crate::segment::encode_header;
 
 const SEED: u32 = 0xC0FF_EE01;
@@ -153,10 +150,13 @@ fn zeroed_frame_ends_the_newest_segment_but_is_corruption_in_a_sealed_one() {
     let newest: Vec<_> = SegmentScanner::new(&bytes, &h).collect();
     assert_eq!(newest.len(), 1, "the newest segment's written end is the first zero header");
     let events: Vec<_> = SegmentScanner::new(&bytes, &h).sealed(true).collect();
-    let offsets_found: Vec<u64> = events.iter().filter_map(|e| match e {
-        ScanEvent::Record { offset, .. } => Some(*offset),
-        _ => None,
-    }).collect();
+    let offsets_found: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ScanEvent::Record { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect();
     assert_eq!(offsets_found, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
     let skipped = (offsets[2] - offsets[1]) as u64;
     assert_eq!(events[1], ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "zeroed frame" });

@@ -12,8 +12,8 @@
 //! segment that still exists: deleting it would resurrect delivered recipients after a crash.
 use crate::error::{Result, SpoolError};
 use crate::record::{
-    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition,
-    Extent, MessageRecord, MsgRef, RcptState, RecordKind, FRAME_HEADER_LEN,
+    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition, Extent, MessageRecord, MsgRef,
+    RcptState, RecordKind, FRAME_HEADER_LEN,
 };
 use crate::recovery::{RecoveredMessage, Recovery};
 use crate::segment::{derive_frame_seed, encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
@@ -154,12 +154,7 @@ impl SpoolShard {
     /// each is released with [`Self::release_message`] once final (or abandoned). New records
     /// go to a fresh segment after the highest sequence seen. Segments nothing pins are
     /// collected at once.
-    pub fn open_on(
-        storage: Rc<dyn Storage>,
-        core: u16,
-        cfg: SpoolConfig,
-        recovery: Recovery,
-    ) -> Result<(Rc<Self>, Vec<RecoveredMessage>)> {
+    pub fn open_on(storage: Rc<dyn Storage>, core: u16, cfg: SpoolConfig, recovery: Recovery) -> Result<(Rc<Self>, Vec<RecoveredMessage>)> {
         let core_dir = Self::core_dir(&cfg.dir, core);
         create_dir_durable(&*storage, &core_dir).map_err(|e| SpoolError::from_io(&core_dir, e))?;
         let active = recovery.segments.iter().map(|r| r.map.seq() + 1).max().unwrap_or(1);

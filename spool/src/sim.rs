@@ -227,8 +227,7 @@ impl Sim {
         if !(dir.starts_with(&self.root)) {
             return;
         }
-        let gone: Vec<PathBuf> =
-            self.durable.keys().filter(|p| p.parent() == Some(dir) && !p.exists()).cloned().collect();
+        let gone: Vec<PathBuf> = self.durable.keys().filter(|p| p.parent() == Some(dir) && !p.exists()).cloned().collect();
         for p in gone {
             self.durable.remove(&p);
             self.shadows.remove(&p);

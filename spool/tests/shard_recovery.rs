@@ -185,7 +185,13 @@ fn retry_state_and_dsn_markers_survive_restart_and_guard_gc() {
             // records about both messages spread over them.
             // The latest state is followed by filler too, so its segment is sealed and unpinned.
             for round in 0..4u32 {
-                let state = RcptState { msg: live, rcpt: 1, attempts: round + 1, next_attempt_ms: 5000 + round as u64, last_response: format!("451 round {round}") };
+                let state = RcptState {
+                    msg: live,
+                    rcpt: 1,
+                    attempts: round + 1,
+                    next_attempt_ms: 5000 + round as u64,
+                    last_response: format!("451 round {round}"),
+                };
                 shard.append_rcpt_state(&state).unwrap();
                 for _ in 0..20 {
                     let (e, t) = shard.append_chunk(&[b'f'; 1000]).unwrap();

@@ -302,11 +302,7 @@ impl ClientTransaction {
                 }
             }
             Expect::Dot => {
-                let results = self
-                    .rcpt_replies
-                    .iter()
-                    .map(|rr| if rr.code / 100 == 2 { classify(&r, true) } else { classify(rr, false) })
-                    .collect();
+                let results = self.rcpt_replies.iter().map(|rr| if rr.code / 100 == 2 { classify(&r, true) } else { classify(rr, false) }).collect();
                 ClientStep::Done { results, reset: r.code / 100 != 2 }
             }
         }
@@ -367,10 +363,7 @@ mod tests {
     fn pipelined_transaction_with_mixed_recipients() {
         let caps = Capabilities { pipelining: true, ..Default::default() };
         let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into(), "bad@y".into(), "later@y".into()], 10, false, false);
-        assert_eq!(
-            t.start(),
-            ClientStep::Send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nRCPT TO:<bad@y>\r\nRCPT TO:<later@y>\r\nDATA\r\n".to_vec())
-        );
+        assert_eq!(t.start(), ClientStep::Send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nRCPT TO:<bad@y>\r\nRCPT TO:<later@y>\r\nDATA\r\n".to_vec()));
         assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
         assert_eq!(t.on_reply(reply("250 ok\r\n")), ClientStep::Read);
         assert_eq!(t.on_reply(reply("550 5.1.1 no\r\n")), ClientStep::Read);
@@ -463,7 +456,11 @@ mod tests {
         refused_with(&mut t, 1, "553 5.6.7 Non-ASCII address needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n");
         // ASCII addresses, but an SMTPUTF8 submission with 8-bit content: UTF-8 headers.
         let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 42, true, true);
-        refused_with(&mut t, 1, "554 5.6.9 Message with UTF-8 headers needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n");
+        refused_with(
+            &mut t,
+            1,
+            "554 5.6.9 Message with UTF-8 headers needs SMTPUTF8, but the receiving server does not offer SMTPUTF8 (RFC 6531)\r\n",
+        );
     }
 
     #[test]

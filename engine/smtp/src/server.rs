@@ -5,12 +5,12 @@
 //! a reply to send, body bytes to spool, or a complete message. It owns the session's protocol
 //! state and limits, never a socket, a clock or the spool. Memory is bounded: it never holds
 //! more than one command line, and body bytes are only pointed at, never kept.
+use super::address::Address;
 use super::address::AddressError;
-use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
 use super::auth::{self, AuthState, AuthStep};
+use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
 use super::data::DataScanner;
 use super::reply::{echo, Reply};
-use super::address::Address;
 
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -334,10 +334,7 @@ impl Server {
     fn error_reply(&mut self, consumed: usize, reply: Reply) -> Step {
         self.errors += 1;
         if self.errors > self.limits.hard_error_limit {
-            return Step::Close {
-                consumed,
-                reply: Reply::new(421, (4, 7, 0), format!("{} Error: too many errors", self.limits.hostname)),
-            };
+            return Step::Close { consumed, reply: Reply::new(421, (4, 7, 0), format!("{} Error: too many errors", self.limits.hostname)) };
         }
         Step::Reply { consumed, reply }
     }
@@ -365,9 +362,7 @@ impl Server {
             Command::Rcpt(to) => self.rcpt(consumed, to),
             Command::Data => match &self.tx {
                 None => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need MAIL command")),
-                Some(tx) if tx.recipients.is_empty() => {
-                    self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need RCPT command"))
-                }
+                Some(tx) if tx.recipients.is_empty() => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need RCPT command")),
                 Some(_) => {
                     self.phase = Phase::Data(DataScanner::new());
                     reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
@@ -387,9 +382,7 @@ impl Server {
                 }
                 Step::StartTls { consumed, reply: Reply::new(220, (2, 0, 0), "Ready to start TLS") }
             }
-            Command::StartTls if self.tls_active => {
-                self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: TLS already active"))
-            }
+            Command::StartTls if self.tls_active => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: TLS already active")),
             Command::Auth(args) => {
                 if self.auth.is_none() {
                     return self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: authentication not enabled"));
@@ -405,9 +398,7 @@ impl Server {
                 }
                 self.auth_step(consumed, auth::start(&args))
             }
-            Command::StartTls | Command::Bdat => {
-                self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented"))
-            }
+            Command::StartTls | Command::Bdat => self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented")),
         }
     }
 

@@ -200,7 +200,8 @@ fn declared_size_too_large_is_552_at_mail() {
 
 #[test]
 fn commands_out_of_order_get_503() {
-    let Outcome { replies: r, .. } = session(true, b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nRCPT TO:<x@y.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+    let Outcome { replies: r, .. } =
+        session(true, b"MAIL FROM:<a@b.test>\r\nEHLO c.test\r\nRCPT TO:<x@y.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
     assert_eq!(codes(&r), ["220", "503", "250", "503", "503", "250", "503"]);
     assert!(r.iter().filter(|l| l.starts_with("503")).all(|l| l.starts_with("503 5.5.1")));
 }

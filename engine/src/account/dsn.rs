@@ -71,7 +71,11 @@ fn cut(s: &str, max: usize) -> &str {
 /// [`cut`], with the mark appended when it cut.
 fn bounded(s: &str, max: usize) -> String {
     let kept = cut(s, max);
-    if kept.len() == s.len() { kept.to_string() } else { format!("{kept}{CUT_MARK}") }
+    if kept.len() == s.len() {
+        kept.to_string()
+    } else {
+        format!("{kept}{CUT_MARK}")
+    }
 }
 
 /// Append one unfolded line (our own fields and addresses, which parse_mailbox bounds), cut to
@@ -153,7 +157,9 @@ pub fn build(hostname: &str, now_ms: u64, orig: &Original<'_>, failed: &[FailedR
     t.push_str(&format!("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"));
     t.push_str("This is a MIME-encapsulated message.\r\n\r\n");
     t.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
-    t.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\nYour message could not be delivered to the following recipients:\r\n\r\n"));
+    t.push_str(&format!(
+        "This is the mail system at host {hostname}.\r\n\r\nYour message could not be delivered to the following recipients:\r\n\r\n"
+    ));
     for f in failed {
         push_field(&mut t, &format!("<{}>:", bounded(&one_line(&f.recipient), MAX_LINE / 2)), &f.diagnostic);
     }
@@ -193,8 +199,20 @@ mod tests {
     #[test]
     fn dsn_lists_every_failed_recipient_and_is_wire_safe() {
         let failed = vec![
-            FailedRecipient { recipient: "a@x.test".into(), status: "5.1.1".into(), remote: Some("127.0.0.1:25".into()), diagnostic: "550 5.1.1 no\r\nInjected: yes".into(), expired: false },
-            FailedRecipient { recipient: "b@y.test".into(), status: "4.4.7".into(), remote: None, diagnostic: "lifetime exceeded".into(), expired: true },
+            FailedRecipient {
+                recipient: "a@x.test".into(),
+                status: "5.1.1".into(),
+                remote: Some("127.0.0.1:25".into()),
+                diagnostic: "550 5.1.1 no\r\nInjected: yes".into(),
+                expired: false,
+            },
+            FailedRecipient {
+                recipient: "b@y.test".into(),
+                status: "4.4.7".into(),
+                remote: None,
+                diagnostic: "lifetime exceeded".into(),
+                expired: true,
+            },
         ];
         let orig = Original { id: "ID1", sender: "s@z.test", received_ms: 0, headers: b"Subject: hi\r\n..dot\r\n" };
         let b = build("mta.test", 1000, &orig, &failed);
@@ -249,7 +267,7 @@ mod tests {
         assert_eq!(code[1], format!(" {}...", "x".repeat(MAX_LINE - 4)));
         assert_eq!(code[1].len(), MAX_LINE);
         let text = field_lines(&s, "<r@x.test>:");
-        assert_eq!(text, ["<r@x.test>: 550", &code[1]]);
+        assert_eq!(text, ["<r@x.test>: 550", code[1]]);
         assert_eq!(s.matches("Diagnostic-Code:").count(), 1);
     }
 

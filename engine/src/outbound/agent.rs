@@ -10,9 +10,9 @@ use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::Delivery;
 use crate::outbound::routes::Routes;
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
-use crate::tls::Transport;
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
+use crate::tls::Transport;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
@@ -202,7 +202,14 @@ async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
     Ok(())
 }
 
-async fn greet(ctx: &AgentContext, host: Option<String>, addr: SocketAddr, timeout: Duration, policy: &TlsPolicy, try_tls: bool) -> Result<Conn, ConnError> {
+async fn greet(
+    ctx: &AgentContext,
+    host: Option<String>,
+    addr: SocketAddr,
+    timeout: Duration,
+    policy: &TlsPolicy,
+    try_tls: bool,
+) -> Result<Conn, ConnError> {
     let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let remote = match &host {

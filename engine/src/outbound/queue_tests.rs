@@ -6,12 +6,7 @@ use ringpost_spool::MsgRef;
 const T0: u64 = 1_800_000_000_000;
 
 fn policy() -> RetryPolicy {
-    RetryPolicy {
-        first: Duration::from_secs(300),
-        factor: 2.0,
-        max: Duration::from_secs(4000),
-        max_age: Duration::from_secs(3600),
-    }
+    RetryPolicy { first: Duration::from_secs(300), factor: 2.0, max: Duration::from_secs(4000), max_age: Duration::from_secs(3600) }
 }
 
 fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {

@@ -61,12 +61,7 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy {
-            first: Duration::from_secs(300),
-            factor: 2.0,
-            max: Duration::from_secs(4000),
-            max_age: Duration::from_secs(5 * 86400),
-        }
+        RetryPolicy { first: Duration::from_secs(300), factor: 2.0, max: Duration::from_secs(4000), max_age: Duration::from_secs(5 * 86400) }
     }
 
     #[test]

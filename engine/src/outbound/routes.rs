@@ -41,7 +41,14 @@ mod tests {
     use super::*;
 
     fn route(domain: &str, hosts: &[&str]) -> Route {
-        Route { domain: domain.into(), hosts: hosts.iter().map(|h| h.to_string()).collect(), tls: None, tls_verify: None, tls_ca_file: None, tls_name: None }
+        Route {
+            domain: domain.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            tls: None,
+            tls_verify: None,
+            tls_ca_file: None,
+            tls_name: None,
+        }
     }
 
     #[test]

@@ -20,9 +20,8 @@ impl ClientConfigs {
         let policies = cfg.route.iter().map(|r| cfg.tls_policy(r)).chain(std::iter::once(cfg.default_tls_policy()));
         for p in policies {
             if let (TlsVerify::Ca, Some(ca)) = (p.verify, p.ca_file.clone()) {
-                if !by_ca.contains_key(&ca) {
-                    let c = client_config(&Verify::Ca(ca.clone()))?;
-                    by_ca.insert(ca, c);
+                if let std::collections::hash_map::Entry::Vacant(slot) = by_ca.entry(ca.clone()) {
+                    slot.insert(client_config(&Verify::Ca(ca))?);
                 }
             }
         }
@@ -49,13 +48,21 @@ pub enum TlsFallback {
 
 /// Decide for a server that does not offer STARTTLS.
 pub fn not_offered(p: &TlsPolicy) -> TlsFallback {
-    if p.mode == TlsMode::Required { TlsFallback::Defer } else { TlsFallback::Plaintext }
+    if p.mode == TlsMode::Required {
+        TlsFallback::Defer
+    } else {
+        TlsFallback::Plaintext
+    }
 }
 
 /// Decide after a failed handshake (the connection is gone either way; plaintext means a new
 /// connection without STARTTLS).
 pub fn handshake_failed(p: &TlsPolicy) -> TlsFallback {
-    if p.mode == TlsMode::Opportunistic && p.plaintext_fallback { TlsFallback::Plaintext } else { TlsFallback::Defer }
+    if p.mode == TlsMode::Opportunistic && p.plaintext_fallback {
+        TlsFallback::Plaintext
+    } else {
+        TlsFallback::Defer
+    }
 }
 
 #[cfg(test)]

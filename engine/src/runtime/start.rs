@@ -80,7 +80,13 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredM
 }
 
 /// Assemble the core's state from the configuration.
-fn build_core(id: usize, n: usize, shared: Arc<Shared>, spool: Rc<SpoolShard>, senders: glommio::channels::channel_mesh::Senders<CoreMsg>) -> Result<Rc<Core>, String> {
+fn build_core(
+    id: usize,
+    n: usize,
+    shared: Arc<Shared>,
+    spool: Rc<SpoolShard>,
+    senders: glommio::channels::channel_mesh::Senders<CoreMsg>,
+) -> Result<Rc<Core>, String> {
     let cfg = &shared.config;
     let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
     let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;

@@ -32,7 +32,8 @@ impl Core {
             tracing::warn!("core {}: final report for {} of core {} left to recovery", self.id, r.msg, r.msg.core);
             return;
         }
-        let failure = r.failure.as_ref().map(|f| FailureDetail { status: f.status.clone(), remote: f.remote.clone(), diagnostic: f.diagnostic.clone() });
+        let failure =
+            r.failure.as_ref().map(|f| FailureDetail { status: f.status.clone(), remote: f.remote.clone(), diagnostic: f.diagnostic.clone() });
         let d = Disposition { msg: r.msg, rcpt: r.rcpt, outcome: r.outcome, failure };
         if let Err(e) = self.spool.append_disposition(&d) {
             tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);

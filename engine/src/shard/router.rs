@@ -48,8 +48,7 @@ mod tests {
     fn recipients_are_grouped_once_by_domain_then_owner() {
         let rcpts = ["a@X.test", "b@y.test", "c@x.test"];
         let groups = group_by_owner(rcpts.iter().enumerate().map(|(i, r)| (i as u32, *r)), 2);
-        let flat: Vec<(usize, String, Vec<u32>)> =
-            groups.into_iter().flat_map(|(c, g)| g.into_iter().map(move |(d, r)| (c, d, r))).collect();
+        let flat: Vec<(usize, String, Vec<u32>)> = groups.into_iter().flat_map(|(c, g)| g.into_iter().map(move |(d, r)| (c, d, r))).collect();
         assert_eq!(flat.len(), 2, "two destinations: {flat:?}");
         let x = flat.iter().find(|(_, d, _)| d == "x.test").unwrap();
         assert_eq!((x.0, &x.2), (owner_core("x.test", 2), &vec![0, 2]));

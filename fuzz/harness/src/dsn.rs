@@ -11,7 +11,14 @@ use crate::engine_dsn::{build, FailedRecipient, Original};
 pub fn run(data: &[u8]) {
     // Addresses reach the DSN only after parse_mailbox, which bounds them (64 + 1 + 255 octets);
     // remote text (diagnostic, remote host) is not bounded by anything before the builder.
-    let addr = |f: String| f.chars().scan(0, |n, c| { *n += c.len_utf8(); (*n <= 320).then_some(c) }).collect::<String>();
+    let addr = |f: String| {
+        f.chars()
+            .scan(0, |n, c| {
+                *n += c.len_utf8();
+                (*n <= 320).then_some(c)
+            })
+            .collect::<String>()
+    };
     let mut fields = data.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
     let sender = addr(fields.next().unwrap_or_default());
     let rest: Vec<String> = fields.collect();

@@ -10,9 +10,9 @@
 //! `use` lines below and nothing else.
 #![warn(missing_docs)]
 
-pub(crate) use ringpost_engine::outbound::dns::wire as dns;
 pub(crate) use ringpost_engine::account::dsn as engine_dsn;
-pub(crate) use ringpost_engine::smtp as smtp;
+pub(crate) use ringpost_engine::outbound::dns::wire as dns;
+pub(crate) use ringpost_engine::smtp;
 pub(crate) use ringpost_spool as spool;
 
 pub mod address;
@@ -23,8 +23,11 @@ pub mod smtp_server;
 pub mod spool_record;
 pub mod spool_recovery;
 
+/// A target's harness: runs one input, panics when an invariant breaks.
+pub type Harness = fn(&[u8]);
+
 /// Every target: its name (the corpus directory and cargo-fuzz binary) and its harness.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("address", address::run),
     ("dns_wire", dns_wire::run),
     ("dsn", dsn::run),

@@ -114,7 +114,7 @@ impl Driver<'_> {
         assert!(tx.recipients.len() <= 3, "{} recipients over the limit", tx.recipients.len());
         self.messages += 1;
         let reply = match self.messages % 3 {
-            0 => s.commit_failed(self.messages % 2 == 0),
+            0 => s.commit_failed(self.messages.is_multiple_of(2)),
             _ => s.committed("0000000000000000AB"),
         };
         check_reply(&reply);

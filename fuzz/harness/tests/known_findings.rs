@@ -31,7 +31,7 @@ fn second_fuzzer_input_of_the_parameter_echo_passes() {
 /// which ringpost's own server refuses (500 5.5.2 line longer than 1000 octets) when relaying it.
 #[test]
 fn long_remote_diagnostic_keeps_dsn_lines_within_998_octets() {
-    let mut input = b"s@b.test\0r@x.test\0550 ".to_vec();
+    let mut input = b"s@b.test\x00r@x.test\x00550 ".to_vec();
     input.extend(std::iter::repeat_n(b'x', 1200));
     ringpost_fuzz_harness::dsn::run(&input);
     replay_artifact("dsn", "crash-3a4108f102b3c7a2c36c87dfb50f8136f9e27e81", ringpost_fuzz_harness::dsn::run);
