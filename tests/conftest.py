@@ -194,3 +194,14 @@ def strip_trace(content: bytes) -> bytes:
     while lines[i].startswith(b"\t"):
         i += 1
     return b"\r\n".join(lines[i:])
+
+
+def wait_for(pred, what, timeout=20):
+    """Poll `pred` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

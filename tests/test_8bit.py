@@ -10,7 +10,7 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import Ringpost, SinkHandler, free_port, strip_trace
+from conftest import Ringpost, SinkHandler, free_port, strip_trace, wait_for
 
 
 class PlainSinkHandler(SinkHandler):
@@ -58,16 +58,6 @@ def send(rp, rcpt, body, opts=()):
     with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
         s.ehlo("client.test")
         assert s.sendmail("s@b.test", [rcpt], body, mail_options=list(opts)) == {}
-
-
-def wait_for(pred, what, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def final(rp, rcpt):

@@ -9,7 +9,7 @@ import signal
 import smtplib
 import time
 
-from conftest import Ringpost
+from conftest import Ringpost, wait_for
 
 
 def configure(rp: Ringpost, retry_s: float, max_age_s: float):
@@ -23,16 +23,6 @@ def configure(rp: Ringpost, retry_s: float, max_age_s: float):
     rp.config.write_text(text)
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_restart_keeps_attempts_schedule_and_earlier_failures_for_the_dsn(tmp_path, sink):
     rp = Ringpost(tmp_path, sink.port, cores=2)
     configure(rp, retry_s=4.0, max_age_s=7.0)
@@ -41,8 +31,8 @@ def test_restart_keeps_attempts_schedule_and_earlier_failures_for_the_dsn(tmp_pa
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
             s.sendmail("sender@b.test", ["reject-1@example.org", "defer-1@example.org"],
                        b"Subject: half bounces now, half later\r\nMessage-ID: <r1@b.test>\r\n\r\nbody\r\n")
-        first = wait_for(lambda: [e for e in rp.events() if e["type"] == "TransientFailure"], 10, "the first deferral")
-        wait_for(lambda: [e for e in rp.events() if e["type"] == "Bounce"], 10, "the bounce")
+        first = wait_for(lambda: [e for e in rp.events() if e["type"] == "TransientFailure"], "the first deferral", timeout=10)
+        wait_for(lambda: [e for e in rp.events() if e["type"] == "Bounce"], "the bounce", timeout=10)
         assert first[0]["attempts"] == 1
         first_attempt_ms = first[0]["time_ms"]
         time.sleep(0.5)  # the disposition and retry-state records reach the next commit round
@@ -50,7 +40,7 @@ def test_restart_keeps_attempts_schedule_and_earlier_failures_for_the_dsn(tmp_pa
         lifetime_one = len(rp.events())
 
         rp.start()
-        expired = wait_for(lambda: [e for e in rp.events() if e["type"] == "Expiration"], 20, "the expiry")
+        expired = wait_for(lambda: [e for e in rp.events() if e["type"] == "Expiration"], "the expiry", timeout=20)
         after = rp.events()[lifetime_one:]
         retries = [e for e in after if e["recipient"] == "defer-1@example.org" and e["type"] in ("TransientFailure", "Expiration")]
         # The schedule survived: attempt 2 came no earlier than its persisted time (4 s after the
@@ -60,7 +50,7 @@ def test_restart_keeps_attempts_schedule_and_earlier_failures_for_the_dsn(tmp_pa
         assert expired[0]["recipient"] == "defer-1@example.org"
         assert [e for e in after if e["type"] == "Bounce"] == [], "the bounce before the restart is not redone"
 
-        dsns = wait_for(lambda: [m for m in sink.snapshot() if m[0] in ("<>", "")], 10, "the DSN")
+        dsns = wait_for(lambda: [m for m in sink.snapshot() if m[0] in ("<>", "")], "the DSN", timeout=10)
         time.sleep(1.0)
         dsns = [m for m in sink.snapshot() if m[0] in ("<>", "")]
         assert len(dsns) == 1, f"exactly one DSN, got {len(dsns)}"
