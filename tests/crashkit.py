@@ -608,12 +608,7 @@ def run_cycles(workdir: Path, plan: Plan, log=print, between=None):
         v.sink_dropped = list(sink.dropped)
         return v, inj, sink, daemon
     finally:
-        try:
-            inj.stop()
-        except AssertionError:
-            pass
-        daemon.rp.stop(signal.SIGKILL)
-        sink.close()
+        _teardown(inj, daemon, sink)
 
 
 REQUEUED = re.compile(r"core (\d+): requeued (\d+) messages")
@@ -655,12 +650,7 @@ def run_big_queue(workdir: Path, messages: int, clients=8, seed=2, big_share=0.0
             f"drained in {t_drain:.1f}s")
         return v, inj, sink, daemon
     finally:
-        try:
-            inj.stop()
-        except AssertionError:
-            pass
-        daemon.rp.stop(signal.SIGKILL)
-        sink.close()
+        _teardown(inj, daemon, sink)
 
 
 def report(v: Verdict, log=print, cycles=0):
@@ -726,3 +716,13 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def _teardown(inj, daemon, sink):
+    """Stop the injectors (their own verdict is not the test's), kill the daemon, close the sink."""
+    try:
+        inj.stop()
+    except AssertionError:
+        pass
+    daemon.rp.stop(signal.SIGKILL)
+    sink.close()

@@ -1,7 +1,7 @@
 //! Reproducers of what the fuzzers found in engine code, now fixed: each test replays the
 //! fuzzer's raw input from fuzz/artifacts/<target>/ and a minimal hand-made vector through the
 //! same harness the fuzz target runs, so the finding cannot come back unnoticed.
-//! (A new finding starts here as an `#[ignore]`d test until its fix lands.)
+//! A new finding is added here with its reproducer, and lands together with its fix.
 use std::path::PathBuf;
 
 /// Run the raw fuzzer input `fuzz/artifacts/<target>/<name>` through `run`.
