@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod liveness;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -17,7 +18,7 @@ pub mod sim;
 pub mod storage;
 
 pub use error::SpoolError;
-pub use record::{Disposition, Extent, FailureDetail, MessageRecord, MsgRef, Outcome, RcptState, Record, RecordKind};
+pub use record::{Disposition, Extent, FailureDetail, MessageRecord, MsgRef, Outcome, RcptState, Record, RecordKind, SegmentCheckpoint};
 pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery, ScanEvent, SegmentScanner};
 pub use segment::SegmentMap;
 pub use shard::{Durability, SpoolConfig, SpoolShard, Ticket};

@@ -53,6 +53,8 @@ pub enum RecordKind {
     RcptState = 4,
     /// A message's DSN is durably spooled.
     DsnDone = 5,
+    /// Which messages of an older segment are still live; every other message there is final.
+    Checkpoint = 6,
 }
 
 impl RecordKind {
@@ -63,6 +65,7 @@ impl RecordKind {
             3 => Some(Self::Disposition),
             4 => Some(Self::RcptState),
             5 => Some(Self::DsnDone),
+            6 => Some(Self::Checkpoint),
             _ => None,
         }
     }
@@ -187,6 +190,22 @@ pub struct RcptState {
     pub last_response: String,
 }
 
+/// The live messages of one older segment at the time of writing: every message record of
+/// `segment` whose offset is not listed is final (all recipients disposed of, DSN spooled).
+///
+/// Why: a record about a message (a disposition, a retry state) must outlive the message's
+/// segment, or a restart would redeliver. Without a checkpoint that chains: each segment holds
+/// dispositions about the one before, so one message retried for days would pin every later
+/// segment. A checkpoint (plus copies of the live messages' latest records) stands in for all
+/// earlier records about `segment`, so the segments holding those can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCheckpoint {
+    /// Sequence number of the segment it describes (same core).
+    pub segment: u32,
+    /// Frame offsets of its message records still live, ascending.
+    pub live: Vec<u64>,
+}
+
 /// A decoded record, borrowing from the segment bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -200,6 +219,8 @@ pub enum Record<'a> {
     RcptState(RcptState),
     /// The DSN of this message is durably spooled.
     DsnDone(MsgRef),
+    /// Which messages of an older segment are still live.
+    Checkpoint(SegmentCheckpoint),
 }
 
 /// Bytes a frame with `payload_len` payload bytes occupies, padding included.
@@ -278,6 +299,7 @@ pub fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Record<'_>> {
         RecordKind::Disposition => decode_disposition(payload).map(Record::Disposition),
         RecordKind::RcptState => decode_rcpt_state(payload).map(Record::RcptState),
         RecordKind::DsnDone => decode_dsn_done(payload).map(Record::DsnDone),
+        RecordKind::Checkpoint => decode_checkpoint(payload).map(Record::Checkpoint),
     }
 }
 
@@ -344,6 +366,17 @@ pub fn encode_rcpt_state(s: &RcptState) -> Vec<u8> {
 pub fn encode_dsn_done(msg: &MsgRef) -> Vec<u8> {
     let mut p = Vec::with_capacity(14);
     put_msgref(&mut p, msg);
+    p
+}
+
+/// Encode a segment checkpoint's payload.
+pub fn encode_checkpoint(c: &SegmentCheckpoint) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + c.live.len() * 8);
+    p.extend_from_slice(&c.segment.to_le_bytes());
+    p.extend_from_slice(&(c.live.len() as u32).to_le_bytes());
+    for off in &c.live {
+        p.extend_from_slice(&off.to_le_bytes());
+    }
     p
 }
 
@@ -484,6 +517,21 @@ fn decode_dsn_done(payload: &[u8]) -> Result<MsgRef> {
     Ok(msg)
 }
 
+fn decode_checkpoint(payload: &[u8]) -> Result<SegmentCheckpoint> {
+    let mut c = Cursor(payload);
+    let segment = c.u32()?;
+    let n = c.u32()? as usize;
+    if n > payload.len() / 8 {
+        return Err(SpoolError::Corrupt("checkpoint count exceeds payload"));
+    }
+    let live = (0..n).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
+    if live.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(SpoolError::Corrupt("checkpoint offsets not ascending"));
+    }
+    c.finish()?;
+    Ok(SegmentCheckpoint { segment, live })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +628,7 @@ mod tests {
             (RecordKind::Disposition, encode_disposition(&failed())),
             (RecordKind::RcptState, encode_rcpt_state(&state())),
             (RecordKind::DsnDone, encode_dsn_done(&state().msg)),
+            (RecordKind::Checkpoint, encode_checkpoint(&SegmentCheckpoint { segment: 9, live: vec![64, 128] })),
         ];
         for (kind, p) in all {
             assert!(decode_record(kind, &p).is_ok(), "{kind:?} must decode whole");
@@ -629,7 +678,21 @@ mod tests {
             Record::Disposition(d) => Record::Disposition(d),
             Record::RcptState(s) => Record::RcptState(s),
             Record::DsnDone(m) => Record::DsnDone(m),
+            Record::Checkpoint(c) => Record::Checkpoint(c),
         }
+    }
+
+    #[test]
+    fn checkpoint_round_trips_and_rejects_bad_lists() {
+        let c = SegmentCheckpoint { segment: 41, live: vec![64, 4160, 70_000] };
+        assert_eq!(round_trip(RecordKind::Checkpoint, &encode_checkpoint(&c)), Record::Checkpoint(c.clone()));
+        let empty = SegmentCheckpoint { segment: 3, live: vec![] };
+        assert_eq!(round_trip(RecordKind::Checkpoint, &encode_checkpoint(&empty)), Record::Checkpoint(empty));
+        let unsorted = SegmentCheckpoint { segment: 41, live: vec![4160, 64] };
+        assert!(decode_record(RecordKind::Checkpoint, &encode_checkpoint(&unsorted)).is_err());
+        let mut huge = encode_checkpoint(&c);
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_record(RecordKind::Checkpoint, &huge).is_err(), "a count beyond the payload must not allocate");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! average ~17, so noisy): 1.5–5.6 µs per record for a 4 KiB chunk + message + retry-state mix,
 //! and 54–106 ms to rule out valid frames after a torn frame at the start of a 64 MiB segment.
 use crate::error::{Result, SpoolError};
+use crate::liveness::{disposition_key, state_key, AboutKey, AboutLoc, DSN_DONE_KEY};
 use crate::record::{
     decode_record, scan_frame, Disposition, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC,
 };
@@ -47,6 +48,9 @@ pub struct RecoveredMessage {
     /// The final dispositions of recipients that failed (bounced or expired), ascending by
     /// recipient index, with their DSN details when the record carries them.
     pub failed: Vec<Disposition>,
+    /// Where the latest records about it (retry states, dispositions, DSN marker) are: the
+    /// shard carries them forward when it checkpoints this message's segment.
+    pub about: Vec<AboutLoc>,
 }
 
 /// A segment kept by recovery, to be handed to [`crate::SpoolShard::open`].
@@ -194,13 +198,17 @@ struct Collector {
     states: HashMap<(MsgRef, u32), RcptState>,
     dsn_done: HashSet<MsgRef>,
     chunks: HashSet<(u32, u64, u32)>,
+    /// The latest checkpoint of each segment: offsets of the messages live when it was written.
+    checkpoints: HashMap<u32, HashSet<u64>>,
+    /// Where the latest record of each key about each message is.
+    locations: HashMap<(MsgRef, AboutKey), (u32, u64)>,
 }
 
 impl Collector {
     /// Take in one record found at `offset` of segment `seq`; records about messages of other
     /// segments are noted in `refs` (they keep those segments' garbage collection honest).
     fn absorb(&mut self, core: u16, seq: u32, offset: u64, record: Record<'_>, refs: &mut BTreeSet<u32>) {
-        let about = match record {
+        let (about, key) = match record {
             Record::Chunk(c) => {
                 self.chunks.insert((seq, offset + FRAME_HEADER_LEN as u64, c.len() as u32));
                 return;
@@ -209,29 +217,52 @@ impl Collector {
                 self.messages.insert(MsgRef { core, segment: seq, offset }, m);
                 return;
             }
+            Record::Checkpoint(c) => {
+                if c.segment != seq {
+                    refs.insert(c.segment);
+                }
+                self.checkpoints.insert(c.segment, c.live.into_iter().collect());
+                return;
+            }
             Record::Disposition(d) => {
-                let msg = d.msg;
+                let about = (d.msg, disposition_key(d.rcpt));
                 self.finals.insert((d.msg, d.rcpt), d);
-                msg
+                about
             }
             Record::RcptState(s) => {
-                let msg = s.msg;
+                let about = (s.msg, state_key(s.rcpt));
                 self.states.insert((s.msg, s.rcpt), s);
-                msg
+                about
             }
             Record::DsnDone(msg) => {
                 self.dsn_done.insert(msg);
-                msg
+                (msg, DSN_DONE_KEY)
             }
         };
+        self.locations.insert((about, key), (seq, offset));
         if about.segment != seq {
             refs.insert(about.segment);
         }
     }
 
+    /// Whether a checkpoint of `msg`'s segment, written after it, says it is final.
+    fn final_by_checkpoint(&self, msg: &MsgRef) -> bool {
+        self.checkpoints.get(&msg.segment).is_some_and(|live| !live.contains(&msg.offset))
+    }
+
+    /// The locations of the latest records about `msg` that still matter: the retry states of
+    /// `pending` recipients, every disposition, the DSN marker.
+    fn about_locations(&self, msg: MsgRef, n: u32, pending: &[u32]) -> Vec<AboutLoc> {
+        let keys = pending.iter().map(|r| state_key(*r)).chain((0..n).map(disposition_key)).chain([DSN_DONE_KEY]);
+        keys.filter_map(|key| self.locations.get(&(msg, key)).map(|&(segment, offset)| AboutLoc { key, segment, offset })).collect()
+    }
+
     /// Sort every intact message into `out.messages` or `out.owed_dsn` (or drop it: done).
     fn finish(mut self, out: &mut Recovery) {
         for (msg, record) in std::mem::take(&mut self.messages) {
+            if self.final_by_checkpoint(&msg) {
+                continue;
+            }
             if !record.body.iter().all(|e| self.chunks.contains(&(e.segment, e.offset, e.len))) {
                 out.incomplete += 1;
                 continue;
@@ -241,7 +272,8 @@ impl Collector {
             let states = pending.iter().filter_map(|i| self.states.remove(&(msg, *i))).collect();
             let failed: Vec<Disposition> = (0..n).filter_map(|i| self.finals.remove(&(msg, i))).filter(|d| d.outcome != Outcome::Delivered).collect();
             let owes_dsn = pending.is_empty() && !failed.is_empty() && !self.dsn_done.contains(&msg);
-            let m = RecoveredMessage { msg, record, pending, states, failed };
+            let about = self.about_locations(msg, n, &pending);
+            let m = RecoveredMessage { msg, record, pending, states, failed, about };
             if !m.pending.is_empty() {
                 out.messages.push(m);
             } else if owes_dsn {

@@ -1,7 +1,10 @@
 //! Recovery rules, tested on byte vectors (the sans-I/O segment scan) and on segment files
 //! written by hand into a temporary directory (the cross-segment rules).
 use super::*;
-use crate::record::{encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail, RecordKind};
+use crate::record::{
+    encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail, RecordKind,
+    SegmentCheckpoint,
+};
 use crate::segment::encode_header;
 
 const SEED: u32 = 0xC0FF_EE01;
@@ -337,4 +340,29 @@ fn zeroed_block_in_a_sealed_segment_is_counted_and_later_messages_recovered() {
     assert_eq!(got, vec![first, third, newest]);
     let chunk_of_third = third.offset - crate::record::frame_len(18) as u64;
     assert_eq!(rec.corrupt, vec![(1, second.offset, chunk_of_third - second.offset)]);
+}
+
+#[test]
+fn the_latest_checkpoint_says_which_messages_of_its_segment_are_final() {
+    let mut sp = Spool::new();
+    let (_a, b, c) = (sp.message(1), sp.message(2), sp.message(1));
+    // b's recipient 0 was delivered; b and c are live at the first checkpoint, only b at the
+    // second. a has no disposition anywhere (it was in a relocated segment): only the
+    // checkpoint says it is final, and so is c (and a DSN it owed was spooled before release).
+    sp.finalise(c, 0, Outcome::Bounced);
+    sp.seal();
+    sp.push(RecordKind::Checkpoint, encode_checkpoint(&SegmentCheckpoint { segment: 1, live: vec![b.offset, c.offset] }));
+    sp.finalise(b, 0, Outcome::Delivered);
+    sp.seal();
+    sp.push(RecordKind::Checkpoint, encode_checkpoint(&SegmentCheckpoint { segment: 1, live: vec![b.offset] }));
+    let s = sp.state(b, 1, 4);
+    let rec = sp.recover();
+    assert_eq!(rec.messages.iter().map(|m| m.msg).collect::<Vec<_>>(), vec![b], "a and c are final by the latest checkpoint");
+    assert!(rec.owed_dsn.is_empty(), "a released message owes no DSN");
+    assert_eq!((rec.messages[0].pending.clone(), rec.messages[0].states.clone()), (vec![1], vec![s]));
+    // The records' locations come back so the shard can carry them forward again.
+    let keys: Vec<(u64, u32)> = rec.messages[0].about.iter().map(|l| (l.key, l.segment)).collect();
+    assert_eq!(keys, vec![(crate::liveness::state_key(1), 3), (crate::liveness::disposition_key(0), 2)]);
+    let refs: Vec<_> = rec.segments.iter().map(|s| s.disposition_refs.iter().copied().collect::<Vec<_>>()).collect();
+    assert_eq!(refs, vec![vec![], vec![1], vec![1]], "a checkpoint guards its segment's GC like a disposition");
 }

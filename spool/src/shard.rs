@@ -10,7 +10,12 @@
 //! Liveness: each segment counts references (message records and body chunks) still needed.
 //! A sealed segment with no references is deleted, unless it holds dispositions about a
 //! segment that still exists: deleting it would resurrect delivered recipients after a crash.
+//! Such a segment is relocated instead (see `relocate.rs`): a checkpoint of the other
+//! segment's live messages and copies of their latest records go to the active segment, and
+//! once those are durable the segment goes. Without that, one message retried for days would
+//! pin every segment written after it.
 use crate::error::{Result, SpoolError};
+use crate::liveness::{disposition_key, state_key, AboutKey, Liveness, DSN_DONE_KEY};
 use crate::record::{
     encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition, Extent, MessageRecord, MsgRef,
     RcptState, RecordKind, FRAME_HEADER_LEN,
@@ -24,6 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+
+#[path = "relocate.rs"]
+mod relocate;
 
 /// Whether a commit round ends with `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +73,14 @@ struct SegState {
     refs: u64,
     /// Segments whose messages this segment records dispositions for.
     disposition_refs: BTreeSet<u32>,
+    /// What this segment records about other segments was carried forward; it may go once
+    /// the round of this ticket is durable.
+    relocated: Option<Ticket>,
 }
 
 impl SegState {
     fn new() -> Self {
-        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new() }
+        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None }
     }
 }
 
@@ -95,6 +106,8 @@ struct State {
     /// one entry, not one per round.
     failed: BTreeMap<Ticket, Failure>,
     segments: BTreeMap<u32, SegState>,
+    /// Live messages and where the latest records about them are.
+    liveness: Liveness,
     closed: bool,
     /// The committer has returned: no ticket will settle any more.
     stopped: bool,
@@ -131,6 +144,10 @@ pub struct SpoolShard {
     work: Event,
     round_done: Event,
     rounds: Cell<u64>,
+    /// Segments relocated so far (see `relocate.rs`).
+    relocations: Cell<u64>,
+    /// Commit rounds that failed so far.
+    failed_rounds: Cell<u64>,
     /// Random per process: the frame seed of each new segment derives from it.
     frame_key: u64,
 }
@@ -173,6 +190,7 @@ impl SpoolShard {
             settled: 0,
             failed: BTreeMap::new(),
             segments,
+            liveness: Liveness::new(core),
             closed: false,
             stopped: false,
         };
@@ -185,6 +203,8 @@ impl SpoolShard {
             work: Event::new(),
             round_done: Event::new(),
             rounds: Cell::new(0),
+            relocations: Cell::new(0),
+            failed_rounds: Cell::new(0),
             frame_key: rand::random(),
         });
         // Messages that still owe a DSN are pinned too: the DSN quotes their headers.
@@ -209,6 +229,10 @@ impl SpoolShard {
             for seq in m.record.body.iter().map(|e| e.segment).chain([m.msg.segment]) {
                 st.segments.get_mut(&seq).expect("checked above").refs += 1;
             }
+            st.liveness.add_message(m.msg);
+            for a in &m.about {
+                st.liveness.note_about(m.msg, a.key, a.segment, a.offset);
+            }
             kept.push(m);
         }
         kept
@@ -227,6 +251,17 @@ impl SpoolShard {
     /// Commit rounds completed so far (each is one fdatasync in `Fsync` mode).
     pub fn rounds(&self) -> u64 {
         self.rounds.get()
+    }
+
+    /// Commit rounds that failed so far (write or fdatasync error).
+    pub fn failed_rounds(&self) -> u64 {
+        self.failed_rounds.get()
+    }
+
+    /// Segments relocated so far: their records about older segments carried forward so they
+    /// could be deleted.
+    pub fn relocations(&self) -> u64 {
+        self.relocations.get()
     }
 
     /// Frame `payload` into the pending batch; returns its segment, frame offset and ticket.
@@ -292,40 +327,54 @@ impl SpoolShard {
     pub fn append_message(&self, m: &MessageRecord) -> Result<(MsgRef, Ticket)> {
         let (seq, at, ticket) = self.append(RecordKind::Message, &encode_message(m))?;
         self.retain(seq);
-        Ok((MsgRef { core: self.core, segment: seq, offset: at }, ticket))
+        let msg = MsgRef { core: self.core, segment: seq, offset: at };
+        self.state.borrow_mut().liveness.add_message(msg);
+        Ok((msg, ticket))
     }
 
     /// Append a final disposition. No one waits for it: at-least-once allows a redelivery if
     /// the host crashes before the next round makes it durable.
     pub fn append_disposition(&self, d: &Disposition) -> Result<Ticket> {
-        self.append_about(d.msg, RecordKind::Disposition, &encode_disposition(d))
+        self.append_about(d.msg, disposition_key(d.rcpt), RecordKind::Disposition, &encode_disposition(d))
     }
 
     /// Append a recipient's retry state after a transient failure (the latest in spool order
     /// wins at recovery). Like a disposition, no one waits for it: losing the last one to a
     /// crash only means a retry sooner than planned.
     pub fn append_rcpt_state(&self, s: &RcptState) -> Result<Ticket> {
-        self.append_about(s.msg, RecordKind::RcptState, &encode_rcpt_state(s))
+        self.append_about(s.msg, state_key(s.rcpt), RecordKind::RcptState, &encode_rcpt_state(s))
     }
 
     /// Append the marker that `msg`'s DSN is spooled. Append it only once the DSN message is
     /// durable: recovery then knows the DSN is not owed. Losing the marker to a crash means a
     /// second DSN, never none.
     pub fn append_dsn_done(&self, msg: MsgRef) -> Result<Ticket> {
-        self.append_about(msg, RecordKind::DsnDone, &encode_dsn_done(&msg))
+        self.append_about(msg, DSN_DONE_KEY, RecordKind::DsnDone, &encode_dsn_done(&msg))
     }
 
     /// Append a record about message `msg` (a disposition, a retry state, a DSN marker). Its
     /// segment is kept while `msg`'s segment exists: deleting it first would resurrect what it
     /// records after a crash.
-    fn append_about(&self, msg: MsgRef, kind: RecordKind, payload: &[u8]) -> Result<Ticket> {
-        let (seq, _, ticket) = self.append(kind, payload)?;
-        if msg.segment != seq {
-            if let Some(s) = self.state.borrow_mut().segments.get_mut(&seq) {
-                s.disposition_refs.insert(msg.segment);
+    fn append_about(&self, msg: MsgRef, key: AboutKey, kind: RecordKind, payload: &[u8]) -> Result<Ticket> {
+        let (seq, at, ticket) = self.append(kind, payload)?;
+        self.note_about(msg, key, seq, at);
+        Ok(ticket)
+    }
+
+    /// Record that segment `seq` holds, at `at`, the latest record `key` about `msg`.
+    fn note_about(&self, msg: MsgRef, key: AboutKey, seq: u32, at: u64) {
+        let mut st = self.state.borrow_mut();
+        st.liveness.note_about(msg, key, seq, at);
+        self.note_segment_ref(&mut st, seq, msg.segment);
+    }
+
+    /// Segment `holder` now holds a record about segment `about`.
+    fn note_segment_ref(&self, st: &mut State, holder: u32, about: u32) {
+        if about != holder {
+            if let Some(s) = st.segments.get_mut(&holder) {
+                s.disposition_refs.insert(about);
             }
         }
-        Ok(ticket)
     }
 
     /// Count one more reference to segment `seq`, which was just appended to.
@@ -343,6 +392,9 @@ impl SpoolShard {
         }
         {
             let mut st = self.state.borrow_mut();
+            if let Some(m) = &msg {
+                st.liveness.release(m);
+            }
             for seq in msg.iter().map(|m| m.segment).chain(body.iter().map(|e| e.segment)) {
                 let s = st.segments.get_mut(&seq).expect("released a reference to an unknown segment");
                 s.refs = s.refs.checked_sub(1).expect("segment reference released twice");
@@ -390,9 +442,22 @@ impl SpoolShard {
                     && !skip.contains(&seq)
                     && s.refs == 0
                     && !busy.contains(&seq)
-                    && s.disposition_refs.iter().all(|r| *r == seq || !st.segments.contains_key(r))
+                    && (s.disposition_refs.iter().all(|r| *r == seq || !st.segments.contains_key(r))
+                        || s.relocated.is_some_and(|t| st.settled >= t && st.failure(t).is_none()))
             })
             .map(|(&seq, s)| (seq, s.map.is_some()))
+    }
+
+    /// Wait until every record appended so far has settled (durable or failed).
+    pub async fn flush(&self) {
+        let upto = self.state.borrow().appended;
+        loop {
+            let listener = self.round_done.listen();
+            if self.with_state(|st| st.settled >= upto || st.stopped) {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Wait until the record with `ticket` is durable; see [`Self::wait_durable_all`].
@@ -450,13 +515,24 @@ impl SpoolShard {
                 continue;
             }
             drop(listener);
-            match self.write_round(batches).await {
-                Ok(()) => self.state.borrow_mut().settled = upto,
-                Err(e) => self.fail_round(from, e),
-            }
+            let ok = match self.write_round(batches).await {
+                Ok(()) => {
+                    self.state.borrow_mut().settled = upto;
+                    true
+                }
+                Err(e) => {
+                    self.fail_round(from, e);
+                    false
+                }
+            };
             self.state.borrow_mut().writing.clear();
             self.rounds.set(self.rounds.get() + 1);
             self.round_done.notify(usize::MAX);
+            // Only after a good round: on a failing disk, relocating would only feed more
+            // failing rounds.
+            if ok {
+                self.relocate_pinned();
+            }
             self.collect_garbage();
         }
     }
@@ -465,6 +541,7 @@ impl SpoolShard {
     /// it, and move appends to a fresh segment so no later record sits behind a hole. Segment
     /// entries stay: the failed records' references are released against them later.
     fn fail_round(&self, from: Ticket, e: SpoolError) {
+        self.failed_rounds.set(self.failed_rounds.get() + 1);
         let mut st = self.state.borrow_mut();
         let to = st.appended;
         st.pending.clear();

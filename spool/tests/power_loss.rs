@@ -5,13 +5,17 @@
 //! power cuts, recovering and continuing on the recovered spool, and checks after every cut:
 //! every message whose wait succeeded (its "250") comes back with all its bytes and every
 //! recipient without a final disposition; a message whose 250 was never issued comes back only
-//! whole; no recipient whose disposition was durable comes back; nothing comes back twice.
+//! whole; no recipient whose disposition was durable comes back; nothing comes back twice; a
+//! recipient's retry state is never one that was not appended, and never older than one that
+//! was durable (unless a round failed since: see `relocate.rs`). Segments are small, so the
+//! spool relocates records about older segments (checkpoints) all the time, and the check
+//! covers that path too.
 //! A failing seed is printed; replay one with `POWER_LOSS_SEED=<n>`, and set the number of
 //! seeds with `POWER_LOSS_SEEDS=<n>`.
 use glommio::LocalExecutorBuilder;
 use ringpost_spool::record::{MessageRecord, Outcome};
 use ringpost_spool::sim::{SimDisk, SimRng};
-use ringpost_spool::{Disposition, Durability, Extent, MsgRef, Recovery, SpoolConfig, SpoolShard};
+use ringpost_spool::{Disposition, Durability, Extent, MsgRef, RcptState, Recovery, SpoolConfig, SpoolShard};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -56,6 +60,27 @@ struct Msg {
     durable_final: Vec<bool>,
     /// Its pins were released.
     released: bool,
+    /// Per recipient: the highest retry-state attempt count appended.
+    attempts: Vec<u32>,
+    /// Per recipient: the highest attempt count known durable, and the shard's failed-round
+    /// count when it became so.
+    durable_attempts: Vec<(u32, u64)>,
+}
+
+impl Msg {
+    fn new(body: Vec<u8>, extents: Vec<Extent>, rcpts: usize, acked: bool) -> Self {
+        Msg {
+            body,
+            extents,
+            rcpts,
+            acked,
+            final_: vec![false; rcpts],
+            durable_final: vec![false; rcpts],
+            released: false,
+            attempts: vec![0; rcpts],
+            durable_attempts: vec![(0, 0); rcpts],
+        }
+    }
 }
 
 #[derive(Default)]
@@ -67,6 +92,12 @@ struct Model {
     verified: u64,
     /// Messages never acknowledged that came back (whole) after a cut.
     unacked_back: u64,
+    /// Failed rounds of the last epoch's shard when it stopped.
+    epoch_failed_rounds: u64,
+    /// Segments relocated, over all epochs.
+    relocations: u64,
+    /// Recovered retry states checked against a durable one.
+    states_checked: u64,
 }
 
 /// The bytes of a recovered message, read through the maps recovery returned.
@@ -101,6 +132,7 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
         if let Some(i) = pending.iter().find(|i| known.durable_final[**i as usize]) {
             return Err(format!("message {}: recipient {i} came back after a durable disposition", m.msg));
         }
+        check_states(m, known, model.epoch_failed_rounds, &mut model.states_checked)?;
         if !known.acked {
             model.unacked_back += 1;
         }
@@ -123,16 +155,31 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
     for m in &rec.messages {
         let n = m.record.recipients.len();
         let final_: Vec<bool> = (0..n).map(|i| !m.pending.contains(&(i as u32))).collect();
-        let msg = Msg {
-            body: recovered_body(rec, &m.record.body).expect("checked above"),
-            extents: m.record.body.clone(),
-            rcpts: n,
-            acked: true,
-            durable_final: final_.clone(),
-            final_,
-            released: false,
-        };
+        let mut msg = Msg::new(recovered_body(rec, &m.record.body).expect("checked above"), m.record.body.clone(), n, true);
+        msg.durable_final = final_.clone();
+        msg.final_ = final_;
+        for s in &m.states {
+            msg.attempts[s.rcpt as usize] = s.attempts;
+            msg.durable_attempts[s.rcpt as usize] = (s.attempts, 0);
+        }
         model.msgs.insert(m.msg, msg);
+    }
+    Ok(())
+}
+
+/// A recovered message's retry states: each was appended (no higher than the latest appended),
+/// and none is older than a durable one unless a round failed after that one became durable.
+fn check_states(m: &ringpost_spool::RecoveredMessage, known: &Msg, failed_rounds: u64, checked: &mut u64) -> Result<(), String> {
+    for &r in &m.pending {
+        let got = m.states.iter().find(|s| s.rcpt == r).map_or(0, |s| s.attempts);
+        let (durable, failed_then) = known.durable_attempts[r as usize];
+        if got > known.attempts[r as usize] {
+            return Err(format!("message {}: recipient {r} came back with attempt {got}, never appended", m.msg));
+        }
+        if failed_then == failed_rounds && got < durable {
+            return Err(format!("message {}: recipient {r} came back with attempt {got}, but {durable} was durable", m.msg));
+        }
+        *checked += u64::from(durable > 0);
     }
     Ok(())
 }
@@ -181,16 +228,7 @@ impl Ctx {
             Ok(v) => v,
             Err(_) => return self.shard.release_message(None, &extents),
         };
-        let msg = Msg {
-            body,
-            extents: extents.clone(),
-            rcpts,
-            acked: false,
-            final_: vec![false; rcpts],
-            durable_final: vec![false; rcpts],
-            released: false,
-        };
-        self.model.borrow_mut().msgs.insert(id, msg);
+        self.model.borrow_mut().msgs.insert(id, Msg::new(body, extents.clone(), rcpts, false));
         tickets.push(t);
         let ok = self.shard.wait_durable_all(&tickets).await.is_ok();
         let mut model = self.model.borrow_mut();
@@ -244,14 +282,41 @@ impl Ctx {
         }
     }
 
+    /// A transient failure for one open recipient of a live acked message: a new retry state,
+    /// sometimes waited for.
+    async fn defer(&self) {
+        let open: Vec<(MsgRef, u32)> = {
+            let model = self.model.borrow();
+            let live = model.msgs.iter().filter(|(_, m)| m.acked && !m.released);
+            live.flat_map(|(id, m)| (0..m.rcpts).filter(|r| !m.final_[*r]).map(move |r| (*id, r as u32))).collect()
+        };
+        if open.is_empty() {
+            return;
+        }
+        let (id, rcpt) = open[self.below(open.len() as u64) as usize];
+        let attempts = self.model.borrow().msgs[&id].attempts[rcpt as usize] + 1;
+        let s = RcptState { msg: id, rcpt, attempts, next_attempt_ms: u64::from(attempts) * 1000, last_response: format!("451 attempt {attempts}") };
+        let Ok(t) = self.shard.append_rcpt_state(&s) else { return };
+        self.model.borrow_mut().msgs.get_mut(&id).unwrap().attempts[rcpt as usize] = attempts;
+        if self.below(2) == 0 && self.shard.wait_durable(t).await.is_ok() {
+            let failed_rounds = self.shard.failed_rounds();
+            let mut model = self.model.borrow_mut();
+            let d = &mut model.msgs.get_mut(&id).unwrap().durable_attempts[rcpt as usize];
+            if attempts > d.0 {
+                *d = (attempts, failed_rounds);
+            }
+        }
+    }
+
     async fn work(self: Rc<Self>, steps: u64) {
         for _ in 0..steps {
             if self.disk.is_cut() {
                 return;
             }
-            match self.below(10) {
+            match self.below(13) {
                 0..=5 => self.spool_message().await,
                 6..=8 => self.dispose().await,
+                9..=11 => self.defer().await,
                 _ => {
                     let full = self.below(3) == 0;
                     self.disk.set_full(full);
@@ -286,13 +351,18 @@ async fn epoch(root: &Path, disk: &SimDisk, rng: &Rc<RefCell<SimRng>>, model: &R
     disk.cut();
     shard.close();
     committer.await;
+    {
+        let mut m = model.borrow_mut();
+        m.epoch_failed_rounds = shard.failed_rounds();
+        m.relocations += shard.relocations();
+    }
     disk.revive();
     disk.set_error_rate(0);
     disk.set_full(false);
     Ok(())
 }
 
-async fn run_seed(seed: u64) -> Result<[u64; 4], String> {
+async fn run_seed(seed: u64) -> Result<[u64; 6], String> {
     let tmp = scratch_dir().map_err(|e| e.to_string())?;
     let root = tmp.path();
     let disk = SimDisk::new(root, seed);
@@ -312,7 +382,7 @@ async fn run_seed(seed: u64) -> Result<[u64; 4], String> {
         epoch(root, &disk, &rng, &model, rec).await?;
     }
     let m = model.borrow();
-    Ok([m.acked, m.failed_waits, m.verified, m.unacked_back])
+    Ok([m.acked, m.failed_waits, m.verified, m.unacked_back, m.relocations, m.states_checked])
 }
 
 #[test]
@@ -326,7 +396,7 @@ fn power_loss_never_loses_a_250d_message() {
     };
     let many = seeds.len() > 1;
     let sums = run(move || async move {
-        let mut sums = [0u64; 4];
+        let mut sums = [0u64; 6];
         for seed in seeds {
             match run_seed(seed).await {
                 Ok(counts) => sums.iter_mut().zip(counts).for_each(|(s, c)| *s += c),
@@ -335,13 +405,14 @@ fn power_loss_never_loses_a_250d_message() {
         }
         sums
     });
-    let [acked, failed, verified, unacked_back] = sums;
+    let [acked, failed, verified, unacked_back, relocations, states] = sums;
     eprintln!(
         "power loss: {acked} messages acknowledged, {failed} waits failed, {verified} acknowledged messages \
-         verified after cuts, {unacked_back} unacknowledged messages came back whole"
+         verified after cuts, {unacked_back} unacknowledged messages came back whole, {relocations} segments \
+         relocated, {states} durable retry states checked"
     );
     if many {
-        assert!(acked > 0 && failed > 0 && verified > 0, "the seeds exercised too little to mean anything");
+        assert!(acked > 0 && failed > 0 && verified > 0 && relocations > 0 && states > 0, "the seeds exercised too little to mean anything");
     }
 }
 
