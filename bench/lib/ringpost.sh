@@ -10,7 +10,8 @@ raise_fd_limit() {
   ulimit -n "$(ulimit -Hn)"
 }
 
-# write_config EXTRA_SERVER_LINES: the relay.sh config, with extra [server] lines.
+# write_config EXTRA_SERVER_LINES: the relay.sh config, with extra [server] lines. EXTRA_ROUTES
+# (optional) goes before the catch-all route, DELIVERY_EXTRA into [delivery].
 write_config() {
   cat > "$WORK/ringpost.toml" <<TOML
 [server]
@@ -27,6 +28,8 @@ cores = ${CORES:-\"all\"}
 delivery_log = "$WORK/delivery.jsonl"
 [delivery]
 max_connections_per_destination = 32
+${DELIVERY_EXTRA:-}
+${EXTRA_ROUTES:-}
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
