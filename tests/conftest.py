@@ -87,7 +87,7 @@ class Ringpost:
     """A running ringpost with its own spool, log and config."""
 
     def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2, delivery_extra: str = "",
-                 route_all: bool = True, tail: str = ""):
+                 route_all: bool = True, tail: str = "", log_extra: str = ""):
         self.dir = workdir
         self.port = free_port()
         self.log = workdir / "delivery.jsonl"
@@ -107,6 +107,7 @@ segment_size = 8388608
 cores = {cores}
 [log]
 delivery_log = "{self.log}"
+{log_extra}
 [delivery]
 retry_first_s = 0.5
 retry_factor = 1.0

@@ -325,11 +325,18 @@ impl Default for EngineSection {
 pub struct LogSection {
     /// JSON-lines delivery log path.
     pub delivery_log: PathBuf,
+    /// Rotate the delivery log once it reaches this many bytes (`log` becomes `log.1`); 0 never
+    /// rotates (leave it to an external logrotate with copytruncate).
+    pub rotate_bytes: u64,
+    /// Rotated delivery logs kept, `log.1` (newest) to `log.<keep>`.
+    pub keep: u32,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { delivery_log: "var/log/delivery.jsonl".into() }
+        // 1 GiB is about 3 million events: hours at full rate, so a day's accounting spans a
+        // few files and the disk use stays bounded at (keep + 1) GiB.
+        Self { delivery_log: "var/log/delivery.jsonl".into(), rotate_bytes: 1 << 30, keep: 10 }
     }
 }
 
@@ -556,7 +563,15 @@ impl Config {
         self.validate_delivery()?;
         self.validate_routes()?;
         self.validate_tls_and_auth()?;
-        self.validate_dns()
+        self.validate_dns()?;
+        self.validate_log()
+    }
+
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        if self.log.rotate_bytes > 0 && self.log.keep == 0 {
+            return Err(invalid("log.keep", "must be at least 1 when rotate_bytes is set".into()));
+        }
+        Ok(())
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {

@@ -88,7 +88,8 @@ fn build_core(
     senders: glommio::channels::channel_mesh::Senders<CoreMsg>,
 ) -> Result<Rc<Core>, String> {
     let cfg = &shared.config;
-    let log = DeliveryLog::open(&cfg.log.delivery_log).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
+    let log =
+        DeliveryLog::open(&cfg.log.delivery_log, shared.log_rotation.clone()).map_err(|e| format!("{}: {e}", cfg.log.delivery_log.display()))?;
     let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;
     let server_tls = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
         (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(|e| e.to_string())?),

@@ -32,12 +32,15 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// Bumped by SIGHUP: cores reload their TLS certificate when it changes.
     pub reloads: AtomicU64,
+    /// The delivery log's rotation, shared by every core's writer.
+    pub log_rotation: Arc<crate::account::delivery_log::Rotation>,
 }
 
 impl Shared {
     /// Build from a validated config.
     pub fn new(config: Config, shutdown: Arc<AtomicBool>) -> Self {
-        Self { relay_networks: config.relay_networks(), config, shutdown, reloads: AtomicU64::new(0) }
+        let log_rotation = crate::account::delivery_log::Rotation::new(config.log.rotate_bytes, config.log.keep);
+        Self { relay_networks: config.relay_networks(), config, shutdown, reloads: AtomicU64::new(0), log_rotation }
     }
 
     /// True once shutdown was requested.
