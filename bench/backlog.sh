@@ -22,7 +22,8 @@ SINK_PORT=${SINK_PORT:-2929}
 . "$ROOT/bench/lib/ringpost.sh"
 trap 'stop_all; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
-count() { grep -c "\"$1\"" "$WORK/delivery.jsonl" 2>/dev/null || true; }
+# Events of a type across the delivery log and its rotated files.
+count() { cat "$WORK"/delivery.jsonl* 2>/dev/null | grep -c "\"$1\"" || true; }
 wait_count() { # wait_count TYPE TARGET TIMEOUT_S
   local deadline=$(( $(date +%s) + $3 ))
   while [ "$(count "$1")" -lt "$2" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
@@ -59,8 +60,8 @@ grep -i 'recover\|requeue' "$WORK/ringpost.err" | tail -3 || true
 start_sink
 wait_count Delivery "$accepted" 1800
 python3 - "$WORK/delivery.jsonl" "$accepted" <<'PY'
-import json, sys
-t = [json.loads(l)["time_ms"] for l in open(sys.argv[1]) if '"Delivery"' in l]
+import glob, json, sys
+t = [json.loads(l)["time_ms"] for p in glob.glob(sys.argv[1] + "*") for l in open(p) if '"Delivery"' in l]
 n = int(sys.argv[2])
 span = (max(t) - min(t)) / 1000 if t else 0
 print(f"drain: {len(t)} of {n} delivered; first to last {span:.1f} s = {len(t) / span if span else 0:.0f} msg/s")

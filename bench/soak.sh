@@ -64,12 +64,14 @@ work = sys.argv[1]
 s = json.load(open(f"{work}/soak.json"))
 peak = f"{work}/peak.json"  # absent when PEAK_RATE was given
 accepted = s["accepted"] + (json.load(open(peak))["accepted"] if os.path.exists(peak) else 0)
-receptions = sum(1 for l in open(f"{work}/delivery.jsonl") if '"Reception"' in l)
+import glob
+logs = sorted(glob.glob(f"{work}/delivery.jsonl*"))  # with its rotated files
+receptions = sum(1 for p in logs for l in open(p) if '"Reception"' in l)
 print(f"receptions in the delivery log {receptions}; messages blaster saw answered 250 (peak + soak) {accepted}"
       f" -> {'OK' if receptions >= accepted else 'LOST 250 messages'}")
 rss = [tuple(map(int, l.split())) for l in open(f"{work}/rss.txt") if len(l.split()) == 6]
 held = sum(1 for l in open(f"{work}/held.txt") if l.strip() == "ok")
-events = [json.loads(l) for l in open(f"{work}/delivery.jsonl") if "down.test" in l]
+events = [json.loads(l) for p in logs for l in open(p) if "down.test" in l]
 retries = sum(1 for e in events if e["type"] == "TransientFailure")
 print(f"held lane: {held} messages to down.test answered 250; {retries} transient failures logged for them")
 a = s["accept_latency"]

@@ -9,10 +9,16 @@ FINAL = ("Delivery", "Bounce", "Expiration")
 
 
 def load(path):
-    try:
-        return [json.loads(l) for l in open(path) if l.strip()]
-    except FileNotFoundError:
-        return []
+    """The log's events, rotated files ([log] rotate_bytes: path.N ... path.1) first."""
+    import glob, re
+    rotated = sorted(glob.glob(glob.escape(path) + ".*"), key=lambda p: -int(re.sub(r".*\.", "", p) or 0))
+    events = []
+    for p in [r for r in rotated if re.search(r"\.\d+$", r)] + [path]:
+        try:
+            events += [json.loads(l) for l in open(p) if l.strip()]
+        except FileNotFoundError:
+            pass
+    return events
 
 
 def check(events, open_domains=()):
