@@ -350,6 +350,8 @@ pub struct DeliverySection {
     pub retry_factor: f64,
     /// Retry interval cap in seconds.
     pub retry_max_s: f64,
+    /// Bounce classification rules replacing the shipped `config/bounce-rules.toml`.
+    pub bounce_rules: Option<PathBuf>,
     /// Give up (Expiration + DSN) after this many seconds in the queue.
     pub max_age_s: f64,
     /// TCP connect timeout.
@@ -390,6 +392,7 @@ impl Default for DeliverySection {
             retry_factor: 2.0,
             retry_max_s: 4000.0,
             max_age_s: 5.0 * 86400.0,
+            bounce_rules: None,
             connect_timeout_s: 30,
             max_connections_per_destination: 32,
             max_recipients_per_transaction: 100,

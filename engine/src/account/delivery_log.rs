@@ -51,6 +51,9 @@ pub struct LogEvent<'a> {
     /// The remote or local response text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// For a failure (bounce, expiry, transient): its bounce category, e.g. `bad-mailbox`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'static str>,
     /// TLS protocol and cipher of the connection, when it was encrypted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
@@ -216,6 +219,7 @@ mod tests {
             recipient: "r@c.test",
             remote: None,
             response: Some("250 ok".into()),
+            category: None,
             tls: None,
             attempts: 1,
             queue_time_ms: 3,

@@ -6,6 +6,7 @@
 //! folded at its spaces (RFC 5322 2.2.3; RFC 3464 2.1.2 lets DSN fields fold like headers).
 //! Every line of the DSN, the quoted original headers included, fits [`MAX_LINE`] octets, so
 //! any server, ringpost's own included, takes it (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6).
+use crate::account::bounce_class::BounceCategory;
 use crate::clock::rfc5322;
 pub use crate::smtp::data::dot_stuff;
 
@@ -38,6 +39,8 @@ pub struct FailedRecipient {
     pub diagnostic: String,
     /// True when the lifetime ran out rather than a permanent refusal.
     pub expired: bool,
+    /// Its bounce category (`message-expired` when `expired`).
+    pub category: BounceCategory,
 }
 
 /// What a DSN needs to know about the original message.
@@ -187,6 +190,8 @@ fn push_recipient_fields(t: &mut String, f: &FailedRecipient, now_ms: u64) {
     }
     let kind = if f.remote.is_some() { "smtp" } else { "x-local" };
     push_field(t, &format!("Diagnostic-Code: {kind};"), &f.diagnostic);
+    // An extension field (RFC 3464 2.4): the category senders act on, e.g. to suppress.
+    push_line(t, &format!("X-Ringpost-Bounce-Category: {}", f.category.as_str()));
     if f.expired {
         t.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(now_ms)));
     }
@@ -205,6 +210,7 @@ mod tests {
                 remote: Some("127.0.0.1:25".into()),
                 diagnostic: "550 5.1.1 no\r\nInjected: yes".into(),
                 expired: false,
+                category: BounceCategory::BadMailbox,
             },
             FailedRecipient {
                 recipient: "b@y.test".into(),
@@ -212,6 +218,7 @@ mod tests {
                 remote: None,
                 diagnostic: "lifetime exceeded".into(),
                 expired: true,
+                category: BounceCategory::MessageExpired,
             },
         ];
         let orig = Original { id: "ID1", sender: "s@z.test", received_ms: 0, headers: b"Subject: hi\r\n..dot\r\n" };
@@ -219,6 +226,7 @@ mod tests {
         let s = String::from_utf8(b).unwrap();
         assert!(s.contains("Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
         assert!(s.contains("Final-Recipient: rfc822; b@y.test"));
+        assert!(s.contains("X-Ringpost-Bounce-Category: bad-mailbox\r\n") && s.contains("X-Ringpost-Bounce-Category: message-expired\r\n"));
         assert!(s.contains("report-type=delivery-status"));
         assert!(!s.contains("\r\nInjected: yes"), "remote text must not become a header");
         assert!(s.contains("Subject: hi\r\n..dot\r\n"));
@@ -227,7 +235,14 @@ mod tests {
     }
 
     fn failed(diagnostic: String, remote: Option<String>) -> FailedRecipient {
-        FailedRecipient { recipient: "r@x.test".into(), status: "5.1.1".into(), remote, diagnostic, expired: false }
+        FailedRecipient {
+            recipient: "r@x.test".into(),
+            status: "5.1.1".into(),
+            remote,
+            diagnostic,
+            expired: false,
+            category: BounceCategory::BadMailbox,
+        }
     }
 
     fn dsn(headers: &[u8], failed: &[FailedRecipient]) -> Vec<u8> {

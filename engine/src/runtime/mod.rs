@@ -35,6 +35,9 @@ pub enum RuntimeError {
     /// Signal handler registration failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// `[delivery] bounce_rules` names a file that cannot be used.
+    #[error(transparent)]
+    BounceRules(#[from] crate::account::bounce_class::RulesError),
 }
 
 /// Resolve once shutdown is requested (checked every 50 ms: cheap and never on a hot path).
@@ -55,7 +58,8 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     if config.spool.durability == crate::config::Durability::None {
         eprintln!("ringpost: WARNING: spool.durability = \"none\": accepted mail is NOT fsynced and WILL BE LOST on a crash. Benchmarks only.");
     }
-    let shared = Arc::new(Shared::new(config, shutdown));
+    let classifier = crate::account::bounce_class::Classifier::load(config.delivery.bounce_rules.as_deref())?;
+    let shared = Arc::new(Shared::new(config, shutdown).with_classifier(classifier));
     // SIGHUP: every core reloads its TLS certificate at its next tick.
     {
         let shared = shared.clone();

@@ -7,6 +7,7 @@
 //! this loop waits on a full channel can never delete a segment that a message still to be
 //! requeued lives in. Messages whose recipients are all final but whose DSN was never spooled
 //! come back with nothing open: the ledger finishes them at once and the DSN is sent.
+use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::dsn::FailedRecipient;
 use crate::message::SpooledMessage;
 use crate::shard::core::Core;
@@ -28,7 +29,7 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
             continue;
         };
         let msg = Arc::new(msg);
-        let failed = failures(&msg, &m);
+        let failed = failures(&msg, &m, &core.shared.classifier);
         if let Some(finished) = core.ledger.borrow_mut().admit(msg.clone(), &m.pending, failed) {
             owed += 1;
             core.settle_finished(finished);
@@ -43,17 +44,21 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
 }
 
 /// The recovered failures of `m`, as its DSN will list them.
-fn failures(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<FailedRecipient> {
+fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier) -> Vec<FailedRecipient> {
     m.failed
         .iter()
         .map(|d| {
             let detail = d.failure.clone().unwrap_or_default();
+            let expired = d.outcome == Outcome::Expired;
+            // Not persisted: the category is a function of what is (status and diagnostic).
+            let category = if expired { BounceCategory::MessageExpired } else { classifier.classify(&detail.status, &detail.diagnostic) };
             FailedRecipient {
                 recipient: msg.recipients[d.rcpt as usize].clone(),
                 status: if detail.status.is_empty() { "5.0.0".into() } else { detail.status },
                 remote: detail.remote,
                 diagnostic: detail.diagnostic,
-                expired: d.outcome == Outcome::Expired,
+                expired,
+                category,
             }
         })
         .collect()

@@ -6,6 +6,7 @@
 //! [`crate::shard::inbox::CoreMsg`]s on the channel mesh. RefCell borrows here are never held
 //! across an `.await`. What the shard does lives beside it: `inbox` (messages between cores),
 //! `dispatch` (driving the outbound side), `finals` (outcomes, DSNs, spool release).
+use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::delivery_log::{DeliveryLog, EventKind, LogEvent, Peer};
 use crate::clock::Clock;
 use crate::config::{Config, Network};
@@ -34,13 +35,28 @@ pub struct Shared {
     pub reloads: AtomicU64,
     /// The delivery log's rotation, shared by every core's writer.
     pub log_rotation: Arc<crate::account::delivery_log::Rotation>,
+    /// Bounce classification rules (`[delivery] bounce_rules` or the shipped ones).
+    pub classifier: Classifier,
 }
 
 impl Shared {
     /// Build from a validated config.
     pub fn new(config: Config, shutdown: Arc<AtomicBool>) -> Self {
         let log_rotation = crate::account::delivery_log::Rotation::new(config.log.rotate_bytes, config.log.keep);
-        Self { relay_networks: config.relay_networks(), config, shutdown, reloads: AtomicU64::new(0), log_rotation }
+        Self {
+            relay_networks: config.relay_networks(),
+            config,
+            shutdown,
+            reloads: AtomicU64::new(0),
+            log_rotation,
+            classifier: Classifier::builtin(),
+        }
+    }
+
+    /// Use `classifier` instead of the shipped bounce rules.
+    pub fn with_classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
     }
 
     /// True once shutdown was requested.
@@ -174,6 +190,19 @@ impl Core {
 
     /// Write a log event about recipient `rcpt` of `msg` (or all recipients when `None`).
     pub fn log_event(&self, kind: EventKind, msg: &SpooledMessage, rcpt: Option<u32>, peer: Option<&Peer>, response: Option<String>, attempts: u32) {
+        self.log_classified(kind, msg, rcpt, peer, (response, None), attempts);
+    }
+
+    /// [`Self::log_event`] for a failure: the response with its bounce category.
+    pub fn log_classified(
+        &self,
+        kind: EventKind,
+        msg: &SpooledMessage,
+        rcpt: Option<u32>,
+        peer: Option<&Peer>,
+        (response, category): (Option<String>, Option<BounceCategory>),
+        attempts: u32,
+    ) {
         let id = msg.id.to_string();
         let all;
         let recipient = match rcpt {
@@ -192,6 +221,7 @@ impl Core {
             recipient,
             remote: peer.map(|p| p.remote.clone()),
             response,
+            category: category.map(BounceCategory::as_str),
             tls: peer.and_then(|p| p.tls.clone()),
             attempts,
             queue_time_ms: now.saturating_sub(msg.received_ms),

@@ -4,6 +4,7 @@
 //!
 //! The queue manager decides; this file only acts on its answers, so the decisions stay
 //! testable without I/O (see `outbound/queue_tests.rs`).
+use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::delivery_log::{EventKind, Peer};
 use crate::account::dsn::FailedRecipient;
 use crate::message::SpooledMessage;
@@ -82,14 +83,16 @@ impl Core {
                 Outcome::Bounced => EventKind::Bounce,
                 Outcome::Expired => EventKind::Expiration,
             };
-            self.log_event(kind, msg, Some(f.rcpt), peer.as_ref(), Some(response.clone()), s.attempts);
-            let failure = failure_of(msg, &f, remote.clone(), response);
+            let failure = failure_of(msg, &f, remote.clone(), response.clone(), &self.shared.classifier);
+            let category = failure.as_ref().map(|x| x.category);
+            self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response), category), s.attempts);
             self.report_final(FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure }).await;
         }
         if let Some(d) = s.deferred {
             let response = one_line(&d.reply);
+            let category = self.shared.classifier.classify(&status_of(&d.reply, ""), &response);
             for &i in &d.rcpts {
-                self.log_event(EventKind::TransientFailure, msg, Some(i), peer.as_ref(), Some(response.clone()), d.attempts);
+                self.log_classified(EventKind::TransientFailure, msg, Some(i), peer.as_ref(), (Some(response.clone()), Some(category)), d.attempts);
             }
             self.retry_wake.notify(1);
             let deferral = Deferral { msg: msg.id, rcpts: d.rcpts, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, response };
@@ -110,17 +113,22 @@ fn status_of(r: &Reply, default: &str) -> String {
 }
 
 /// The DSN entry of a recipient that failed for good (none for a delivery).
-fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String) -> Option<FailedRecipient> {
+fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
     let recipient = msg.recipients[f.rcpt as usize].clone();
     match f.outcome {
         Outcome::Delivered => None,
-        Outcome::Bounced => Some(FailedRecipient { recipient, status: status_of(&f.reply, "5.0.0"), remote, diagnostic: response, expired: false }),
+        Outcome::Bounced => {
+            let status = status_of(&f.reply, "5.0.0");
+            let category = classifier.classify(&status, &response);
+            Some(FailedRecipient { recipient, status, remote, diagnostic: response, expired: false, category })
+        }
         Outcome::Expired => Some(FailedRecipient {
             recipient,
             status: "4.4.7".into(),
             remote,
             diagnostic: format!("delivery time expired; last error: {response}"),
             expired: true,
+            category: BounceCategory::MessageExpired,
         }),
     }
 }

@@ -112,7 +112,14 @@ mod tests {
     }
 
     fn failure(i: u32) -> FailedRecipient {
-        FailedRecipient { recipient: format!("r{i}@b.test"), status: "5.1.1".into(), remote: None, diagnostic: "550 no".into(), expired: false }
+        FailedRecipient {
+            recipient: format!("r{i}@b.test"),
+            status: "5.1.1".into(),
+            remote: None,
+            diagnostic: "550 no".into(),
+            expired: false,
+            category: crate::account::bounce_class::BounceCategory::BadMailbox,
+        }
     }
 
     #[test]
