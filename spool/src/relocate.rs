@@ -40,8 +40,19 @@ impl SpoolShard {
     /// it pays. Called by the committer after a good round; a failed append (disk full,
     /// closing) stops it until a later round.
     pub(super) fn relocate_pinned(&self) {
+        if self.with_state(|st| st.relocation_suspended) {
+            return;
+        }
         for x in self.relocation_candidates() {
-            let Some(plan) = self.plan(x) else { continue };
+            let Some(plan) = self.plan(x) else {
+                self.with_state(|st| {
+                    let active = st.active;
+                    if let Some(s) = st.segments.get_mut(&x) {
+                        s.unpaid_at = Some(active);
+                    }
+                });
+                continue;
+            };
             if let Err(e) = self.relocate(x, plan) {
                 tracing::debug!(target: "spool", "relocating segment {x} of core {} deferred: {e}", self.core);
                 return;
@@ -50,13 +61,9 @@ impl SpoolShard {
     }
 
     /// Sealed, unreferenced, not being written, not already relocated, holding records about a
-    /// segment that still exists. Forgets relocations whose round failed, so they are retried.
+    /// segment that still exists, and not found unpaying since the last rotation.
     fn relocation_candidates(&self) -> Vec<u32> {
-        let mut st = self.state.borrow_mut();
-        let failed: Vec<u32> = st.segments.iter().filter(|(_, s)| s.relocated.is_some_and(|t| st.failure(t).is_some())).map(|(q, _)| *q).collect();
-        for q in failed {
-            st.segments.get_mut(&q).expect("listed above").relocated = None;
-        }
+        let st = self.state.borrow();
         let busy: BTreeSet<u32> = st.pending.iter().map(|b| b.seq).chain(st.writing.iter().copied()).collect();
         st.segments
             .iter()
@@ -64,6 +71,7 @@ impl SpoolShard {
                 seq.saturating_add(RELOCATE_LAG) <= st.active
                     && s.refs == 0
                     && s.relocated.is_none()
+                    && s.unpaid_at != Some(st.active)
                     && s.map.is_some()
                     && !busy.contains(&seq)
                     && s.disposition_refs.iter().any(|y| *y != seq && st.segments.contains_key(y))

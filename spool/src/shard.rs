@@ -76,11 +76,14 @@ struct SegState {
     /// What this segment records about other segments was carried forward; it may go once
     /// the round of this ticket is durable.
     relocated: Option<Ticket>,
+    /// Relocating it did not pay when the active segment was this one: planned again only
+    /// after a rotation, so a backlog of live state is not re-planned on every round.
+    unpaid_at: Option<u32>,
 }
 
 impl SegState {
     fn new() -> Self {
-        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None }
+        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None, unpaid_at: None }
     }
 }
 
@@ -108,6 +111,10 @@ struct State {
     segments: BTreeMap<u32, SegState>,
     /// Live messages and where the latest records about them are.
     liveness: Liveness,
+    /// A round failed: `liveness` may name records that never became durable (the latest
+    /// record of a key, or a relocation's copies), so relocating by it could delete the only
+    /// durable copy. Relocation stops until a restart rebuilds liveness from the disk.
+    relocation_suspended: bool,
     closed: bool,
     /// The committer has returned: no ticket will settle any more.
     stopped: bool,
@@ -191,6 +198,7 @@ impl SpoolShard {
             failed: BTreeMap::new(),
             segments,
             liveness: Liveness::new(core),
+            relocation_suspended: false,
             closed: false,
             stopped: false,
         };
@@ -548,6 +556,10 @@ impl SpoolShard {
         st.pending_bytes = 0;
         st.settled = to;
         st.record_failure(from, to, e.to_string(), e.is_disk_full());
+        if !st.relocation_suspended {
+            st.relocation_suspended = true;
+            tracing::warn!(target: "spool", "core {}: segment relocation suspended until restart after a failed commit round", self.core);
+        }
         st.active += 1;
         st.tail = SEGMENT_HEADER_LEN;
         drop(st);

@@ -7,7 +7,7 @@
 //! recipient without a final disposition; a message whose 250 was never issued comes back only
 //! whole; no recipient whose disposition was durable comes back; nothing comes back twice; a
 //! recipient's retry state is never one that was not appended, and never older than one that
-//! was durable (unless a round failed since: see `relocate.rs`). Segments are small, so the
+//! was durable. Segments are small, so the
 //! spool relocates records about older segments (checkpoints) all the time, and the check
 //! covers that path too.
 //! A failing seed is printed; replay one with `POWER_LOSS_SEED=<n>`, and set the number of
@@ -132,7 +132,7 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
         if let Some(i) = pending.iter().find(|i| known.durable_final[**i as usize]) {
             return Err(format!("message {}: recipient {i} came back after a durable disposition", m.msg));
         }
-        check_states(m, known, model.epoch_failed_rounds, &mut model.states_checked)?;
+        check_states(m, known, &mut model.states_checked)?;
         if !known.acked {
             model.unacked_back += 1;
         }
@@ -168,15 +168,16 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
 }
 
 /// A recovered message's retry states: each was appended (no higher than the latest appended),
-/// and none is older than a durable one unless a round failed after that one became durable.
-fn check_states(m: &ringpost_spool::RecoveredMessage, known: &Msg, failed_rounds: u64, checked: &mut u64) -> Result<(), String> {
+/// and none is older than a durable one, failed rounds or not (relocation stops after a failed
+/// round, so it never deletes the only durable copy).
+fn check_states(m: &ringpost_spool::RecoveredMessage, known: &Msg, checked: &mut u64) -> Result<(), String> {
     for &r in &m.pending {
         let got = m.states.iter().find(|s| s.rcpt == r).map_or(0, |s| s.attempts);
-        let (durable, failed_then) = known.durable_attempts[r as usize];
+        let (durable, _) = known.durable_attempts[r as usize];
         if got > known.attempts[r as usize] {
             return Err(format!("message {}: recipient {r} came back with attempt {got}, never appended", m.msg));
         }
-        if failed_then == failed_rounds && got < durable {
+        if got < durable {
             return Err(format!("message {}: recipient {r} came back with attempt {got}, but {durable} was durable", m.msg));
         }
         *checked += u64::from(durable > 0);
