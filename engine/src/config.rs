@@ -109,6 +109,49 @@ pub struct Config {
     /// DKIM signing keys (several for one domain: dual signing).
     #[serde(default)]
     pub dkim: Vec<crate::dkim::DkimConfig>,
+    /// The suppression list.
+    #[serde(default)]
+    pub suppression: SuppressionSection,
+}
+
+/// What happens to a suppressed recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuppressionMode {
+    /// Refused at RCPT with `550 5.1.1` and the reason: the injecting platform learns at once.
+    Refuse,
+    /// Accepted, then bounced at once (a DSN, a Bounce log line), never sent out: for
+    /// platforms that only read DSNs.
+    AcceptAndBounce,
+}
+
+/// `[suppression]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionSection {
+    /// Consult and feed the list.
+    pub enabled: bool,
+    /// The journal; default `suppression.jsonl` in the spool directory (it is spool state).
+    pub file: Option<PathBuf>,
+    /// Bounce categories that add the recipient automatically.
+    pub auto_categories: Vec<String>,
+    /// Refuse at RCPT, or accept and bounce.
+    pub mode: SuppressionMode,
+}
+
+impl Default for SuppressionSection {
+    fn default() -> Self {
+        // The two categories that say the mailbox is gone for good: retrying them is what
+        // providers count against a sender.
+        Self { enabled: true, file: None, auto_categories: vec!["bad-mailbox".into(), "inactive-mailbox".into()], mode: SuppressionMode::Refuse }
+    }
+}
+
+impl Config {
+    /// Where the suppression journal lives.
+    pub fn suppression_file(&self) -> PathBuf {
+        self.suppression.file.clone().unwrap_or_else(|| self.spool.dir.join("suppression.jsonl"))
+    }
 }
 
 fn d_listen() -> Vec<String> {

@@ -22,6 +22,13 @@ pub const MAX_ECHOED_PARAM: usize = 64;
 /// Most characters of an address quoted back (RFC 5321 4.5.3.1.1/2: 64 + 1 + 255).
 pub const MAX_ECHOED_ADDRESS: usize = 320;
 
+/// A local verdict on a recipient that passed every protocol and relay check, e.g. a
+/// suppression list. A pure lookup: the state machine stays sans-I/O.
+pub trait RecipientGate: std::fmt::Debug {
+    /// The refusal for `rcpt`, or `None` to accept it.
+    fn refuse(&self, rcpt: &Address) -> Option<Reply>;
+}
+
 /// Per-listener settings the state machine needs.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -35,6 +42,9 @@ pub struct ServerLimits {
     pub hard_error_limit: u32,
     /// Domains we accept mail for from anyone (no relay check).
     pub local_domains: Vec<String>,
+    /// Refuses recipients for local reasons (suppression); such a refusal does not count
+    /// towards `hard_error_limit`: a sender injecting a list is not misbehaving.
+    pub recipient_gate: Option<std::rc::Rc<dyn RecipientGate>>,
 }
 
 /// The transaction being built by MAIL/RCPT.
@@ -465,6 +475,9 @@ impl Server {
         let local = self.limits.local_domains.iter().any(|d| d.eq_ignore_ascii_case(to.domain()));
         if !self.relay_allowed && !local {
             return self.error_reply(consumed, Reply::new(554, (5, 7, 1), format!("<{}>: Relay access denied", echo(&to.raw, MAX_ECHOED_ADDRESS))));
+        }
+        if let Some(reply) = self.limits.recipient_gate.as_ref().and_then(|g| g.refuse(&to)) {
+            return Step::Reply { consumed, reply };
         }
         self.tx.as_mut().unwrap().recipients.push(to);
         Step::Reply { consumed, reply: Reply::new(250, (2, 1, 5), "Ok") }

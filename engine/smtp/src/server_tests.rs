@@ -10,6 +10,7 @@ fn limits() -> Rc<ServerLimits> {
         max_recipients: 100,
         hard_error_limit: 20,
         local_domains: vec!["local.test".into()],
+        recipient_gate: None,
     })
 }
 
@@ -439,4 +440,47 @@ fn unknown_commands_auth_mechanisms_and_helo_names_are_never_echoed() {
     // Bad addresses are refused without quoting them.
     let w = wire_reply_after(true, &[EHLO], b"MAIL FROM:<a\rb@x.test>\r\n");
     assert_eq!(w, "501 5.1.7 Bad sender address syntax\r\n");
+}
+
+/// Refuses every recipient at `gone.test`, as a suppression list would.
+#[derive(Debug)]
+struct GoneGate;
+
+impl super::server::RecipientGate for GoneGate {
+    fn refuse(&self, rcpt: &super::address::Address) -> Option<Reply> {
+        (rcpt.domain() == "gone.test").then(|| Reply::new(550, (5, 1, 1), format!("<{}>: suppressed (bad-mailbox)", rcpt.raw)))
+    }
+}
+
+#[test]
+fn a_gated_recipient_is_refused_alone_and_never_counts_as_an_error() {
+    let limits = Rc::new(ServerLimits { hard_error_limit: 2, recipient_gate: Some(Rc::new(GoneGate)), ..(*limits()).clone() });
+    let mut s = Server::new(limits, true);
+    let mut input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..5 {
+        input.extend_from_slice(format!("RCPT TO:<u{i}@gone.test>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"RCPT TO:<ok@y.test>\r\nDATA\r\nhi\r\n.\r\n");
+    let mut replies = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        match s.step(&input[pos..]) {
+            Step::Reply { consumed, reply } => {
+                pos += consumed;
+                replies.push(first_line(&reply));
+            }
+            Step::Message { consumed, .. } => {
+                pos += consumed;
+                replies.push(first_line(&s.committed("ID")));
+            }
+            Step::Need { consumed } | Step::Body { consumed, .. } => pos += consumed,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let refused: Vec<&String> = replies.iter().filter(|r| r.starts_with("550")).collect();
+    assert_eq!(refused.len(), 5, "{replies:?}");
+    assert_eq!(refused[0], "550 5.1.1 <u0@gone.test>: suppressed (bad-mailbox)");
+    assert_eq!(s.transaction().map(|t| t.recipients.len()), None, "the transaction completed");
+    assert!(replies.last().unwrap().starts_with("250"), "five refusals under a hard error limit of 2 kept the session: {replies:?}");
+    assert_eq!(codes(&replies).iter().filter(|c| **c == "250").count(), 4, "EHLO, MAIL, the good RCPT, the message");
 }

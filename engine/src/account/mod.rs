@@ -3,3 +3,4 @@
 pub mod bounce_class;
 pub mod delivery_log;
 pub mod dsn;
+pub mod suppression;

@@ -38,6 +38,12 @@ pub enum RuntimeError {
     /// `[delivery] bounce_rules` names a file that cannot be used.
     #[error(transparent)]
     BounceRules(#[from] crate::account::bounce_class::RulesError),
+    /// The suppression journal cannot be read.
+    #[error(transparent)]
+    Suppression(#[from] crate::account::suppression::SuppressionError),
+    /// `[suppression] auto_categories` names no bounce category.
+    #[error("suppression.auto_categories: {0:?} is not a bounce category")]
+    SuppressionCategory(String),
 }
 
 /// Resolve once shutdown is requested (checked every 50 ms: cheap and never on a hot path).
@@ -59,7 +65,8 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         eprintln!("ringpost: WARNING: spool.durability = \"none\": accepted mail is NOT fsynced and WILL BE LOST on a crash. Benchmarks only.");
     }
     let classifier = crate::account::bounce_class::Classifier::load(config.delivery.bounce_rules.as_deref())?;
-    let shared = Arc::new(Shared::new(config, shutdown).with_classifier(classifier));
+    let suppression = open_suppression(&config)?;
+    let shared = Arc::new(Shared::new(config, shutdown).with_classifier(classifier).with_suppression(suppression));
     // SIGHUP: every core reloads its TLS certificate at its next tick.
     {
         let shared = shared.clone();
@@ -98,4 +105,22 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// The suppression list and the categories that feed it, when `[suppression]` is enabled.
+fn open_suppression(config: &crate::config::Config) -> Result<Option<crate::shard::core::Suppression>, RuntimeError> {
+    use crate::account::bounce_class::BounceCategory;
+    if !config.suppression.enabled {
+        return Ok(None);
+    }
+    let auto = config
+        .suppression
+        .auto_categories
+        .iter()
+        .map(|c| {
+            serde_json::from_value::<BounceCategory>(serde_json::Value::String(c.clone())).map_err(|_| RuntimeError::SuppressionCategory(c.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let list = crate::account::suppression::SuppressionList::open(&config.suppression_file())?;
+    Ok(Some(crate::shard::core::Suppression { list: Arc::new(list), auto, mode: config.suppression.mode }))
 }

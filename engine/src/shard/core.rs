@@ -8,13 +8,18 @@
 //! `dispatch` (driving the outbound side), `finals` (outcomes, DSNs, spool release).
 use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::delivery_log::{DeliveryLog, EventKind, LogEvent, Peer};
+use crate::account::suppression::SuppressionList;
 use crate::clock::Clock;
+use crate::config::SuppressionMode;
 use crate::config::{Config, Network};
 use crate::message::SpooledMessage;
 use crate::outbound::agent::AgentContext;
 use crate::outbound::queue::QueueManager;
 use crate::shard::inbox::CoreMsg;
 use crate::shard::ledger::Ledger;
+use crate::smtp::address::Address;
+use crate::smtp::reply::Reply;
+use crate::smtp::server::RecipientGate;
 use crate::smtp::server::ServerLimits;
 use glommio::channels::channel_mesh::Senders;
 use ringpost_spool::SpoolShard;
@@ -37,6 +42,35 @@ pub struct Shared {
     pub log_rotation: Arc<crate::account::delivery_log::Rotation>,
     /// Bounce classification rules (`[delivery] bounce_rules` or the shipped ones).
     pub classifier: Classifier,
+    /// The suppression list, when enabled.
+    pub suppression: Option<Suppression>,
+}
+
+/// The suppression list with its settings.
+pub struct Suppression {
+    /// The host-wide list.
+    pub list: Arc<SuppressionList>,
+    /// Bounce categories that add a recipient.
+    pub auto: Vec<BounceCategory>,
+    /// Refuse at RCPT or accept and bounce.
+    pub mode: SuppressionMode,
+}
+
+/// The RCPT-time check against the suppression list (`mode = "refuse"`).
+struct SuppressionGate(Arc<SuppressionList>);
+
+impl std::fmt::Debug for SuppressionGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SuppressionGate({} entries)", self.0.len())
+    }
+}
+
+impl RecipientGate for SuppressionGate {
+    fn refuse(&self, rcpt: &Address) -> Option<Reply> {
+        let s = self.0.check(&rcpt.raw)?;
+        let since = crate::clock::rfc5322(s.since_s * 1000);
+        Some(Reply::new(550, (5, 1, 1), format!("<{}>: recipient suppressed ({} since {since})", rcpt.raw, s.category.as_str())))
+    }
 }
 
 impl Shared {
@@ -50,7 +84,14 @@ impl Shared {
             reloads: AtomicU64::new(0),
             log_rotation,
             classifier: Classifier::builtin(),
+            suppression: None,
         }
+    }
+
+    /// Consult and feed `suppression`.
+    pub fn with_suppression(mut self, suppression: Option<Suppression>) -> Self {
+        self.suppression = suppression;
+        self
     }
 
     /// Use `classifier` instead of the shipped bounce rules.
@@ -135,6 +176,10 @@ impl Core {
             max_recipients: s.max_recipients,
             hard_error_limit: s.hard_error_limit,
             local_domains: s.local_domains.clone(),
+            recipient_gate: p.shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::Refuse).map(|s| {
+                let gate: Rc<dyn RecipientGate> = Rc::new(SuppressionGate(s.list.clone()));
+                gate
+            }),
         });
         let d = &p.shared.config.delivery;
         let queues = QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination);

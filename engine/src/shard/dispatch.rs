@@ -85,6 +85,9 @@ impl Core {
             };
             let failure = failure_of(msg, &f, remote.clone(), response.clone(), &self.shared.classifier);
             let category = failure.as_ref().map(|x| x.category);
+            if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
+                self.auto_suppress(&msg.recipients[f.rcpt as usize], c, &response);
+            }
             self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response), category), s.attempts);
             self.report_final(FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure }).await;
         }
@@ -98,6 +101,24 @@ impl Core {
             let deferral = Deferral { msg: msg.id, rcpts: d.rcpts, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, response };
             self.route_to(msg.id.core as usize, CoreMsg::Deferred(deferral)).await;
         }
+    }
+}
+
+impl Core {
+    /// Add a bounced recipient to the suppression list when its category says the mailbox is
+    /// gone. Durable before it takes effect; done in the background so delivery goes on.
+    fn auto_suppress(&self, rcpt: &str, category: BounceCategory, response: &str) {
+        let Some(s) = &self.shared.suppression else { return };
+        if !s.auto.contains(&category) {
+            return;
+        }
+        let (list, rcpt, response, now_s) = (s.list.clone(), rcpt.to_string(), response.to_string(), self.clock.now_ms() / 1000);
+        glommio::spawn_local(async move {
+            if let Err(e) = list.add(&rcpt, category, &response, now_s).await {
+                tracing::error!("cannot suppress {rcpt}: {e}");
+            }
+        })
+        .detach();
     }
 }
 

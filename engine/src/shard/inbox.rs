@@ -5,7 +5,11 @@
 //! ([`CoreMsg::Final`], [`CoreMsg::Deferred`]). Nothing is ever dropped on the way: when the
 //! channel to a core is closed (it is shutting down), deliveries are queued here instead and
 //! outcomes stay undone in the spool, to be redone after the restart (at-least-once).
+use crate::account::delivery_log::EventKind;
 use crate::account::dsn::FailedRecipient;
+use crate::account::suppression::Suppressed;
+use crate::clock::rfc5322;
+use crate::config::SuppressionMode;
 use crate::message::SpooledMessage;
 use crate::shard::core::Core;
 use crate::shard::router::group_by_owner;
@@ -82,7 +86,8 @@ impl Core {
         let all: Vec<u32> = (0..msg.recipients.len() as u32).collect();
         let finished = self.ledger.borrow_mut().admit(msg.clone(), &all, Vec::new());
         debug_assert!(finished.is_none(), "a new message has recipients");
-        let rcpts = msg.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
+        let suppressed = self.bounce_suppressed(&msg).await;
+        let rcpts = msg.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str())).filter(|(i, _)| !suppressed.contains(i));
         for (core, groups) in group_by_owner(rcpts, self.ncores) {
             let groups = groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0 }).collect();
             self.route_to(core, CoreMsg::Deliver(msg.clone(), groups)).await;
@@ -121,5 +126,27 @@ impl Core {
     /// Report a final outcome to the message's owner core.
     pub async fn report_final(self: &Rc<Self>, r: FinalReport) {
         self.route_to(r.msg.core as usize, CoreMsg::Final(r)).await;
+    }
+
+    /// With `[suppression] mode = "accept-and-bounce"`: bounce the suppressed recipients of a
+    /// new message at once (Bounce line, disposition, DSN) instead of sending to them; returns
+    /// their indexes.
+    async fn bounce_suppressed(self: &Rc<Self>, msg: &Arc<SpooledMessage>) -> Vec<u32> {
+        let Some(s) = self.shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::AcceptAndBounce) else { return Vec::new() };
+        let hits: Vec<(u32, Suppressed)> = msg.recipients.iter().enumerate().filter_map(|(i, r)| Some((i as u32, s.list.check(r)?))).collect();
+        for &(rcpt, hit) in &hits {
+            let diagnostic = format!("550 5.1.1 recipient suppressed ({} since {})", hit.category.as_str(), rfc5322(hit.since_s * 1000));
+            let failure = FailedRecipient {
+                recipient: msg.recipients[rcpt as usize].clone(),
+                status: "5.1.1".into(),
+                remote: None,
+                diagnostic: diagnostic.clone(),
+                expired: false,
+                category: hit.category,
+            };
+            self.log_classified(EventKind::Bounce, msg, Some(rcpt), None, (Some(diagnostic), Some(hit.category)), 0);
+            self.report_final(FinalReport { msg: msg.id, rcpt, outcome: Outcome::Bounced, failure: Some(failure) }).await;
+        }
+        hits.into_iter().map(|(i, _)| i).collect()
     }
 }

@@ -30,6 +30,7 @@ pub fn run(data: &[u8]) {
             diagnostic: c.get(1).cloned().unwrap_or_default(),
             remote: c.get(2).cloned(),
             expired: c.len() == 2,
+            category: ringpost_engine::account::bounce_class::BounceCategory::BadMailbox,
         })
         .collect();
     // The original headers come from the spool in wire form; the builder copies them as they are.

@@ -33,6 +33,11 @@ pub fn run(data: &[u8]) {
         max_recipients: 3,
         hard_error_limit: 40,
         local_domains: vec!["local.test".into()],
+        // Bit 2: a suppression-style gate refusing recipients whose local part starts with 'x'.
+        recipient_gate: (cfg & 4 != 0).then(|| {
+            let gate: Rc<dyn crate::smtp::server::RecipientGate> = Rc::new(XGate);
+            gate
+        }),
     });
     let mut s = Server::new(limits, cfg & 1 != 0);
     if cfg & 2 != 0 {
@@ -156,4 +161,14 @@ fn check_body(b: &[u8]) {
         unstuffed += text.len();
     }
     assert!(unstuffed as u64 <= MAX_MESSAGE_SIZE, "{unstuffed} octets accepted over the {MAX_MESSAGE_SIZE} limit");
+}
+
+/// Refuses local parts starting with `x`, as a suppression list would refuse its entries.
+#[derive(Debug)]
+struct XGate;
+
+impl crate::smtp::server::RecipientGate for XGate {
+    fn refuse(&self, rcpt: &crate::smtp::address::Address) -> Option<crate::smtp::reply::Reply> {
+        rcpt.raw.starts_with('x').then(|| crate::smtp::reply::Reply::new(550, (5, 1, 1), "suppressed"))
+    }
 }
