@@ -140,6 +140,20 @@ impl SegmentMap {
         assert_eq!(e.segment, self.seq, "extent of another segment");
         &self.map[e.offset as usize..e.offset as usize + e.len as usize]
     }
+
+    /// Drop this process's page-table entries for the whole mapping, so a sealed segment's
+    /// pages stop counting in its RSS. The data stays in the page cache (and on disk): the next
+    /// read of a live extent faults it back in, unchanged. Without this, every page a delivery
+    /// touched stays resident until the segment is deleted, and a segment kept for one live
+    /// message keeps up to its full size resident.
+    pub fn drop_resident_pages(&self) -> std::io::Result<()> {
+        // SAFETY: MADV_DONTNEED is destructive only for private or anonymous mappings, whose
+        // contents it resets. This is a shared, read-only mapping of a file: after the call
+        // every page reads back the file's bytes, which the spool never rewrites below its
+        // append point, so slices handed out (and read concurrently by other cores) see the
+        // same bytes before and after.
+        unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+    }
 }
 
 #[cfg(test)]
@@ -184,5 +198,28 @@ mod tests {
         let a: std::collections::HashSet<u32> = (0..1000).map(|s| derive_frame_seed(1, s)).collect();
         assert_eq!(a.len(), 1000);
         assert_ne!(derive_frame_seed(1, 5), derive_frame_seed(2, 5));
+    }
+
+    fn rss_file_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status.lines().find(|l| l.starts_with("RssFile:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+    }
+
+    #[test]
+    fn dropping_resident_pages_frees_rss_and_keeps_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let map = SegmentMap::map(1, path.clone(), &file).unwrap();
+        let sum = |m: &SegmentMap| m.bytes().iter().step_by(4096).map(|b| *b as u64).sum::<u64>();
+        let expected = sum(&map);
+        let touched = rss_file_kib();
+        map.drop_resident_pages().unwrap();
+        let dropped = rss_file_kib();
+        assert!(touched >= dropped + 60 * 1024, "RssFile {touched} KiB -> {dropped} KiB: the 64 MiB mapping stayed resident");
+        assert_eq!(sum(&map), expected, "the bytes read back unchanged");
+        assert_eq!(map.bytes()[..1000], data[..1000]);
     }
 }

@@ -79,11 +79,13 @@ struct SegState {
     /// Relocating it did not pay when the active segment was this one: planned again only
     /// after a rotation, so a backlog of live state is not re-planned on every round.
     unpaid_at: Option<u32>,
+    /// Its resident pages were dropped once it went cold (see [`SegmentMap::drop_resident_pages`]).
+    pages_dropped: bool,
 }
 
 impl SegState {
     fn new() -> Self {
-        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None, unpaid_at: None }
+        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None, unpaid_at: None, pages_dropped: false }
     }
 }
 
@@ -220,6 +222,12 @@ impl SpoolShard {
         messages.extend(recovery.owed_dsn);
         let messages = shard.pin_recovered(messages);
         shard.collect_garbage();
+        // Recovery read every segment through its map; none of it needs to stay resident.
+        for s in shard.state.borrow_mut().segments.values_mut() {
+            if let Some(m) = &s.map {
+                let _ = m.drop_resident_pages();
+            }
+        }
         Ok((shard, messages))
     }
 
@@ -540,8 +548,23 @@ impl SpoolShard {
             // failing rounds.
             if ok {
                 self.relocate_pinned();
+                self.drop_cold_pages();
             }
             self.collect_garbage();
+        }
+    }
+
+    /// Sealed segments two behind the active one are cold (their deliveries are mostly done):
+    /// stop counting their pages in RSS. A segment kept for a few live messages would
+    /// otherwise stay resident at full size; the live extents fault back in when read.
+    fn drop_cold_pages(&self) {
+        let mut st = self.state.borrow_mut();
+        let active = st.active;
+        for (seq, s) in st.segments.iter_mut().filter(|(seq, s)| **seq + 2 <= active && !s.pages_dropped) {
+            s.pages_dropped = true;
+            if let Some(Err(e)) = s.map.as_ref().map(|m| m.drop_resident_pages()) {
+                tracing::debug!(target: "spool", "segment {seq}: madvise(DONTNEED) failed: {e}");
+            }
         }
     }
 
