@@ -2,8 +2,30 @@
 //!
 //! Shared across cores as `Arc<SpooledMessage>`; the body is a list of slices of read-only
 //! segment maps, so relaying writes the very bytes that were received, never a copy.
+use ringpost_spool::record::{trace_offset_in_payload, FRAME_HEADER_LEN};
 use ringpost_spool::{Extent, MessageRecord, MsgRef, SegmentMap};
 use std::sync::Arc;
+
+/// The trace header bytes of a message. Read from the message record in the segment map, like
+/// the body: a queued message keeps no copy of its Received header and DKIM signatures
+/// (several hundred bytes each, times every message of a backlog).
+#[derive(Debug)]
+pub enum Trace {
+    /// Inside the message record's frame.
+    Mapped(Arc<SegmentMap>, Extent),
+    /// Held in memory (messages built without a spool record, in tests).
+    Owned(Vec<u8>),
+}
+
+impl Trace {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Trace::Mapped(m, e) => m.extent(e),
+            Trace::Owned(v) => v,
+        }
+    }
+}
 
 /// An accepted, durable message.
 #[derive(Debug)]
@@ -14,8 +36,8 @@ pub struct SpooledMessage {
     pub sender: String,
     /// All forward-paths, indexed as in the spool record.
     pub recipients: Vec<String>,
-    /// Header bytes prepended on relay (Received).
-    pub trace: Vec<u8>,
+    /// Header bytes prepended on relay (Received, DKIM signatures).
+    pub trace: Trace,
     /// Body in wire form, in order.
     pub body: Vec<(Arc<SegmentMap>, Extent)>,
     /// Reception time (Unix ms).
@@ -28,11 +50,13 @@ impl SpooledMessage {
     /// Build from a record and the maps of the segments its body lies in.
     pub fn from_record(id: MsgRef, r: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Option<Self> {
         let body = r.body.iter().map(|e| Some((map(e.segment)?, *e))).collect::<Option<Vec<_>>>()?;
+        let at = id.offset + (FRAME_HEADER_LEN + trace_offset_in_payload(r)) as u64;
+        let trace = Trace::Mapped(map(id.segment)?, Extent { segment: id.segment, offset: at, len: r.trace.len() as u32 });
         Some(Self {
             id,
             sender: String::from_utf8_lossy(&r.sender).into_owned(),
             recipients: r.recipients.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect(),
-            trace: r.trace.clone(),
+            trace,
             body,
             received_ms: r.received_ms,
             flags: r.flags,
@@ -46,7 +70,7 @@ impl SpooledMessage {
 
     /// Total size as relayed (trace plus body).
     pub fn wire_len(&self) -> u64 {
-        self.trace.len() as u64 + self.body.iter().map(|(_, e)| e.len as u64).sum::<u64>()
+        self.trace.bytes().len() as u64 + self.body.iter().map(|(_, e)| e.len as u64).sum::<u64>()
     }
 
     /// The extents (for releasing spool references).

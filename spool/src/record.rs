@@ -330,6 +330,13 @@ pub fn encode_message(m: &MessageRecord) -> Vec<u8> {
     p
 }
 
+/// Where `m`'s trace bytes sit inside its encoded payload (offset from the payload's start):
+/// readers can then take them from the segment map instead of keeping a copy.
+pub fn trace_offset_in_payload(m: &MessageRecord) -> usize {
+    let rcpts: usize = m.recipients.iter().map(|r| 4 + r.len()).sum();
+    8 + 4 + (4 + m.sender.len()) + 4 + rcpts + 4
+}
+
 /// Encode a disposition record's payload. Failure texts longer than their bound are truncated.
 pub fn encode_disposition(d: &Disposition) -> Vec<u8> {
     let mut p = Vec::with_capacity(19);
@@ -559,6 +566,15 @@ mod tests {
         let FrameScan::Frame(kind, payload, total) = scan_frame(&buf, SEED) else { panic!("no frame") };
         assert_eq!(total, buf.len());
         assert_eq!(decode_record(kind, payload).unwrap(), Record::Message(m));
+    }
+
+    #[test]
+    fn trace_offset_points_at_the_trace_bytes() {
+        let m = sample();
+        let p = encode_message(&m);
+        let at = trace_offset_in_payload(&m);
+        assert_eq!(&p[at..at + m.trace.len()], &m.trace[..]);
+        assert_eq!(u32::from_le_bytes(p[at - 4..at].try_into().unwrap()) as usize, m.trace.len());
     }
 
     #[test]

@@ -328,7 +328,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
-                pieces.push(&m.trace);
+                pieces.push(m.trace.bytes());
                 pieces.extend(m.body_pieces());
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;

@@ -14,7 +14,7 @@ fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
         id: MsgRef { core: 0, segment: 1, offset: 64 },
         sender: "s@a.test".into(),
         recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-        trace: Vec::new(),
+        trace: crate::message::Trace::Owned(Vec::new()),
         body: Vec::new(),
         received_ms,
         flags: 0,

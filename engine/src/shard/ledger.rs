@@ -104,7 +104,7 @@ mod tests {
             id: MsgRef { core: 0, segment: 1, offset: 64 },
             sender: sender.into(),
             recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-            trace: Vec::new(),
+            trace: crate::message::Trace::Owned(Vec::new()),
             body: Vec::new(),
             received_ms: 0,
             flags: 0,
