@@ -6,10 +6,13 @@ and chunks the way RFC 3030 with RFC 2920 allows. The sink (aiosmtpd, DATA only)
 ringpost relays: it must be the sender's message byte for byte, after ringpost's Received
 header, exactly as if it had been sent with DATA.
 """
+import json
 import smtplib
 import socket
+import subprocess
+import time
 
-from conftest import assert_every_recipient_closed_once, strip_trace
+from conftest import ROOT, Ringpost, assert_every_recipient_closed_once, free_port, strip_trace
 
 
 class BdatClient:
@@ -130,3 +133,31 @@ def test_refused_and_reset_bdat_transactions_relay_nothing(ringpost, sink):
     rp.wait_final(1)
     assert [m[1] for m in sink.snapshot()] == [["good@example.org"]]
     assert [e["recipient"] for e in rp.events() if e["type"] == "Reception"] == ["good@example.org"]
+
+
+def test_blaster_sends_bdat_to_ringpost_and_every_message_arrives_intact(tmp_path):
+    """blaster uses BDAT by default now that ringpost offers CHUNKING; its sink checks each
+    relayed message's digest (dot lines, 8-bit text, sizes over several spool chunks)."""
+    blaster = ROOT / "target" / "release" / "blaster"
+    n = 500
+    for mode, args in (("bdat", []), ("data", ["--no-chunking"])):
+        sink_port = free_port()
+        sink = subprocess.Popen([str(blaster), "sink", "--listen", f"127.0.0.1:{sink_port}", "--json", "--exit-after", str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        (tmp_path / mode).mkdir()
+        rp = Ringpost(tmp_path / mode, sink_port).start()
+        try:
+            r = subprocess.run([str(blaster), "send", "--to", f"127.0.0.1:{rp.port}", "--json", "-q", "-n", str(n), "-c", "20",
+                                "--size", "200-200000", "--dot-lines", "--eight-bit", *args],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            sent = json.loads(r.stdout)
+            assert (sent["accepted"], sent["errors"]) == (n, 0), sent
+            assert sent["sent_bdat"] == (n if mode == "bdat" else 0), sent
+            out, _ = sink.communicate(timeout=120)
+            got = json.loads(out)
+            assert (got["received"], got["corrupted"], got["duplicates"], got["unstamped"]) == (n, 0, 0, 0), (mode, got)
+        finally:
+            sink.kill()
+            rp.stop()
