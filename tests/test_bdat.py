@@ -13,6 +13,7 @@ import subprocess
 import time
 
 from conftest import ROOT, Ringpost, assert_every_recipient_closed_once, free_port, strip_trace
+from test_dkim import signing_ringpost  # noqa: F401 (the fixture)
 
 
 class BdatClient:
@@ -161,3 +162,24 @@ def test_blaster_sends_bdat_to_ringpost_and_every_message_arrives_intact(tmp_pat
         finally:
             sink.kill()
             rp.stop()
+
+
+def test_bdat_messages_are_dkim_signed_like_data_ones(signing_ringpost, sink):
+    """The body hash is computed over the stored (normalised) BDAT body: the first message of
+    a session and the next one in the same session both carry signatures dkimpy verifies."""
+    from test_dkim import dnsfunc_for, received, signatures
+
+    rp, records = signing_ringpost
+    c = BdatClient(rp.port)
+    c.ehlo()
+    for name, body in (("first", b"\r\n.dot\r\nline one\r\n"), ("second", b"\n.bare LF body\nno final newline")):
+        msg = (f"From: Sender <news@signer.test>\r\nTo: <r@example.org>\r\nSubject: bdat {name}\r\n"
+               f"Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{name}@test>\r\n").encode() + body
+        replies = c.send_chunks("news@signer.test", [f"{name}@example.org"], split(msg, [30, len(msg) - 3]))
+        assert replies[-1].startswith("250 2.0.0 Ok: queued as"), replies
+    c.close()
+    for name in ("first", "second"):
+        d, sigs = signatures(received(sink, name))
+        assert len(sigs) == 2, name
+        for idx in range(2):
+            assert d.verify(idx=idx, dnsfunc=dnsfunc_for(records)), (name, idx)
