@@ -70,15 +70,16 @@ def test_relay_denied_outside_relay_networks(tmp_path, sink):
 
 def test_connection_limit_per_ip_answers_421(tmp_path, sink):
     rp = Ringpost(tmp_path, sink.port, "").start()
-    rp.config.write_text(rp.config.read_text().replace("max_connections_per_ip = 200", "max_connections_per_ip = 3"))
+    # A client outside relay_networks (those have max_connections_per_relay_ip instead).
+    rp.config.write_text(rp.config.read_text().replace("max_connections_per_ip = 200", "max_connections_per_ip = 3")
+                         .replace('relay_networks = ["127.0.0.0/8"]', 'relay_networks = ["127.0.0.1/32"]'))
     rp.stop()
     rp.start()
-    time.sleep(0.5)  # let the start-up probe's session end
     try:
-        held = [socket.create_connection(("127.0.0.1", rp.port)) for _ in range(3)]
+        held = [socket.create_connection(("127.0.0.1", rp.port), source_address=("127.0.0.2", 0)) for _ in range(3)]
         for h in held:
             assert h.recv(100).startswith(b"220")
-        extra = socket.create_connection(("127.0.0.1", rp.port), timeout=5)
+        extra = socket.create_connection(("127.0.0.1", rp.port), source_address=("127.0.0.2", 0), timeout=5)
         assert extra.recv(200).startswith(b"421 4.7.0")
         for h in held:
             h.close()

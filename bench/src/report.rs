@@ -65,6 +65,8 @@ pub struct SendReport {
     pub target_rate: Option<f64>,
     /// Messages whose transaction was started.
     pub sent: u64,
+    /// Of those, sent with BDAT (RFC 3030) rather than DATA.
+    pub sent_bdat: u64,
     /// Messages accepted (250 after data).
     pub accepted: u64,
     /// Messages refused temporarily (4xx).
@@ -88,9 +90,10 @@ impl SendReport {
     pub fn text(&self) -> String {
         let rate = self.target_rate.map(|r| format!(" at {r:.0} msg/s")).unwrap_or_default();
         format!(
-            "blaster send ({}{rate}): sent {} accepted {} temp {} perm {} errors {}\n  {:.2} s, {:.0} msg/s, {:.2} MB/s\n  accept latency: {}\n",
+            "blaster send ({}{rate}): sent {} ({} by BDAT) accepted {} temp {} perm {} errors {}\n  {:.2} s, {:.0} msg/s, {:.2} MB/s\n  accept latency: {}\n",
             self.mode,
             self.sent,
+            self.sent_bdat,
             self.accepted,
             self.temp_failures,
             self.perm_failures,

@@ -60,6 +60,8 @@ pub struct SendOpts {
 pub struct Counters {
     /// Transactions started.
     pub sent: AtomicU64,
+    /// Of those, sent with BDAT (the server offered CHUNKING and it was not turned off).
+    pub sent_bdat: AtomicU64,
     /// 250 after data.
     pub accepted: AtomicU64,
     /// 4xx.
@@ -127,6 +129,7 @@ pub fn run(opts: SendOpts, counters: Arc<Counters>) -> SendOutcome {
         mode: if opts.rate.is_some() { "open-loop".into() } else { "closed-loop".into() },
         target_rate: opts.rate,
         sent: counters.sent.load(Ordering::Relaxed),
+        sent_bdat: counters.sent_bdat.load(Ordering::Relaxed),
         accepted,
         temp_failures: counters.temp.load(Ordering::Relaxed),
         perm_failures: counters.perm.load(Ordering::Relaxed),
@@ -365,6 +368,7 @@ async fn transaction(st: &CoreState, conn: &mut Conn, rng: &mut impl Rng, id: &s
     let head = headers(id, due.intended_ns, body.digest, &o.from, &rcpts[0], o.style.eight_bit);
     st.counters.sent.fetch_add(1, Ordering::Relaxed);
     if conn.caps.chunking {
+        st.counters.sent_bdat.fetch_add(1, Ordering::Relaxed);
         return bdat_transaction(st, conn, &rcpts, &head, body, id, due).await;
     }
     let mut msg = head;

@@ -175,6 +175,9 @@ const fn d_conn_core() -> usize {
 const fn d_conn_ip() -> usize {
     50
 }
+const fn d_conn_relay_ip() -> usize {
+    1000
+}
 const fn d_cmd_timeout() -> u64 {
     300
 }
@@ -223,9 +226,18 @@ pub struct ServerConfig {
     /// Concurrent sessions per core.
     #[serde(default = "d_conn_core")]
     pub max_connections_per_core: usize,
-    /// Concurrent sessions per client IP (across the host).
+    /// Concurrent sessions per client IP (across the host), for clients outside
+    /// `relay_networks`.
     #[serde(default = "d_conn_ip")]
     pub max_connections_per_ip: usize,
+    /// Concurrent sessions per client IP in `relay_networks`. Separate and larger because
+    /// those clients are our own injectors and relays, which open many parallel connections
+    /// from one address (an application server, smtp-source, a Postfix in front); Postfix
+    /// exempts `mynetworks` from its per-client limit altogether. Still bounded, so a runaway
+    /// local client cannot take every session of the host (`max_connections_per_core` bounds
+    /// the total).
+    #[serde(default = "d_conn_relay_ip")]
+    pub max_connections_per_relay_ip: usize,
     /// Seconds to wait for a complete command line (RFC 5321 4.5.3.2.7: 5 minutes).
     #[serde(default = "d_cmd_timeout")]
     pub command_timeout_s: u64,
@@ -883,6 +895,15 @@ mod tests {
         assert_eq!(Config::parse("[server]\n[dns]\ncache_entries_max = 5\n").unwrap().dns.cache_entries_max, 5);
         let e = Config::parse("[server]\n[dns]\ncache_entries_max = 0\n").unwrap_err().to_string();
         assert!(e.contains("dns.cache_entries_max"), "{e}");
+    }
+
+    #[test]
+    fn relay_networks_have_their_own_larger_per_address_ceiling() {
+        for c in [Config::parse("[server]\n").unwrap(), Config::parse(DEFAULT_CONFIG).unwrap()] {
+            assert_eq!((c.server.max_connections_per_ip, c.server.max_connections_per_relay_ip), (50, 1000));
+        }
+        let c = Config::parse("[server]\nmax_connections_per_relay_ip = 7\n").unwrap();
+        assert_eq!((c.server.max_connections_per_ip, c.server.max_connections_per_relay_ip), (50, 7));
     }
 
     #[test]

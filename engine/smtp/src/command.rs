@@ -50,8 +50,13 @@ pub enum Command {
     StartTls,
     /// `AUTH mechanism [initial-response]`.
     Auth(String),
-    /// `BDAT`.
-    Bdat,
+    /// `BDAT chunk-size [LAST]` (RFC 3030): `size` octets of message data follow the line.
+    Bdat {
+        /// Octets in the chunk.
+        size: u64,
+        /// `LAST`: the chunk ends the message.
+        last: bool,
+    },
 }
 
 /// Why a command line could not be parsed; each maps to one reply.
@@ -98,7 +103,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls),
         "AUTH" => Ok(Command::Auth(rest.trim().to_string())),
-        "BDAT" => Ok(Command::Bdat),
+        "BDAT" => parse_bdat(rest),
         _ => Err(CommandError::Unknown),
     }
 }
@@ -138,6 +143,23 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
     Ok(Command::Mail(Some(a), p))
 }
 
+/// `BDAT` SP chunk-size [SP "LAST"] (RFC 3030 2): anything else is a syntax error, and then
+/// nobody knows how many octets follow, so the caller cannot skip them.
+fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
+    let mut words = rest.split(' ');
+    let size = words.next().filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()));
+    let size = size.and_then(|w| w.parse().ok()).ok_or(CommandError::Syntax("BDAT needs a chunk size"))?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(CommandError::Syntax("BDAT takes a chunk size and LAST only")),
+    };
+    if words.next().is_some() {
+        return Err(CommandError::Syntax("BDAT takes a chunk size and LAST only"));
+    }
+    Ok(Command::Bdat { size, last })
+}
+
 fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     let (path, params) = split_path(rest, "TO:")?;
     if let Some(p) = params.split(' ').find(|s| !s.is_empty()) {
@@ -168,6 +190,15 @@ mod tests {
         }
         assert_eq!(parse_command(b"MAIL FROM:<>"), Ok(Command::Mail(None, MailParams::default())));
         assert!(matches!(parse_command(b"RCPT TO: <x@y.example>"), Ok(Command::Rcpt(_))));
+        assert_eq!(parse_command(b"BDAT 1000"), Ok(Command::Bdat { size: 1000, last: false }));
+        assert_eq!(parse_command(b"bdat 0 last"), Ok(Command::Bdat { size: 0, last: true }));
+    }
+
+    #[test]
+    fn bdat_needs_exactly_a_size_and_an_optional_last() {
+        for bad in [&b"BDAT"[..], b"BDAT -1", b"BDAT +5", b"BDAT 1x", b"BDAT 5 FIRST", b"BDAT 5 LAST x", b"BDAT 99999999999999999999999"] {
+            assert!(matches!(parse_command(bad), Err(CommandError::Syntax(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The SMTP server state machine (RFC 5321 + PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
-//! ENHANCEDSTATUSCODES), sans I/O.
+//! ENHANCEDSTATUSCODES, CHUNKING), sans I/O.
 //!
 //! The driver hands it the bytes it has buffered; it answers with one [`Step`] at a time:
 //! a reply to send, body bytes to spool, or a complete message. It owns the session's protocol
 //! state and limits, never a socket, a clock or the spool. Memory is bounded: it never holds
 //! more than one command line, and body bytes are only pointed at, never kept.
+//!
+//! BDAT (RFC 3030) bodies come out in the same wire form as DATA bodies (see [`crate::chunk`]).
+//! BINARYMIME is not offered: the spool keeps bodies in DATA's wire form and the delivery agent
+//! relays with DATA only, and RFC 3030 3 forbids relaying a BINARYMIME message to a server
+//! that cannot take it in BDAT; offering it would mean accepting mail we cannot pass on.
 use super::address::Address;
 use super::address::AddressError;
 use super::auth::{self, AuthState, AuthStep};
+use super::chunk::ChunkNormaliser;
 use super::command::{parse_command, BodyType, Command, CommandError, MailParams};
 use super::data::DataScanner;
 use super::reply::{echo, Reply};
@@ -70,6 +76,29 @@ enum Phase {
     AwaitAuth,
     /// A complete message awaits the driver's verdict (spooled or not).
     AwaitCommit,
+    /// The octets of a BDAT chunk are being read.
+    Bdat(BdatChunk),
+}
+
+/// The BDAT chunk being read.
+#[derive(Debug)]
+struct BdatChunk {
+    size: u64,
+    remaining: u64,
+    last: bool,
+    /// Set when the chunk is refused: its octets are read and thrown away (never parsed as
+    /// commands), then the refusal is sent.
+    refusal: Option<Refusal>,
+}
+
+/// Why a BDAT chunk is refused.
+#[derive(Debug)]
+enum Refusal {
+    /// There is no transaction to add it to: an error reply, nothing to discard.
+    NoTransaction(Reply),
+    /// The message fails (RFC 3030 4.2): the transaction is reset and what was spooled for it
+    /// is discarded.
+    Message(Reply),
 }
 
 /// What the driver must do next.
@@ -130,7 +159,8 @@ pub enum Step {
         /// Password.
         password: String,
     },
-    /// The message ended but is refused: discard what was spooled for it and send the reply.
+    /// The message in progress is dropped (refused, or a BDAT transaction reset by RSET or
+    /// EHLO): discard what was spooled for it and send the reply.
     DataRefused {
         /// Bytes consumed.
         consumed: usize,
@@ -147,6 +177,8 @@ pub struct Server {
     helo: Option<String>,
     esmtp: bool,
     tx: Option<Transaction>,
+    /// The body of a BDAT transaction, once its first chunk came.
+    bdat: Option<ChunkNormaliser>,
     phase: Phase,
     errors: u32,
     eight_bit: bool,
@@ -166,6 +198,7 @@ impl Server {
             helo: None,
             esmtp: false,
             tx: None,
+            bdat: None,
             phase: Phase::Command,
             errors: 0,
             eight_bit: false,
@@ -215,6 +248,7 @@ impl Server {
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
+        self.bdat = None;
         self.phase = Phase::Command;
     }
 
@@ -233,9 +267,10 @@ impl Server {
         self.helo.as_deref()
     }
 
-    /// True while the client is sending DATA (the driver uses the data-block timeout then).
+    /// True while the client is sending DATA or a BDAT chunk (the driver uses the data-block
+    /// timeout then).
     pub fn in_data(&self) -> bool {
-        matches!(self.phase, Phase::Data(_))
+        matches!(self.phase, Phase::Data(_) | Phase::Bdat(_))
     }
 
     /// The transaction of the message just completed (after [`Step::Message`]).
@@ -271,6 +306,7 @@ impl Server {
 
     fn finish_transaction(&mut self) {
         self.tx = None;
+        self.bdat = None;
         self.phase = Phase::Command;
         self.eight_bit = false;
     }
@@ -306,6 +342,7 @@ impl Server {
                 Step::Message { consumed: f.consumed, prefix, body }
             }
             Phase::AwaitCommit | Phase::AwaitAuth => Step::Need { consumed: 0 },
+            Phase::Bdat(_) => self.bdat_step(input),
             Phase::Auth(_) => {
                 let Some(lf) = input.iter().take(MAX_COMMAND_LINE * 2).position(|&b| b == b'\n') else {
                     if input.len() >= MAX_COMMAND_LINE * 2 {
@@ -359,29 +396,27 @@ impl Server {
             Command::Ehlo(name) => {
                 self.helo = Some(name);
                 self.esmtp = true;
-                self.tx = None;
-                reply(self.ehlo_reply())
+                self.reset_transaction(consumed, self.ehlo_reply())
             }
             Command::Helo(name) => {
                 self.helo = Some(name);
                 self.esmtp = false;
-                self.tx = None;
-                reply(Reply::plain(250, self.limits.hostname.clone()))
+                self.reset_transaction(consumed, Reply::plain(250, self.limits.hostname.clone()))
             }
             Command::Mail(sender, params) => self.mail(consumed, sender, params),
             Command::Rcpt(to) => self.rcpt(consumed, to),
             Command::Data => match &self.tx {
                 None => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need MAIL command")),
+                // RFC 3030 2: DATA after BDAT in one transaction is 503; the client must RSET.
+                Some(_) if self.bdat.is_some() => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: DATA after BDAT, send RSET")),
                 Some(tx) if tx.recipients.is_empty() => self.error_reply(consumed, Reply::new(503, (5, 5, 1), "Error: need RCPT command")),
                 Some(_) => {
                     self.phase = Phase::Data(DataScanner::new());
                     reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
                 }
             },
-            Command::Rset => {
-                self.tx = None;
-                reply(Reply::new(250, (2, 0, 0), "Ok"))
-            }
+            Command::Rset => self.reset_transaction(consumed, Reply::new(250, (2, 0, 0), "Ok")),
+            Command::Bdat { size, last } => self.bdat(consumed, size, last),
             Command::Noop => reply(Reply::new(250, (2, 0, 0), "Ok")),
             Command::Quit => Step::Close { consumed, reply: Reply::new(221, (2, 0, 0), "Bye") },
             Command::Vrfy => reply(Reply::new(252, (2, 5, 0), "Cannot VRFY user, but will accept message")),
@@ -408,7 +443,7 @@ impl Server {
                 }
                 self.auth_step(consumed, auth::start(&args))
             }
-            Command::StartTls | Command::Bdat => self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented")),
+            Command::StartTls => self.error_reply(consumed, Reply::new(502, (5, 5, 1), "Error: command not implemented")),
         }
     }
 
@@ -435,6 +470,7 @@ impl Server {
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
         ];
         if self.tls_available && !self.tls_active {
             lines.push("STARTTLS".into());
@@ -443,6 +479,93 @@ impl Server {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         Reply { code: 250, enhanced: None, lines }
+    }
+
+    /// End the transaction (RSET, EHLO, HELO). Body bytes of a BDAT transaction were already
+    /// handed to the driver: it must discard them, so the reply comes as [`Step::DataRefused`].
+    fn reset_transaction(&mut self, consumed: usize, reply: Reply) -> Step {
+        self.tx = None;
+        match self.bdat.take() {
+            Some(_) => Step::DataRefused { consumed, reply },
+            None => Step::Reply { consumed, reply },
+        }
+    }
+
+    /// `BDAT size [LAST]`: start reading the chunk. Whatever is wrong with it, its octets are
+    /// read (and then thrown away) before the reply: they are data, never commands.
+    fn bdat(&mut self, consumed: usize, size: u64, last: bool) -> Step {
+        let refuse = |code, text| Some(Refusal::NoTransaction(Reply::new(code, (5, 5, 1), text)));
+        let refusal = match &self.tx {
+            _ if !self.esmtp => refuse(503, "Error: send EHLO first"),
+            None => refuse(503, "Error: need MAIL command"),
+            // RFC 3030 2: no valid recipients may be answered 554.
+            Some(tx) if tx.recipients.is_empty() => refuse(554, "Error: no valid recipients"),
+            Some(_) => {
+                let body = self.bdat.get_or_insert_with(ChunkNormaliser::new);
+                // Normalising only adds octets: a chunk that takes the raw total over the
+                // limit takes the message over it. Nothing of it is spooled.
+                let over = body.unstuffed_len.saturating_add(size) > self.limits.max_message_size;
+                over.then(too_big)
+            }
+        };
+        self.phase = Phase::Bdat(BdatChunk { size, remaining: size, last, refusal });
+        Step::Need { consumed }
+    }
+
+    /// Inside a BDAT chunk: hand out its octets as wire-form body (or drop them when the chunk
+    /// is refused); once all are read, answer it.
+    fn bdat_step(&mut self, input: &[u8]) -> Step {
+        let Phase::Bdat(chunk) = &mut self.phase else { unreachable!("bdat_step outside a chunk") };
+        if chunk.remaining == 0 {
+            return self.bdat_chunk_done();
+        }
+        if input.is_empty() {
+            return Step::Need { consumed: 0 };
+        }
+        let take = usize::try_from(chunk.remaining).unwrap_or(usize::MAX).min(input.len());
+        if chunk.refusal.is_some() {
+            chunk.remaining -= take as u64;
+            return Step::Need { consumed: take };
+        }
+        let body = self.bdat.as_mut().expect("a BDAT chunk without its transaction body");
+        let piece = body.next(&input[..take]);
+        chunk.remaining -= piece.body as u64;
+        if body.unstuffed_len > self.limits.max_message_size {
+            chunk.refusal = Some(too_big());
+        } else if body.long_line {
+            chunk.refusal = Some(long_line());
+        }
+        if chunk.refusal.is_some() {
+            // The message is refused: this piece is not spooled either.
+            return Step::Need { consumed: piece.body };
+        }
+        Step::Body { consumed: piece.body, prefix: piece.prefix, body: piece.body }
+    }
+
+    /// Every octet of the chunk was read: refuse it, acknowledge it, or complete the message.
+    fn bdat_chunk_done(&mut self) -> Step {
+        let Phase::Bdat(chunk) = std::mem::replace(&mut self.phase, Phase::Command) else { unreachable!("no chunk") };
+        match chunk.refusal {
+            Some(Refusal::NoTransaction(reply)) => return self.error_reply(0, reply),
+            Some(Refusal::Message(reply)) => {
+                self.finish_transaction();
+                return Step::DataRefused { consumed: 0, reply };
+            }
+            None if !chunk.last => {
+                return Step::Reply { consumed: 0, reply: Reply::new(250, (2, 0, 0), format!("{} octets received", chunk.size)) };
+            }
+            None => {}
+        }
+        let mut body = self.bdat.take().expect("a BDAT chunk without its transaction body");
+        let suffix = body.finish();
+        let refusal = if body.unstuffed_len > self.limits.max_message_size { Some(too_big()) } else { body.long_line.then(long_line) };
+        if let Some(Refusal::Message(reply)) = refusal {
+            self.finish_transaction();
+            return Step::DataRefused { consumed: 0, reply };
+        }
+        self.eight_bit = body.eight_bit;
+        self.phase = Phase::AwaitCommit;
+        Step::Message { consumed: 0, prefix: suffix, body: 0 }
     }
 
     fn mail(&mut self, consumed: usize, sender: Option<Address>, params: MailParams) -> Step {
@@ -482,6 +605,16 @@ impl Server {
         self.tx.as_mut().unwrap().recipients.push(to);
         Step::Reply { consumed, reply: Reply::new(250, (2, 1, 5), "Ok") }
     }
+}
+
+/// A BDAT message over `max_message_size` (RFC 1870, as for DATA).
+fn too_big() -> Refusal {
+    Refusal::Message(Reply::new(552, (5, 3, 4), "Message exceeds fixed maximum message size"))
+}
+
+/// A BDAT message with a text line over 1000 octets (as for DATA: it could not be relayed).
+fn long_line() -> Refusal {
+    Refusal::Message(Reply::new(500, (5, 5, 2), "Message refused: line longer than 1000 octets"))
 }
 
 /// The reply to a line that did not parse. Only [`CommandError::UnknownParam`] quotes the

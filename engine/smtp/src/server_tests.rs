@@ -3,7 +3,7 @@ use super::reply::Reply;
 use super::server::{Server, ServerLimits, Step};
 use std::rc::Rc;
 
-fn limits() -> Rc<ServerLimits> {
+pub(super) fn limits() -> Rc<ServerLimits> {
     Rc::new(ServerLimits {
         hostname: "mta.test".into(),
         max_message_size: 1000,
@@ -16,25 +16,25 @@ fn limits() -> Rc<ServerLimits> {
 
 /// What a client script did to the machine, seen as the driver (session.rs) sees it.
 #[derive(Debug, Default)]
-struct Outcome {
+pub(super) struct Outcome {
     /// First line of every reply, greeting included.
-    replies: Vec<String>,
+    pub(super) replies: Vec<String>,
     /// Bodies of messages the machine completed and the driver committed (`Step::Message`).
-    bodies: Vec<Vec<u8>>,
+    pub(super) bodies: Vec<Vec<u8>>,
     /// Body bytes handed to the driver (`Step::Body`) of messages then refused with
     /// `Step::DataRefused`, which tells the driver to discard what it spooled for them.
-    refused: Vec<Vec<u8>>,
+    pub(super) refused: Vec<Vec<u8>>,
     /// Body bytes handed out that no Message, DataRefused or new DATA ever resolved: the
     /// driver would keep them pinned in the spool.
-    pending: Vec<u8>,
-    closed: bool,
+    pub(super) pending: Vec<u8>,
+    pub(super) closed: bool,
 }
 
 impl Outcome {
     /// Nothing of a refused message stays spooled: no message was committed, the body bytes
     /// handed out were all discarded by exactly `refusals` DataRefused steps, and none is left
     /// waiting for a verdict.
-    fn assert_nothing_spooled(&self, refusals: usize) {
+    pub(super) fn assert_nothing_spooled(&self, refusals: usize) {
         assert!(self.bodies.is_empty(), "committed: {:?}", self.bodies);
         assert_eq!(self.refused.len(), refusals, "messages refused with DataRefused");
         assert!(self.pending.is_empty(), "body bytes left spooled: {:?}", String::from_utf8_lossy(&self.pending));
@@ -42,13 +42,18 @@ impl Outcome {
 }
 
 /// Drive a whole client script through the machine, as a driver would, committing messages.
-fn session(relay: bool, input: &[u8]) -> Outcome {
+pub(super) fn session(relay: bool, input: &[u8]) -> Outcome {
     session_in_reads(relay, input, input.len().max(1))
 }
 
 /// The same, with the client's bytes arriving `read` at a time (a driver's socket reads).
-fn session_in_reads(relay: bool, input: &[u8], read: usize) -> Outcome {
-    let mut s = Server::new(limits(), relay);
+pub(super) fn session_in_reads(relay: bool, input: &[u8], read: usize) -> Outcome {
+    session_with(limits(), relay, input, read)
+}
+
+/// The same, with other limits.
+pub(super) fn session_with(limits: Rc<ServerLimits>, relay: bool, input: &[u8], read: usize) -> Outcome {
+    let mut s = Server::new(limits, relay);
     let mut o = Outcome { replies: vec![first_line(&s.greeting())], ..Default::default() };
     let (mut pos, mut avail) = (0, read.min(input.len()));
     loop {
@@ -104,11 +109,11 @@ fn first_line(r: &Reply) -> String {
     r.to_wire().lines().last().unwrap().to_string()
 }
 
-fn codes(r: &[String]) -> Vec<&str> {
+pub(super) fn codes(r: &[String]) -> Vec<&str> {
     r.iter().map(|l| &l[..3]).collect()
 }
 
-const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
+pub(super) const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
 
 #[test]
 fn pipelined_transaction_with_dot_lines() {
@@ -259,7 +264,7 @@ fn ehlo_advertises_the_extensions() {
     let mut s = s;
     let Step::Reply { reply, .. } = s.step(b"EHLO c.test\r\n") else { panic!() };
     let w = reply.to_wire();
-    for ext in ["250-PIPELINING", "250-SIZE 1000", "250-8BITMIME", "250-SMTPUTF8", "250 ENHANCEDSTATUSCODES"] {
+    for ext in ["250-PIPELINING", "250-SIZE 1000", "250-8BITMIME", "250-SMTPUTF8", "250-ENHANCEDSTATUSCODES", "250 CHUNKING"] {
         assert!(w.contains(ext), "{w}");
     }
 }

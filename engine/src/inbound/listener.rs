@@ -2,6 +2,16 @@
 //! connection ceilings (per core, and per client address across all cores), and starts a
 //! session for each connection admitted.
 //!
+//! Clients in `relay_networks` get their own, larger per-address ceiling
+//! (`max_connections_per_relay_ip`): they are our own applications and relays, which inject
+//! through many parallel connections from one address (Postfix exempts `mynetworks` from its
+//! per-client limit for the same reason), while the small default stays for the internet.
+//!
+//! A session leaves the per-address count as soon as it has ended (its last reply decided),
+//! through its [`Admission`], not when its socket is finally closed: a client that saw its
+//! `221` and connects again at once must not be refused for a session that is over. It keeps
+//! its place in the per-core count until the socket is closed: that ceiling bounds sockets.
+//!
 //! The per-address count is exact: a lock-free concurrent map keyed by the client address, so
 //! no client can share a counter with another (the hashed buckets it replaces let a client
 //! pick addresses that collide with a victim's bucket and lock the victim out).
@@ -54,6 +64,31 @@ impl PerIpCounts {
     }
 }
 
+/// A session's place in the per-address count, given back once by [`Admission::end`] (or on
+/// drop, whatever ends the task).
+pub struct Admission {
+    per_ip: Arc<PerIpCounts>,
+    ip: IpAddr,
+    counted: bool,
+    /// The client is in `relay_networks`.
+    pub relay: bool,
+}
+
+impl Admission {
+    /// The session is over: count it out of its address's sessions now.
+    pub fn end(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.per_ip.leave(self.ip);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// Accept connections until shutdown begins on this core.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerIpCounts>) {
     let limits = &core.shared.config.server;
@@ -67,17 +102,19 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerI
         let Ok(stream) = accepted else { continue };
         let Ok(peer) = stream.peer_addr() else { continue };
         let full = core.sessions.get() >= limits.max_connections_per_core;
-        if full || !per_ip.try_enter(peer.ip(), limits.max_connections_per_ip) {
+        let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
+        let per_ip_max = if relay { limits.max_connections_per_relay_ip } else { limits.max_connections_per_ip };
+        if full || !per_ip.try_enter(peer.ip(), per_ip_max) {
             let why = if full { "on this server" } else { "from your address" };
             refuse(stream, format!("421 4.7.0 {} Error: too many connections {why}\r\n", limits.hostname));
             continue;
         }
         core.sessions.set(core.sessions.get() + 1);
-        let (core, per_ip) = (core.clone(), per_ip.clone());
+        let admission = Admission { per_ip: per_ip.clone(), ip: peer.ip(), counted: true, relay };
+        let core = core.clone();
         glommio::spawn_local(async move {
-            crate::inbound::session::serve(core.clone(), stream, peer).await;
+            crate::inbound::session::serve(core.clone(), stream, peer, admission).await;
             core.sessions.set(core.sessions.get() - 1);
-            per_ip.leave(peer.ip());
         })
         .detach();
     }

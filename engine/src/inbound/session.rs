@@ -6,6 +6,7 @@
 //! the shard.
 use crate::account::delivery_log::{EventKind, Peer};
 use crate::inbound::commit::{commit, BodyWriter};
+use crate::inbound::listener::Admission;
 use crate::shard::core::Core;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::{Server, Step};
@@ -23,6 +24,9 @@ const INPUT_BYTES_START: usize = 4 * 1024;
 /// Replies pending for pipelined commands are written once they pass this: a client that
 /// pipelines 64 KiB of EHLO gets its replies as it goes instead of 850 KiB held here.
 const OUTPUT_FLUSH_BYTES: usize = 16 * 1024;
+/// Longest a session that has ended may take to hand over its last reply and close: it no
+/// longer counts against its client's per-address limit, so it must not linger.
+const CLOSING_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the session goes on after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +40,7 @@ struct Session {
     server: Server,
     stream: Transport,
     peer: SocketAddr,
+    admission: Admission,
     tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
     out: Vec<u8>,
     input: Vec<u8>,
@@ -52,8 +57,8 @@ struct Session {
 }
 
 /// Serve one SMTP session to completion.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let mut s = Session::new(core, stream, peer);
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admission: Admission) {
+    let mut s = Session::new(core, stream, peer, admission);
     loop {
         let flow = match s.server.step(&s.input[s.start..s.end]) {
             Step::Need { consumed } if consumed > 0 => {
@@ -62,11 +67,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             }
             Step::Need { .. } => s.read_more().await,
             Step::Reply { consumed, reply } => s.on_reply(consumed, reply).await,
-            Step::Close { consumed: _, reply } => {
-                reply.write_to(&mut s.out);
-                let _ = s.flush().await;
-                Flow::Close
-            }
+            Step::Close { consumed: _, reply } => s.close_with(&reply).await,
             Step::Body { consumed, prefix, body } => {
                 s.body.push(&s.core, prefix, &s.input[s.start..s.start + body]).await;
                 s.start += consumed;
@@ -79,7 +80,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                 s.start += consumed;
                 s.body.abandon(&s.core);
                 reply.write_to(&mut s.out);
-                s.phase_start = Instant::now();
+                s.restart_phase();
                 Flow::Continue
             }
         };
@@ -87,15 +88,16 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             break;
         }
     }
+    s.admission.end();
     s.body.abandon(&s.core);
+    let _ = s.stream.set_write_timeout(CLOSING_WRITE_TIMEOUT.min(s.write_timeout));
     let _ = s.stream.close().await;
 }
 
 impl Session {
-    fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) -> Self {
+    fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admission: Admission) -> Self {
         let cfg = &core.shared.config.server;
-        let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
-        let mut server = Server::new(core.limits.clone(), relay);
+        let mut server = Server::new(core.limits.clone(), admission.relay);
         let tls_config = core.server_tls.borrow().clone();
         if tls_config.is_some() {
             server.offer_tls();
@@ -109,6 +111,10 @@ impl Session {
         let (body_chunk_bytes, input_bytes_max) = (cfg.body_chunk_bytes, cfg.input_buffer_bytes_max);
         let mut out = Vec::with_capacity(4096);
         server.greeting().write_to(&mut out);
+        // The body writer starts armed (DKIM body hash) for a first message sent with BDAT,
+        // which has no 354 to reset it.
+        let mut body = BodyWriter::new(body_chunk_bytes);
+        body.abandon(&core);
         Self {
             command_timeout: Duration::from_secs(cfg.command_timeout_s),
             data_timeout: Duration::from_secs(cfg.data_timeout_s),
@@ -117,12 +123,13 @@ impl Session {
             server,
             stream: Transport::Plain(stream),
             peer,
+            admission,
             tls_config,
             out,
             input: vec![0u8; INPUT_BYTES_START],
             start: 0,
             end: 0,
-            body: BodyWriter::new(body_chunk_bytes),
+            body,
             input_bytes_max,
             phase_start: Instant::now(),
             data_bytes: 0,
@@ -139,11 +146,20 @@ impl Session {
         Ok(())
     }
 
-    /// Write `reply` at once and close (timeouts, shutdown).
+    /// The session ends: count it out of its client's sessions at once, then write `reply`
+    /// (QUIT, error limit, timeouts, shutdown) within [`CLOSING_WRITE_TIMEOUT`] and close.
     async fn close_with(&mut self, reply: &Reply) -> Flow {
+        self.admission.end();
         reply.write_to(&mut self.out);
+        self.write_timeout = self.write_timeout.min(CLOSING_WRITE_TIMEOUT);
         let _ = self.flush().await;
         Flow::Close
+    }
+
+    /// A reply went out: the command (or data block) deadline starts again.
+    fn restart_phase(&mut self) {
+        self.phase_start = Instant::now();
+        self.data_bytes = 0;
     }
 
     /// Flush replies, make room in the input buffer, and read within the phase's deadline: a
@@ -214,9 +230,9 @@ impl Session {
     async fn on_reply(&mut self, consumed: usize, reply: Reply) -> Flow {
         self.start += consumed;
         reply.write_to(&mut self.out);
-        self.phase_start = Instant::now();
+        // Each BDAT chunk's 250 starts the next chunk's data deadline, as 354 starts DATA's.
+        self.restart_phase();
         if reply.code == 354 {
-            self.data_bytes = 0;
             self.body.abandon(&self.core);
         }
         if self.out.len() >= OUTPUT_FLUSH_BYTES && self.flush().await.is_err() {
@@ -229,8 +245,10 @@ impl Session {
         self.body.push(&self.core, prefix, &self.input[self.start..self.start + body]).await;
         self.start += consumed;
         let (reply, msg) = commit(&self.core, &mut self.server, &mut self.body, self.peer).await;
+        // Ready for the next message (a BDAT one has no 354 to do this).
+        self.body.abandon(&self.core);
         reply.write_to(&mut self.out);
-        self.phase_start = Instant::now();
+        self.restart_phase();
         if let Some(msg) = msg {
             let client = Peer { remote: self.peer.to_string(), tls: self.stream.tls_description() };
             self.core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
