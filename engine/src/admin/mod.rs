@@ -31,6 +31,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// The admin task's state: its links to the cores and what it knows of the configuration.
 pub struct Admin {
     cores: RefCell<Vec<Option<Rc<ConnectedSender<AdminAsk>>>>>,
+    /// Notified each time a core's link comes up.
+    linked: event_listener::Event,
     shared: Arc<Shared>,
     started: Instant,
     timeout: Duration,
@@ -49,6 +51,7 @@ impl Admin {
             current: RefCell::new(shared.config.clone()),
             shared,
             started: Instant::now(),
+            linked: event_listener::Event::new(),
             draining: Default::default(),
         });
         for (i, link) in links.into_iter().enumerate() {
@@ -56,6 +59,7 @@ impl Admin {
             glommio::spawn_local(async move {
                 let connected = link.connect().await;
                 a.cores.borrow_mut()[i] = Some(Rc::new(connected));
+                a.linked.notify(usize::MAX);
             })
             .detach();
         }
@@ -67,10 +71,25 @@ impl Admin {
         self.cores.borrow().len()
     }
 
+    /// The link to `core`, waiting (up to the core timeout) for it to come up at start.
+    async fn link(&self, core: usize) -> Result<Rc<ConnectedSender<AdminAsk>>, Reply> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let l = self.linked.listen();
+            if let Some(link) = self.cores.borrow().get(core).cloned().flatten() {
+                return Ok(link);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || core >= self.ncores() {
+                return Err(Reply::error(ErrorKind::Unavailable, format!("core {core} is not running")));
+            }
+            futures_lite::future::or(l, glommio::timer::sleep(left)).await;
+        }
+    }
+
     /// Send `op` to `core`; the answer comes on the returned receiver. Never waits for room.
-    fn send(&self, core: usize, op: CoreOp) -> Result<oneshot::Receiver<CoreAnswer>, Reply> {
-        let link = self.cores.borrow().get(core).cloned().flatten();
-        let Some(link) = link else { return Err(Reply::error(ErrorKind::Unavailable, format!("core {core} is not running"))) };
+    async fn send(&self, core: usize, op: CoreOp) -> Result<oneshot::Receiver<CoreAnswer>, Reply> {
+        let link = self.link(core).await?;
         let (tx, rx) = oneshot::channel();
         match link.try_send(AdminAsk { op, reply: tx }) {
             Ok(()) => Ok(rx),
@@ -93,13 +112,16 @@ impl Admin {
 
     /// Ask one core.
     async fn ask(&self, core: usize, op: CoreOp) -> Result<CoreAnswer, Reply> {
-        let rx = self.send(core, op)?;
+        let rx = self.send(core, op).await?;
         self.wait(core, rx).await
     }
 
     /// Ask every core (all questions go out before any answer is awaited).
     async fn ask_all(&self, op: impl Fn() -> CoreOp) -> Result<Vec<CoreAnswer>, Reply> {
-        let pending = (0..self.ncores()).map(|c| self.send(c, op())).collect::<Result<Vec<_>, _>>()?;
+        let mut pending = Vec::with_capacity(self.ncores());
+        for c in 0..self.ncores() {
+            pending.push(self.send(c, op()).await?);
+        }
         let mut out = Vec::with_capacity(pending.len());
         for (c, rx) in pending.into_iter().enumerate() {
             out.push(self.wait(c, rx).await?);

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Why the admin socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +42,12 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
 pub fn prepare(path: &Path) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => return Err(SocketError::NotASocket(path.into())),
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(io(path, "removing the stale socket"))?;
+        Ok(_) => {
+            if live_daemon_at(path).map_err(io(path, "checking for a live daemon"))? {
+                return Err(SocketError::InUse(path.into()));
             }
-            Err(e) => return Err(io(path, "checking for a live daemon")(e)),
-        },
+            std::fs::remove_file(path).map_err(io(path, "removing the stale socket"))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(path, "stat")(e)),
     }
@@ -56,6 +56,34 @@ pub fn prepare(path: &Path) -> Result<(), SocketError> {
     }
     Ok(())
 }
+
+/// Whether a daemon answers on `path`. A connection alone does not tell: after a crash the
+/// dead process's io_uring may keep its listening socket open (and accepting into the
+/// backlog) for a moment, so a `Status` request must get an answer; a socket that refuses
+/// connections is stale at once.
+fn live_daemon_at(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + LIVENESS_WAIT;
+    while Instant::now() < deadline {
+        let mut s = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let ping = ringpost_admin_proto::encode(0, &ringpost_admin_proto::Request::Status).expect("a status request fits a frame");
+        let mut byte = [0u8; 1];
+        if s.write_all(&ping).is_ok() && matches!(s.read(&mut byte), Ok(1)) {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Connectable yet silent for the whole wait: assume a daemon too busy to answer.
+    Ok(true)
+}
+
+/// How long start-up waits to tell a live daemon from a dying one's socket.
+const LIVENESS_WAIT: Duration = Duration::from_secs(5);
 
 /// Bind the listener with mode 0600 from the start; with `group`, hand it to that group and
 /// open it to the group (0660).

@@ -134,8 +134,9 @@ struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>)
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
         let core = self.0;
-        if !Rc::ptr_eq(&core.agent.borrow(), self.1) {
-            // A reload changed routes or delivery settings: close, so a new connection uses them.
+        // A reload changed routes or delivery settings: close, so a new connection uses them.
+        let stale = || !Rc::ptr_eq(&core.agent.borrow(), self.1);
+        if stale() {
             return None;
         }
         if let Some(d) = core.queues.borrow_mut().pop(domain) {
@@ -149,6 +150,9 @@ impl WorkSource for ShardWork<'_> {
         core.queues.borrow_mut().set_idle(domain, 1);
         futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
         core.queues.borrow_mut().set_idle(domain, -1);
+        if stale() {
+            return None;
+        }
         core.queues.borrow_mut().pop(domain)
     }
 
