@@ -9,6 +9,7 @@
   several requests are in flight on one connection;
 - a second daemon on the same socket is refused; a stale socket is replaced.
 """
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import BINARY, Ringpost, SinkHandler, fnv1a, free_port, wait_for
+from conftest import BINARY, RINGCTL, Ringpost, SinkHandler, fnv1a, free_port, wait_for
 
 SLOW_RETRY = "retry_first_s = 0.5\nretry_factor = 1.0\nretry_max_s = 0.5"
 
@@ -370,3 +371,44 @@ def test_a_second_daemon_on_the_same_socket_is_refused(tmp_path, sink):
         assert rp.ctl("status")[0] == 0, "the first daemon keeps its socket"
     finally:
         rp.stop()
+
+
+def test_default_relative_paths_live_under_the_working_directory(tmp_path, sink):
+    """The shipped defaults (var/spool, var/log, var/run/ringpost.sock) are relative to the
+    daemon's working directory; mail is spooled durably there and ringctl finds the socket."""
+    port = free_port()
+    (tmp_path / "rp.toml").write_text(f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+[spool]
+segment_size = 8388608
+[engine]
+cores = 2
+[[route]]
+domain = "*"
+hosts = ["127.0.0.1:{sink.port}"]
+""")
+    err = open(tmp_path / "stderr", "wb")
+    proc = subprocess.Popen([str(BINARY), "--config", "rp.toml"], cwd=tmp_path, stderr=err)
+    try:
+        wait_for(lambda: (tmp_path / "var/run/ringpost.sock").exists(), "the default socket")
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, "listening")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            for i in range(4):
+                s.sendmail("a@src.test", [f"r{i}@dst.test"], b"Subject: x\r\n\r\nx\r\n")
+        wait_for(lambda: len(sink.snapshot()) == 4, "delivered")
+        p = subprocess.run([str(RINGCTL), "--json", "status"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert sum(c["accepted"] for c in json.loads(p.stdout)["Status"]["cores"]) == 4
+        assert "failed" not in (tmp_path / "stderr").read_text(), (tmp_path / "stderr").read_text()
+        assert list((tmp_path / "var/spool").glob("core-*/*")), "segments under the working directory"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not (tmp_path / "var/run/ringpost.sock").exists()

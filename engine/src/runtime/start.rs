@@ -66,8 +66,11 @@ pub async fn run_core(
 
 /// Scan this core's spool and open it for appending, with every recovered message pinned.
 fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredMessage>), String> {
+    // Absolute: glommio opens directories with dirfd -1 (not AT_FDCWD), so a relative spool
+    // dir (the default "var/spool") fails its directory fsyncs with EBADF.
+    let dir = std::path::absolute(&cfg.spool.dir).map_err(|e| format!("{}: {e}", cfg.spool.dir.display()))?;
     let spool_cfg = SpoolConfig {
-        dir: cfg.spool.dir.clone(),
+        dir,
         segment_size: cfg.spool.segment_size,
         durability: cfg.spool.durability.into(),
         pending_bytes_max: cfg.spool.pending_bytes_max,
