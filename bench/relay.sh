@@ -109,6 +109,8 @@ cores = ${CORES:-\"all\"}
 delivery_log = "$WORK/delivery.jsonl"
 [delivery]
 max_connections_per_destination = 32
+[admin]
+socket = "$WORK/admin.sock"
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]

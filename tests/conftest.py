@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP as AioSMTP
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = Path(os.environ.get("RINGPOST_BIN", ROOT / "target" / "release" / "ringpost"))
+RINGCTL = Path(os.environ.get("RINGCTL_BIN", ROOT / "target" / "release" / "ringctl"))
 
 
 def free_port():
@@ -87,9 +88,11 @@ class Ringpost:
     """A running ringpost with its own spool, log and config."""
 
     def __init__(self, workdir: Path, sink_port: int, extra: str = "", cores: int = 2, delivery_extra: str = "",
-                 route_all: bool = True, tail: str = "", log_extra: str = ""):
+                 route_all: bool = True, tail: str = "", log_extra: str = "", admin_socket: Path = None):
         self.dir = workdir
         self.port = free_port()
+        # Each daemon has its own admin socket (the default path is relative to the cwd).
+        self.socket = admin_socket or workdir / "admin.sock"
         self.log = workdir / "delivery.jsonl"
         self.config = workdir / "ringpost.toml"
         self.config.write_text(f"""
@@ -114,6 +117,8 @@ retry_factor = 1.0
 retry_max_s = 0.5
 max_connections_per_destination = 8
 {delivery_extra}
+[admin]
+socket = "{self.socket}"
 """ + (f"""[[route]]
 domain = "*"
 hosts = ["127.0.0.1:{sink_port}"]
@@ -141,6 +146,17 @@ hosts = ["127.0.0.1:{sink_port}"]
             self.proc.send_signal(sig)
             return self.proc.wait(timeout=timeout)
         return self.proc.returncode if self.proc else None
+
+    def ctl(self, *args, user=None, json_out=True):
+        """Run ringctl against this daemon: (exit code, parsed JSON or text, stderr)."""
+        cmd = [str(RINGCTL), "--socket", str(self.socket)] + (["--json"] if json_out else []) + list(args)
+        if user:
+            cmd = ["runuser", "-u", user, "--"] + cmd
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out = p.stdout
+        if json_out and out.strip():
+            out = json.loads(out)
+        return p.returncode, out, p.stderr
 
     def events(self):
         if not self.log.exists():

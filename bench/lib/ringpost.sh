@@ -29,6 +29,8 @@ delivery_log = "$WORK/delivery.jsonl"
 [delivery]
 max_connections_per_destination = 32
 ${DELIVERY_EXTRA:-}
+[admin]
+socket = "$WORK/admin.sock"
 ${EXTRA_ROUTES:-}
 [[route]]
 domain = "*"

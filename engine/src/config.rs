@@ -112,6 +112,9 @@ pub struct Config {
     /// The suppression list.
     #[serde(default)]
     pub suppression: SuppressionSection,
+    /// The admin socket (`ringctl`).
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 /// What happens to a suppressed recipient.
@@ -151,6 +154,26 @@ impl Config {
     /// Where the suppression journal lives.
     pub fn suppression_file(&self) -> PathBuf {
         self.suppression.file.clone().unwrap_or_else(|| self.spool.dir.join("suppression.jsonl"))
+    }
+}
+
+/// `[admin]`: the control socket `ringctl` talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Unix socket path (relative: to the working directory, like the spool); empty: none.
+    pub socket: PathBuf,
+    /// A group whose members may connect too (mode 0660 instead of 0600).
+    pub group: Option<String>,
+    /// Admin connections open at once; more are closed at once.
+    pub connections_max: usize,
+    /// How long the admin task waits for a core's answer before replying `Timeout`.
+    pub core_timeout_ms: u64,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self { socket: "var/run/ringpost.sock".into(), group: None, connections_max: 16, core_timeout_ms: 5000 }
     }
 }
 
@@ -622,12 +645,25 @@ impl Config {
         self.validate_routes()?;
         self.validate_tls_and_auth()?;
         self.validate_dns()?;
-        self.validate_log()
+        self.validate_log()?;
+        self.validate_admin()
     }
 
     fn validate_log(&self) -> Result<(), ConfigError> {
         if self.log.rotate_bytes > 0 && self.log.keep == 0 {
             return Err(invalid("log.keep", "must be at least 1 when rotate_bytes is set".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        // sun_path holds 108 bytes with its terminating NUL.
+        in_range("admin.socket", a.socket.as_os_str().len(), 0, 107, "bytes of path")?;
+        in_range("admin.connections_max", a.connections_max, 1, 1024, "connections")?;
+        in_range("admin.core_timeout_ms", a.core_timeout_ms, 10, 600_000, "milliseconds")?;
+        if a.group.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("admin.group", "empty group name (leave the key out for owner-only)".into()));
         }
         Ok(())
     }
@@ -912,6 +948,22 @@ mod tests {
         assert_eq!(c.spool.segment_size, 64 << 20);
         assert_eq!(c.spool.durability, Durability::Fsync);
         assert_eq!(c.server.max_message_size, 26_214_400);
+    }
+
+    #[test]
+    fn admin_section_defaults_and_bounds() {
+        for c in [Config::parse("[server]\n").unwrap(), Config::parse(DEFAULT_CONFIG).unwrap()] {
+            assert_eq!(c.admin.socket, PathBuf::from("var/run/ringpost.sock"));
+            assert_eq!((c.admin.group.as_deref(), c.admin.connections_max, c.admin.core_timeout_ms), (None, 16, 5000));
+        }
+        assert_eq!(Config::parse("[server]\n[admin]\nsocket = \"\"\n").unwrap().admin.socket, PathBuf::new());
+        let long = format!("[server]\n[admin]\nsocket = \"/{}\"\n", "x".repeat(107));
+        assert_eq!(refused(&long), "invalid value for `admin.socket`: 108 is outside 0..=107 bytes of path");
+        assert_eq!(
+            refused("[server]\n[admin]\nconnections_max = 0\n"),
+            "invalid value for `admin.connections_max`: 0 is outside 1..=1024 connections"
+        );
+        assert!(refused("[server]\n[admin]\nsockt = \"x\"\n").starts_with("`admin.sockt`: "));
     }
 
     #[test]

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod dkim;

@@ -1,6 +1,8 @@
 //! Guard rails on the engine's shape:
 //! - imports flow one way along a message's path: inbound → shard → outbound → account (a
 //!   stage never names a stage before it; the shared modules name no stage at all);
+//! - the control plane (`admin`) asks cores through `shard::admin_ops` and never reaches into
+//!   a core's state or a stage; nothing but the runtime names it;
 //! - no function in the engine or the spool passes 70 lines (TigerBeetle's limit,
 //!   CONVENTIONS.md 9); test files (`*_tests.rs`, `#[cfg(test)]` modules) are exempt.
 use std::path::{Path, PathBuf};
@@ -89,8 +91,34 @@ fn crate_refs(text: &str) -> Vec<String> {
     text.match_indices("crate::").map(|(at, m)| text[at + m.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()).collect()
 }
 
+/// What of the shard the control plane may name: the admin messages, destination ownership
+/// (a pure function) and the host-wide configuration. Never `Core` or a core's parts.
+const ADMIN_MAY_NAME: [&str; 3] = ["shard::admin_ops", "shard::router", "shard::core::Shared"];
+
+/// Every `crate::...` path a file names, without the `crate::` (as far as it is spelled out).
+fn crate_paths(text: &str) -> Vec<String> {
+    text.match_indices("crate::")
+        .map(|(at, m)| text[at + m.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect())
+        .collect()
+}
+
+/// Why the control plane may not name `path`, if it may not.
+fn admin_forbidden(path: &str) -> Option<String> {
+    let top = path.split("::").next().unwrap_or("");
+    if top == "shard" && !ADMIN_MAY_NAME.iter().any(|a| path.starts_with(a)) {
+        return Some("admin asks cores through shard::admin_ops; it never touches a core's state".into());
+    }
+    if STAGES.contains(&top) && top != "shard" {
+        return Some(format!("admin must not reach into stage {top}; ask the core"));
+    }
+    None
+}
+
 /// Why `from` (a top-level module) may not name `to`, if it may not.
 fn forbidden(from: &str, to: &str) -> Option<String> {
+    if to == "admin" && from != "admin" && from != "runtime" {
+        return Some(format!("{from} must not depend on the control plane (only runtime starts it)"));
+    }
     let rank = |m: &str| STAGES.iter().position(|s| *s == m);
     match (rank(from), rank(to)) {
         (Some(a), Some(b)) if b < a => Some(format!("{from} comes after {to} on the path")),
@@ -106,6 +134,14 @@ fn the_import_rule_catches_a_backward_import() {
     assert!(forbidden("shard", "outbound").is_none());
     assert!(forbidden("runtime", "inbound").is_none(), "runtime assembles every stage");
     assert_eq!(crate_refs("use crate::shard::core::Core; crate::clock::unix_ms()"), ["shard", "clock"]);
+    assert!(forbidden("shard", "admin").is_some(), "a core never calls the control plane");
+    assert!(forbidden("runtime", "admin").is_none());
+    assert_eq!(crate_paths("use crate::shard::core::Core;"), ["shard::core::Core"]);
+    assert!(admin_forbidden("shard::core::Core").is_some(), "the admin must not hold a core");
+    assert!(admin_forbidden("shard::ledger::Ledger").is_some());
+    assert!(admin_forbidden("outbound::queue::QueueManager").is_some());
+    assert!(admin_forbidden("shard::admin_ops::CoreOp").is_none());
+    assert!(admin_forbidden("shard::core::Shared").is_none());
 }
 
 #[test]
@@ -117,9 +153,15 @@ fn imports_flow_one_way_along_the_path() {
     for f in &files {
         let rel = f.strip_prefix(&src).unwrap();
         let top = rel.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
-        for to in crate_refs(&std::fs::read_to_string(f).unwrap()) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for to in crate_refs(&text) {
             if let Some(why) = forbidden(&top, &to) {
                 bad.push(format!("{}: crate::{to} ({why})", rel.display()));
+            }
+        }
+        for path in crate_paths(&text).iter().filter(|_| top == "admin") {
+            if let Some(why) = admin_forbidden(path) {
+                bad.push(format!("{}: crate::{path} ({why})", rel.display()));
             }
         }
     }

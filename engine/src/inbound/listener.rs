@@ -91,7 +91,6 @@ impl Drop for Admission {
 
 /// Accept connections until shutdown begins on this core.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerIpCounts>) {
-    let limits = &core.shared.config.server;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             core.stopped().await;
@@ -101,8 +100,15 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerI
         let Some(accepted) = accepted else { return };
         let Ok(stream) = accepted else { continue };
         let Ok(peer) = stream.peer_addr() else { continue };
+        let live = core.live();
+        let limits = &live.config.server;
+        if core.admin.draining.get() {
+            // `ringctl drain`: no new mail, delivery goes on.
+            refuse(stream, format!("421 4.3.2 {} Service not accepting mail now, try later\r\n", limits.hostname));
+            continue;
+        }
         let full = core.sessions.get() >= limits.max_connections_per_core;
-        let relay = core.shared.relay_networks.iter().any(|n| n.contains(peer.ip()));
+        let relay = live.relay_networks.iter().any(|n| n.contains(peer.ip()));
         let per_ip_max = if relay { limits.max_connections_per_relay_ip } else { limits.max_connections_per_ip };
         if full || !per_ip.try_enter(peer.ip(), per_ip_max) {
             let why = if full { "on this server" } else { "from your address" };

@@ -96,13 +96,14 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admissio
 
 impl Session {
     fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admission: Admission) -> Self {
-        let cfg = &core.shared.config.server;
-        let mut server = Server::new(core.limits.clone(), admission.relay);
+        let live = core.live();
+        let cfg = &live.config.server;
+        let mut server = Server::new(live.limits.clone(), admission.relay);
         let tls_config = core.server_tls.borrow().clone();
         if tls_config.is_some() {
             server.offer_tls();
         }
-        let auth = &core.shared.config.auth;
+        let auth = &live.config.auth;
         if !auth.users.is_empty() {
             let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
             server.offer_auth(auth.plaintext_listeners.contains(&local));
@@ -171,7 +172,7 @@ impl Session {
         }
         self.compact_input();
         let in_data = self.server.in_data();
-        let min_rate = self.core.shared.config.server.min_data_rate.max(1);
+        let min_rate = self.core.live().config.server.min_data_rate.max(1);
         let allowed = if in_data { self.data_timeout + Duration::from_secs(self.data_bytes / min_rate) } else { self.command_timeout };
         let Some(left) = allowed.checked_sub(self.phase_start.elapsed()).filter(|d| !d.is_zero()) else {
             let r = self.server.timeout_reply();
@@ -259,7 +260,8 @@ impl Session {
 
     async fn on_auth(&mut self, consumed: usize, user: String, password: String) -> Flow {
         self.start += consumed;
-        let auth = &self.core.shared.config.auth;
+        let live = self.core.live();
+        let auth = &live.config.auth;
         let hash = auth.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
         // Argon2 costs milliseconds by design: verify on glommio's blocking pool so the core
         // keeps serving everyone else.

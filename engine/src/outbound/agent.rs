@@ -28,8 +28,8 @@ pub struct AgentContext {
     pub config: Config,
     /// Static routes.
     pub routes: Routes,
-    /// This core's resolver and cache.
-    pub resolver: Resolver,
+    /// This core's resolver and cache (kept across reloads).
+    pub resolver: std::rc::Rc<Resolver>,
     /// Outbound TLS client configurations.
     pub client_tls: ClientConfigs,
 }
@@ -294,7 +294,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, c
     let per_txn = ctx.config.delivery.max_recipients_per_transaction;
     let mut usable = true;
     for group in d.rcpts.chunks(per_txn) {
-        let part = Delivery { msg: d.msg.clone(), rcpts: group.to_vec(), attempts: d.attempts };
+        let part = Delivery { msg: d.msg.clone(), rcpts: group.to_vec(), attempts: d.attempts, last_response: d.last_response.clone() };
         let outcome = if usable { transaction(conn, &part).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
         let results = match outcome {
             Ok((results, reset)) => {

@@ -12,7 +12,7 @@ use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use event_listener::Event;
 use ringpost_spool::Outcome;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct Delivery {
     pub rcpts: Vec<u32>,
     /// Attempts made so far.
     pub attempts: u32,
+    /// The last transient reply about these recipients (none before the first attempt).
+    pub last_response: Option<String>,
 }
 
 /// What the caller should do about connections after a queue change.
@@ -77,6 +79,8 @@ struct Destination {
     ready: VecDeque<Delivery>,
     connections: usize,
     idle: usize,
+    /// Recipients handed to connections and not yet settled.
+    in_flight: usize,
     wake: Rc<Event>,
 }
 
@@ -87,12 +91,31 @@ pub struct QueueManager {
     seq: u64,
     policy: RetryPolicy,
     connections_max: usize,
+    /// Destinations the operator suspended: their mail waits, no connection takes it.
+    suspended: HashSet<String>,
+    /// Every destination is suspended.
+    all_suspended: bool,
 }
 
 impl QueueManager {
     /// Empty queues with this retry policy and per-destination connection limit.
     pub fn new(policy: RetryPolicy, connections_max: usize) -> Self {
-        Self { dests: HashMap::new(), scheduled: BTreeMap::new(), seq: 0, policy, connections_max: connections_max.max(1) }
+        Self {
+            dests: HashMap::new(),
+            scheduled: BTreeMap::new(),
+            seq: 0,
+            policy,
+            connections_max: connections_max.max(1),
+            suspended: HashSet::new(),
+            all_suspended: false,
+        }
+    }
+
+    /// New retry policy and connection limit (a reload); deliveries already scheduled keep
+    /// their time, connections above a lowered limit finish their work.
+    pub fn set_policy(&mut self, policy: RetryPolicy, connections_max: usize) {
+        self.policy = policy;
+        self.connections_max = connections_max.max(1);
     }
 
     /// Queue a delivery as ready now; `may_open` is false while shutting down.
@@ -126,8 +149,9 @@ impl QueueManager {
 
     /// Wake an idle connection or open one, within the destination's connection limit.
     fn dispatch(&mut self, domain: &str, may_open: bool) -> Dispatch {
+        let held = self.is_suspended(domain);
         let Some(dest) = self.dests.get_mut(domain) else { return Dispatch::Nothing };
-        if dest.ready.is_empty() {
+        if dest.ready.is_empty() || held {
             Dispatch::Nothing
         } else if dest.idle > 0 {
             Dispatch::WakeIdle(dest.wake.clone())
@@ -140,13 +164,23 @@ impl QueueManager {
     }
 
     /// Next ready delivery for a connection to `domain`.
+    /// None while the destination is suspended: its connections finish what they hold and close.
     pub fn pop(&mut self, domain: &str) -> Option<Delivery> {
-        self.dests.get_mut(domain)?.ready.pop_front()
+        if self.is_suspended(domain) {
+            return None;
+        }
+        let dest = self.dests.get_mut(domain)?;
+        let d = dest.ready.pop_front()?;
+        dest.in_flight += d.rcpts.len();
+        Some(d)
     }
 
     /// Every ready delivery of `domain` (its connection attempt failed).
     pub fn take_ready(&mut self, domain: &str) -> Vec<Delivery> {
-        self.dests.get_mut(domain).map(|d| d.ready.drain(..).collect()).unwrap_or_default()
+        let Some(dest) = self.dests.get_mut(domain) else { return Vec::new() };
+        let taken: Vec<Delivery> = dest.ready.drain(..).collect();
+        dest.in_flight += taken.iter().map(|d| d.rcpts.len()).sum::<usize>();
+        taken
     }
 
     /// The event that wakes idle connections of `domain`.
@@ -189,6 +223,9 @@ impl QueueManager {
     /// transient failures either wait (scheduled here) or, past the lifetime, expire.
     pub fn settle(&mut self, now_ms: u64, domain: &str, d: Delivery, results: Vec<RcptResult>) -> Settlement {
         let attempts = d.attempts + 1;
+        if let Some(dest) = self.dests.get_mut(domain) {
+            dest.in_flight = dest.in_flight.saturating_sub(d.rcpts.len());
+        }
         let mut out = Settlement { attempts, ..Default::default() };
         let mut retry = Vec::new();
         let mut last_transient = None;
@@ -208,8 +245,9 @@ impl QueueManager {
         match self.policy.decide(attempts, age) {
             RetryDecision::RetryIn(after) => {
                 let next_attempt_ms = now_ms + after.as_millis() as u64;
+                let last_response = Some(reply.to_wire().trim_end().replace("\r\n", " "));
                 out.deferred = Some(Deferred { rcpts: retry.clone(), attempts, next_attempt_ms, reply });
-                self.schedule(domain, Delivery { msg: d.msg, rcpts: retry, attempts }, next_attempt_ms);
+                self.schedule(domain, Delivery { msg: d.msg, rcpts: retry, attempts, last_response }, next_attempt_ms);
             }
             RetryDecision::Expire => {
                 out.finals.extend(retry.into_iter().map(|rcpt| Final { rcpt, outcome: Outcome::Expired, reply: reply.clone() }));
@@ -222,3 +260,7 @@ impl QueueManager {
 #[cfg(test)]
 #[path = "queue_tests.rs"]
 mod tests;
+
+#[path = "queue_admin.rs"]
+mod admin;
+pub use admin::{DestView, Place, QueuedRcpt};

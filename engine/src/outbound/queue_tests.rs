@@ -22,7 +22,7 @@ fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
 }
 
 fn delivery(msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
-    Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts }
+    Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None }
 }
 
 fn ok() -> RcptResult {

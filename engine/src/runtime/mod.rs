@@ -5,9 +5,11 @@ mod start;
 
 use crate::config::Config;
 use crate::inbound::listener::PerIpCounts;
+use crate::shard::admin_ops::AdminAsk;
 use crate::shard::core::Shared;
 use crate::shard::inbox::CoreMsg;
 use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,9 @@ pub enum RuntimeError {
     /// `[suppression] auto_categories` names no bounce category.
     #[error("suppression.auto_categories: {0:?} is not a bounce category")]
     SuppressionCategory(String),
+    /// The admin socket could not be set up (another daemon holds it, permissions).
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// Resolve once shutdown is requested (checked every 50 ms: cheap and never on a hot path).
@@ -53,8 +58,9 @@ pub async fn wait_shutdown(shared: &Shared) {
     }
 }
 
-/// Run the daemon until SIGTERM/SIGINT.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// Run the daemon until SIGTERM/SIGINT; `config_path` is re-read on reload (None: the embedded
+/// default, nothing to reload).
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), RuntimeError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(RuntimeError::Signals)?;
@@ -66,8 +72,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let classifier = crate::account::bounce_class::Classifier::load(config.delivery.bounce_rules.as_deref())?;
     let suppression = open_suppression(&config)?;
-    let shared = Arc::new(Shared::new(config, shutdown).with_classifier(classifier).with_suppression(suppression));
-    // SIGHUP: every core reloads its TLS certificate at its next tick.
+    let mut shared = Shared::new(config, shutdown).with_classifier(classifier).with_suppression(suppression);
+    shared.config_path = config_path;
+    let shared = Arc::new(shared);
+    // SIGHUP: the admin task reloads the configuration (TLS certificates included).
     {
         let shared = shared.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).map_err(RuntimeError::Signals)?;
@@ -80,10 +88,14 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             })
             .map_err(RuntimeError::Signals)?;
     }
+    // The admin executor starts first: its socket is bound (or refused) before any core runs.
+    let (links, mut admin_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| shared_channel::new_bounded(crate::admin::CORE_CHANNEL_CAPACITY)).unzip();
+    let admin = start_admin(shared.clone(), links)?;
+    let mut handles = Vec::new();
     let mesh: MeshBuilder<CoreMsg, _> = MeshBuilder::full(n, shared.config.engine.mesh_capacity);
     let per_ip = Arc::new(PerIpCounts::new());
-    let mut handles = Vec::new();
     for i in 0..n {
+        let admin_rx = admin_rxs.remove(0);
         let placement = if n <= online { Placement::Fixed(i) } else { Placement::Unbound };
         let (shared, mesh, per_ip) = (shared.clone(), mesh.clone(), per_ip.clone());
         let mut builder = LocalExecutorBuilder::new(placement).name(&format!("core-{i}")).io_memory(1 << 20);
@@ -92,7 +104,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             builder = builder.spin_before_park(Duration::from_micros(spin));
         }
         let h = builder
-            .spawn(move || async move { start::run_core(i, n, shared, mesh, per_ip).await })
+            .spawn(move || async move { start::run_core(i, n, shared, mesh, per_ip, admin_rx).await })
             .map_err(|source| RuntimeError::Executor { core: i, source })?;
         handles.push(h);
     }
@@ -104,6 +116,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             first_err.get_or_insert(RuntimeError::Core { core: i, why });
         }
     }
+    // Every core is done: the admin task stops too (and removes its socket).
+    shared.shutdown.store(true, Ordering::Relaxed);
+    let _ = admin.join();
     first_err.map_or(Ok(()), Err)
 }
 
@@ -123,4 +138,42 @@ fn open_suppression(config: &crate::config::Config) -> Result<Option<crate::shar
         .collect::<Result<Vec<_>, _>>()?;
     let list = crate::account::suppression::SuppressionList::open(&config.suppression_file())?;
     Ok(Some(crate::shard::core::Suppression { list: Arc::new(list), auto, mode: config.suppression.mode }))
+}
+
+type CoreHandle = glommio::ExecutorJoinHandle<Result<(), String>>;
+
+/// Start the admin executor (unpinned: it must never take a core's CPU from it) and wait until
+/// its socket is bound, or refused.
+fn start_admin(shared: Arc<Shared>, links: Vec<shared_channel::SharedSender<AdminAsk>>) -> Result<CoreHandle, RuntimeError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("admin")
+        .io_memory(256 << 10)
+        .spawn(move || async move {
+            let a = &shared.config.admin;
+            let listener = if a.socket.as_os_str().is_empty() {
+                None
+            } else {
+                let bound = crate::admin::socket::prepare(&a.socket).and_then(|_| crate::admin::socket::bind(&a.socket, a.group.as_deref()));
+                match bound {
+                    Ok(l) => Some((l, a.socket.clone())),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Ok(());
+                    }
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            crate::admin::serve(listener, links, shared).await;
+            Ok(())
+        })
+        .map_err(|e| RuntimeError::Admin(format!("cannot start the admin executor: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(why)) => {
+            let _ = handle.join();
+            Err(RuntimeError::Admin(why))
+        }
+        Err(_) => Err(RuntimeError::Admin("the admin executor stopped while starting".into())),
+    }
 }

@@ -66,11 +66,16 @@ fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier)
 
 /// The open recipients of `m` grouped by destination and by where their schedule stands.
 fn groups(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<Group> {
-    let mut by_key: BTreeMap<(String, u32, u64), Vec<u32>> = BTreeMap::new();
+    type Key = (String, u32, u64, Option<String>);
+    let mut by_key: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
     for &i in &m.pending {
         let state = m.states.iter().find(|s| s.rcpt == i);
         let (attempts, next) = state.map_or((0, 0), |s| (s.attempts, s.next_attempt_ms));
-        by_key.entry((domain_of(&msg.recipients[i as usize]), attempts, next)).or_default().push(i);
+        let response = state.map(|s| s.last_response.clone()).filter(|r| !r.is_empty());
+        by_key.entry((domain_of(&msg.recipients[i as usize]), attempts, next, response)).or_default().push(i);
     }
-    by_key.into_iter().map(|((domain, attempts, not_before_ms), rcpts)| Group { domain, rcpts, attempts, not_before_ms }).collect()
+    by_key
+        .into_iter()
+        .map(|((domain, attempts, not_before_ms, last_response), rcpts)| Group { domain, rcpts, attempts, not_before_ms, last_response })
+        .collect()
 }

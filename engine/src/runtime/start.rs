@@ -7,13 +7,14 @@ use crate::inbound::listener::{accept_loop, PerIpCounts};
 use crate::outbound::agent::AgentContext;
 use crate::outbound::dns::resolver::{nameservers_from_resolv_conf, Resolver, ResolverConfig};
 use crate::outbound::routes::Routes;
+use crate::shard::admin_ops::AdminAsk;
 use crate::shard::core::{Core, CoreParts, Shared};
 use crate::shard::inbox::CoreMsg;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
+use glommio::channels::shared_channel::SharedReceiver;
 use glommio::net::TcpListener;
 use ringpost_spool::{RecoveredMessage, Recovery, SpoolConfig, SpoolShard};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +24,21 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 const SESSION_DRAIN_MAX: Duration = Duration::from_secs(30);
 
 /// Run core `id` of `n` until shutdown.
-pub async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilder<CoreMsg, Full>, per_ip: Arc<PerIpCounts>) -> Result<(), String> {
+pub async fn run_core(
+    id: usize,
+    n: usize,
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<CoreMsg, Full>,
+    per_ip: Arc<PerIpCounts>,
+    admin_rx: SharedReceiver<AdminAsk>,
+) -> Result<(), String> {
     let cfg = &shared.config;
     let (spool, recovery) = open_spool(id, cfg)?;
     let committer = glommio::spawn_local(spool.clone().run_committer());
     let (senders, receivers) = mesh.join().await.map_err(|_| "channel mesh join failed".to_string())?;
     let core = build_core(id, n, shared.clone(), spool.clone(), senders)?;
     start_inbox(&core, receivers);
+    core.start_admin_inbox(admin_rx);
     glommio::spawn_local(core.clone().run_retry_timer()).detach();
     let flusher = glommio::spawn_local(run_flusher(core.clone()));
     super::recovery::requeue(&core, recovery).await;
@@ -57,8 +66,11 @@ pub async fn run_core(id: usize, n: usize, shared: Arc<Shared>, mesh: MeshBuilde
 
 /// Scan this core's spool and open it for appending, with every recovered message pinned.
 fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredMessage>), String> {
+    // Absolute: glommio opens directories with dirfd -1 (not AT_FDCWD), so a relative spool
+    // dir (the default "var/spool") fails its directory fsyncs with EBADF.
+    let dir = std::path::absolute(&cfg.spool.dir).map_err(|e| format!("{}: {e}", cfg.spool.dir.display()))?;
     let spool_cfg = SpoolConfig {
-        dir: cfg.spool.dir.clone(),
+        dir,
         segment_size: cfg.spool.segment_size,
         durability: cfg.spool.durability.into(),
         pending_bytes_max: cfg.spool.pending_bytes_max,
@@ -99,7 +111,7 @@ fn build_core(
         hostname: cfg.server.hostname.clone(),
         config: cfg.clone(),
         routes: Routes::new(&cfg.route),
-        resolver: Resolver::new(resolver_config(cfg)),
+        resolver: Rc::new(Resolver::new(resolver_config(cfg))),
         client_tls: crate::outbound::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?,
     };
     let clock = Rc::new(SystemClock);
@@ -134,17 +146,11 @@ fn start_inbox(core: &Rc<Core>, mut receivers: Receivers<CoreMsg>) {
     }
 }
 
-/// Flush the delivery log every tick and reload TLS when SIGHUP asked for it.
+/// Flush the delivery log every tick (SIGHUP reloads go through the admin task).
 async fn run_flusher(core: Rc<Core>) {
-    let mut seen_reload = core.shared.reloads.load(Ordering::Relaxed);
     while !core.is_stopping() {
         glommio::timer::sleep(FLUSH_INTERVAL).await;
         core.log.flush();
-        let r = core.shared.reloads.load(Ordering::Relaxed);
-        if r != seen_reload {
-            seen_reload = r;
-            core.reload_tls();
-        }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Shared {
     pub relay_networks: Vec<Network>,
     /// Set by SIGTERM/SIGINT.
     pub shutdown: Arc<AtomicBool>,
-    /// Bumped by SIGHUP: cores reload their TLS certificate when it changes.
+    /// Bumped by SIGHUP: the admin task reloads the configuration when it changes.
     pub reloads: AtomicU64,
     /// The delivery log's rotation, shared by every core's writer.
     pub log_rotation: Arc<crate::account::delivery_log::Rotation>,
@@ -44,6 +44,8 @@ pub struct Shared {
     pub classifier: Classifier,
     /// The suppression list, when enabled.
     pub suppression: Option<Suppression>,
+    /// The file the configuration came from (None: the embedded default), for reloads.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// The suppression list with its settings.
@@ -85,6 +87,7 @@ impl Shared {
             log_rotation,
             classifier: Classifier::builtin(),
             suppression: None,
+            config_path: None,
         }
     }
 
@@ -144,7 +147,8 @@ pub struct Core {
     pub senders: Senders<CoreMsg>,
     /// Delivery log writer.
     pub log: DeliveryLog,
-    /// SMTP server limits.
+    /// SMTP server limits as started (hostname for DSNs and Received); sessions take the
+    /// reloadable ones from [`Core::live`].
     pub limits: Rc<ServerLimits>,
     /// Destination queues owned by this core.
     pub queues: RefCell<QueueManager>,
@@ -160,27 +164,54 @@ pub struct Core {
     pub signers: Rc<crate::dkim::Signers>,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
-    /// How outbound connections are made.
-    pub agent: AgentContext,
+    /// How outbound connections are made; swapped whole on reload (a connection keeps the one
+    /// it opened with, and closes at its next wait for work once it is stale).
+    pub agent: RefCell<Rc<AgentContext>>,
     /// The time every schedule reads.
     pub clock: Rc<dyn Clock>,
+    /// The settings that change on reload (relay networks, limits, auth): sessions read them
+    /// here when they start, never from [`Shared::config`].
+    pub live: RefCell<Rc<LiveConfig>>,
+    /// Counters and operator state for the admin socket (`shard/admin_ops.rs`).
+    pub admin: crate::shard::admin_ops::AdminState,
 }
 
-impl Core {
-    /// Assemble a core.
-    pub fn new(p: CoreParts) -> Rc<Self> {
-        let s = &p.shared.config.server;
+/// The part of the configuration a reload may change, as sessions read it.
+pub struct LiveConfig {
+    /// The configuration (restart-only settings as the daemon started with them).
+    pub config: Config,
+    /// Parsed `server.relay_networks`.
+    pub relay_networks: Vec<Network>,
+    /// SMTP server limits as started (hostname for DSNs and Received); sessions take the
+    /// reloadable ones from [`Core::live`].
+    pub limits: Rc<ServerLimits>,
+}
+
+impl LiveConfig {
+    /// Derive the live settings from a validated config; the suppression gate comes from
+    /// `shared` (the list is host-wide and outlives reloads).
+    pub fn new(config: Config, shared: &Shared) -> Self {
+        let s = &config.server;
         let limits = Rc::new(ServerLimits {
             hostname: s.hostname.clone(),
             max_message_size: s.max_message_size,
             max_recipients: s.max_recipients,
             hard_error_limit: s.hard_error_limit,
             local_domains: s.local_domains.clone(),
-            recipient_gate: p.shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::Refuse).map(|s| {
+            recipient_gate: shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::Refuse).map(|s| {
                 let gate: Rc<dyn RecipientGate> = Rc::new(SuppressionGate(s.list.clone()));
                 gate
             }),
         });
+        Self { relay_networks: config.relay_networks(), limits, config }
+    }
+}
+
+impl Core {
+    /// Assemble a core.
+    pub fn new(p: CoreParts) -> Rc<Self> {
+        let live = LiveConfig::new(p.shared.config.clone(), &p.shared);
+        let limits = live.limits.clone();
         let d = &p.shared.config.delivery;
         let queues = QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination);
         Rc::new(Self {
@@ -190,8 +221,10 @@ impl Core {
             retry_wake: event_listener::Event::new(),
             ledger: RefCell::new(Ledger::new()),
             server_tls: RefCell::new(p.server_tls),
-            agent: p.agent,
+            agent: RefCell::new(Rc::new(p.agent)),
             clock: p.clock,
+            live: RefCell::new(Rc::new(live)),
+            admin: Default::default(),
             shared: p.shared,
             spool: p.spool,
             senders: p.senders,
@@ -219,9 +252,15 @@ impl Core {
         }
     }
 
-    /// Reload the inbound certificate and key (SIGHUP). Sessions in flight keep the old one.
+    /// The live settings (cheap: one `Rc` clone).
+    pub fn live(&self) -> Rc<LiveConfig> {
+        self.live.borrow().clone()
+    }
+
+    /// Reload the inbound certificate and key (reload, SIGHUP). Sessions in flight keep the old one.
     pub fn reload_tls(&self) {
-        let t = &self.shared.config.tls;
+        let live = self.live();
+        let t = &live.config.tls;
         if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
             match crate::tls::server_config(c, k) {
                 Ok(cfg) => {

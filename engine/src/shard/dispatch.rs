@@ -26,7 +26,7 @@ impl Core {
     /// Queue one group of a message on this core (which owns its destination): ready now, or
     /// scheduled when a recovered recipient's next attempt is still ahead.
     pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
-        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts };
+        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts, last_response: g.last_response };
         if g.not_before_ms > self.clock.now_ms() {
             self.queues.borrow_mut().schedule(&g.domain, d, g.not_before_ms);
             self.retry_wake.notify(1);
@@ -36,7 +36,8 @@ impl Core {
         self.act(&g.domain, action);
     }
 
-    fn act(self: &Rc<Self>, domain: &str, action: Dispatch) {
+    /// Do what the queue manager answered about `domain`'s connections.
+    pub(crate) fn act(self: &Rc<Self>, domain: &str, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
             Dispatch::WakeIdle(event) => {
@@ -49,7 +50,8 @@ impl Core {
     fn spawn_agent(self: &Rc<Self>, domain: String) {
         let core = self.clone();
         glommio::spawn_local(async move {
-            run_connection(&core.agent, &ShardWork(&core), &domain).await;
+            let ctx = core.agent.borrow().clone();
+            run_connection(&ctx, &ShardWork(&core, &ctx), &domain).await;
             let again = core.queues.borrow_mut().connection_closed(&domain, !core.is_stopping());
             core.act(&domain, again);
         })
@@ -74,8 +76,9 @@ impl Core {
 
     /// Apply the queue manager's decision about one attempt: log every recipient, report
     /// finals to the message's owner core, and send deferrals there to be persisted.
-    async fn apply(self: &Rc<Self>, msg: &Arc<SpooledMessage>, s: Settlement, peer: Option<Peer>) {
+    pub(crate) async fn apply(self: &Rc<Self>, msg: &Arc<SpooledMessage>, s: Settlement, peer: Option<Peer>) {
         let remote = peer.as_ref().map(|p| p.remote.clone());
+        self.admin.count_settlement(&s);
         for f in s.finals {
             let response = one_line(&f.reply);
             let kind = match f.outcome {
@@ -154,12 +157,17 @@ fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response:
     }
 }
 
-/// The queue manager as seen by one delivery agent.
-struct ShardWork<'a>(&'a Rc<Core>);
+/// The queue manager as seen by one delivery agent, with the context it connected with.
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
 
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
         let core = self.0;
+        // A reload changed routes or delivery settings: close, so a new connection uses them.
+        let stale = || !Rc::ptr_eq(&core.agent.borrow(), self.1);
+        if stale() {
+            return None;
+        }
         if let Some(d) = core.queues.borrow_mut().pop(domain) {
             return Some(d);
         }
@@ -171,6 +179,9 @@ impl WorkSource for ShardWork<'_> {
         core.queues.borrow_mut().set_idle(domain, 1);
         futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
         core.queues.borrow_mut().set_idle(domain, -1);
+        if stale() {
+            return None;
+        }
         core.queues.borrow_mut().pop(domain)
     }
 
@@ -182,6 +193,7 @@ impl WorkSource for ShardWork<'_> {
         let core = self.0;
         let msg = d.msg.clone();
         let settlement = core.queues.borrow_mut().settle(core.clock.now_ms(), domain, d, results);
+        core.admin.note_response(domain, &settlement);
         core.apply(&msg, settlement, peer).await;
     }
 

@@ -28,6 +28,8 @@ pub struct Group {
     pub attempts: u32,
     /// Not to be tried before this time (Unix ms; 0: now).
     pub not_before_ms: u64,
+    /// The last transient reply (recovered from the spool; none for new mail).
+    pub last_response: Option<String>,
 }
 
 /// Work handed between cores.
@@ -84,12 +86,14 @@ impl Core {
     /// grouped once by destination, to the cores owning them.
     pub async fn accept_message(self: &Rc<Self>, msg: Arc<SpooledMessage>) {
         let all: Vec<u32> = (0..msg.recipients.len() as u32).collect();
+        self.admin.accepted.set(self.admin.accepted.get() + 1);
         let finished = self.ledger.borrow_mut().admit(msg.clone(), &all, Vec::new());
         debug_assert!(finished.is_none(), "a new message has recipients");
         let suppressed = self.bounce_suppressed(&msg).await;
         let rcpts = msg.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str())).filter(|(i, _)| !suppressed.contains(i));
         for (core, groups) in group_by_owner(rcpts, self.ncores) {
-            let groups = groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0 }).collect();
+            let groups =
+                groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None }).collect();
             self.route_to(core, CoreMsg::Deliver(msg.clone(), groups)).await;
         }
     }

@@ -84,6 +84,11 @@ impl Ledger {
         Progress::Finished(Finished { msg, failed })
     }
 
+    /// A live message, its open recipients and its failures so far (for `ringctl msg`).
+    pub fn lookup(&self, msg: MsgRef) -> Option<(&Arc<SpooledMessage>, &BTreeSet<u32>, &[FailedRecipient])> {
+        self.live.get(&msg).map(|e| (&e.msg, &e.open, e.failed.as_slice()))
+    }
+
     /// Messages still live.
     pub fn len(&self) -> usize {
         self.live.len()

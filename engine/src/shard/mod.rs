@@ -2,6 +2,7 @@
 //! (`inbox`), the ledger of live messages (`ledger`, no I/O), the owner of each destination
 //! (`router`), the driver of the outbound side (`dispatch`) and the handling of outcomes
 //! (`finals`).
+pub mod admin_ops;
 pub mod core;
 pub mod dispatch;
 pub mod finals;

@@ -10,12 +10,14 @@
 //! `use` lines below and nothing else.
 #![warn(missing_docs)]
 
+pub(crate) use ringpost_admin_proto as admin_proto;
 pub(crate) use ringpost_engine::account::dsn as engine_dsn;
 pub(crate) use ringpost_engine::outbound::dns::wire as dns;
 pub(crate) use ringpost_engine::smtp;
 pub(crate) use ringpost_spool as spool;
 
 pub mod address;
+pub mod admin_frame;
 pub mod dns_wire;
 pub mod dsn;
 pub mod smtp_client;
@@ -29,6 +31,7 @@ pub type Harness = fn(&[u8]);
 /// Every target: its name (the corpus directory and cargo-fuzz binary) and its harness.
 pub const TARGETS: &[(&str, Harness)] = &[
     ("address", address::run),
+    ("admin_frame", admin_frame::run),
     ("dns_wire", dns_wire::run),
     ("dsn", dsn::run),
     ("smtp_client", smtp_client::run),

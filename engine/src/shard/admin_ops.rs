@@ -1,0 +1,358 @@
+//! The shard's side of the admin socket. The admin task (control plane, `engine/src/admin/`) sends
+//! an [`AdminAsk`] on this core's admin channel; this core answers from its own task, so the
+//! admin never touches a core's state, and a slow admin client never holds a core: answers are
+//! built at once from the core's state and sent on a oneshot the admin may already have given
+//! up on. Bounces go through the same path as a 5xx reply (`apply`: log, final report to the
+//! owner core, DSN there).
+//!
+//! Must never: await anything but the finals path while holding state, or keep an answer
+//! waiting on the admin (the oneshot send never blocks).
+use crate::config::Config;
+use crate::outbound::agent::AgentContext;
+use crate::outbound::queue::{Delivery, Final, Place, Settlement};
+use crate::outbound::retry::RetryPolicy;
+use crate::outbound::routes::Routes;
+use crate::outbound::tls_policy::ClientConfigs;
+use crate::shard::core::{Core, LiveConfig};
+use crate::smtp::reply::Reply;
+use futures_channel::oneshot;
+use glommio::channels::shared_channel::SharedReceiver;
+use ringpost_admin_proto as proto;
+use ringpost_spool::{MsgRef, Outcome};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most destinations whose last response a core remembers (the table is cleared past it).
+const LAST_RESPONSES_MAX: usize = 10_000;
+
+/// A question for one core, with where to send the answer.
+pub struct AdminAsk {
+    /// What to do.
+    pub op: CoreOp,
+    /// Where the answer goes (dropped by the admin when it gave up waiting).
+    pub reply: oneshot::Sender<CoreAnswer>,
+}
+
+/// What the admin task may ask a core.
+pub enum CoreOp {
+    /// This core's counters and gauges.
+    Status,
+    /// The destinations this core owns.
+    Queue,
+    /// What this core knows of a message (the ledger on its owner, queues everywhere).
+    Msg(MsgRef),
+    /// Suspend a destination (`None`: all), optionally for a while.
+    Suspend(Option<String>, Option<u64>),
+    /// Lift a suspension (`None`: all).
+    Resume(Option<String>),
+    /// Make waiting mail of a destination (`None`: all) ready now.
+    Retry(Option<String>),
+    /// Bounce queued recipients of a destination or of a message, with a reason.
+    Bounce(BouncePick, String),
+    /// Refuse new sessions with 421 (true) or accept again.
+    Drain(bool),
+    /// Check (`false`) or apply (`true`) a new configuration.
+    Reload(Arc<Config>, bool),
+}
+
+/// What a bounce takes out of the queues.
+pub enum BouncePick {
+    /// Every queued recipient of this destination.
+    Domain(String),
+    /// Every queued recipient of this message.
+    Msg(MsgRef),
+}
+
+/// A core's answer.
+pub enum CoreAnswer {
+    /// To `Status`.
+    Status(proto::CoreStatus),
+    /// To `Queue`: this core's destinations, unsorted.
+    Queue(Vec<proto::DestStatus>),
+    /// To `Msg`.
+    Msg(MsgAnswer),
+    /// To actions: how many destinations or recipients they touched.
+    Count(u64),
+    /// To `Reload`: why the configuration cannot be used.
+    Reload(Result<(), String>),
+}
+
+/// What one core knows of a message.
+#[derive(Default)]
+pub struct MsgAnswer {
+    /// From the owner core's ledger: the message is live.
+    pub owned: Option<OwnedMsg>,
+    /// Recipients found in this core's queues.
+    pub queued: Vec<QueuedAnswer>,
+}
+
+/// A recipient of the message found in a queue.
+pub struct QueuedAnswer {
+    /// Recipient index.
+    pub rcpt: u32,
+    /// Queued, suspended or deferred.
+    pub state: proto::RcptState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt (Unix ms) when deferred.
+    pub next_attempt_ms: Option<u64>,
+    /// The last transient reply.
+    pub last_response: Option<String>,
+}
+
+/// A live message as its owner core's ledger has it.
+pub struct OwnedMsg {
+    /// Envelope sender.
+    pub sender: String,
+    /// Recipients in envelope order.
+    pub recipients: Vec<String>,
+    /// Size as relayed.
+    pub size: u64,
+    /// Reception time (Unix ms).
+    pub received_ms: u64,
+    /// Recipients without a final outcome.
+    pub open: Vec<u32>,
+    /// Failed recipients: (address, expired, diagnostic).
+    pub failed: Vec<(String, bool, String)>,
+}
+
+/// Counters since start and operator state, kept by the core for the admin socket.
+#[derive(Default)]
+pub struct AdminState {
+    /// Messages accepted (DSNs included).
+    pub accepted: Cell<u64>,
+    /// Recipients delivered.
+    pub delivered: Cell<u64>,
+    /// Recipient attempts deferred.
+    pub deferred: Cell<u64>,
+    /// Recipients bounced.
+    pub bounced: Cell<u64>,
+    /// Recipients expired.
+    pub expired: Cell<u64>,
+    /// New sessions are refused with 421.
+    pub draining: Cell<bool>,
+    last_response: RefCell<HashMap<String, String>>,
+    /// The suspension each `--for` timer may lift: (destination or "*") → generation.
+    suspensions: RefCell<HashMap<String, u64>>,
+    generation: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: usize) {
+    c.set(c.get() + n as u64);
+}
+
+impl AdminState {
+    /// Count the outcome of one attempt.
+    pub fn count_settlement(&self, s: &Settlement) {
+        for f in &s.finals {
+            match f.outcome {
+                Outcome::Delivered => bump(&self.delivered, 1),
+                Outcome::Bounced => bump(&self.bounced, 1),
+                Outcome::Expired => bump(&self.expired, 1),
+            }
+        }
+        bump(&self.deferred, s.deferred.as_ref().map_or(0, |d| d.rcpts.len()));
+    }
+
+    /// Remember the last reply seen from `domain`.
+    pub fn note_response(&self, domain: &str, s: &Settlement) {
+        let Some(reply) = s.deferred.as_ref().map(|d| &d.reply).or(s.finals.last().map(|f| &f.reply)) else { return };
+        let mut map = self.last_response.borrow_mut();
+        if map.len() >= LAST_RESPONSES_MAX && !map.contains_key(domain) {
+            map.clear();
+        }
+        map.insert(domain.to_string(), reply.to_wire().trim_end().replace("\r\n", " "));
+    }
+}
+
+impl Core {
+    /// Take in the admin task's questions for the life of the core.
+    pub fn start_admin_inbox(self: &Rc<Self>, rx: SharedReceiver<AdminAsk>) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(ask) = rx.recv().await {
+                let answer = core.admin_op(ask.op).await;
+                let _ = ask.reply.send(answer);
+            }
+        })
+        .detach();
+    }
+
+    async fn admin_op(self: &Rc<Self>, op: CoreOp) -> CoreAnswer {
+        match op {
+            CoreOp::Status => CoreAnswer::Status(self.admin_status()),
+            CoreOp::Queue => CoreAnswer::Queue(self.admin_queue()),
+            CoreOp::Msg(id) => CoreAnswer::Msg(self.admin_msg(id)),
+            CoreOp::Suspend(domain, for_s) => CoreAnswer::Count(self.admin_suspend(domain, for_s)),
+            CoreOp::Resume(domain) => CoreAnswer::Count(self.admin_resume(domain)),
+            CoreOp::Retry(domain) => {
+                let moved = self.queues.borrow_mut().release_now(domain.as_deref(), !self.is_stopping());
+                let n = moved.len() as u64;
+                for (d, action) in moved {
+                    self.act(&d, action);
+                }
+                CoreAnswer::Count(n)
+            }
+            CoreOp::Bounce(pick, reason) => CoreAnswer::Count(self.admin_bounce(pick, &reason).await),
+            CoreOp::Drain(on) => {
+                self.admin.draining.set(on);
+                CoreAnswer::Count(1)
+            }
+            CoreOp::Reload(config, apply) => CoreAnswer::Reload(self.admin_reload(&config, apply)),
+        }
+    }
+
+    fn admin_status(&self) -> proto::CoreStatus {
+        let views = self.queues.borrow().views();
+        let sum = |f: fn(&crate::outbound::queue::DestView) -> usize| views.iter().map(f).sum::<usize>() as u64;
+        let a = &self.admin;
+        let segments = self.spool.segment_count() as u64;
+        proto::CoreStatus {
+            core: self.id as u32,
+            sessions: self.sessions.get() as u64,
+            messages_live: self.ledger.borrow().len() as u64,
+            rcpts_ready: sum(|v| v.ready),
+            rcpts_waiting: sum(|v| v.waiting),
+            rcpts_in_flight: sum(|v| v.in_flight),
+            destinations: views.len() as u64,
+            suspended: self.queues.borrow().suspended_list(),
+            connections_out: sum(|v| v.connections),
+            spool_segments: segments,
+            spool_bytes: segments * self.shared.config.spool.segment_size,
+            commit_rounds: self.spool.rounds(),
+            accepted: a.accepted.get(),
+            delivered: a.delivered.get(),
+            deferred: a.deferred.get(),
+            bounced: a.bounced.get(),
+            expired: a.expired.get(),
+        }
+    }
+
+    fn admin_queue(&self) -> Vec<proto::DestStatus> {
+        let now = self.clock.now_ms();
+        let last = self.admin.last_response.borrow();
+        self.queues
+            .borrow()
+            .views()
+            .into_iter()
+            .map(|v| proto::DestStatus {
+                last_response: last.get(&v.domain).cloned(),
+                core: self.id as u32,
+                ready: v.ready as u64,
+                waiting: v.waiting as u64,
+                in_flight: v.in_flight as u64,
+                connections: v.connections as u64,
+                oldest_age_s: v.oldest_received_ms.map(|t| now.saturating_sub(t) / 1000),
+                suspended: v.suspended,
+                domain: v.domain,
+            })
+            .collect()
+    }
+
+    fn admin_msg(&self, id: MsgRef) -> MsgAnswer {
+        let mut answer = MsgAnswer::default();
+        if let Some((msg, open, failed)) = self.ledger.borrow().lookup(id) {
+            answer.owned = Some(OwnedMsg {
+                sender: msg.sender.clone(),
+                recipients: msg.recipients.clone(),
+                size: msg.wire_len(),
+                received_ms: msg.received_ms,
+                open: open.iter().copied().collect(),
+                failed: failed.iter().map(|f| (f.recipient.clone(), f.expired, f.diagnostic.clone())).collect(),
+            });
+        }
+        let queues = self.queues.borrow();
+        for q in queues.find(id) {
+            let (state, next) = match q.place {
+                Place::Ready if queues.is_suspended(&q.domain) => (proto::RcptState::Suspended, None),
+                Place::Ready => (proto::RcptState::Queued, None),
+                Place::Waiting(at) => (proto::RcptState::Deferred, Some(at)),
+            };
+            answer.queued.push(QueuedAnswer { rcpt: q.rcpt, state, attempts: q.attempts, next_attempt_ms: next, last_response: q.last_response });
+        }
+        answer
+    }
+
+    fn admin_suspend(self: &Rc<Self>, domain: Option<String>, for_s: Option<u64>) -> u64 {
+        self.queues.borrow_mut().suspend(domain.as_deref());
+        let key = domain.clone().unwrap_or_else(|| "*".into());
+        let generation = self.admin.generation.get() + 1;
+        self.admin.generation.set(generation);
+        self.admin.suspensions.borrow_mut().insert(key.clone(), generation);
+        if let Some(s) = for_s {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(Duration::from_secs(s)).await;
+                if core.admin.suspensions.borrow().get(&key) == Some(&generation) {
+                    core.admin_resume(domain);
+                }
+            })
+            .detach();
+        }
+        1
+    }
+
+    fn admin_resume(self: &Rc<Self>, domain: Option<String>) -> u64 {
+        match &domain {
+            Some(d) => self.admin.suspensions.borrow_mut().remove(d),
+            None => {
+                self.admin.suspensions.borrow_mut().clear();
+                None
+            }
+        };
+        let again = self.queues.borrow_mut().resume(domain.as_deref(), !self.is_stopping());
+        let n = again.len() as u64;
+        for (d, action) in again {
+            self.act(&d, action);
+        }
+        n
+    }
+
+    /// Take the picked recipients out of the queues and settle them as bounced, exactly as a
+    /// 5xx reply would be: Bounce events, final reports to the owner core, DSNs there.
+    async fn admin_bounce(self: &Rc<Self>, pick: BouncePick, reason: &str) -> u64 {
+        let taken = self.queues.borrow_mut().take_queued(|domain, d: &Delivery| match &pick {
+            BouncePick::Domain(x) => x == domain,
+            BouncePick::Msg(id) => d.msg.id == *id,
+        });
+        let reply = Reply::new(550, (5, 0, 0), format!("bounced by the administrator: {reason}"));
+        let mut n = 0;
+        for (_, d) in taken {
+            n += d.rcpts.len() as u64;
+            let finals = d.rcpts.iter().map(|&rcpt| Final { rcpt, outcome: Outcome::Bounced, reply: reply.clone() }).collect();
+            let s = Settlement { finals, deferred: None, attempts: d.attempts };
+            self.apply(&d.msg, s, None).await;
+        }
+        n
+    }
+
+    /// Check that `cfg` can be used on this core (`apply` false), or use it from now on:
+    /// sessions, connections and retry schedules made after this see it.
+    fn admin_reload(&self, cfg: &Config, apply: bool) -> Result<(), String> {
+        let client_tls = ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
+        if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
+            crate::tls::server_config(c, k).map_err(|e| e.to_string())?;
+        }
+        if !apply {
+            return Ok(());
+        }
+        let old = self.agent.borrow().clone();
+        let agent = AgentContext {
+            hostname: old.hostname.clone(),
+            config: cfg.clone(),
+            routes: Routes::new(&cfg.route),
+            resolver: old.resolver.clone(),
+            client_tls,
+        };
+        *self.agent.borrow_mut() = Rc::new(agent);
+        *self.live.borrow_mut() = Rc::new(LiveConfig::new(cfg.clone(), &self.shared));
+        let d = &cfg.delivery;
+        self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
+        self.reload_tls();
+        Ok(())
+    }
+}

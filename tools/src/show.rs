@@ -1,0 +1,135 @@
+//! Replies as text for a terminal: aligned tables, one line per action.
+use ringpost_admin_proto::{MsgStatus, QueueReport, Reply, Status};
+use std::fmt::Write;
+
+/// A table: a header row and rows, columns padded to their widest cell (numbers right-aligned).
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            let numeric = !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit() || ch == '.');
+            let sep = if i == last { "" } else { "  " };
+            if numeric {
+                let _ = write!(out, "{c:>w$}{sep}");
+            } else if i == last {
+                out.push_str(c);
+            } else {
+                let _ = write!(out, "{c:<w$}{sep}");
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, header.to_vec());
+    for r in rows {
+        line(&mut out, r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn status(s: &Status) -> String {
+    let mut out = format!("ringpost {}  up {}  {}\n", s.version, age(s.uptime_s), if s.draining { "DRAINING" } else { "accepting" });
+    let header = [
+        "core",
+        "sessions",
+        "live",
+        "ready",
+        "waiting",
+        "flight",
+        "dests",
+        "conns",
+        "segments",
+        "spool_MiB",
+        "rounds",
+        "accepted",
+        "delivered",
+        "deferred",
+        "bounced",
+        "expired",
+        "suspended",
+    ];
+    let mut rows = Vec::new();
+    for c in &s.cores {
+        let n = [c.sessions, c.messages_live, c.rcpts_ready, c.rcpts_waiting, c.rcpts_in_flight, c.destinations, c.connections_out, c.spool_segments];
+        let mut row = vec![c.core.to_string()];
+        row.extend(n.iter().map(u64::to_string));
+        row.push(format!("{}", c.spool_bytes >> 20));
+        row.extend([c.commit_rounds, c.accepted, c.delivered, c.deferred, c.bounced, c.expired].iter().map(u64::to_string));
+        row.push(if c.suspended.is_empty() { "-".into() } else { c.suspended.join(",") });
+        rows.push(row);
+    }
+    out.push_str(&table(&header, &rows));
+    out
+}
+
+fn age(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn queue(q: &QueueReport) -> String {
+    let rows: Vec<Vec<String>> = q
+        .destinations
+        .iter()
+        .map(|d| {
+            vec![
+                d.domain.clone(),
+                d.core.to_string(),
+                d.ready.to_string(),
+                d.waiting.to_string(),
+                d.in_flight.to_string(),
+                d.connections.to_string(),
+                d.oldest_age_s.map_or("-".into(), age),
+                if d.suspended { "suspended".into() } else { "-".into() },
+                d.last_response.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut out = table(&["destination", "core", "ready", "waiting", "flight", "conns", "oldest", "state", "last response"], &rows);
+    let _ = writeln!(out, "{} of {} destinations", q.destinations.len(), q.total_destinations);
+    out
+}
+
+fn msg(m: &MsgStatus) -> String {
+    let mut out = format!("message {}\n  from     <{}>\n  size     {} octets\n  received {} (unix ms)\n", m.id, m.sender, m.size, m.received_unix_ms);
+    let rows: Vec<Vec<String>> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            vec![
+                r.recipient.clone(),
+                format!("{:?}", r.state),
+                r.attempts.to_string(),
+                r.next_attempt_unix_ms.map_or("-".into(), |t| t.to_string()),
+                r.last_response.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["recipient", "state", "attempts", "next_attempt_ms", "last response"], &rows));
+    out
+}
+
+/// The reply as a human reads it.
+pub fn human(reply: &Reply) -> String {
+    match reply {
+        Reply::Error(e) => format!("refused ({:?}): {}\n", e.kind, e.message),
+        Reply::Status(s) => status(s),
+        Reply::Queue(q) => queue(q),
+        Reply::Msg(m) => msg(m),
+        Reply::Done(d) => format!("{}\n", d.summary),
+        Reply::Reload(r) => {
+            let list = |v: &[String]| if v.is_empty() { "nothing".to_string() } else { v.join(", ") };
+            format!("reloaded {}\n  applied live:       {}\n  needs a restart:    {}\n", r.path, list(&r.applied), list(&r.needs_restart))
+        }
+    }
+}
