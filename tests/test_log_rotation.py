@@ -44,7 +44,9 @@ def test_rotated_log_keeps_every_event_once(tmp_path, sink):
     events, files = all_events(rp, 1000)
     finals = assert_every_recipient_closed_once(events)
     assert len(finals) == 120 and sum(e["type"] == "Reception" for e in events) == 120
-    assert len(files) >= 10, f"only {len(files)} files: 240 events of ~400 bytes did not rotate at {ROTATE}"
+    # Rotation happens at a flush (every ~50 ms, several lines at once), so how many files 96 KB
+    # of events make depends on the timing; that it rotated repeatedly does not.
+    assert len(files) >= 3, f"only {len(files)} files: 240 events of ~400 bytes did not rotate at {ROTATE}"
     for f in files[:-1]:
         assert f.stat().st_size >= ROTATE, f"{f.name} rotated at {f.stat().st_size} bytes, under the bound"
 
