@@ -62,9 +62,8 @@ struct Msg {
     released: bool,
     /// Per recipient: the highest retry-state attempt count appended.
     attempts: Vec<u32>,
-    /// Per recipient: the highest attempt count known durable, and the shard's failed-round
-    /// count when it became so.
-    durable_attempts: Vec<(u32, u64)>,
+    /// Per recipient: the highest attempt count known durable.
+    durable_attempts: Vec<u32>,
 }
 
 impl Msg {
@@ -78,7 +77,7 @@ impl Msg {
             durable_final: vec![false; rcpts],
             released: false,
             attempts: vec![0; rcpts],
-            durable_attempts: vec![(0, 0); rcpts],
+            durable_attempts: vec![0; rcpts],
         }
     }
 }
@@ -92,8 +91,6 @@ struct Model {
     verified: u64,
     /// Messages never acknowledged that came back (whole) after a cut.
     unacked_back: u64,
-    /// Failed rounds of the last epoch's shard when it stopped.
-    epoch_failed_rounds: u64,
     /// Segments relocated, over all epochs.
     relocations: u64,
     /// Recovered retry states checked against a durable one.
@@ -160,7 +157,7 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
         msg.final_ = final_;
         for s in &m.states {
             msg.attempts[s.rcpt as usize] = s.attempts;
-            msg.durable_attempts[s.rcpt as usize] = (s.attempts, 0);
+            msg.durable_attempts[s.rcpt as usize] = s.attempts;
         }
         model.msgs.insert(m.msg, msg);
     }
@@ -173,7 +170,7 @@ fn check_and_adopt(model: &mut Model, rec: &Recovery) -> Result<(), String> {
 fn check_states(m: &ringpost_spool::RecoveredMessage, known: &Msg, checked: &mut u64) -> Result<(), String> {
     for &r in &m.pending {
         let got = m.states.iter().find(|s| s.rcpt == r).map_or(0, |s| s.attempts);
-        let (durable, _) = known.durable_attempts[r as usize];
+        let durable = known.durable_attempts[r as usize];
         if got > known.attempts[r as usize] {
             return Err(format!("message {}: recipient {r} came back with attempt {got}, never appended", m.msg));
         }
@@ -300,12 +297,9 @@ impl Ctx {
         let Ok(t) = self.shard.append_rcpt_state(&s) else { return };
         self.model.borrow_mut().msgs.get_mut(&id).unwrap().attempts[rcpt as usize] = attempts;
         if self.below(2) == 0 && self.shard.wait_durable(t).await.is_ok() {
-            let failed_rounds = self.shard.failed_rounds();
             let mut model = self.model.borrow_mut();
             let d = &mut model.msgs.get_mut(&id).unwrap().durable_attempts[rcpt as usize];
-            if attempts > d.0 {
-                *d = (attempts, failed_rounds);
-            }
+            *d = (*d).max(attempts);
         }
     }
 
@@ -352,11 +346,7 @@ async fn epoch(root: &Path, disk: &SimDisk, rng: &Rc<RefCell<SimRng>>, model: &R
     disk.cut();
     shard.close();
     committer.await;
-    {
-        let mut m = model.borrow_mut();
-        m.epoch_failed_rounds = shard.failed_rounds();
-        m.relocations += shard.relocations();
-    }
+    model.borrow_mut().relocations += shard.relocations();
     disk.revive();
     disk.set_error_rate(0);
     disk.set_full(false);
