@@ -12,39 +12,16 @@
 //! covers that path too.
 //! A failing seed is printed; replay one with `POWER_LOSS_SEED=<n>`, and set the number of
 //! seeds with `POWER_LOSS_SEEDS=<n>`.
-use glommio::LocalExecutorBuilder;
 use ringpost_spool::record::{MessageRecord, Outcome};
 use ringpost_spool::sim::{SimDisk, SimRng};
-use ringpost_spool::{Disposition, Durability, Extent, MsgRef, RcptState, Recovery, SpoolConfig, SpoolShard};
+use ringpost_spool::{Disposition, Extent, MsgRef, RcptState, Recovery, SpoolShard};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::rc::Rc;
 
-const SEGMENT: u64 = 16 * 1024;
-
-fn cfg(root: &Path) -> SpoolConfig {
-    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
-}
-
-fn core_dir(root: &Path) -> std::path::PathBuf {
-    SpoolShard::core_dir(&root.join("spool"), 0)
-}
-
-fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T {
-    LocalExecutorBuilder::default().spawn(f).unwrap().join().unwrap()
-}
-
-/// A scratch directory for one seed: in memory (/dev/shm) when there is one, since the sim
-/// never needs the real disk's durability and thousands of seeds create and delete files.
-fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    }
-}
+mod sim_common;
+use sim_common::{cfg, core_dir, run, scratch_dir};
 
 /// What the test knows of one message.
 #[derive(Debug, Clone)]

@@ -5,26 +5,13 @@
 //!
 //! Each test drives a [`SimDisk`] deterministically (an injected `fdatasync` failure at a
 //! chosen round, a power cut at a chosen point) and checks what recovery brings back.
-//! Run: `cargo test --release -p ringpost-spool --features sim --test review2_relocation`.
-use glommio::LocalExecutorBuilder;
+//! Run: `cargo test --release -p ringpost-spool --features sim --test relocation_failures`.
 use ringpost_spool::record::{MessageRecord, Outcome};
 use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Disposition, Durability, Extent, MsgRef, RcptState, Recovery, SpoolConfig, SpoolShard};
-use std::path::Path;
 
-const SEGMENT: u64 = 16 * 1024;
-
-fn cfg(root: &Path) -> SpoolConfig {
-    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
-}
-
-fn core_dir(root: &Path) -> std::path::PathBuf {
-    SpoolShard::core_dir(&root.join("spool"), 0)
-}
-
-fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T {
-    LocalExecutorBuilder::default().spawn(f).unwrap().join().unwrap()
-}
+mod sim_common;
+use sim_common::{cfg, core_dir, run, scratch_dir};
 
 /// Append released filler chunks until one lands in segment `seg` (nothing in them is live).
 fn filler_until(shard: &SpoolShard, seg: u32) {
@@ -112,16 +99,6 @@ fn a_failed_relocation_round_must_not_lose_the_records_it_was_copying() {
     assert_eq!(states, vec![(1, 3)], "recipient 1's durable retry state was lost");
 }
 
-/// A scratch directory in memory when there is one: the cost measured is CPU, not the disk.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
-}
-
 /// `k` commit rounds that each carry one tiny released chunk; the time they took.
 async fn idle_rounds(shard: &SpoolShard, k: u32) -> std::time::Duration {
     let t = std::time::Instant::now();
@@ -144,7 +121,7 @@ async fn idle_rounds(shard: &SpoolShard, k: u32) -> std::time::Duration {
 #[test]
 fn a_candidate_that_does_not_pay_is_not_replanned_on_every_round() {
     const N: usize = 60_000;
-    let tmp = scratch_dir();
+    let tmp = scratch_dir().unwrap();
     let root = tmp.path().to_path_buf();
     let (before, after, relocated) = run(move || async move {
         let cfg = SpoolConfig { dir: root.join("spool"), segment_size: 1 << 20, durability: Durability::None, pending_bytes_max: 1 << 30 };
