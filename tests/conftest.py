@@ -74,12 +74,16 @@ class SinkHandler:
 
 @pytest.fixture
 def sink():
-    handler = SinkHandler()
-    port = free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False,
+    yield from serve_sink(SinkHandler())
+
+
+def serve_sink(handler):
+    """Run an aiosmtpd sink with `handler` on a free loopback port (set as `handler.port`)
+    for the life of a fixture: `yield from serve_sink(MyHandler())`."""
+    handler.port = free_port()
+    ctl = Controller(handler, hostname="127.0.0.1", port=handler.port, decode_data=False,
                      data_size_limit=64 * 1024 * 1024, enable_SMTPUTF8=True)
     ctl.start()
-    handler.port = port
     yield handler
     ctl.stop()
 

@@ -6,9 +6,8 @@ import subprocess
 import time
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from conftest import BINARY, Ringpost, SinkHandler, free_port, wait_for
+from conftest import BINARY, Ringpost, SinkHandler, serve_sink, wait_for
 
 REPLIES = {
     "gone": "550 5.1.1 The email account that you tried to reach does not exist",
@@ -28,12 +27,7 @@ class ClassHandler(SinkHandler):
 
 @pytest.fixture
 def class_sink():
-    handler = ClassHandler()
-    handler.port = free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=handler.port, decode_data=False)
-    ctl.start()
-    yield handler
-    ctl.stop()
+    yield from serve_sink(ClassHandler())
 
 
 def bounce_once(rp, sink, rcpts):

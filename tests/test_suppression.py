@@ -5,9 +5,8 @@ import json
 import smtplib
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from conftest import Ringpost, SinkHandler, free_port, wait_for
+from conftest import Ringpost, SinkHandler, serve_sink, wait_for
 
 
 class RefusingHandler(SinkHandler):
@@ -21,12 +20,7 @@ class RefusingHandler(SinkHandler):
 
 @pytest.fixture
 def refusing_sink():
-    handler = RefusingHandler()
-    handler.port = free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=handler.port, decode_data=False)
-    ctl.start()
-    yield handler
-    ctl.stop()
+    yield from serve_sink(RefusingHandler())
 
 
 def rcpt_reply(rp, rcpt):
