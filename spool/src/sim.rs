@@ -61,7 +61,8 @@ enum Kind {
 struct Shadow {
     cur: Vec<u8>,
     synced: Vec<u8>,
-    unsynced: Vec<(usize, usize)>,
+    /// (write id, position, length) of each write since the fsyncs that cover it.
+    unsynced: Vec<(u64, usize, usize)>,
 }
 
 #[derive(Debug)]
@@ -81,6 +82,8 @@ struct Sim {
     fdatasyncs: u64,
     /// Fail the next this many `fdatasync` calls with EIO.
     fail_syncs: u32,
+    /// Completed writes so far: an `fdatasync` covers the writes completed before it was issued.
+    writes: u64,
 }
 
 /// The simulated disk; clones share one state. Use [`SimDisk::storage`] for the shard.
@@ -114,6 +117,7 @@ impl SimDisk {
             cuts: 0,
             fdatasyncs: 0,
             fail_syncs: 0,
+            writes: 0,
         };
         sim.adopt_tree(root);
         SimDisk(Rc::new(RefCell::new(sim)))
@@ -253,7 +257,7 @@ impl Sim {
             return img;
         }
         let (cur, writes) = (sh.cur.clone(), sh.unsynced.clone());
-        for (pos, len) in writes {
+        for (_, pos, len) in writes {
             let keep = match self.rng.below(20) {
                 0..=7 => 0,
                 8..=12 => len,
@@ -326,19 +330,31 @@ impl SegmentFile for SimFile {
             };
             self.file.write_all_at(&buf[..applied], pos as u64)?;
             let mut s = self.disk.0.borrow_mut();
+            s.writes += 1;
+            let id = s.writes;
             let sh = s.shadows.entry(self.path.clone()).or_default();
             if sh.cur.len() < pos + applied {
                 sh.cur.resize(pos + applied, 0);
             }
             sh.cur[pos..pos + applied].copy_from_slice(&buf[..applied]);
-            sh.unsynced.push((pos, applied));
+            sh.unsynced.push((id, pos, applied));
             res
         })
     }
 
+    /// Covers the writes completed when it is issued, not those that complete while it is in
+    /// flight (what a real disk promises), and takes a seeded number of scheduler turns, so a
+    /// committer that overlaps rounds meets every interleaving.
     fn fdatasync(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
-            futures_lite::future::yield_now().await;
+            self.disk.begin()?;
+            let (upto, turns) = {
+                let mut s = self.disk.0.borrow_mut();
+                (s.writes, 1 + s.rng.below(3))
+            };
+            for _ in 0..turns {
+                futures_lite::future::yield_now().await;
+            }
             self.disk.begin()?;
             if let Some(e) = self.disk.fault(false) {
                 return Err(e);
@@ -350,8 +366,17 @@ impl SegmentFile for SimFile {
             }
             s.fdatasyncs += 1;
             let sh = s.shadows.entry(self.path.clone()).or_default();
-            sh.synced = sh.cur.clone();
-            sh.unsynced.clear();
+            if sh.synced.len() < sh.cur.len() {
+                sh.synced.resize(sh.cur.len(), 0);
+            }
+            let Shadow { cur, synced, unsynced } = sh;
+            unsynced.retain(|&(id, pos, len)| {
+                if id > upto {
+                    return true;
+                }
+                synced[pos..pos + len].copy_from_slice(&cur[pos..pos + len]);
+                false
+            });
             Ok(())
         })
     }
