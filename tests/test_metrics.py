@@ -228,6 +228,36 @@ def test_a_stalled_scraper_does_not_stall_the_next(run):
         half.close()
 
 
+def test_the_largest_destinations_have_their_own_queue_gauge_and_the_rest_add_up_as_other(tmp_path, sink):
+    mport = free_port()
+    rp = Ringpost(tmp_path, sink.port, cores=2, tail=metrics_tail(mport) + "destinations_top = 2\n").start()
+    try:
+        assert rp.ctl("suspend", "--all")[0] == 0
+        n = 0
+        for domain, count in (("a.test", 3), ("b.test", 2), ("c.test", 1)):
+            for i in range(count):
+                send(rp, [f"ok-{i}@{domain}"], n := n + 1)
+
+        def depth():
+            s = samples(scrape(mport)[1])
+            return s if sum(v for k, v in s.items() if k[0] == "ringpost_queue_recipients") == 6 else None
+        s = wait_for(depth, "six recipients queued")
+        shown = {dict(k[1])["destination"]: v for k, v in s.items()
+                 if k[0] == "ringpost_destination_recipients" and dict(k[1])["state"] == "ready"}
+        assert shown == {"a.test": 3, "b.test": 2, "other": 1}
+        assert rp.ctl("resume", "--all")[0] == 0
+        rp.wait_final(6)
+
+        def drained():
+            s = samples(scrape(mport)[1])
+            d = {k: v for k, v in s.items() if k[0] == "ringpost_destination_recipients"}
+            return d if {dict(k[1])["destination"] for k in d} == {"other"} else None
+        d = wait_for(drained, "the destination gauges to empty")
+        assert sorted(d.values()) == [0, 0, 0]
+    finally:
+        rp.stop()
+
+
 def test_off_unless_configured_and_a_bad_address_is_refused(tmp_path, sink):
     rp = Ringpost(tmp_path, sink.port, cores=1).start()
     try:

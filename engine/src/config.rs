@@ -121,11 +121,20 @@ pub struct Config {
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint, served by the control plane.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// `host:port` to serve `GET /metrics` on; empty (the default): no endpoint.
     pub listen: String,
+    /// Destinations with a queue gauge of their own (the largest by recipients queued; the
+    /// rest add up under `destination="other"`). Bounds the series a scrape returns.
+    pub destinations_top: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { listen: String::new(), destinations_top: 10 }
+    }
 }
 
 impl MetricsSection {
@@ -676,7 +685,7 @@ impl Config {
                 format!("{l:?} is not an IP address and port (\"127.0.0.1:9425\"); leave it empty for no endpoint"),
             ));
         }
-        Ok(())
+        in_range("metrics.destinations_top", self.metrics.destinations_top, 0, 100, "destinations")
     }
 
     fn validate_log(&self) -> Result<(), ConfigError> {
@@ -1010,6 +1019,9 @@ mod tests {
         let e = refused("[server]\n[metrics]\nlisten = \"localhost\"\n");
         assert!(e.starts_with("invalid value for `metrics.listen`: \"localhost\" is not an IP address and port"), "{e}");
         assert!(refused("[server]\n[metrics]\nport = 1\n").starts_with("`metrics.port`: "));
+        assert_eq!(Config::parse("[server]\n").unwrap().metrics.destinations_top, 10);
+        let e = refused("[server]\n[metrics]\ndestinations_top = 101\n");
+        assert_eq!(e, "invalid value for `metrics.destinations_top`: 101 is outside 0..=100 destinations");
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let admin = Admin::new(links, shared.clone());
-    let scrapes = metrics.map(|l| glommio::spawn_local(crate::metrics::http::serve(admin.clone(), l)));
+    let scrapes = metrics.map(|l| glommio::spawn_local(crate::metrics::http::serve(admin.clone(), l, shared.config.metrics.destinations_top)));
     let accepts = listener.map(|(l, path)| {
         let a = admin.clone();
         (glommio::spawn_local(conn::accept_loop(a, l)), path)

@@ -80,8 +80,35 @@ fn per_core(reg: &mut Registry, name: &str, help: &str, samples: &[CoreSample], 
     reg.register(name, help, family);
 }
 
+/// Queue depth of the `top` largest destinations of all cores, and the rest as `other`.
+fn destinations(reg: &mut Registry, samples: &[CoreSample], top: usize) {
+    let all = samples.iter().flat_map(|s| s.destinations.iter().cloned()).collect();
+    let shown = super::local::top_destinations(all, top);
+    let family = Family::<Labels, Gauge>::default();
+    let mut other = [
+        samples.iter().map(|s| s.queue_ready).sum::<u64>(),
+        samples.iter().map(|s| s.queue_waiting).sum(),
+        samples.iter().map(|s| s.queue_in_flight).sum(),
+    ];
+    let states = ["ready", "waiting", "in_flight"];
+    for d in &shown {
+        for (i, v) in [d.ready, d.waiting, d.in_flight].into_iter().enumerate() {
+            family.get_or_create(&vec![("destination", d.domain.clone()), ("state", states[i].to_string())]).set(v as i64);
+            other[i] = other[i].saturating_sub(v);
+        }
+    }
+    for (state, v) in states.into_iter().zip(other) {
+        family.get_or_create(&vec![("destination", "other".to_string()), ("state", state.to_string())]).set(v as i64);
+    }
+    reg.register(
+        "ringpost_destination_recipients",
+        "Recipients queued for the largest destinations, by state ([metrics] destinations_top); the rest under destination=other.",
+        family,
+    );
+}
+
 /// The registry of one scrape.
-fn registry(samples: &[CoreSample], uptime_s: u64) -> Registry {
+fn registry(samples: &[CoreSample], uptime_s: u64, top: usize) -> Registry {
     let mut r = Registry::default();
     counter(
         &mut r,
@@ -133,6 +160,7 @@ fn registry(samples: &[CoreSample], uptime_s: u64) -> Registry {
         "From a message's last byte to its 250 (the durable commit), per message accepted over SMTP.",
         merged(samples, |s| &s.accept_us, 1e6),
     );
+    destinations(&mut r, samples, top);
     counter(&mut r, "ringpost_dns_queries", "DNS lookups that missed the cache and asked a nameserver.", samples, |s| s.dns_queries);
     counter(&mut r, "ringpost_dns_cache_hits", "DNS lookups answered from the cache.", samples, |s| s.dns_cache_hits);
     r.register("ringpost_uptime_seconds", "Seconds since the daemon started.", prometheus_client::metrics::gauge::ConstGauge::new(uptime_s as i64));
@@ -141,17 +169,17 @@ fn registry(samples: &[CoreSample], uptime_s: u64) -> Registry {
 }
 
 /// The exposition in the OpenMetrics text format (what `prometheus-client` writes).
-pub fn render_openmetrics(samples: &[CoreSample], uptime_s: u64) -> String {
+pub fn render_openmetrics(samples: &[CoreSample], uptime_s: u64, top: usize) -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry(samples, uptime_s)).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, &registry(samples, uptime_s, top)).expect("writing to a String cannot fail");
     out
 }
 
 /// The exposition in the classic Prometheus text format 0.0.4: OpenMetrics names a counter's
 /// family without `_total` in `# HELP`/`# TYPE` and ends with `# EOF`; 0.0.4 names it with
 /// the suffix its samples carry and has no end marker.
-pub fn render(samples: &[CoreSample], uptime_s: u64) -> String {
-    to_text_004(&render_openmetrics(samples, uptime_s))
+pub fn render(samples: &[CoreSample], uptime_s: u64, top: usize) -> String {
+    to_text_004(&render_openmetrics(samples, uptime_s, top))
 }
 
 fn to_text_004(openmetrics: &str) -> String {
@@ -176,6 +204,11 @@ fn to_text_004(openmetrics: &str) -> String {
 mod tests {
     use super::*;
 
+    fn dests(core: usize) -> Vec<crate::metrics::local::DestDepth> {
+        let d = |name: &str, ready| crate::metrics::local::DestDepth { domain: format!("{name}{core}.test"), ready, ..Default::default() };
+        vec![d("a", 3), d("b", 1)]
+    }
+
     fn sample(core: usize) -> CoreSample {
         let h = ringpost_spool::FixedHistogram::new(&super::super::local::ACCEPT_US_BOUNDS);
         h.record(300);
@@ -187,13 +220,14 @@ mod tests {
             bounced: vec![("bad-mailbox", 1)],
             queue_ready: 4,
             accept_us: h.snapshot(),
+            destinations: dests(core),
             ..Default::default()
         }
     }
 
     #[test]
     fn counters_sum_gauges_keep_the_core_histograms_merge() {
-        let text = render(&[sample(0), sample(1)], 7);
+        let text = render(&[sample(0), sample(1)], 7, 3);
         for line in [
             "# TYPE ringpost_messages_received_total counter",
             "ringpost_messages_received_total 4",
@@ -204,10 +238,15 @@ mod tests {
             "ringpost_accept_to_250_seconds_bucket{le=\"0.0005\"} 2",
             "ringpost_accept_to_250_seconds_bucket{le=\"+Inf\"} 4",
             "ringpost_uptime_seconds 7",
+            "ringpost_destination_recipients{destination=\"a0.test\",state=\"ready\"} 3",
+            "ringpost_destination_recipients{destination=\"a1.test\",state=\"ready\"} 3",
+            "ringpost_destination_recipients{destination=\"b0.test\",state=\"ready\"} 1",
+            "ringpost_destination_recipients{destination=\"other\",state=\"ready\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"));
-        assert!(render_openmetrics(&[sample(0)], 1).ends_with("# EOF\n"));
+        assert!(!text.contains("b1.test"), "only the top 3");
+        assert!(render_openmetrics(&[sample(0)], 1, 0).ends_with("# EOF\n"));
     }
 }

@@ -26,8 +26,8 @@ pub const CONNECTIONS_MAX: usize = 16;
 /// Headers parsed per request.
 const HEADERS_MAX: usize = 32;
 
-/// Serve scrapes on `listener` until shutdown.
-pub async fn serve(admin: Rc<Admin>, listener: TcpListener) {
+/// Serve scrapes on `listener` until shutdown; `top` destinations get a queue gauge each.
+pub async fn serve(admin: Rc<Admin>, listener: TcpListener, top: usize) {
     let open = Rc::new(Cell::new(0usize));
     let started = Instant::now();
     loop {
@@ -45,7 +45,7 @@ pub async fn serve(admin: Rc<Admin>, listener: TcpListener) {
         open.set(open.get() + 1);
         let (admin, open) = (admin.clone(), open.clone());
         glommio::spawn_local(async move {
-            serve_one(&admin, stream, started).await;
+            serve_one(&admin, stream, started, top).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -116,10 +116,10 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     }
 }
 
-async fn serve_one(admin: &Admin, mut stream: TcpStream, started: Instant) {
+async fn serve_one(admin: &Admin, mut stream: TcpStream, started: Instant, top: usize) {
     let Some(request) = read_request(&mut stream).await else { return };
     let (status, content_type, body) = match request {
-        Request::Metrics { openmetrics } => match scrape(admin, openmetrics, started.elapsed().as_secs()).await {
+        Request::Metrics { openmetrics } => match scrape(admin, openmetrics, started.elapsed().as_secs(), top).await {
             Ok((t, b)) => ("200 OK", t, b),
             Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", why + "\n"),
         },
@@ -143,13 +143,13 @@ async fn serve_one(admin: &Admin, mut stream: TcpStream, started: Instant) {
 }
 
 /// Ask every core for its sample (as `status` does) and render them.
-async fn scrape(admin: &Admin, openmetrics: bool, uptime_s: u64) -> Result<(&'static str, String), String> {
+async fn scrape(admin: &Admin, openmetrics: bool, uptime_s: u64, top: usize) -> Result<(&'static str, String), String> {
     let answers = admin.ask_all(|| CoreOp::Metrics).await.map_err(|e| format!("{e:?}"))?;
     let samples: Vec<_> = answers.into_iter().filter_map(|a| if let CoreAnswer::Metrics(m) = a { Some(*m) } else { None }).collect();
     Ok(if openmetrics {
-        (super::exposition::OPENMETRICS_TYPE, super::exposition::render_openmetrics(&samples, uptime_s))
+        (super::exposition::OPENMETRICS_TYPE, super::exposition::render_openmetrics(&samples, uptime_s, top))
     } else {
-        (super::exposition::TEXT_TYPE, super::exposition::render(&samples, uptime_s))
+        (super::exposition::TEXT_TYPE, super::exposition::render(&samples, uptime_s, top))
     })
 }
 

@@ -110,6 +110,36 @@ impl CoreMetrics {
     }
 }
 
+/// One destination's queue, for the per-destination gauge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestDepth {
+    /// Destination domain.
+    pub domain: String,
+    /// Recipients ready.
+    pub ready: u64,
+    /// Recipients waiting for a retry.
+    pub waiting: u64,
+    /// Recipients in flight.
+    pub in_flight: u64,
+}
+
+impl DestDepth {
+    /// Everything queued for the destination.
+    pub fn total(&self) -> u64 {
+        self.ready + self.waiting + self.in_flight
+    }
+}
+
+/// The `n` largest of `all` by recipients queued (ties by name), largest first; empty ones
+/// never. Each destination lives on one core, so the top `n` of the whole daemon are among the
+/// cores' own top `n`: a core sends only those.
+pub fn top_destinations(mut all: Vec<DestDepth>, n: usize) -> Vec<DestDepth> {
+    all.retain(|d| d.total() > 0);
+    all.sort_unstable_by(|a, b| b.total().cmp(&a.total()).then_with(|| a.domain.cmp(&b.domain)));
+    all.truncate(n);
+    all
+}
+
 /// A copy of one core's metrics, as the core answers `CoreOp::Metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct CoreSample {
@@ -153,4 +183,6 @@ pub struct CoreSample {
     pub dns_queries: u64,
     /// DNS lookups answered from the cache.
     pub dns_cache_hits: u64,
+    /// This core's largest destinations by recipients queued (`[metrics] destinations_top`).
+    pub destinations: Vec<DestDepth>,
 }

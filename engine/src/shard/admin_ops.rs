@@ -215,12 +215,16 @@ impl Core {
     fn metrics_sample(&self) -> crate::metrics::local::CoreSample {
         let mut m = crate::metrics::local::CoreSample { core: self.id, ..Default::default() };
         self.metrics.fill(&mut m);
+        let mut dests = Vec::new();
         for v in self.queues.borrow().views() {
             m.queue_ready += v.ready as u64;
             m.queue_waiting += v.waiting as u64;
             m.queue_in_flight += v.in_flight as u64;
             m.connections_out += v.connections as u64;
+            let (ready, waiting, in_flight) = (v.ready as u64, v.waiting as u64, v.in_flight as u64);
+            dests.push(crate::metrics::local::DestDepth { domain: v.domain, ready, waiting, in_flight });
         }
+        m.destinations = crate::metrics::local::top_destinations(dests, self.shared.config.metrics.destinations_top);
         m.connections_in = self.sessions.get() as u64;
         m.spool_segments = self.spool.segment_count() as u64;
         m.spool_bytes = m.spool_segments * self.shared.config.spool.segment_size;
