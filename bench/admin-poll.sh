@@ -45,7 +45,7 @@ printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$WORK/ringpost
 # start_poller: every INTERVAL_MS, ringctl status, ringctl queue and GET /metrics (POLL_PID);
 # on SIGTERM it writes "polls failures" to $WORK/polls.
 start_poller() {
-  python3 - "$RINGCTL" "$WORK/admin.sock" "$METRICS_PORT" "$INTERVAL_MS" "$WORK/polls" <<'PY' &
+  python3 - "$RINGCTL" "$WORK/admin.sock" "$METRICS_PORT" "$INTERVAL_MS" "$WORK/polls" 2>"$WORK/poller.err" <<'PY' &
 import signal, subprocess, sys, time, urllib.request
 ctl, sock, mport, interval, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) / 1000, sys.argv[5]
 polls = failures = 0
@@ -54,6 +54,7 @@ def on_term(*_):
     global stop
     stop = True
 signal.signal(signal.SIGTERM, on_term)
+open(out + ".ready", "w").close()
 nxt = time.monotonic()
 while not stop:
     ok = subprocess.run([ctl, "--socket", sock, "status"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
@@ -70,6 +71,8 @@ while not stop:
 open(out, "w").write(f"{polls} {failures}\n")
 PY
   POLL_PID=$!
+  # Until its SIGTERM handler is in, a stop would kill it before it reports.
+  while [ ! -e "$WORK/polls.ready" ]; do sleep 0.02; done
 }
 
 stop_poller() {
@@ -81,7 +84,7 @@ stop_poller() {
 # run_one MODE: fresh spool, fresh ringpost, a sink that exits after N messages; prints msg/s.
 run_one() {
   local mode=$1 t0 t1 sink
-  rm -rf "$WORK/spool" "$WORK/delivery.jsonl" "$WORK/polls"
+  rm -rf "$WORK/spool" "$WORK/delivery.jsonl" "$WORK/polls" "$WORK/polls.ready"
   start_ringpost
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --exit-after "$N" --json > "$WORK/sink.json" 2>/dev/null &
   sink=$!
@@ -94,6 +97,7 @@ run_one() {
   local polls=""
   if [ "$mode" = on ]; then
     stop_poller
+    [ -s "$WORK/polls" ] || { echo "the poller did not report:"; cat "$WORK/poller.err"; exit 1; }
     read -r p f < "$WORK/polls"
     [ "$f" = 0 ] || { echo "polling $mode: $f of $p polls failed"; exit 1; }
     polls=" ($p polls)"
