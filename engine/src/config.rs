@@ -115,6 +115,33 @@ pub struct Config {
     /// The admin socket (`ringctl`).
     #[serde(default)]
     pub admin: AdminSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint, served by the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` to serve `GET /metrics` on; empty (the default): no endpoint.
+    pub listen: String,
+    /// Destinations with a queue gauge of their own (the largest by recipients queued; the
+    /// rest add up under `destination="other"`). Bounds the series a scrape returns.
+    pub destinations_top: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { listen: String::new(), destinations_top: 10 }
+    }
+}
+
+impl MetricsSection {
+    /// The address to listen on, when the endpoint is on (validated at load).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// What happens to a suppressed recipient.
@@ -646,7 +673,19 @@ impl Config {
         self.validate_tls_and_auth()?;
         self.validate_dns()?;
         self.validate_log()?;
-        self.validate_admin()
+        self.validate_admin()?;
+        self.validate_metrics()
+    }
+
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let l = &self.metrics.listen;
+        if !l.is_empty() && l.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{l:?} is not an IP address and port (\"127.0.0.1:9425\"); leave it empty for no endpoint"),
+            ));
+        }
+        in_range("metrics.destinations_top", self.metrics.destinations_top, 0, 100, "destinations")
     }
 
     fn validate_log(&self) -> Result<(), ConfigError> {
@@ -964,6 +1003,25 @@ mod tests {
             "invalid value for `admin.connections_max`: 0 is outside 1..=1024 connections"
         );
         assert!(refused("[server]\n[admin]\nsockt = \"x\"\n").starts_with("`admin.sockt`: "));
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set_and_a_bad_address_is_refused() {
+        for c in [
+            Config::parse("[server]\n").unwrap(),
+            Config::parse(DEFAULT_CONFIG).unwrap(),
+            Config::parse("[server]\n[metrics]\nlisten = \"\"\n").unwrap(),
+        ] {
+            assert_eq!(c.metrics.addr(), None);
+        }
+        let c = Config::parse("[server]\n[metrics]\nlisten = \"127.0.0.1:9425\"\n").unwrap();
+        assert_eq!(c.metrics.addr(), Some("127.0.0.1:9425".parse().unwrap()));
+        let e = refused("[server]\n[metrics]\nlisten = \"localhost\"\n");
+        assert!(e.starts_with("invalid value for `metrics.listen`: \"localhost\" is not an IP address and port"), "{e}");
+        assert!(refused("[server]\n[metrics]\nport = 1\n").starts_with("`metrics.port`: "));
+        assert_eq!(Config::parse("[server]\n").unwrap().metrics.destinations_top, 10);
+        let e = refused("[server]\n[metrics]\ndestinations_top = 101\n");
+        assert_eq!(e, "invalid value for `metrics.destinations_top`: 101 is outside 0..=100 destinations");
     }
 
     #[test]

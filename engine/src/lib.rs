@@ -22,6 +22,11 @@
 //! 4. **account/** — it is accounted for: `delivery_log.rs` (one final event per recipient) and
 //!    `dsn.rs` (RFC 3464 reports to the sender).
 //!
+//! The control plane: `admin/` (the socket `ringctl` talks to, reload) and `metrics/` (the
+//! Prometheus endpoint) run on an executor of their own and reach a core only by asking over
+//! its admin channel (`shard/admin_ops.rs`); the stages name only `metrics::local`, the
+//! counters and histograms a core keeps for it.
+//!
 //! Around them: `runtime/` starts one pinned executor per core, recovers the spool and requeues
 //! it (`runtime/recovery.rs`) before serving; `config.rs`, `clock.rs` (real and manual time),
 //! `message.rs` (the zero-copy view of a spooled message), `tls.rs`, `wire_write.rs` (every
@@ -36,6 +41,7 @@ pub mod config;
 pub mod dkim;
 pub mod inbound;
 pub mod message;
+pub mod metrics;
 pub mod outbound;
 pub mod runtime;
 pub mod shard;

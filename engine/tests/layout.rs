@@ -1,8 +1,10 @@
 //! Guard rails on the engine's shape:
 //! - imports flow one way along a message's path: inbound → shard → outbound → account (a
 //!   stage never names a stage before it; the shared modules name no stage at all);
-//! - the control plane (`admin`) asks cores through `shard::admin_ops` and never reaches into
-//!   a core's state or a stage; nothing but the runtime names it;
+//! - the control plane (`admin`, and `metrics` beside it) asks cores through `shard::admin_ops`
+//!   and never reaches into a core's state or a stage; nothing but the runtime (and the metrics
+//!   endpoint, which asks through the admin) names the admin; a stage names only
+//!   `metrics::local`, the counters a core keeps;
 //! - no function in the engine or the spool passes 70 lines (TigerBeetle's limit,
 //!   CONVENTIONS.md 9); test files (`*_tests.rs`, `#[cfg(test)]` modules) are exempt.
 use std::path::{Path, PathBuf};
@@ -116,7 +118,7 @@ fn admin_forbidden(path: &str) -> Option<String> {
 
 /// Why `from` (a top-level module) may not name `to`, if it may not.
 fn forbidden(from: &str, to: &str) -> Option<String> {
-    if to == "admin" && from != "admin" && from != "runtime" {
+    if to == "admin" && !["admin", "runtime", "metrics"].contains(&from) {
         return Some(format!("{from} must not depend on the control plane (only runtime starts it)"));
     }
     let rank = |m: &str| STAGES.iter().position(|s| *s == m);
@@ -136,6 +138,8 @@ fn the_import_rule_catches_a_backward_import() {
     assert_eq!(crate_refs("use crate::shard::core::Core; crate::clock::unix_ms()"), ["shard", "clock"]);
     assert!(forbidden("shard", "admin").is_some(), "a core never calls the control plane");
     assert!(forbidden("runtime", "admin").is_none());
+    assert!(forbidden("metrics", "admin").is_none(), "the metrics endpoint asks cores through the admin");
+    assert!(forbidden("outbound", "admin").is_some());
     assert_eq!(crate_paths("use crate::shard::core::Core;"), ["shard::core::Core"]);
     assert!(admin_forbidden("shard::core::Core").is_some(), "the admin must not hold a core");
     assert!(admin_forbidden("shard::ledger::Ledger").is_some());
@@ -159,9 +163,15 @@ fn imports_flow_one_way_along_the_path() {
                 bad.push(format!("{}: crate::{to} ({why})", rel.display()));
             }
         }
-        for path in crate_paths(&text).iter().filter(|_| top == "admin") {
+        let control_plane = top == "admin" || (top == "metrics" && !rel.ends_with("local.rs"));
+        for path in crate_paths(&text).iter().filter(|_| control_plane) {
             if let Some(why) = admin_forbidden(path) {
                 bad.push(format!("{}: crate::{path} ({why})", rel.display()));
+            }
+        }
+        for path in crate_paths(&text).iter().filter(|p| STAGES.contains(&top.as_str()) && p.starts_with("metrics::")) {
+            if !path.starts_with("metrics::local") {
+                bad.push(format!("{}: crate::{path} (a stage names only metrics::local; the endpoint is control plane)", rel.display()));
             }
         }
     }

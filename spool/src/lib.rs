@@ -15,6 +15,7 @@ pub mod segment;
 pub mod shard;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stats;
 pub mod storage;
 
 pub use error::SpoolError;
@@ -22,4 +23,5 @@ pub use record::{Disposition, Extent, FailureDetail, MessageRecord, MsgRef, Outc
 pub use recovery::{RecoveredMessage, RecoveredSegment, Recovery, ScanEvent, SegmentScanner};
 pub use segment::SegmentMap;
 pub use shard::{Durability, SpoolConfig, SpoolShard, Ticket};
+pub use stats::{FixedHistogram, HistogramSnapshot};
 pub use storage::{DiskStorage, SegmentFile, Storage};

@@ -22,6 +22,7 @@ use crate::record::{
 };
 use crate::recovery::{RecoveredMessage, Recovery};
 use crate::segment::{derive_frame_seed, encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
+use crate::stats::{FixedHistogram, HistogramSnapshot};
 use crate::storage::{create_dir_durable, DiskStorage, SegmentFile, Storage};
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
@@ -32,6 +33,11 @@ use std::sync::Arc;
 
 #[path = "relocate.rs"]
 mod relocate;
+
+/// Upper bounds of the records-per-round histogram (powers of two up to 4096).
+pub const ROUND_RECORDS_BOUNDS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+/// Upper bounds (µs) of the fdatasync-time histogram: 50 µs to 1 s.
+pub const FSYNC_US_BOUNDS: [u64; 14] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
 
 /// Whether a commit round ends with `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +163,10 @@ pub struct SpoolShard {
     relocations: Cell<u64>,
     /// Commit rounds that failed so far.
     failed_rounds: Cell<u64>,
+    /// Records (appends) made durable per commit round: the group-commit batch size.
+    round_records: FixedHistogram,
+    /// Time each round's `fdatasync`s took, in microseconds (`Fsync` durability only).
+    fsync_us: FixedHistogram,
     /// Random per process: the frame seed of each new segment derives from it.
     frame_key: u64,
 }
@@ -215,6 +225,8 @@ impl SpoolShard {
             rounds: Cell::new(0),
             relocations: Cell::new(0),
             failed_rounds: Cell::new(0),
+            round_records: FixedHistogram::new(&ROUND_RECORDS_BOUNDS),
+            fsync_us: FixedHistogram::new(&FSYNC_US_BOUNDS),
             frame_key: rand::random(),
         });
         // Messages that still owe a DSN are pinned too: the DSN quotes their headers.
@@ -267,6 +279,11 @@ impl SpoolShard {
     /// Commit rounds completed so far (each is one fdatasync in `Fsync` mode).
     pub fn rounds(&self) -> u64 {
         self.rounds.get()
+    }
+
+    /// Records per commit round and fdatasync time per round (µs), as histograms so far.
+    pub fn round_stats(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        (self.round_records.snapshot(), self.fsync_us.snapshot())
     }
 
     /// Commit rounds that failed so far (write or fdatasync error).
@@ -531,6 +548,7 @@ impl SpoolShard {
                 continue;
             }
             drop(listener);
+            self.round_records.record((upto + 1).saturating_sub(from));
             let ok = match self.write_round(batches).await {
                 Ok(()) => {
                     self.state.borrow_mut().settled = upto;
@@ -600,9 +618,11 @@ impl SpoolShard {
             }
         }
         if self.cfg.durability == Durability::Fsync {
+            let started = std::time::Instant::now();
             for (seq, f) in touched {
                 f.fdatasync().await.map_err(|e| SpoolError::from_io(segment_path(&self.core_dir, seq), e))?;
             }
+            self.fsync_us.record(started.elapsed().as_micros() as u64);
         }
         Ok(())
     }

@@ -116,8 +116,13 @@ impl Admin {
         self.wait(core, rx).await
     }
 
+    /// True once shutdown was requested.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+
     /// Ask every core (all questions go out before any answer is awaited).
-    async fn ask_all(&self, op: impl Fn() -> CoreOp) -> Result<Vec<CoreAnswer>, Reply> {
+    pub(crate) async fn ask_all(&self, op: impl Fn() -> CoreOp) -> Result<Vec<CoreAnswer>, Reply> {
         let mut pending = Vec::with_capacity(self.ncores());
         for c in 0..self.ncores() {
             pending.push(self.send(c, op()).await?);
@@ -130,10 +135,17 @@ impl Admin {
     }
 }
 
-/// Run the admin task until shutdown: serve `listener` (when the socket is configured),
-/// reload on SIGHUP, and remove the socket file at the end.
-pub async fn serve(listener: Option<(glommio::net::UnixListener, PathBuf)>, links: Vec<SharedSender<AdminAsk>>, shared: Arc<Shared>) {
+/// Run the admin task until shutdown: serve `listener` (when the socket is configured) and
+/// the metrics endpoint (when `[metrics] listen` is set), reload on SIGHUP, and remove the
+/// socket file at the end.
+pub async fn serve(
+    listener: Option<(glommio::net::UnixListener, PathBuf)>,
+    metrics: Option<glommio::net::TcpListener>,
+    links: Vec<SharedSender<AdminAsk>>,
+    shared: Arc<Shared>,
+) {
     let admin = Admin::new(links, shared.clone());
+    let scrapes = metrics.map(|l| glommio::spawn_local(crate::metrics::http::serve(admin.clone(), l, shared.config.metrics.destinations_top)));
     let accepts = listener.map(|(l, path)| {
         let a = admin.clone();
         (glommio::spawn_local(conn::accept_loop(a, l)), path)
@@ -151,5 +163,8 @@ pub async fn serve(listener: Option<(glommio::net::UnixListener, PathBuf)>, link
     if let Some((task, path)) = accepts {
         task.await;
         socket::remove(&path);
+    }
+    if let Some(task) = scrapes {
+        task.await;
     }
 }

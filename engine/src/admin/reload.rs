@@ -42,6 +42,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     keep("dns", differs(&old.dns, &new.dns));
     keep("dkim", differs(&old.dkim, &new.dkim));
     keep("admin", differs(&old.admin, &new.admin));
+    keep("metrics", differs(&old.metrics, &new.metrics));
     let mut config = new;
     config.server.listen = old.server.listen.clone();
     config.server.hostname = old.server.hostname.clone();
@@ -51,6 +52,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     config.dns = old.dns.clone();
     config.dkim = old.dkim.clone();
     config.admin = old.admin.clone();
+    config.metrics = old.metrics.clone();
     let mut applied = Vec::new();
     let mut apply = |name: &str, changed: bool| {
         if changed {

@@ -243,6 +243,8 @@ impl Session {
     }
 
     async fn on_message(&mut self, consumed: usize, prefix: &'static [u8], body: usize) -> Flow {
+        // Accept-to-250: from the end of the data (the parser just saw it) to the durable commit.
+        let data_end = Instant::now();
         self.body.push(&self.core, prefix, &self.input[self.start..self.start + body]).await;
         self.start += consumed;
         let (reply, msg) = commit(&self.core, &mut self.server, &mut self.body, self.peer).await;
@@ -251,6 +253,7 @@ impl Session {
         reply.write_to(&mut self.out);
         self.restart_phase();
         if let Some(msg) = msg {
+            self.core.metrics.accepted_in(data_end.elapsed().as_micros() as u64);
             let client = Peer { remote: self.peer.to_string(), tls: self.stream.tls_description() };
             self.core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
             self.core.accept_message(msg).await;

@@ -143,7 +143,7 @@ fn open_suppression(config: &crate::config::Config) -> Result<Option<crate::shar
 type CoreHandle = glommio::ExecutorJoinHandle<Result<(), String>>;
 
 /// Start the admin executor (unpinned: it must never take a core's CPU from it) and wait until
-/// its socket is bound, or refused.
+/// its socket and the metrics listener are bound, or refused.
 fn start_admin(shared: Arc<Shared>, links: Vec<shared_channel::SharedSender<AdminAsk>>) -> Result<CoreHandle, RuntimeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -163,8 +163,15 @@ fn start_admin(shared: Arc<Shared>, links: Vec<shared_channel::SharedSender<Admi
                     }
                 }
             };
+            let metrics = match crate::metrics::bind(&shared.config) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
             let _ = ready_tx.send(Ok(()));
-            crate::admin::serve(listener, links, shared).await;
+            crate::admin::serve(listener, metrics, links, shared).await;
             Ok(())
         })
         .map_err(|e| RuntimeError::Admin(format!("cannot start the admin executor: {e}")))?;

@@ -56,6 +56,8 @@ pub enum CoreOp {
     Drain(bool),
     /// Check (`false`) or apply (`true`) a new configuration.
     Reload(Arc<Config>, bool),
+    /// A copy of this core's metrics (the Prometheus endpoint).
+    Metrics,
 }
 
 /// What a bounce takes out of the queues.
@@ -78,6 +80,8 @@ pub enum CoreAnswer {
     Count(u64),
     /// To `Reload`: why the configuration cannot be used.
     Reload(Result<(), String>),
+    /// To `Metrics`.
+    Metrics(Box<crate::metrics::local::CoreSample>),
 }
 
 /// What one core knows of a message.
@@ -203,7 +207,31 @@ impl Core {
                 CoreAnswer::Count(1)
             }
             CoreOp::Reload(config, apply) => CoreAnswer::Reload(self.admin_reload(&config, apply)),
+            CoreOp::Metrics => CoreAnswer::Metrics(Box::new(self.metrics_sample())),
         }
+    }
+
+    /// This core's counters, gauges and histograms, copied (built at once, like `Status`).
+    fn metrics_sample(&self) -> crate::metrics::local::CoreSample {
+        let mut m = crate::metrics::local::CoreSample { core: self.id, ..Default::default() };
+        self.metrics.fill(&mut m);
+        let mut dests = Vec::new();
+        for v in self.queues.borrow().views() {
+            m.queue_ready += v.ready as u64;
+            m.queue_waiting += v.waiting as u64;
+            m.queue_in_flight += v.in_flight as u64;
+            m.connections_out += v.connections as u64;
+            let (ready, waiting, in_flight) = (v.ready as u64, v.waiting as u64, v.in_flight as u64);
+            dests.push(crate::metrics::local::DestDepth { domain: v.domain, ready, waiting, in_flight });
+        }
+        m.destinations = crate::metrics::local::top_destinations(dests, self.shared.config.metrics.destinations_top);
+        m.connections_in = self.sessions.get() as u64;
+        m.spool_segments = self.spool.segment_count() as u64;
+        m.spool_bytes = m.spool_segments * self.shared.config.spool.segment_size;
+        m.commit_rounds = self.spool.rounds();
+        (m.round_records, m.fsync_us) = self.spool.round_stats();
+        (m.dns_queries, m.dns_cache_hits) = self.agent.borrow().resolver.counts();
+        m
     }
 
     fn admin_status(&self) -> proto::CoreStatus {

@@ -174,6 +174,8 @@ pub struct Core {
     pub live: RefCell<Rc<LiveConfig>>,
     /// Counters and operator state for the admin socket (`shard/admin_ops.rs`).
     pub admin: crate::shard::admin_ops::AdminState,
+    /// Counters and histograms for the metrics endpoint (read through the admin channel).
+    pub metrics: crate::metrics::local::CoreMetrics,
 }
 
 /// The part of the configuration a reload may change, as sessions read it.
@@ -225,6 +227,7 @@ impl Core {
             clock: p.clock,
             live: RefCell::new(Rc::new(live)),
             admin: Default::default(),
+            metrics: Default::default(),
             shared: p.shared,
             spool: p.spool,
             senders: p.senders,
@@ -296,6 +299,7 @@ impl Core {
                 all.as_str()
             }
         };
+        self.metrics.count(counted(kind, peer.is_some()), category.map(BounceCategory::as_str));
         let now = self.clock.now_ms();
         self.log.write(&LogEvent {
             kind,
@@ -312,5 +316,19 @@ impl Core {
             core: self.id,
             size: msg.wire_len(),
         });
+    }
+}
+
+/// How the metrics count a log line: a Reception line for a whole message (SMTP, or a DSN,
+/// which has no client), every other kind per recipient.
+fn counted(kind: EventKind, from_a_client: bool) -> crate::metrics::local::Counted {
+    use crate::metrics::local::Counted;
+    match kind {
+        EventKind::Reception if from_a_client => Counted::ReceivedSmtp,
+        EventKind::Reception => Counted::ReceivedDsn,
+        EventKind::Delivery => Counted::Delivered,
+        EventKind::TransientFailure => Counted::Deferred,
+        EventKind::Bounce => Counted::Bounced,
+        EventKind::Expiration => Counted::Expired,
     }
 }

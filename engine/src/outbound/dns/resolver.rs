@@ -53,6 +53,10 @@ pub struct Resolver {
     cfg: ResolverConfig,
     cache: RefCell<DnsCache>,
     next_id: std::cell::Cell<u16>,
+    /// Lookups that asked a nameserver (cache misses), for the metrics endpoint.
+    queries: std::cell::Cell<u64>,
+    /// Lookups answered from the cache.
+    hits: std::cell::Cell<u64>,
 }
 
 impl Resolver {
@@ -60,7 +64,12 @@ impl Resolver {
     pub fn new(cfg: ResolverConfig) -> Self {
         let seed = (crate::clock::unix_ms() as u16) ^ 0x5a5a;
         let cache = RefCell::new(DnsCache::new(cfg.cache_entries_max));
-        Self { cfg, cache, next_id: std::cell::Cell::new(seed) }
+        Self { cfg, cache, next_id: std::cell::Cell::new(seed), queries: Default::default(), hits: Default::default() }
+    }
+
+    /// (lookups that asked a nameserver, lookups answered from the cache) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.queries.get(), self.hits.get())
     }
 
     fn id(&self) -> u16 {
@@ -75,8 +84,10 @@ impl Resolver {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), qtype);
         let hit = self.cache.borrow_mut().get(&key, Instant::now());
         if let Some(a) = hit {
+            self.hits.set(self.hits.get() + 1);
             return a;
         }
+        self.queries.set(self.queries.get() + 1);
         let answer = self.query(&key.0, qtype).await;
         let ttl = match &answer {
             Answer::Records(_, ttl) | Answer::NxDomain(ttl) | Answer::NoData(ttl) => Some(*ttl),
