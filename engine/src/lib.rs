@@ -41,4 +41,5 @@ pub mod runtime;
 pub mod shard;
 pub use ringpost_smtp as smtp;
 pub mod tls;
+pub mod trace;
 pub mod wire_write;

@@ -8,6 +8,7 @@
 //! are the `ringpost-admin-proto` types; the wire format is in `docs/admin-protocol.md`.
 mod commands;
 mod conn;
+mod stream;
 pub mod reload;
 pub mod socket;
 

@@ -29,6 +29,7 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
             continue;
         };
         let msg = Arc::new(msg);
+        core.admin.history.borrow_mut().admit(&msg);
         let failed = failures(&msg, &m, &core.shared.classifier);
         if let Some(finished) = core.ledger.borrow_mut().admit(msg.clone(), &m.pending, failed) {
             owed += 1;
