@@ -4,8 +4,8 @@ use super::Admin;
 use crate::shard::admin_ops::{BouncePick, CoreAnswer, CoreOp, DoneMsg, MsgAnswer, OwnedMsg, QueuedAnswer};
 use crate::shard::router::owner_core;
 use ringpost_admin_proto::{
-    BounceTarget, CoreStatus, DestStatus, Done, ErrorKind, MsgStatus, QueueReport, QueueSort, RcptState, RcptStatus, Reply, Request, Status, SuppressOp,
-    Target, QUEUE_LIMIT_MAX,
+    BounceTarget, CoreStatus, DestStatus, Done, ErrorKind, MsgStatus, QueueReport, QueueSort, RcptState, RcptStatus, Reply, Request, Status,
+    SuppressOp, Target, QUEUE_LIMIT_MAX,
 };
 use ringpost_spool::MsgRef;
 

@@ -8,9 +8,9 @@
 //! are the `ringpost-admin-proto` types; the wire format is in `docs/admin-protocol.md`.
 mod commands;
 mod conn;
-mod stream;
 pub mod reload;
 pub mod socket;
+mod stream;
 
 use crate::shard::admin_ops::{AdminAsk, CoreAnswer, CoreOp};
 use crate::shard::core::Shared;

@@ -165,7 +165,8 @@ impl Session {
     fn trace(&self, kind: TraceKind, text: &[u8]) {
         let t = &self.core.tracer;
         if t.on() {
-            let tag = TraceTag { conn: self.trace_conn, side: TraceSide::In, peer: self.peer.to_string(), client: Some(self.peer.ip()), domain: None };
+            let tag =
+                TraceTag { conn: self.trace_conn, side: TraceSide::In, peer: self.peer.to_string(), client: Some(self.peer.ip()), domain: None };
             t.emit(&tag, kind, text);
         }
     }

@@ -239,7 +239,16 @@ async fn greet(
     };
     let timeouts = Timeouts::from_config(&ctx.config.delivery);
     let (tracer, trace) = (ctx.tracer.clone(), (ctx.tracer.next_conn(), domain.to_string()));
-    let mut c = Conn { stream: Transport::Plain(stream), buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default(), timeouts, tracer, trace };
+    let mut c = Conn {
+        stream: Transport::Plain(stream),
+        buf: Vec::with_capacity(4096),
+        start: 0,
+        remote,
+        caps: Capabilities::default(),
+        timeouts,
+        tracer,
+        trace,
+    };
     c.trace(TraceKind::Open, Vec::new);
     let g = c.read_reply(timeouts.command).await?;
     if g.code != 220 {

@@ -14,11 +14,11 @@ use crate::outbound::retry::RetryPolicy;
 use crate::outbound::routes::Routes;
 use crate::outbound::tls_policy::ClientConfigs;
 use crate::shard::core::{Core, LiveConfig, Shared};
-pub use crate::shard::history::{DoneMsg, FinalNote};
 use crate::shard::history::History;
+pub use crate::shard::history::{DoneMsg, FinalNote};
 use crate::shard::inbox::FinalReport;
-use crate::trace::Subscription;
 use crate::smtp::reply::Reply;
+use crate::trace::Subscription;
 use futures_channel::oneshot;
 use glommio::channels::shared_channel::SharedReceiver;
 use ringpost_admin_proto as proto;
@@ -446,7 +446,10 @@ pub async fn suppress(shared: &Shared, op: proto::SuppressOp, now_s: u64) -> pro
             }
             let reason = reason.unwrap_or_else(|| "added by the administrator".into());
             match list.add_manual(&addr, &reason, now_s).await {
-                Ok(()) => report(format!("{addr} suppressed: RCPT refused with 550 5.1.1"), suppress_entries(&list, Some(&addr), 1).await.unwrap_or_default()),
+                Ok(()) => report(
+                    format!("{addr} suppressed: RCPT refused with 550 5.1.1"),
+                    suppress_entries(&list, Some(&addr), 1).await.unwrap_or_default(),
+                ),
                 Err(e) => unavailable(e),
             }
         }
