@@ -132,7 +132,7 @@ pub fn top(path: &Path, request: &Request, json: bool, frames: Option<u64>) -> E
         let Reply::Top(f) = reply else { return true };
         let text = match (json, tty) {
             (true, _) => format!("{}\n", serde_json::to_string(f).expect("replies serialise")),
-            (false, true) => format!("\x1b[H\x1b[2J{}", render(f, prev.as_ref()).replace('\n', "\r\n")),
+            (false, true) => format!("\x1b[H\x1b[2J{}", render(f, prev.as_ref())),
             (false, false) => format!("{}\n", render(f, prev.as_ref())),
         };
         prev = Some(f.clone());
