@@ -156,18 +156,21 @@ fn suppression(r: &SuppressionReport) -> String {
     out
 }
 
-/// Trace events, one line each: time, core, direction and connection, peer, text (a
-/// multi-line reply is indented under its first line).
+/// Trace events, one line each: time (UTC), core, in/out and connection number, peer, who
+/// spoke (`C:` client side, `S:` server side, `++` opened, `--` closed), text (a multi-line
+/// reply is indented under its first line).
 pub fn trace(b: &TraceBatch) -> String {
     let mut out = String::new();
     for e in &b.events {
         let secs = e.unix_ms / 1000;
         let (h, m, s, ms) = (secs / 3600 % 24, secs / 60 % 60, secs % 60, e.unix_ms % 1000);
-        let arrow = match (e.side, e.kind) {
-            (_, TraceKind::Open) => "++",
-            (_, TraceKind::Close) => "--",
-            (TraceSide::In, TraceKind::Reply) | (TraceSide::Out, TraceKind::Command | TraceKind::Body) => "<-",
-            _ => "->",
+        // As in RFC 5321's examples: C: what the client side sent, S: what the server side
+        // answered (inbound we are S, outbound we are C).
+        let arrow = match e.kind {
+            TraceKind::Open => "++",
+            TraceKind::Close => "--",
+            TraceKind::Reply => "S:",
+            TraceKind::Command | TraceKind::Body => "C:",
         };
         let side = match e.side {
             TraceSide::In => "in ",
