@@ -133,7 +133,9 @@ def test_bounce_one_message_leaves_the_others(tmp_path, sink):
         assert rc == 0 and out["Done"]["count"] == 1, out
         wait_for(lambda: [m for m in sink.snapshot() if m[0] in ("", "<>") and "s1@src.test" in m[1]], "the DSN for the bounced message")
         assert rp.ctl("msg", queue_id_of(rp, "defer-b@slow.test"))[1]["Msg"]["recipients"][0]["state"] == "Deferred"
-        assert rp.ctl("msg", victim)[0] == 1, "the bounced message is finished"
+        rc, m, _ = rp.ctl("msg", victim)
+        assert rc == 0 and m["Msg"]["finished"] is True, "the bounced message is finished, answered from the history"
+        assert m["Msg"]["recipients"][0]["state"] == "Bounced", m
     finally:
         rp.stop()
 
@@ -172,7 +174,8 @@ def test_retry_tries_now_and_msg_shows_the_state_mid_retry_and_after_a_crash(tmp
         assert rc == 0 and out["Done"]["count"] == 1, out
         wait_for(lambda: arrived_for(sink, "later.test"), "delivered at once after retry", timeout=10)
         assert time.time() - before < 10, "well before the 120 s retry"
-        assert rp.ctl("msg", qid)[0] == 1, "finished messages are no longer live"
+        m = wait_for(lambda: (lambda r: r[0] == 0 and r[1]["Msg"]["finished"] and r[1])(rp.ctl("msg", qid)), "finished, in the history")
+        assert [x["state"] for x in m["Msg"]["recipients"]] == ["Delivered", "Delivered"], m
     finally:
         rp.stop()
 

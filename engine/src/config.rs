@@ -196,11 +196,44 @@ pub struct AdminSection {
     pub connections_max: usize,
     /// How long the admin task waits for a core's answer before replying `Timeout`.
     pub core_timeout_ms: u64,
+    /// How long `ringctl msg` still answers for a finished message ("90s", "30m", "1h", "1d";
+    /// "0" keeps none).
+    pub history: String,
+    /// Most finished messages each core keeps for `history` (the oldest leave first).
+    pub history_max: usize,
+}
+
+impl AdminSection {
+    /// `history` in milliseconds (validated at load).
+    pub fn history_ms(&self) -> u64 {
+        parse_span_s(&self.history).unwrap_or(3600) * 1000
+    }
+}
+
+/// A span like "90", "90s", "30m", "1h", "1d", in seconds.
+fn parse_span_s(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { socket: "var/run/ringpost.sock".into(), group: None, connections_max: 16, core_timeout_ms: 5000 }
+        Self {
+            socket: "var/run/ringpost.sock".into(),
+            group: None,
+            connections_max: 16,
+            core_timeout_ms: 5000,
+            history: "1h".into(),
+            history_max: 100_000,
+        }
     }
 }
 
@@ -701,6 +734,11 @@ impl Config {
         in_range("admin.socket", a.socket.as_os_str().len(), 0, 107, "bytes of path")?;
         in_range("admin.connections_max", a.connections_max, 1, 1024, "connections")?;
         in_range("admin.core_timeout_ms", a.core_timeout_ms, 10, 600_000, "milliseconds")?;
+        let Some(history_s) = parse_span_s(&a.history) else {
+            return Err(invalid("admin.history", format!("{:?}: expected a number with s, m, h or d", a.history)));
+        };
+        in_range("admin.history", history_s, 0, 7 * 86_400, "seconds")?;
+        in_range("admin.history_max", a.history_max, 0, 10_000_000, "messages per core")?;
         if a.group.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("admin.group", "empty group name (leave the key out for owner-only)".into()));
         }

@@ -30,7 +30,8 @@
 //! Around them: `runtime/` starts one pinned executor per core, recovers the spool and requeues
 //! it (`runtime/recovery.rs`) before serving; `config.rs`, `clock.rs` (real and manual time),
 //! `message.rs` (the zero-copy view of a spooled message), `tls.rs`, `wire_write.rs` (every
-//! network write, non-blocking and timed out) and `dkim.rs` are used by
+//! network write, non-blocking and timed out), `trace.rs` (`ringctl trace` events from
+//! sessions and delivery agents) and `dkim.rs` are used by
 //! several stages. The spool itself is the `ringpost-spool` crate.
 #![warn(missing_docs)]
 
@@ -47,4 +48,5 @@ pub mod runtime;
 pub mod shard;
 pub use ringpost_smtp as smtp;
 pub mod tls;
+pub mod trace;
 pub mod wire_write;

@@ -4,10 +4,11 @@
 //! Exit codes: 0 ok, 1 refused by the daemon (the error is printed), 2 usage, 3 cannot
 //! connect (no daemon, wrong socket, no permission).
 mod client;
+mod live;
 mod show;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ringpost_admin_proto::{BounceTarget, QueueSort, Reply, Request, Target};
+use ringpost_admin_proto::{BounceTarget, QueueSort, Reply, Request, SuppressOp, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,6 +21,8 @@ Examples:
   ringctl status                         per-core sessions, queues, spool and totals
   ringctl queue --limit 20 --sort oldest destinations whose oldest mail waits longest
   ringctl msg 0100000100000000C0         where each recipient of a message stands
+  ringctl msg '<20261126.42@app.example>' the same, by the Message-ID header (brackets optional);
+                                         finished messages too, for [admin] history (1h)
   ringctl suspend example.com --for 30m  hold mail for example.com for 30 minutes
   ringctl resume example.com             deliver it again
   ringctl suspend --all                  hold every destination
@@ -28,7 +31,16 @@ Examples:
   ringctl retry --all                    try every waiting recipient now
   ringctl drain                          421 to new sessions, keep delivering (--off: accept again)
   ringctl reload                         re-read the config file; prints what changed
+  ringctl trace                          live SMTP conversations in and out (Ctrl-C ends it)
+  ringctl trace --client 192.0.2.7       only sessions from that client
+  ringctl trace --dest example.com       only deliveries to that domain
+  ringctl top                            live view of rates, queues, connections (q quits)
+  ringctl suppress add bob@example.com --reason 'asked to be removed'
+  ringctl suppress check bob@example.com exit 0 if suppressed (with why), 1 if not
+  ringctl suppress list --limit 100
+  ringctl suppress remove bob@example.com
   ringctl --json status                  the same data as JSON, for scripts
+  ringctl --json trace                   one JSON object per batch of events, one per line
 
 Exit codes: 0 ok, 1 refused by the daemon, 2 usage error, 3 cannot connect.";
 
@@ -65,9 +77,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Sort::Total)]
         sort: Sort,
     },
-    /// One message by queue id (as in "250 2.0.0 Ok: queued as ID"): envelope and recipients.
+    /// One message by queue id (as in "250 2.0.0 Ok: queued as ID") or by its Message-ID
+    /// header: envelope and each recipient's state; finished ones for `[admin] history`.
     Msg {
-        /// The queue id.
+        /// The queue id, or the Message-ID (with or without <>).
         id: String,
     },
     /// Stop delivering to a destination; its mail waits, nothing is lost.
@@ -120,6 +133,60 @@ enum Command {
     },
     /// Re-read the configuration file: apply what can change live, name what needs a restart.
     Reload,
+    /// Live SMTP conversations (commands and replies; never bodies; AUTH redacted) until Ctrl-C.
+    Trace {
+        /// Only inbound sessions from this client IP.
+        #[arg(long, value_name = "IP")]
+        client: Option<String>,
+        /// Only deliveries to this destination domain.
+        #[arg(long, value_name = "DOMAIN")]
+        dest: Option<String>,
+    },
+    /// Live view: rates in and out, queues, connections, top destinations (q or Ctrl-C quits).
+    Top {
+        /// Refresh interval (200ms..10s; 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Destinations listed, largest queue first.
+        #[arg(long, default_value_t = 10)]
+        dests: u32,
+        /// Stop after this many frames (default: until q).
+        #[arg(long, value_name = "N")]
+        frames: Option<u64>,
+    },
+    /// The suppression list: addresses refused at RCPT with 550 5.1.1.
+    Suppress {
+        #[command(subcommand)]
+        op: SuppressCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SuppressCmd {
+    /// Suppress an address (durable before the reply).
+    Add {
+        /// The address.
+        addr: String,
+        /// Why (shown in the 550 reply to RCPT).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a suppression (exit 1 when it was not listed).
+    Remove {
+        /// The address.
+        addr: String,
+    },
+    /// The suppressed addresses, sorted.
+    List {
+        /// Most entries shown.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Whether an address is suppressed and why (exit 1 when it is not).
+    Check {
+        /// The address.
+        addr: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -142,6 +209,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
     };
     Ok(Duration::from_secs(n.checked_mul(mult).ok_or("duration too long")?))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| format!("{s:?}: expected 500ms, 1s, 2s"));
+    }
+    parse_duration(s)
 }
 
 fn target(dest: Option<String>) -> Target {
@@ -175,6 +249,14 @@ fn request(c: Command) -> Request {
         Command::Retry { dest, .. } => Request::Retry { target: target(dest) },
         Command::Drain { off } => Request::Drain { on: !off },
         Command::Reload => Request::Reload,
+        Command::Trace { client, dest } => Request::Trace { client, dest },
+        Command::Top { interval, dests, .. } => Request::Top { interval_ms: interval.as_millis().min(u32::MAX as u128) as u32, dests },
+        Command::Suppress { op } => Request::Suppress(match op {
+            SuppressCmd::Add { addr, reason } => SuppressOp::Add { addr, reason },
+            SuppressCmd::Remove { addr } => SuppressOp::Remove { addr },
+            SuppressCmd::List { limit } => SuppressOp::List { limit },
+            SuppressCmd::Check { addr } => SuppressOp::Check { addr },
+        }),
     }
 }
 
@@ -205,6 +287,11 @@ fn main() -> ExitCode {
         }
     };
     let (json, timeout) = (cli.json, Duration::from_secs(cli.timeout.max(1)));
+    match cli.command {
+        Command::Trace { .. } => return live::trace(&path, &request(cli.command), json),
+        Command::Top { frames, .. } => return live::top(&path, &request(cli.command), json, frames),
+        _ => {}
+    }
     let reply = match client::call(&path, &request(cli.command), timeout) {
         Ok(r) => r,
         Err(e) => {

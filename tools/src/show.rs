@@ -1,5 +1,5 @@
 //! Replies as text for a terminal: aligned tables, one line per action.
-use ringpost_admin_proto::{MsgStatus, QueueReport, Reply, Status};
+use ringpost_admin_proto::{MsgStatus, QueueReport, Reply, Status, SuppressionReport, TraceBatch, TraceKind, TraceSide};
 use std::fmt::Write;
 
 /// A table: a header row and rows, columns padded to their widest cell (numbers right-aligned).
@@ -33,7 +33,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn status(s: &Status) -> String {
+pub fn status(s: &Status) -> String {
     let mut out = format!("ringpost {}  up {}  {}\n", s.version, age(s.uptime_s), if s.draining { "DRAINING" } else { "accepting" });
     let header = [
         "core",
@@ -77,7 +77,7 @@ fn age(s: u64) -> String {
     }
 }
 
-fn queue(q: &QueueReport) -> String {
+pub fn queue(q: &QueueReport) -> String {
     let rows: Vec<Vec<String>> = q
         .destinations
         .iter()
@@ -101,7 +101,9 @@ fn queue(q: &QueueReport) -> String {
 }
 
 fn msg(m: &MsgStatus) -> String {
-    let mut out = format!("message {}\n  from     <{}>\n  size     {} octets\n  received {} (unix ms)\n", m.id, m.sender, m.size, m.received_unix_ms);
+    let mut out = format!("message {}{}\n", m.id, if m.finished { "  (finished: from the history)" } else { "" });
+    let mid = m.message_id.as_deref().map_or("-".to_string(), |v| format!("<{v}>"));
+    let _ = writeln!(out, "  msg-id   {mid}\n  from     <{}>\n  size     {} octets\n  received {} (unix ms)", m.sender, m.size, m.received_unix_ms);
     let rows: Vec<Vec<String>> = m
         .recipients
         .iter()
@@ -111,11 +113,12 @@ fn msg(m: &MsgStatus) -> String {
                 format!("{:?}", r.state),
                 r.attempts.to_string(),
                 r.next_attempt_unix_ms.map_or("-".into(), |t| t.to_string()),
+                r.category.clone().unwrap_or_else(|| "-".into()),
                 r.last_response.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    out.push_str(&table(&["recipient", "state", "attempts", "next_attempt_ms", "last response"], &rows));
+    out.push_str(&table(&["recipient", "state", "attempts", "next_attempt_ms", "category", "last response"], &rows));
     out
 }
 
@@ -131,5 +134,58 @@ pub fn human(reply: &Reply) -> String {
             let list = |v: &[String]| if v.is_empty() { "nothing".to_string() } else { v.join(", ") };
             format!("reloaded {}\n  applied live:       {}\n  needs a restart:    {}\n", r.path, list(&r.applied), list(&r.needs_restart))
         }
+        Reply::Suppression(r) => suppression(r),
+        Reply::Trace(b) => trace(b),
+        Reply::Top(t) => format!("top frame at {} ms\n{}{}", t.unix_ms, status(&t.status), queue(&t.queue)),
     }
+}
+
+fn suppression(r: &SuppressionReport) -> String {
+    let mut out = format!("{}\n", r.summary);
+    if !r.entries.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .entries
+            .iter()
+            .map(|e| {
+                let how = if e.manual { "manual" } else { "bounce" };
+                vec![e.addr.clone(), e.category.clone(), how.into(), e.since_unix_s.to_string(), e.reason.clone()]
+            })
+            .collect();
+        out.push_str(&table(&["address", "category", "added", "since_unix_s", "reason"], &rows));
+    }
+    out
+}
+
+/// Trace events, one line each: time (UTC), core, in/out and connection number, peer, who
+/// spoke (`C:` client side, `S:` server side, `++` opened, `--` closed), text (a multi-line
+/// reply is indented under its first line).
+pub fn trace(b: &TraceBatch) -> String {
+    let mut out = String::new();
+    for e in &b.events {
+        let secs = e.unix_ms / 1000;
+        let (h, m, s, ms) = (secs / 3600 % 24, secs / 60 % 60, secs % 60, e.unix_ms % 1000);
+        // As in RFC 5321's examples: C: what the client side sent, S: what the server side
+        // answered (inbound we are S, outbound we are C).
+        let arrow = match e.kind {
+            TraceKind::Open => "++",
+            TraceKind::Close => "--",
+            TraceKind::Reply => "S:",
+            TraceKind::Command | TraceKind::Body => "C:",
+        };
+        let side = match e.side {
+            TraceSide::In => "in ",
+            TraceSide::Out => "out",
+        };
+        let peer = match &e.domain {
+            Some(d) => format!("{d} {}", e.peer),
+            None => e.peer.clone(),
+        };
+        let text = match e.kind {
+            TraceKind::Open => "connected".to_string(),
+            TraceKind::Close => "closed".to_string(),
+            _ => e.text.replace('\n', "\n                                  "),
+        };
+        let _ = writeln!(out, "{h:02}:{m:02}:{s:02}.{ms:03} c{} {side} #{:<5} {peer} {arrow} {text}", e.core, e.conn);
+    }
+    out
 }

@@ -25,9 +25,10 @@ pub enum Request {
         /// Order of the listing.
         sort: QueueSort,
     },
-    /// One message by its queue id (as in `250 ... queued as`).
+    /// One message by its queue id (as in `250 ... queued as`) or its `Message-ID` header
+    /// (with or without the angle brackets): live, or finished within `[admin] history`.
     Msg {
-        /// The queue id.
+        /// The queue id or the Message-ID.
         id: String,
     },
     /// Stop delivering to a destination (queued mail waits, nothing is lost).
@@ -61,7 +62,54 @@ pub enum Request {
     },
     /// Re-read the configuration file and apply what can change live.
     Reload,
+    /// Read or change the suppression list.
+    Suppress(SuppressOp),
+    /// Stream the SMTP conversations in and out (commands and replies, never bodies) until the
+    /// connection closes: `Reply::Trace` frames, all with this request's id.
+    Trace {
+        /// Only inbound sessions from this client IP (and no outbound conversation).
+        client: Option<String>,
+        /// Only outbound conversations with this destination domain (and no inbound session).
+        dest: Option<String>,
+    },
+    /// Stream a `Reply::Top` frame every `interval_ms` until the connection closes.
+    Top {
+        /// Milliseconds between frames (the daemon keeps it within 200..=10 000).
+        interval_ms: u32,
+        /// Destinations listed per frame, largest queue first (capped at 100).
+        dests: u32,
+    },
 }
+
+/// A suppression list command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SuppressOp {
+    /// Suppress an address by hand; durable (fsynced) before the reply.
+    Add {
+        /// The address.
+        addr: String,
+        /// Why (shown in the RCPT refusal and by `check`).
+        reason: Option<String>,
+    },
+    /// Lift a suppression; durable before the reply. `NotFound` when it was not listed.
+    Remove {
+        /// The address.
+        addr: String,
+    },
+    /// The entries, sorted by address, at most `limit` (capped at [`SUPPRESS_LIMIT_MAX`]).
+    List {
+        /// Most entries returned.
+        limit: u32,
+    },
+    /// One address: its entry, or `NotFound`.
+    Check {
+        /// The address.
+        addr: String,
+    },
+}
+
+/// Most entries one suppression listing returns.
+pub const SUPPRESS_LIMIT_MAX: u32 = 10_000;
 
 /// Most destinations one `Queue` reply lists.
 pub const QUEUE_LIMIT_MAX: u32 = 5000;
@@ -114,6 +162,104 @@ pub enum Reply {
     Done(Done),
     /// Answer to `Reload`.
     Reload(ReloadReport),
+    /// Answer to `Suppress`.
+    Suppression(SuppressionReport),
+    /// One frame of a `Trace` stream.
+    Trace(TraceBatch),
+    /// One frame of a `Top` stream.
+    Top(TopFrame),
+}
+
+/// Answer to a suppression command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionReport {
+    /// What was done (`add`, `remove`) or asked, for a human.
+    pub summary: String,
+    /// Addresses suppressed in all.
+    pub total: u64,
+    /// The entries concerned (for `List`, sorted by address, at most the limit).
+    pub entries: Vec<SuppressEntry>,
+}
+
+/// One suppressed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressEntry {
+    /// The address as added.
+    pub addr: String,
+    /// The bounce category (`other` for one added by hand).
+    pub category: String,
+    /// When it was added, Unix seconds.
+    pub since_unix_s: u64,
+    /// Why: the operator's reason, or the bounce's reply.
+    pub reason: String,
+    /// Added by hand (`ringctl suppress add`), not by a bounce.
+    pub manual: bool,
+}
+
+/// Some trace events, and how many were dropped since the trace began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceBatch {
+    /// Events in the order each core made them (cores interleave by time).
+    pub events: Vec<TraceEvent>,
+    /// Events dropped since the trace began because its queue was full (the daemon never
+    /// waits for a trace client).
+    pub dropped_total: u64,
+}
+
+/// One line of an SMTP conversation, or its start or end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// When, Unix ms.
+    pub unix_ms: u64,
+    /// The core it happened on.
+    pub core: u32,
+    /// Inbound session or outbound connection.
+    pub side: TraceSide,
+    /// Session or connection number, unique on its core.
+    pub conn: u64,
+    /// The other end: the client's `ip:port`, or the server's `host[ip]:port`.
+    pub peer: String,
+    /// Outbound only: the destination domain.
+    pub domain: Option<String>,
+    /// What happened.
+    pub kind: TraceKind,
+    /// The command or reply line(s), CRLF removed; AUTH credentials redacted; never a body.
+    pub text: String,
+}
+
+/// Which conversation an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceSide {
+    /// A client talking to us.
+    In,
+    /// Us talking to a destination.
+    Out,
+}
+
+/// What a trace event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TraceKind {
+    /// The conversation began (connection made or accepted).
+    Open,
+    /// A command (or pipelined commands) sent by the client side.
+    Command,
+    /// A reply from the server side.
+    Reply,
+    /// A message body passed (its size only).
+    Body,
+    /// The conversation ended.
+    Close,
+}
+
+/// One frame of `top`: the status, and the largest destinations by queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopFrame {
+    /// Daemon-side time of the snapshot, Unix ms (rates are differences between frames).
+    pub unix_ms: u64,
+    /// As `Status` answers.
+    pub status: Status,
+    /// As `Queue` answers, sorted by total.
+    pub queue: QueueReport,
 }
 
 /// Why a request failed.
@@ -233,6 +379,10 @@ pub struct DestStatus {
 pub struct MsgStatus {
     /// Queue id.
     pub id: String,
+    /// The `Message-ID` header's value without angle brackets (none: the message had none).
+    pub message_id: Option<String>,
+    /// Every recipient is final: answered from the history (`[admin] history`).
+    pub finished: bool,
     /// Envelope sender (empty: null sender).
     pub sender: String,
     /// Size as relayed, octets.
@@ -256,6 +406,8 @@ pub struct RcptStatus {
     pub next_attempt_unix_ms: Option<u64>,
     /// The last reply about it, if known.
     pub last_response: Option<String>,
+    /// Final bounces and expiries: the bounce category (`bad-mailbox`, ...).
+    pub category: Option<String>,
 }
 
 /// Where a recipient stands.

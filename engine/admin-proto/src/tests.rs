@@ -13,6 +13,12 @@ fn requests() -> Vec<Request> {
         Request::Retry { target: Target::Domain("b.test".into()) },
         Request::Drain { on: true },
         Request::Reload,
+        Request::Suppress(SuppressOp::Add { addr: "a@b.test".into(), reason: Some("asked".into()) }),
+        Request::Suppress(SuppressOp::Remove { addr: "a@b.test".into() }),
+        Request::Suppress(SuppressOp::List { limit: 10 }),
+        Request::Suppress(SuppressOp::Check { addr: "a@b.test".into() }),
+        Request::Trace { client: Some("192.0.2.1".into()), dest: None },
+        Request::Top { interval_ms: 1000, dests: 10 },
     ]
 }
 
@@ -97,4 +103,34 @@ fn trailing_bytes_inside_a_frame_are_malformed() {
 fn an_encoded_reply_over_the_limit_is_refused() {
     let big = Reply::Done(Done { summary: "x".repeat(MAX_FRAME_BYTES), count: 0 });
     assert!(matches!(encode(1, &big), Err(FrameError::Oversized { .. })));
+}
+
+#[test]
+fn streaming_replies_round_trip() {
+    let ev = TraceEvent {
+        unix_ms: 1,
+        core: 1,
+        side: TraceSide::Out,
+        conn: 7,
+        peer: "mx[192.0.2.1]:25".into(),
+        domain: Some("b.test".into()),
+        kind: TraceKind::Command,
+        text: "MAIL FROM:<a@b>".into(),
+    };
+    let status = Status { version: "0".into(), uptime_s: 1, draining: false, cores: Vec::new() };
+    for r in [
+        Reply::Trace(TraceBatch { events: vec![ev], dropped_total: 3 }),
+        Reply::Top(TopFrame { unix_ms: 5, status, queue: QueueReport { total_destinations: 0, destinations: Vec::new() } }),
+    ] {
+        let bytes = encode(9, &r).unwrap();
+        assert_eq!(decode::<Reply>(&bytes).unwrap().map(|(i, b, _)| (i, b)), Some((9, r)));
+    }
+}
+
+#[test]
+fn new_requests_keep_their_wire_bytes() {
+    // docs/admin-protocol.md lists these bytes: a reordered enum is a protocol change.
+    assert_eq!(&encode(0, &Request::Trace { client: None, dest: None }).unwrap()[9..], [0x0a, 0, 0]);
+    assert_eq!(&encode(0, &Request::Top { interval_ms: 1000, dests: 10 }).unwrap()[9..], [0x0b, 0xe8, 0x07, 0x0a]);
+    assert_eq!(&encode(0, &Request::Suppress(SuppressOp::Check { addr: "a@b".into() })).unwrap()[9..], [0x09, 0x03, 0x03, b'a', b'@', b'b']);
 }

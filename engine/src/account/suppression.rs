@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Longest reason text kept in the journal.
 const MAX_REASON: usize = 300;
+/// Longest reason of a hand-made entry kept in memory (for the RCPT refusal).
+const MAX_NOTE: usize = 120;
 
 /// What the list knows about one suppressed address (the address itself is in the journal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,22 @@ struct JournalLine {
     time_s: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     reason: String,
+    /// Added by hand (`ringctl suppress add`): its reason is kept in memory for the refusal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    manual: bool,
+}
+
+/// One live entry of the journal, for listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The address as added.
+    pub addr: String,
+    /// Category and time.
+    pub entry: Suppressed,
+    /// Why.
+    pub reason: String,
+    /// Added by hand.
+    pub manual: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +80,8 @@ pub struct SuppressionError {
 pub struct SuppressionList {
     path: PathBuf,
     map: papaya::HashMap<u64, Suppressed>,
+    /// Reasons of hand-made entries (few: an operator types them), cut to [`MAX_NOTE`].
+    notes: papaya::HashMap<u64, Box<str>>,
     keys: std::hash::RandomState,
 }
 
@@ -73,7 +93,7 @@ impl SuppressionList {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let list = Self { path: path.to_path_buf(), map: papaya::HashMap::new(), keys: std::hash::RandomState::new() };
+        let list = Self { path: path.to_path_buf(), map: papaya::HashMap::new(), notes: papaya::HashMap::new(), keys: std::hash::RandomState::new() };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -91,6 +111,7 @@ impl SuppressionList {
     fn replay(&self, text: &str) -> usize {
         let mut lines = 0;
         let map = self.map.pin();
+        let notes = self.notes.pin();
         for l in text.lines().filter(|l| !l.trim().is_empty()) {
             lines += 1;
             // A torn last line (crash mid-write) was never acknowledged: skip it.
@@ -99,9 +120,14 @@ impl SuppressionList {
             match j.op {
                 Op::Add => {
                     map.insert(key, Suppressed { category: j.category.unwrap_or(BounceCategory::Other), since_s: j.time_s });
+                    match j.manual {
+                        true => notes.insert(key, note_of(&j.reason)),
+                        false => notes.remove(&key),
+                    };
                 }
                 Op::Remove => {
                     map.remove(&key);
+                    notes.remove(&key);
                 }
             }
         }
@@ -119,6 +145,25 @@ impl SuppressionList {
         self.map.pin().get(&self.key(addr)).copied()
     }
 
+    /// The operator's reason for a hand-made entry.
+    pub fn note(&self, addr: &str) -> Option<String> {
+        self.notes.pin().get(&self.key(addr)).map(|n| n.to_string())
+    }
+
+    /// Suppress `addr` by hand with the operator's `reason` (category `other`); durable before
+    /// it takes effect, and the reason is shown in the RCPT refusal.
+    pub async fn add_manual(&self, addr: &str, reason: &str, now_s: u64) -> Result<(), SuppressionError> {
+        // It goes into an SMTP reply: no line breaks or other controls.
+        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let reason = cut_reason(&reason);
+        let line = JournalLine { op: Op::Add, addr: addr.to_string(), category: Some(BounceCategory::Other), time_s: now_s, reason, manual: true };
+        self.append(&line).await?;
+        let key = self.key(addr);
+        self.notes.pin().insert(key, note_of(&line.reason));
+        self.map.pin().insert(key, Suppressed { category: BounceCategory::Other, since_s: now_s });
+        Ok(())
+    }
+
     /// Number of suppressed addresses.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -132,10 +177,10 @@ impl SuppressionList {
     /// Suppress `addr`; durable before it takes effect. Runs the file I/O on glommio's
     /// blocking pool (call from a core).
     pub async fn add(&self, addr: &str, category: BounceCategory, reason: &str, now_s: u64) -> Result<(), SuppressionError> {
-        let mut reason = reason.to_string();
-        reason.truncate(reason.char_indices().nth(MAX_REASON).map_or(reason.len(), |(i, _)| i));
-        let line = JournalLine { op: Op::Add, addr: addr.to_string(), category: Some(category), time_s: now_s, reason };
+        let reason = cut_reason(reason);
+        let line = JournalLine { op: Op::Add, addr: addr.to_string(), category: Some(category), time_s: now_s, reason, manual: false };
         self.append(&line).await?;
+        self.notes.pin().remove(&self.key(addr));
         self.map.pin().insert(self.key(addr), Suppressed { category, since_s: now_s });
         Ok(())
     }
@@ -145,19 +190,30 @@ impl SuppressionList {
         if self.check(addr).is_none() {
             return Ok(false);
         }
-        let line = JournalLine { op: Op::Remove, addr: addr.to_string(), category: None, time_s: now_s, reason: String::new() };
+        let line = JournalLine { op: Op::Remove, addr: addr.to_string(), category: None, time_s: now_s, reason: String::new(), manual: false };
         self.append(&line).await?;
+        self.notes.pin().remove(&self.key(addr));
         Ok(self.map.pin().remove(&self.key(addr)).is_some())
     }
 
     /// Every live entry with its address and reason, read from the journal (not the hot map).
     pub fn list(&self) -> Result<Vec<(String, Suppressed, String)>, SuppressionError> {
+        Ok(self.entries()?.into_iter().map(|e| (e.addr, e.entry, e.reason)).collect())
+    }
+
+    /// Every live entry, sorted by address, read from the journal (blocking file read).
+    pub fn entries(&self) -> Result<Vec<ListEntry>, SuppressionError> {
         let live = live_lines(&self.path).map_err(|source| SuppressionError { path: self.path.clone(), source })?;
         let mut out: Vec<_> = live
             .into_iter()
-            .map(|j| (j.addr, Suppressed { category: j.category.unwrap_or(BounceCategory::Other), since_s: j.time_s }, j.reason))
+            .map(|j| ListEntry {
+                entry: Suppressed { category: j.category.unwrap_or(BounceCategory::Other), since_s: j.time_s },
+                addr: j.addr,
+                reason: j.reason,
+                manual: j.manual,
+            })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
         Ok(out)
     }
 
@@ -189,6 +245,16 @@ fn live_lines(path: &Path) -> std::io::Result<Vec<JournalLine>> {
         };
     }
     Ok(live.into_values().collect())
+}
+
+fn cut_reason(reason: &str) -> String {
+    let mut reason = reason.to_string();
+    reason.truncate(reason.char_indices().nth(MAX_REASON).map_or(reason.len(), |(i, _)| i));
+    reason
+}
+
+fn note_of(reason: &str) -> Box<str> {
+    reason.char_indices().nth(MAX_NOTE).map_or(reason, |(i, _)| &reason[..i]).into()
 }
 
 /// Addresses compare case-insensitively: what providers do, and what a sender expects.

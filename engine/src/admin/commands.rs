@@ -1,11 +1,11 @@
 //! Each request: which cores to ask, and how their answers make one reply. Destination
 //! commands go to the core that owns the destination; the rest to every core.
 use super::Admin;
-use crate::shard::admin_ops::{BouncePick, CoreAnswer, CoreOp, MsgAnswer};
+use crate::shard::admin_ops::{BouncePick, CoreAnswer, CoreOp, DoneMsg, MsgAnswer, OwnedMsg, QueuedAnswer};
 use crate::shard::router::owner_core;
 use ringpost_admin_proto::{
-    BounceTarget, CoreStatus, DestStatus, Done, ErrorKind, MsgStatus, QueueReport, QueueSort, RcptState, RcptStatus, Reply, Request, Status, Target,
-    QUEUE_LIMIT_MAX,
+    BounceTarget, CoreStatus, DestStatus, Done, ErrorKind, MsgStatus, QueueReport, QueueSort, RcptState, RcptStatus, Reply, Request, Status,
+    SuppressOp, Target, QUEUE_LIMIT_MAX,
 };
 use ringpost_spool::MsgRef;
 
@@ -28,17 +28,19 @@ impl Admin {
             Request::Bounce { target, reason } => self.bounce(target, reason.unwrap_or_else(|| "no reason given".into())).await,
             Request::Drain { on } => self.drain(on).await,
             Request::Reload => Ok(self.reload().await),
+            Request::Suppress(op) => self.suppress(op).await,
+            Request::Trace { .. } | Request::Top { .. } => Err(Reply::error(ErrorKind::Refused, "a streaming request is served by its connection")),
         };
         r.unwrap_or_else(|e| e)
     }
 
-    async fn status(&self) -> Result<Reply, Reply> {
+    pub(super) async fn status(&self) -> Result<Reply, Reply> {
         let cores: Vec<CoreStatus> = self.ask_all(|| CoreOp::Status).await?.into_iter().filter_map(as_status).collect();
         let draining = self.draining.get();
         Ok(Reply::Status(Status { version: env!("CARGO_PKG_VERSION").into(), uptime_s: self.started.elapsed().as_secs(), draining, cores }))
     }
 
-    async fn queue(&self, limit: u32, sort: QueueSort) -> Result<Reply, Reply> {
+    pub(super) async fn queue(&self, limit: u32, sort: QueueSort) -> Result<Reply, Reply> {
         let mut all: Vec<DestStatus> = Vec::new();
         for a in self.ask_all(|| CoreOp::Queue).await? {
             if let CoreAnswer::Queue(d) = a {
@@ -59,7 +61,10 @@ impl Admin {
     }
 
     async fn msg(&self, id: &str) -> Result<Reply, Reply> {
-        let msg_ref = parse_queue_id(id)?;
+        let msg_ref = match parse_queue_id(id) {
+            Ok(m) => m,
+            Err(not_a_queue_id) => self.find_message_id(id).await?.ok_or(not_a_queue_id)?,
+        };
         if msg_ref.core as usize >= self.ncores() {
             return Err(not_found(id));
         }
@@ -70,34 +75,34 @@ impl Admin {
             .filter_map(|a| if let CoreAnswer::Msg(m) = a { Some(m) } else { None })
             .collect();
         let mut queued = Vec::new();
-        let mut owned = None;
-        for (core, a) in answers.into_iter().enumerate() {
-            queued.extend(a.queued);
+        let mut owner = MsgAnswer::default();
+        for (core, mut a) in answers.into_iter().enumerate() {
+            queued.append(&mut a.queued);
             if core == msg_ref.core as usize {
-                owned = a.owned;
+                owner = a;
             }
         }
-        let Some(o) = owned else { return Err(not_found(id)) };
-        let recipients = o
-            .recipients
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                let i = i as u32;
-                if let Some(q) = queued.iter().find(|q| q.rcpt == i) {
-                    let (state, attempts, next_attempt_unix_ms, last_response) = (q.state, q.attempts, q.next_attempt_ms, q.last_response.clone());
-                    return RcptStatus { recipient: addr.clone(), state, attempts, next_attempt_unix_ms, last_response };
-                }
-                let (state, last) = match o.failed.iter().find(|f| f.0 == *addr) {
-                    _ if o.open.contains(&i) => (RcptState::InFlight, None),
-                    Some((_, true, why)) => (RcptState::Expired, Some(why.clone())),
-                    Some((_, false, why)) => (RcptState::Bounced, Some(why.clone())),
-                    None => (RcptState::Delivered, None),
-                };
-                RcptStatus { recipient: addr.clone(), state, attempts: 0, next_attempt_unix_ms: None, last_response: last }
-            })
-            .collect();
-        Ok(Reply::Msg(MsgStatus { id: id.to_string(), sender: o.sender, size: o.size, received_unix_ms: o.received_ms, recipients }))
+        let qid = msg_ref.to_string();
+        match (owner.owned.take(), owner.done.take()) {
+            (Some(o), _) => Ok(Reply::Msg(live_status(qid, o, &owner, &queued))),
+            (None, Some(d)) => Ok(Reply::Msg(done_status(qid, d))),
+            (None, None) => Err(not_found(id)),
+        }
+    }
+
+    /// The queue id of the message that carried `mid` (a Message-ID, brackets optional).
+    async fn find_message_id(&self, mid: &str) -> Result<Option<MsgRef>, Reply> {
+        let mid = mid.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+        let found = self.ask_all(|| CoreOp::FindMessageId(mid.clone())).await?;
+        Ok(found.into_iter().find_map(|a| if let CoreAnswer::Found(m) = a { m } else { None }))
+    }
+
+    async fn suppress(&self, op: SuppressOp) -> Result<Reply, Reply> {
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match crate::shard::admin_ops::suppress(&self.shared, op, now_s).await {
+            r @ Reply::Error(_) => Err(r),
+            r => Ok(r),
+        }
     }
 
     /// Send `op` to the owner of the target destination, or to every core for `All`.
@@ -150,6 +155,60 @@ impl Admin {
         let what = if on { "draining: new sessions get 421, delivery goes on" } else { "accepting mail again" };
         Ok(done(format!("{what} ({n} cores)"), n))
     }
+}
+
+/// A live message: each recipient from the queue holding it, else its final outcome, else in
+/// flight (on a connection or between cores).
+fn live_status(id: String, o: OwnedMsg, owner: &MsgAnswer, queued: &[QueuedAnswer]) -> MsgStatus {
+    let recipients = o
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let i = i as u32;
+            let recipient = addr.clone();
+            if let Some(q) = queued.iter().find(|q| q.rcpt == i) {
+                let (state, attempts, next_attempt_unix_ms, last_response) = (q.state, q.attempts, q.next_attempt_ms, q.last_response.clone());
+                return RcptStatus { recipient, state, attempts, next_attempt_unix_ms, last_response, category: None };
+            }
+            if let Some(f) = owner.finals.iter().find(|f| f.rcpt == i) {
+                let (state, attempts, last_response) = (f.state, f.attempts, Some(f.response.to_string()));
+                return RcptStatus { recipient, state, attempts, next_attempt_unix_ms: None, last_response, category: f.category.map(String::from) };
+            }
+            let (state, last) = match o.failed.iter().find(|f| f.0 == *addr) {
+                _ if o.open.contains(&i) => (RcptState::InFlight, None),
+                Some((_, true, why)) => (RcptState::Expired, Some(why.clone())),
+                Some((_, false, why)) => (RcptState::Bounced, Some(why.clone())),
+                None => (RcptState::Delivered, None),
+            };
+            RcptStatus { recipient, state, attempts: 0, next_attempt_unix_ms: None, last_response: last, category: None }
+        })
+        .collect();
+    let (sender, size, received_unix_ms, message_id) = (o.sender, o.size, o.received_ms, owner.message_id.clone());
+    MsgStatus { id, message_id, finished: false, sender, size, received_unix_ms, recipients }
+}
+
+/// A finished message from the history.
+fn done_status(id: String, d: DoneMsg) -> MsgStatus {
+    let recipients = d
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let f = d.finals.iter().find(|f| f.rcpt == i as u32);
+            RcptStatus {
+                recipient: addr.to_string(),
+                // Finished means final; a recipient with no note was settled before the restart.
+                state: f.map_or(RcptState::Delivered, |f| f.state),
+                attempts: f.map_or(0, |f| f.attempts),
+                next_attempt_unix_ms: None,
+                last_response: f.map(|f| f.response.to_string()),
+                category: f.and_then(|f| f.category.map(String::from)),
+            }
+        })
+        .collect();
+    let message_id = d.message_id.map(String::from);
+    MsgStatus { id, message_id, finished: true, sender: d.sender.into(), size: d.size, received_unix_ms: d.received_ms, recipients }
 }
 
 fn as_status(a: CoreAnswer) -> Option<CoreStatus> {

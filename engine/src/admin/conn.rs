@@ -49,7 +49,7 @@ pub async fn accept_loop(admin: Rc<Admin>, listener: UnixListener) {
 
 /// The replies of one connection waiting to be written, and its requests in flight.
 #[derive(Default)]
-struct Outbox {
+pub(super) struct Outbox {
     frames: RefCell<VecDeque<Vec<u8>>>,
     ready: event_listener::Event,
     in_flight: Cell<usize>,
@@ -61,9 +61,19 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&self, frame: Vec<u8>) {
+    pub(super) fn push(&self, frame: Vec<u8>) {
         self.frames.borrow_mut().push_back(frame);
         self.ready.notify(1);
+    }
+
+    /// Frames waiting to be written.
+    pub(super) fn waiting(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
+    /// The client is still there: it has not closed its side and the writer has not failed.
+    pub(super) fn open(&self) -> bool {
+        !self.reader_done.get() && !self.broken.get()
     }
 }
 
@@ -127,12 +137,18 @@ fn start_request(admin: &Rc<Admin>, out: &Rc<Outbox>, id: u32, request: Request)
     out.in_flight.set(out.in_flight.get() + 1);
     let (admin, out) = (admin.clone(), out.clone());
     glommio::spawn_local(async move {
-        let reply = admin.handle(request).await;
-        let frame = encode(id, &reply)
-            .unwrap_or_else(|e| encode(id, &Reply::error(ErrorKind::Unavailable, format!("reply too large: {e}"))).expect("small reply"));
-        out.push(frame);
+        match request {
+            Request::Trace { client, dest } => admin.trace(&out, id, client, dest).await,
+            Request::Top { interval_ms, dests } => admin.top(&out, id, interval_ms, dests).await,
+            request => {
+                let reply = admin.handle(request).await;
+                out.push_reply(id, &reply);
+            }
+        }
         out.in_flight.set(out.in_flight.get() - 1);
         out.slot_free.notify(1);
+        // A stream ends after the reader: let the writer see that nothing is left.
+        out.ready.notify(1);
     })
     .detach();
 }

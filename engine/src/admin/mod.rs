@@ -10,6 +10,7 @@ mod commands;
 mod conn;
 pub mod reload;
 pub mod socket;
+mod stream;
 
 use crate::shard::admin_ops::{AdminAsk, CoreAnswer, CoreOp};
 use crate::shard::core::Shared;

@@ -11,9 +11,11 @@ use crate::shard::core::Core;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::{Server, Step};
 use crate::tls::Transport;
+use crate::trace::{redact_command, TraceTag};
 use crate::wire_write::write_all_timeout;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use ringpost_admin_proto::{TraceKind, TraceSide};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -54,11 +56,19 @@ struct Session {
     phase_start: Instant,
     data_bytes: u64,
     auth_failures: u32,
+    /// This session's number for `ringctl trace`.
+    trace_conn: u64,
+    /// The last reply was a 334 challenge: the next line is an AUTH continuation (redacted).
+    in_auth: bool,
 }
 
 /// Serve one SMTP session to completion.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admission: Admission) {
     let mut s = Session::new(core, stream, peer, admission);
+    if s.core.tracer.on() {
+        s.trace(TraceKind::Open, b"");
+        s.trace(TraceKind::Reply, &s.out);
+    }
     loop {
         let flow = match s.server.step(&s.input[s.start..s.end]) {
             Step::Need { consumed } if consumed > 0 => {
@@ -67,7 +77,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admissio
             }
             Step::Need { .. } => s.read_more().await,
             Step::Reply { consumed, reply } => s.on_reply(consumed, reply).await,
-            Step::Close { consumed: _, reply } => s.close_with(&reply).await,
+            Step::Close { consumed, reply } => {
+                s.trace_command(consumed);
+                s.close_with(&reply).await
+            }
             Step::Body { consumed, prefix, body } => {
                 s.body.push(&s.core, prefix, &s.input[s.start..s.start + body]).await;
                 s.start += consumed;
@@ -75,8 +88,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admissio
             }
             Step::Message { consumed, prefix, body } => s.on_message(consumed, prefix, body).await,
             Step::Authenticate { consumed, user, password } => s.on_auth(consumed, user, password).await,
-            Step::StartTls { consumed: _, reply } => s.on_starttls(reply).await,
+            Step::StartTls { consumed, reply } => {
+                s.trace_command(consumed);
+                s.on_starttls(reply).await
+            }
             Step::DataRefused { consumed, reply } => {
+                s.trace_body();
+                s.trace_reply(&reply);
                 s.start += consumed;
                 s.body.abandon(&s.core);
                 reply.write_to(&mut s.out);
@@ -90,6 +108,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, admissio
     }
     s.admission.end();
     s.body.abandon(&s.core);
+    s.trace(TraceKind::Close, b"");
     let _ = s.stream.set_write_timeout(CLOSING_WRITE_TIMEOUT.min(s.write_timeout));
     let _ = s.stream.close().await;
 }
@@ -112,6 +131,7 @@ impl Session {
         let (body_chunk_bytes, input_bytes_max) = (cfg.body_chunk_bytes, cfg.input_buffer_bytes_max);
         let mut out = Vec::with_capacity(4096);
         server.greeting().write_to(&mut out);
+        let trace_conn = core.tracer.next_conn();
         // The body writer starts armed (DKIM body hash) for a first message sent with BDAT,
         // which has no 354 to reset it.
         let mut body = BodyWriter::new(body_chunk_bytes);
@@ -135,6 +155,44 @@ impl Session {
             phase_start: Instant::now(),
             data_bytes: 0,
             auth_failures: 0,
+            trace_conn,
+            in_auth: false,
+        }
+    }
+
+    /// `ringctl trace`: one event of this session, built only while somebody traces.
+    #[inline]
+    fn trace(&self, kind: TraceKind, text: &[u8]) {
+        let t = &self.core.tracer;
+        if t.on() {
+            let tag =
+                TraceTag { conn: self.trace_conn, side: TraceSide::In, peer: self.peer.to_string(), client: Some(self.peer.ip()), domain: None };
+            t.emit(&tag, kind, text);
+        }
+    }
+
+    /// Trace the command line the machine just consumed (its first line only, credentials
+    /// redacted; a BDAT chunk's data is never part of it).
+    #[inline]
+    fn trace_command(&self, consumed: usize) {
+        if self.core.tracer.on() && consumed > 0 {
+            let bytes = &self.input[self.start..self.start + consumed];
+            let line = &bytes[..bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| p + 1)];
+            self.trace(TraceKind::Command, &redact_command(line, self.in_auth));
+        }
+    }
+
+    #[inline]
+    fn trace_reply(&self, reply: &Reply) {
+        if self.core.tracer.on() {
+            self.trace(TraceKind::Reply, reply.to_wire().as_bytes());
+        }
+    }
+
+    #[inline]
+    fn trace_body(&self) {
+        if self.core.tracer.on() {
+            self.trace(TraceKind::Body, b"(message body, not shown)");
         }
     }
 
@@ -150,6 +208,7 @@ impl Session {
     /// The session ends: count it out of its client's sessions at once, then write `reply`
     /// (QUIT, error limit, timeouts, shutdown) within [`CLOSING_WRITE_TIMEOUT`] and close.
     async fn close_with(&mut self, reply: &Reply) -> Flow {
+        self.trace_reply(reply);
         self.admission.end();
         reply.write_to(&mut self.out);
         self.write_timeout = self.write_timeout.min(CLOSING_WRITE_TIMEOUT);
@@ -229,6 +288,9 @@ impl Session {
     }
 
     async fn on_reply(&mut self, consumed: usize, reply: Reply) -> Flow {
+        self.trace_command(consumed);
+        self.trace_reply(&reply);
+        self.in_auth = reply.code == 334;
         self.start += consumed;
         reply.write_to(&mut self.out);
         // Each BDAT chunk's 250 starts the next chunk's data deadline, as 354 starts DATA's.
@@ -248,6 +310,8 @@ impl Session {
         self.body.push(&self.core, prefix, &self.input[self.start..self.start + body]).await;
         self.start += consumed;
         let (reply, msg) = commit(&self.core, &mut self.server, &mut self.body, self.peer).await;
+        self.trace_body();
+        self.trace_reply(&reply);
         // Ready for the next message (a BDAT one has no 354 to do this).
         self.body.abandon(&self.core);
         reply.write_to(&mut self.out);
@@ -262,6 +326,8 @@ impl Session {
     }
 
     async fn on_auth(&mut self, consumed: usize, user: String, password: String) -> Flow {
+        self.trace_command(consumed);
+        self.in_auth = false;
         self.start += consumed;
         let live = self.core.live();
         let auth = &live.config.auth;
@@ -277,7 +343,9 @@ impl Session {
             glommio::timer::sleep(Duration::from_millis(auth.failure_delay_ms)).await;
             tracing::warn!("core {}: AUTH failure for {user:?} from {}", self.core.id, self.peer);
         }
-        self.server.auth_result(&user, ok).write_to(&mut self.out);
+        let result = self.server.auth_result(&user, ok);
+        self.trace_reply(&result);
+        result.write_to(&mut self.out);
         self.phase_start = Instant::now();
         if self.auth_failures >= auth.max_failures {
             let r = Reply::new(421, (4, 7, 0), format!("{} Error: too many authentication failures", self.core.limits.hostname));
@@ -287,6 +355,7 @@ impl Session {
     }
 
     async fn on_starttls(&mut self, reply: Reply) -> Flow {
+        self.trace_reply(&reply);
         reply.write_to(&mut self.out);
         if self.flush().await.is_err() {
             return Flow::Close;

@@ -13,8 +13,10 @@ use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, 
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
 use crate::tls::Transport;
+use crate::trace::{TraceTag, Tracer};
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
+use ringpost_admin_proto::{TraceKind, TraceSide};
 use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +34,8 @@ pub struct AgentContext {
     pub resolver: std::rc::Rc<Resolver>,
     /// Outbound TLS client configurations.
     pub client_tls: ClientConfigs,
+    /// This core's `ringctl trace` subscribers (the core's own tracer).
+    pub tracer: std::rc::Rc<Tracer>,
 }
 
 /// Where an agent gets its work and sends its results: the shard implements it over the
@@ -83,6 +87,10 @@ struct Conn {
     caps: Capabilities,
     /// This connection's SMTP timeouts.
     timeouts: Timeouts,
+    /// Where `ringctl trace` events of this conversation go.
+    tracer: std::rc::Rc<Tracer>,
+    /// This connection's number and destination, for trace events.
+    trace: (u64, String),
 }
 
 impl Conn {
@@ -90,6 +98,7 @@ impl Conn {
         loop {
             match parse_reply(&self.buf[self.start..]) {
                 Ok(Some((r, n))) => {
+                    self.trace(TraceKind::Reply, || r.to_wire().into_bytes());
                     self.start += n;
                     if self.start == self.buf.len() {
                         self.buf.clear();
@@ -115,7 +124,18 @@ impl Conn {
         }
     }
 
+    /// `ringctl trace`: one event of this conversation, built only while somebody traces.
+    #[inline]
+    fn trace(&self, kind: TraceKind, text: impl FnOnce() -> Vec<u8>) {
+        if self.tracer.on() {
+            let (conn, domain) = (self.trace.0, Some(self.trace.1.clone()));
+            let tag = TraceTag { conn, side: TraceSide::Out, peer: self.remote.clone(), client: None, domain };
+            self.tracer.emit(&tag, kind, &text());
+        }
+    }
+
     async fn command(&mut self, line: &[u8], timeout: Duration) -> Result<Reply, ConnError> {
+        self.trace(TraceKind::Command, || line.to_vec());
         crate::wire_write::write_all_timeout(&mut self.stream, line, self.timeouts.command).await?;
         self.read_reply(timeout).await
     }
@@ -173,11 +193,11 @@ async fn connect(ctx: &AgentContext, domain: &str) -> Result<Conn, ConnError> {
     // Every address of every exchange, in order, until one greets us (at least two are tried
     // whenever DNS gives two).
     for (host, addr) in targets(ctx, domain).await? {
-        match greet(ctx, host.clone(), addr, timeout, &policy, true).await {
+        match greet(ctx, domain, host.clone(), addr, timeout, &policy, true).await {
             Ok(c) => return Ok(c),
             Err(ConnError::TlsHandshake(_)) if handshake_failed(&policy) == TlsFallback::Plaintext => {
                 // Opportunistic with fallback: the same host again, without STARTTLS.
-                match greet(ctx, host, addr, timeout, &policy, false).await {
+                match greet(ctx, domain, host, addr, timeout, &policy, false).await {
                     Ok(c) => return Ok(c),
                     Err(e) => last = e,
                 }
@@ -204,6 +224,7 @@ async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
 
 async fn greet(
     ctx: &AgentContext,
+    domain: &str,
     host: Option<String>,
     addr: SocketAddr,
     timeout: Duration,
@@ -217,7 +238,18 @@ async fn greet(
         None => addr.to_string(),
     };
     let timeouts = Timeouts::from_config(&ctx.config.delivery);
-    let mut c = Conn { stream: Transport::Plain(stream), buf: Vec::with_capacity(4096), start: 0, remote, caps: Capabilities::default(), timeouts };
+    let (tracer, trace) = (ctx.tracer.clone(), (ctx.tracer.next_conn(), domain.to_string()));
+    let mut c = Conn {
+        stream: Transport::Plain(stream),
+        buf: Vec::with_capacity(4096),
+        start: 0,
+        remote,
+        caps: Capabilities::default(),
+        timeouts,
+        tracer,
+        trace,
+    };
+    c.trace(TraceKind::Open, Vec::new);
     let g = c.read_reply(timeouts.command).await?;
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
@@ -271,8 +303,10 @@ pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, domain: 
                     break;
                 }
             }
+            conn.trace(TraceKind::Command, || b"QUIT".to_vec());
             let _ = crate::wire_write::write_all_timeout(&mut conn.stream, b"QUIT\r\n", Duration::from_secs(5)).await;
             let _ = conn.read_reply(Duration::from_secs(5)).await;
+            conn.trace(TraceKind::Close, Vec::new);
         }
     }
 }
@@ -322,11 +356,13 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
+                conn.trace(TraceKind::Command, || bytes.to_vec());
                 crate::wire_write::write_all_timeout(&mut conn.stream, &bytes, conn.timeouts.command).await?;
                 t.on_reply(conn.read_reply(conn.timeouts.batch).await?)
             }
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
+                conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
                 pieces.push(m.trace.bytes());
                 pieces.extend(m.body_pieces());

@@ -29,8 +29,10 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
             continue;
         };
         let msg = Arc::new(msg);
+        core.admin.history.borrow_mut().admit(&msg);
         let failed = failures(&msg, &m, &core.shared.classifier);
         if let Some(finished) = core.ledger.borrow_mut().admit(msg.clone(), &m.pending, failed) {
+            core.admin.history.borrow_mut().finish(&finished.msg, core.clock.now_ms());
             owed += 1;
             core.settle_finished(finished);
             continue;

@@ -113,6 +113,7 @@ fn build_core(
         routes: Routes::new(&cfg.route),
         resolver: Rc::new(Resolver::new(resolver_config(cfg))),
         client_tls: crate::outbound::tls_policy::ClientConfigs::build(cfg).map_err(|e| e.to_string())?,
+        tracer: Rc::new(crate::trace::Tracer::new(id)),
     };
     let clock = Rc::new(SystemClock);
     Ok(Core::new(CoreParts { id, ncores: n, shared, spool, senders, log, signers, server_tls, agent, clock }))

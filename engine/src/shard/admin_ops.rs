@@ -7,14 +7,18 @@
 //!
 //! Must never: await anything but the finals path while holding state, or keep an answer
 //! waiting on the admin (the oneshot send never blocks).
-use crate::config::Config;
+use crate::config::{AdminSection, Config};
 use crate::outbound::agent::AgentContext;
 use crate::outbound::queue::{Delivery, Final, Place, Settlement};
 use crate::outbound::retry::RetryPolicy;
 use crate::outbound::routes::Routes;
 use crate::outbound::tls_policy::ClientConfigs;
-use crate::shard::core::{Core, LiveConfig};
+use crate::shard::core::{Core, LiveConfig, Shared};
+use crate::shard::history::History;
+pub use crate::shard::history::{DoneMsg, FinalNote};
+use crate::shard::inbox::FinalReport;
 use crate::smtp::reply::Reply;
+use crate::trace::Subscription;
 use futures_channel::oneshot;
 use glommio::channels::shared_channel::SharedReceiver;
 use ringpost_admin_proto as proto;
@@ -58,6 +62,12 @@ pub enum CoreOp {
     Reload(Arc<Config>, bool),
     /// A copy of this core's metrics (the Prometheus endpoint).
     Metrics,
+    /// Which message carried this Message-ID (live or in the history), if this core owns one.
+    FindMessageId(String),
+    /// Start sending trace events to a subscriber.
+    TraceOn(Subscription),
+    /// Stop sending trace events to subscription `id`.
+    TraceOff(u64),
 }
 
 /// What a bounce takes out of the queues.
@@ -82,6 +92,8 @@ pub enum CoreAnswer {
     Reload(Result<(), String>),
     /// To `Metrics`.
     Metrics(Box<crate::metrics::local::CoreSample>),
+    /// To `FindMessageId`.
+    Found(Option<MsgRef>),
 }
 
 /// What one core knows of a message.
@@ -91,6 +103,12 @@ pub struct MsgAnswer {
     pub owned: Option<OwnedMsg>,
     /// Recipients found in this core's queues.
     pub queued: Vec<QueuedAnswer>,
+    /// From the owner core: the Message-ID and the outcomes of final recipients so far.
+    pub message_id: Option<String>,
+    /// From the owner core: final recipients' outcomes (live message) so far.
+    pub finals: Vec<FinalNote>,
+    /// From the owner core: the message is finished and still in the history.
+    pub done: Option<DoneMsg>,
 }
 
 /// A recipient of the message found in a queue.
@@ -124,8 +142,9 @@ pub struct OwnedMsg {
 }
 
 /// Counters since start and operator state, kept by the core for the admin socket.
-#[derive(Default)]
 pub struct AdminState {
+    /// Message-IDs and outcomes for `ringctl msg`, finished messages for `[admin] history`.
+    pub history: RefCell<History>,
     /// Messages accepted (DSNs included).
     pub accepted: Cell<u64>,
     /// Recipients delivered.
@@ -142,6 +161,24 @@ pub struct AdminState {
     /// The suspension each `--for` timer may lift: (destination or "*") → generation.
     suspensions: RefCell<HashMap<String, u64>>,
     generation: Cell<u64>,
+}
+
+impl AdminState {
+    /// Fresh counters; the history bounded as `[admin]` says.
+    pub fn new(cfg: &AdminSection) -> Self {
+        Self {
+            history: RefCell::new(History::new(cfg.history_ms(), cfg.history_max)),
+            accepted: Cell::default(),
+            delivered: Cell::default(),
+            deferred: Cell::default(),
+            bounced: Cell::default(),
+            expired: Cell::default(),
+            draining: Cell::default(),
+            last_response: RefCell::default(),
+            suspensions: RefCell::default(),
+            generation: Cell::default(),
+        }
+    }
 }
 
 fn bump(c: &Cell<u64>, n: usize) {
@@ -208,6 +245,15 @@ impl Core {
             }
             CoreOp::Reload(config, apply) => CoreAnswer::Reload(self.admin_reload(&config, apply)),
             CoreOp::Metrics => CoreAnswer::Metrics(Box::new(self.metrics_sample())),
+            CoreOp::FindMessageId(mid) => CoreAnswer::Found(self.admin.history.borrow().find(&mid)),
+            CoreOp::TraceOn(sub) => {
+                self.tracer.subscribe(sub);
+                CoreAnswer::Count(1)
+            }
+            CoreOp::TraceOff(id) => {
+                self.tracer.unsubscribe(id);
+                CoreAnswer::Count(1)
+            }
         }
     }
 
@@ -232,6 +278,18 @@ impl Core {
         (m.round_records, m.fsync_us) = self.spool.round_stats();
         (m.dns_queries, m.dns_cache_hits) = self.agent.borrow().resolver.counts();
         m
+    }
+
+    /// Keep a recipient's final outcome for `ringctl msg` (on the message's owner core).
+    pub fn note_final(&self, r: &FinalReport) {
+        let state = match r.outcome {
+            Outcome::Delivered => proto::RcptState::Delivered,
+            Outcome::Bounced => proto::RcptState::Bounced,
+            Outcome::Expired => proto::RcptState::Expired,
+        };
+        let category = r.failure.as_ref().map(|f| f.category.as_str());
+        let note = FinalNote { rcpt: r.rcpt, state, attempts: r.attempts, response: r.response.as_str().into(), category };
+        self.admin.history.borrow_mut().record(r.msg, note);
     }
 
     fn admin_status(&self) -> proto::CoreStatus {
@@ -283,6 +341,15 @@ impl Core {
 
     fn admin_msg(&self, id: MsgRef) -> MsgAnswer {
         let mut answer = MsgAnswer::default();
+        if id.core as usize == self.id {
+            let mut history = self.admin.history.borrow_mut();
+            history.evict(self.clock.now_ms());
+            if let Some((mid, finals)) = history.live(id) {
+                answer.message_id = mid.map(String::from);
+                answer.finals = finals.to_vec();
+            }
+            answer.done = history.done(id).cloned();
+        }
         if let Some((msg, open, failed)) = self.ledger.borrow().lookup(id) {
             answer.owned = Some(OwnedMsg {
                 sender: msg.sender.clone(),
@@ -375,12 +442,97 @@ impl Core {
             routes: Routes::new(&cfg.route),
             resolver: old.resolver.clone(),
             client_tls,
+            tracer: old.tracer.clone(),
         };
         *self.agent.borrow_mut() = Rc::new(agent);
         *self.live.borrow_mut() = Rc::new(LiveConfig::new(cfg.clone(), &self.shared));
+        self.admin.history.borrow_mut().set_bounds(cfg.admin.history_ms(), cfg.admin.history_max);
         let d = &cfg.delivery;
         self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
         self.reload_tls();
         Ok(())
+    }
+}
+
+/// The suppression commands. The list is host-wide (in [`Shared`], shared by every core's RCPT
+/// check), so no core is asked; changes are fsynced (on glommio's blocking pool) before the
+/// reply, and take effect only then.
+pub async fn suppress(shared: &Shared, op: proto::SuppressOp, now_s: u64) -> proto::Reply {
+    use proto::{ErrorKind, Reply, SuppressOp};
+    let Some(s) = &shared.suppression else {
+        return Reply::error(ErrorKind::Refused, "the suppression list is off ([suppression] enabled = false)");
+    };
+    let list = s.list.clone();
+    let unavailable = |e: crate::account::suppression::SuppressionError| Reply::error(ErrorKind::Unavailable, e.to_string());
+    let report = |summary: String, entries: Vec<proto::SuppressEntry>| {
+        Reply::Suppression(proto::SuppressionReport { summary, total: list.len() as u64, entries })
+    };
+    match op {
+        SuppressOp::Add { addr, reason } => {
+            if let Err(why) = check_address(&addr) {
+                return Reply::error(ErrorKind::Refused, why);
+            }
+            let reason = reason.unwrap_or_else(|| "added by the administrator".into());
+            match list.add_manual(&addr, &reason, now_s).await {
+                Ok(()) => report(
+                    format!("{addr} suppressed: RCPT refused with 550 5.1.1"),
+                    suppress_entries(&list, Some(&addr), 1).await.unwrap_or_default(),
+                ),
+                Err(e) => unavailable(e),
+            }
+        }
+        SuppressOp::Remove { addr } => match list.remove(&addr, now_s).await {
+            Ok(true) => report(format!("{addr} no longer suppressed"), Vec::new()),
+            Ok(false) => Reply::error(ErrorKind::NotFound, format!("{addr} is not suppressed")),
+            Err(e) => unavailable(e),
+        },
+        SuppressOp::List { limit } => match suppress_entries(&list, None, limit.min(proto::SUPPRESS_LIMIT_MAX) as usize).await {
+            Ok(entries) => report(format!("{} of {} suppressed addresses", entries.len(), list.len()), entries),
+            Err(e) => unavailable(e),
+        },
+        SuppressOp::Check { addr } => {
+            if list.check(&addr).is_none() {
+                return Reply::error(ErrorKind::NotFound, format!("{addr} is not suppressed"));
+            }
+            match suppress_entries(&list, Some(&addr), 1).await {
+                Ok(entries) => report(format!("{addr} is suppressed"), entries),
+                Err(e) => unavailable(e),
+            }
+        }
+    }
+}
+
+/// Journal entries (all, or the one for `addr`), at most `limit`, read on the blocking pool.
+async fn suppress_entries(
+    list: &Arc<crate::account::suppression::SuppressionList>,
+    addr: Option<&str>,
+    limit: usize,
+) -> Result<Vec<proto::SuppressEntry>, crate::account::suppression::SuppressionError> {
+    let key = |a: &str| a.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+    let want = addr.map(key);
+    let l = list.clone();
+    let all = glommio::executor().spawn_blocking(move || l.entries()).await?;
+    Ok(all
+        .into_iter()
+        .filter(|e| want.as_ref().is_none_or(|w| key(&e.addr) == *w))
+        .take(limit)
+        .map(|e| proto::SuppressEntry {
+            category: e.entry.category.as_str().into(),
+            since_unix_s: e.entry.since_s,
+            reason: e.reason,
+            manual: e.manual,
+            addr: e.addr,
+        })
+        .collect())
+}
+
+/// An address an operator may suppress: `local@domain`, no spaces or controls, ≤ 254 octets.
+fn check_address(addr: &str) -> Result<(), String> {
+    let a = addr.trim_start_matches('<').trim_end_matches('>');
+    let ok = a.len() <= 254 && a.rfind('@').is_some_and(|at| at > 0 && at + 1 < a.len()) && !a.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{addr:?} is not an address (local@domain, at most 254 octets)"))
     }
 }

@@ -71,7 +71,8 @@ impl RecipientGate for SuppressionGate {
     fn refuse(&self, rcpt: &Address) -> Option<Reply> {
         let s = self.0.check(&rcpt.raw)?;
         let since = crate::clock::rfc5322(s.since_s * 1000);
-        Some(Reply::new(550, (5, 1, 1), format!("<{}>: recipient suppressed ({} since {since})", rcpt.raw, s.category.as_str())))
+        let why = self.0.note(&rcpt.raw).unwrap_or_else(|| s.category.as_str().to_string());
+        Some(Reply::new(550, (5, 1, 1), format!("<{}>: recipient suppressed ({why} since {since})", rcpt.raw)))
     }
 }
 
@@ -176,6 +177,8 @@ pub struct Core {
     pub admin: crate::shard::admin_ops::AdminState,
     /// Counters and histograms for the metrics endpoint (read through the admin channel).
     pub metrics: crate::metrics::local::CoreMetrics,
+    /// `ringctl trace` subscribers of this core (the same one the delivery agents use).
+    pub tracer: Rc<crate::trace::Tracer>,
 }
 
 /// The part of the configuration a reload may change, as sessions read it.
@@ -216,6 +219,7 @@ impl Core {
         let limits = live.limits.clone();
         let d = &p.shared.config.delivery;
         let queues = QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination);
+        let tracer = p.agent.tracer.clone();
         Rc::new(Self {
             id: p.id,
             ncores: p.ncores,
@@ -226,8 +230,9 @@ impl Core {
             agent: RefCell::new(Rc::new(p.agent)),
             clock: p.clock,
             live: RefCell::new(Rc::new(live)),
-            admin: Default::default(),
             metrics: Default::default(),
+            admin: crate::shard::admin_ops::AdminState::new(&p.shared.config.admin),
+            tracer,
             shared: p.shared,
             spool: p.spool,
             senders: p.senders,

@@ -91,8 +91,9 @@ impl Core {
             if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
                 self.auto_suppress(&msg.recipients[f.rcpt as usize], c, &response);
             }
-            self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response), category), s.attempts);
-            self.report_final(FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure }).await;
+            self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response.clone()), category), s.attempts);
+            let r = FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure, attempts: s.attempts, response };
+            self.report_final(r).await;
         }
         if let Some(d) = s.deferred {
             let response = one_line(&d.reply);

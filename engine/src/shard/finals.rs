@@ -38,11 +38,15 @@ impl Core {
         if let Err(e) = self.spool.append_disposition(&d) {
             tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);
         }
+        self.note_final(&r);
         let progress = self.ledger.borrow_mut().record(r.msg, r.rcpt, r.failure);
         match progress {
             Progress::Open | Progress::Duplicate => {}
             Progress::Unknown => tracing::error!("core {}: final report for unknown message {}", self.id, r.msg),
-            Progress::Finished(f) => self.settle_finished(f),
+            Progress::Finished(f) => {
+                self.admin.history.borrow_mut().finish(&f.msg, self.clock.now_ms());
+                self.settle_finished(f)
+            }
         }
     }
 

@@ -53,6 +53,10 @@ pub struct FinalReport {
     pub outcome: Outcome,
     /// Details for the DSN when it failed.
     pub failure: Option<FailedRecipient>,
+    /// Attempts it took (for `ringctl msg`).
+    pub attempts: u32,
+    /// The final reply, one line (for `ringctl msg`).
+    pub response: String,
 }
 
 /// Recipients that wait, with the state to persist so a restart resumes the schedule.
@@ -88,6 +92,7 @@ impl Core {
         let all: Vec<u32> = (0..msg.recipients.len() as u32).collect();
         self.admin.accepted.set(self.admin.accepted.get() + 1);
         let finished = self.ledger.borrow_mut().admit(msg.clone(), &all, Vec::new());
+        self.admin.history.borrow_mut().admit(&msg);
         debug_assert!(finished.is_none(), "a new message has recipients");
         let suppressed = self.bounce_suppressed(&msg).await;
         let rcpts = msg.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str())).filter(|(i, _)| !suppressed.contains(i));
@@ -148,8 +153,9 @@ impl Core {
                 expired: false,
                 category: hit.category,
             };
-            self.log_classified(EventKind::Bounce, msg, Some(rcpt), None, (Some(diagnostic), Some(hit.category)), 0);
-            self.report_final(FinalReport { msg: msg.id, rcpt, outcome: Outcome::Bounced, failure: Some(failure) }).await;
+            self.log_classified(EventKind::Bounce, msg, Some(rcpt), None, (Some(diagnostic.clone()), Some(hit.category)), 0);
+            let r = FinalReport { msg: msg.id, rcpt, outcome: Outcome::Bounced, failure: Some(failure), attempts: 0, response: diagnostic };
+            self.report_final(r).await;
         }
         hits.into_iter().map(|(i, _)| i).collect()
     }

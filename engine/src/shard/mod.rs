@@ -6,6 +6,7 @@ pub mod admin_ops;
 pub mod core;
 pub mod dispatch;
 pub mod finals;
+pub mod history;
 pub mod inbox;
 pub mod ledger;
 pub mod router;
