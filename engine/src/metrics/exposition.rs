@@ -102,7 +102,7 @@ fn destinations(reg: &mut Registry, samples: &[CoreSample], top: usize) {
     }
     reg.register(
         "ringpost_destination_recipients",
-        "Recipients queued for the largest destinations, by state ([metrics] destinations_top); the rest under destination=other.",
+        "Recipients queued for the largest destinations, by state ([metrics] destinations_top); the rest under destination=other",
         family,
     );
 }
@@ -113,58 +113,58 @@ fn registry(samples: &[CoreSample], uptime_s: u64, top: usize) -> Registry {
     counter(
         &mut r,
         "ringpost_messages_received",
-        "Messages answered 250 over SMTP (Reception lines of the delivery log with a client).",
+        "Messages answered 250 over SMTP (Reception lines of the delivery log with a client)",
         samples,
         |s| s.received_smtp,
     );
     counter(
         &mut r,
         "ringpost_dsns_generated",
-        "Delivery status notifications generated and queued (Reception lines of the delivery log without a client).",
+        "Delivery status notifications generated and queued (Reception lines of the delivery log without a client)",
         samples,
         |s| s.received_dsn,
     );
-    counter(&mut r, "ringpost_recipients_delivered", "Recipients delivered (Delivery lines of the delivery log).", samples, |s| s.delivered);
-    by_category(&mut r, "ringpost_recipients_deferred", "Recipient attempts deferred, by bounce category (TransientFailure lines).", samples, |s| {
+    counter(&mut r, "ringpost_recipients_delivered", "Recipients delivered (Delivery lines of the delivery log)", samples, |s| s.delivered);
+    by_category(&mut r, "ringpost_recipients_deferred", "Recipient attempts deferred, by bounce category (TransientFailure lines)", samples, |s| {
         &s.deferred
     });
-    by_category(&mut r, "ringpost_recipients_bounced", "Recipients bounced, by bounce category (Bounce lines).", samples, |s| &s.bounced);
-    counter(&mut r, "ringpost_recipients_expired", "Recipients expired after max_age (Expiration lines).", samples, |s| {
+    by_category(&mut r, "ringpost_recipients_bounced", "Recipients bounced, by bounce category (Bounce lines)", samples, |s| &s.bounced);
+    counter(&mut r, "ringpost_recipients_expired", "Recipients expired after max_age (Expiration lines)", samples, |s| {
         s.expired.iter().map(|(_, n)| n).sum()
     });
     per_core(
         &mut r,
         "ringpost_queue_recipients",
-        "Recipients queued, by core and state.",
+        "Recipients queued, by core and state",
         samples,
         &[("state", "ready", |s| s.queue_ready), ("state", "waiting", |s| s.queue_waiting), ("state", "in_flight", |s| s.queue_in_flight)],
     );
     per_core(
         &mut r,
         "ringpost_connections",
-        "Open SMTP connections, by core and direction.",
+        "Open SMTP connections, by core and direction",
         samples,
         &[("direction", "in", |s| s.connections_in), ("direction", "out", |s| s.connections_out)],
     );
-    per_core(&mut r, "ringpost_spool_bytes", "Disk held by spool segments, by core.", samples, &[("", "", |s| s.spool_bytes)]);
-    per_core(&mut r, "ringpost_spool_segments", "Spool segment files, by core.", samples, &[("", "", |s| s.spool_segments)]);
-    counter(&mut r, "ringpost_commit_rounds", "Group-commit rounds of the spool.", samples, |s| s.commit_rounds);
+    per_core(&mut r, "ringpost_spool_bytes", "Disk held by spool segments, by core", samples, &[("", "", |s| s.spool_bytes)]);
+    per_core(&mut r, "ringpost_spool_segments", "Spool segment files, by core", samples, &[("", "", |s| s.spool_segments)]);
+    counter(&mut r, "ringpost_commit_rounds", "Group-commit rounds of the spool", samples, |s| s.commit_rounds);
     r.register(
         "ringpost_commit_round_records",
-        "Records made durable per group-commit round (the batch size).",
+        "Records made durable per group-commit round (the batch size)",
         merged(samples, |s| &s.round_records, 1.0),
     );
-    r.register("ringpost_fsync_duration_seconds", "Time of each commit round's fdatasync.", merged(samples, |s| &s.fsync_us, 1e6));
+    r.register("ringpost_fsync_duration_seconds", "Time of each commit round's fdatasync", merged(samples, |s| &s.fsync_us, 1e6));
     r.register(
         "ringpost_accept_to_250_seconds",
-        "From a message's last byte to its 250 (the durable commit), per message accepted over SMTP.",
+        "From a message's last byte to its 250 (the durable commit), per message accepted over SMTP",
         merged(samples, |s| &s.accept_us, 1e6),
     );
     destinations(&mut r, samples, top);
-    counter(&mut r, "ringpost_dns_queries", "DNS lookups that missed the cache and asked a nameserver.", samples, |s| s.dns_queries);
-    counter(&mut r, "ringpost_dns_cache_hits", "DNS lookups answered from the cache.", samples, |s| s.dns_cache_hits);
-    r.register("ringpost_uptime_seconds", "Seconds since the daemon started.", prometheus_client::metrics::gauge::ConstGauge::new(uptime_s as i64));
-    r.register("ringpost_cores", "Cores answering this scrape.", prometheus_client::metrics::gauge::ConstGauge::new(samples.len() as i64));
+    counter(&mut r, "ringpost_dns_queries", "DNS lookups that missed the cache and asked a nameserver", samples, |s| s.dns_queries);
+    counter(&mut r, "ringpost_dns_cache_hits", "DNS lookups answered from the cache", samples, |s| s.dns_cache_hits);
+    r.register("ringpost_uptime_seconds", "Seconds since the daemon started", prometheus_client::metrics::gauge::ConstGauge::new(uptime_s as i64));
+    r.register("ringpost_cores", "Cores answering this scrape", prometheus_client::metrics::gauge::ConstGauge::new(samples.len() as i64));
     r
 }
 
@@ -246,6 +246,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"));
+        assert!(!text.contains(".."), "prometheus-client ends each help with a period of its own");
         assert!(!text.contains("b1.test"), "only the top 3");
         assert!(render_openmetrics(&[sample(0)], 1, 0).ends_with("# EOF\n"));
     }

@@ -144,7 +144,10 @@ async fn serve_one(admin: &Admin, mut stream: TcpStream, started: Instant, top: 
 
 /// Ask every core for its sample (as `status` does) and render them.
 async fn scrape(admin: &Admin, openmetrics: bool, uptime_s: u64, top: usize) -> Result<(&'static str, String), String> {
-    let answers = admin.ask_all(|| CoreOp::Metrics).await.map_err(|e| format!("{e:?}"))?;
+    let answers = admin.ask_all(|| CoreOp::Metrics).await.map_err(|reply| match reply {
+        ringpost_admin_proto::Reply::Error(e) => format!("cores did not answer: {}", e.message),
+        other => format!("cores did not answer: {other:?}"),
+    })?;
     let samples: Vec<_> = answers.into_iter().filter_map(|a| if let CoreAnswer::Metrics(m) = a { Some(*m) } else { None }).collect();
     Ok(if openmetrics {
         (super::exposition::OPENMETRICS_TYPE, super::exposition::render_openmetrics(&samples, uptime_s, top))
