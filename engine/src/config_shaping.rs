@@ -261,4 +261,16 @@ mod tests {
         assert_eq!(days_from_date("2026-12-01"), Some(20_788));
         assert_eq!(days_from_date("2000-03-01"), Some(11_017));
     }
+
+    #[test]
+    fn the_shipped_defaults_load_after_the_configs_own_entries() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/shaping-defaults.toml");
+        let c = super::super::Config::parse(&format!("[server]\n[delivery]\nshaping = \"{path}\"\n[[shape]]\nsite = \"*\"\nmax_connections = 2\n"))
+            .unwrap();
+        assert_eq!(c.shape[0].max_connections, Some(2), "the config's own entry first");
+        assert!(c.shape.iter().any(|s| s.site == "*.yahoodns.net"));
+        let names: Vec<_> = c.rule.iter().filter_map(|r| r.name.as_deref()).collect();
+        assert_eq!(names, ["yahoo-tss04", "microsoft-s3150-s775", "gmail-4.7.28"]);
+        assert_eq!(c.rule[0].action, RuleAction::Suspend);
+    }
 }

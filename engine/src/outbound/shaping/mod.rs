@@ -322,14 +322,24 @@ pub const POOL_HEADER: &str = "x-ringpost-pool";
 /// its value and the byte range of the whole field (folded lines included) in the
 /// concatenation of the pieces. Reads only the header section.
 pub fn find_header<'a>(pieces: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<(String, std::ops::Range<usize>)> {
+    const MAX: usize = 64 * 1024;
     let mut head = Vec::new();
-    for p in pieces {
-        head.extend_from_slice(p);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() > 256 * 1024 {
-            break;
+    let mut end = None;
+    'pieces: for p in pieces {
+        // In small steps, so only the header section (plus a step) is ever copied.
+        for chunk in p.chunks(1024) {
+            let from = head.len().saturating_sub(3);
+            head.extend_from_slice(chunk);
+            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                end = Some(from + i + 2);
+                break 'pieces;
+            }
+            if head.len() >= MAX {
+                break 'pieces;
+            }
         }
     }
-    let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |i| i + 2);
+    let end = end.unwrap_or(head.len());
     let mut at = 0;
     while at < end {
         let line_end = head[at..end].windows(2).position(|w| w == b"\r\n").map_or(end, |i| at + i + 2);

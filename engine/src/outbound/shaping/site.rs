@@ -13,6 +13,9 @@ pub struct Site {
     /// A domain that resolved to this site: connections are made as for it (targets, TLS
     /// policy). Every domain of the site resolves to the same hosts.
     pub domain: String,
+    /// DNS gave no hosts: the answer every delivery of this attempt gets (a 5xx bounces, a 4xx
+    /// is retried; the site is looked up again for the next attempt).
+    pub failure: Option<crate::smtp::reply::Reply>,
 }
 
 impl Site {
@@ -21,7 +24,7 @@ impl Site {
         let mut hosts: Vec<String> = hosts.into_iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
         hosts.sort();
         hosts.dedup();
-        Self { key: hosts.join(","), hosts, domain: domain.to_string() }
+        Self { key: hosts.join(","), hosts, domain: domain.to_string(), failure: None }
     }
 
     /// The site of a static route: its `ip:port` hosts plus what else makes its connections
@@ -30,13 +33,13 @@ impl Site {
         let mut sorted = hosts.to_vec();
         sorted.sort();
         sorted.dedup();
-        Self { key: format!("route:{}{tls}", sorted.join(",")), hosts: sorted, domain: domain.to_string() }
+        Self { key: format!("route:{}{tls}", sorted.join(",")), hosts: sorted, domain: domain.to_string(), failure: None }
     }
 
     /// A domain DNS gave no hosts for (no such domain, null MX, temporary failure): a site of
-    /// its own, whose connection attempt reports the DNS answer.
-    pub fn of_unresolved(domain: &str) -> Self {
-        Self { key: format!("domain:{domain}"), hosts: Vec::new(), domain: domain.to_string() }
+    /// its own, whose attempt reports `failure`, the DNS answer.
+    pub fn of_unresolved(domain: &str, failure: crate::smtp::reply::Reply) -> Self {
+        Self { key: format!("domain:{domain}"), hosts: Vec::new(), domain: domain.to_string(), failure: Some(failure) }
     }
 }
 

@@ -66,7 +66,7 @@ pub struct Warmup {
 impl Warmup {
     /// Schedules by source index; counters resumed from `file` (absent: start at zero).
     pub fn new(plans: HashMap<usize, Plan>, file: Option<PathBuf>) -> Self {
-        let counters = file.as_ref().map(|f| load(f)).unwrap_or_default();
+        let counters = file.as_ref().map(load).unwrap_or_default();
         Self { plans, counters: Mutex::new(counters), file }
     }
 
@@ -94,9 +94,9 @@ impl Warmup {
             return Err(next_day);
         }
         c.count += 1;
-        if c.count > c.reserved && self.file.is_some() {
+        if let (true, Some(file)) = (c.count > c.reserved, &self.file) {
             c.reserved = (c.count + (cap / 10).max(1) - 1).min(cap);
-            if let Err(e) = save(self.file.as_ref().expect("checked"), &all) {
+            if let Err(e) = save(file, &all) {
                 tracing::error!("warm-up state not saved: {e}");
             }
         }
