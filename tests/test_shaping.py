@@ -159,12 +159,14 @@ class Recorder:
         return "250 2.0.0 Ok"
 
 
-def test_the_pool_header_picks_a_pool_and_is_removed_before_delivery(tmp_path):
+def test_the_auth_pool_or_the_header_picks_a_pool_and_neither_is_sent(tmp_path):
+    from conftest import BINARY
     rec = Recorder()
     port = free_port()
     ctl = Controller(rec, hostname="127.0.0.1", port=port, decode_data=False)
     ctl.start()
-    rp = daemon(tmp_path, port, SOURCES + """
+    h = subprocess.run([str(BINARY), "--hash-password"], input="pw\n", capture_output=True, text=True, check=True).stdout.strip()
+    rp = Ringpost(tmp_path, port, route_all=False, tail=f'[[route]]\ndomain = "*"\nhosts = ["127.0.0.1:{port}"]\n' + SOURCES + """
 [[pool]]
 name = "default"
 sources = { ip2 = 1 }
@@ -172,17 +174,29 @@ sources = { ip2 = 1 }
 name = "bulk"
 sources = { ip3 = 1 }
 """)
+    rp.config.write_text(rp.config.read_text().replace(
+        "[spool]", f'[auth]\nusers = [{{ name = "app", password_hash = "{h}", pool = "bulk" }}]\n'
+                   f'plaintext_listeners = ["127.0.0.1:{rp.port}"]\n[spool]', 1))
+    rp.start()
     try:
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
             s.sendmail("a@x.test", ["u@h.test"], b"Subject: one\r\nX-Ringpost-Pool: bulk\r\n\r\nbody X-Ringpost-Pool: stays\r\n")
             s.sendmail("a@x.test", ["u@h.test"], b"Subject: two\r\n\r\nno pool\r\n")
-        wait_for(lambda: len(rec.got) == 2, "both delivered", timeout=15)
-        by_subject = {c.split(b"\r\n")[[l.startswith(b"Subject") for l in c.split(b"\r\n")].index(True)]: (ip, ehlo, c) for ip, ehlo, c in rec.got}
+        with smtplib.SMTP("127.0.0.1", rp.port) as s:
+            s.login("app", "pw")
+            s.sendmail("a@x.test", ["u@h.test"], b"Subject: three\r\nX-Ringpost-Pool: default\r\n\r\nauthed\r\n")
+        wait_for(lambda: len(rec.got) == 3, "all delivered", timeout=15)
+        def subject(c):
+            return [l for l in c.split(b"\r\n") if l.startswith(b"Subject")][0]
+        by_subject = {subject(c): (ip, ehlo, c) for ip, ehlo, c in rec.got}
         ip, ehlo, content = by_subject[b"Subject: one"]
         assert (ip, ehlo) == ("127.0.0.3", "mta3.test")
         assert b"X-Ringpost-Pool: bulk" not in content and b"body X-Ringpost-Pool: stays" in content
         assert b"Subject: one\r\n\r\nbody" in content, content
         assert by_subject[b"Subject: two"][:2] == ("127.0.0.2", "mta2.test"), "no header: the default pool"
+        ip, ehlo, content = by_subject[b"Subject: three"]
+        assert (ip, ehlo) == ("127.0.0.3", "mta3.test"), "the AUTH user's pool wins over the header"
+        assert b"X-Ringpost-Pool" not in content, content
     finally:
         rp.stop(signal.SIGKILL)
         ctl.stop()

@@ -368,7 +368,8 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     let rcpts = d.rcpts.iter().map(|&i| m.recipients[i as usize].clone()).collect();
     // The pool header is ours: it is left out of what is sent (skipped, not copied).
     let strip = find_header(m.body_pieces(), POOL_HEADER).map(|(_, r)| r);
-    let size = m.wire_len() - strip.as_ref().map_or(0, |r| r.len() as u64);
+    let trace_strip = find_header(std::iter::once(m.trace.bytes()), POOL_HEADER).map(|(_, r)| r);
+    let size = m.wire_len() - [&strip, &trace_strip].iter().map(|r| r.as_ref().map_or(0, |r| r.len() as u64)).sum::<u64>();
     let mut t = ClientTransaction::new(&conn.caps, &m.sender, rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
     loop {
@@ -380,7 +381,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
-                pieces.push(m.trace.bytes());
+                pieces.extend(skip_range(std::iter::once(m.trace.bytes()), trace_strip.clone()));
                 pieces.extend(skip_range(m.body_pieces(), strip.clone()));
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
