@@ -132,6 +132,10 @@ struct SinkArgs {
     /// Accepted-ids file from `blaster send --accepted-log`: report every one not received.
     #[arg(long)]
     expect: Option<PathBuf>,
+    /// Reply script `DOMAIN=REPLY`: every RCPT for DOMAIN gets REPLY (repeatable), e.g.
+    /// `yahoo.test=421 4.7.0 [TSS04] Messages temporarily deferred`.
+    #[arg(long)]
+    reply: Vec<String>,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -220,7 +224,11 @@ fn run_sink(a: SinkArgs) -> ExitCode {
         exit_after: a.exit_after,
         duration: a.duration,
         expect: a.expect,
+        replies: a.reply.iter().filter_map(|r| r.split_once('=')).map(|(d, r)| (d.to_ascii_lowercase(), r.to_string())).collect(),
     };
+    if opts.replies.len() != a.reply.len() {
+        return usage("--reply takes DOMAIN=REPLY");
+    }
     let shared = Arc::new(SinkShared::default());
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, shared.stop.clone());

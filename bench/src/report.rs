@@ -117,6 +117,17 @@ pub struct DomainReport {
     pub peak_connections: usize,
 }
 
+/// Per source IP figures in the sink report.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SourceReport {
+    /// Messages accepted from it.
+    pub messages: u64,
+    /// EHLO names it used.
+    pub ehlo: std::collections::BTreeSet<String>,
+    /// Messages accepted per Unix second.
+    pub per_second: BTreeMap<u64, u64>,
+}
+
 /// The final report of `blaster sink`.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SinkReport {
@@ -144,6 +155,10 @@ pub struct SinkReport {
     pub peak_connections_per_ip: BTreeMap<String, usize>,
     /// Per destination domain.
     pub domains: BTreeMap<String, DomainReport>,
+    /// Per source IP: messages, EHLO names, rate over time.
+    pub sources: BTreeMap<String, SourceReport>,
+    /// Domains with a reply script: when their RCPTs came (Unix seconds).
+    pub scripted_attempts: BTreeMap<String, Vec<f64>>,
     /// Wall time from first to last message.
     pub duration_s: f64,
     /// Messages per second over that time.

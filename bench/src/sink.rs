@@ -51,6 +51,9 @@ pub struct SinkOpts {
     /// File of expected `id rcpt,rcpt` lines (from `blaster send --accepted-log`). Read at the
     /// end of the run (waiting up to 10 s for it to appear), so the sink can start first.
     pub expect: Option<std::path::PathBuf>,
+    /// Reply scripts: every RCPT for this domain gets this reply (e.g. `421 4.7.0 [TSS04] ...`),
+    /// and its time is recorded in the report.
+    pub replies: Vec<(String, String)>,
 }
 
 /// Counters shared across cores (relaxed atomics) plus connection tables touched only on
@@ -75,9 +78,20 @@ struct CoreStats {
     unstamped: u64,
     faults: BTreeMap<String, u64>,
     domains: HashMap<String, (u64, f64, f64)>,
+    /// Per source IP: messages, EHLO names, messages per Unix second.
+    sources: HashMap<IpAddr, SourceStats>,
+    /// Scripted domains: the times their RCPTs came.
+    attempts: HashMap<String, Vec<f64>>,
     first: Option<f64>,
     last: f64,
     recipients: u64,
+}
+
+#[derive(Default)]
+struct SourceStats {
+    messages: u64,
+    ehlo: std::collections::BTreeSet<String>,
+    per_second: BTreeMap<u64, u64>,
 }
 
 struct CoreResult {
@@ -140,6 +154,7 @@ fn merge(results: Vec<CoreResult>, opts: &SinkOpts, shared: &SinkShared) -> Sink
         for a in c.stats.arrivals {
             *seen.entry(a).or_default() += 1;
         }
+        merge_sources(&mut r, c.stats.sources, c.stats.attempts);
     }
     r.received = shared.received.load(Ordering::Relaxed);
     r.duplicates = seen.values().map(|n| n - 1).sum();
@@ -321,6 +336,23 @@ async fn session(c: Rc<Core>, mut s: TcpStream) {
     let _ = serve(&c, &mut s, &mut slot).await;
 }
 
+/// Add one core's per-source and scripted-domain figures to the report.
+fn merge_sources(r: &mut SinkReport, sources: HashMap<IpAddr, SourceStats>, attempts: HashMap<String, Vec<f64>>) {
+    for (ip, s) in sources {
+        let e = r.sources.entry(ip.to_string()).or_default();
+        e.messages += s.messages;
+        e.ehlo.extend(s.ehlo);
+        for (sec, n) in s.per_second {
+            *e.per_second.entry(sec).or_default() += n;
+        }
+    }
+    for (d, mut t) in attempts {
+        let e = r.scripted_attempts.entry(d).or_default();
+        e.append(&mut t);
+        e.sort_by(f64::total_cmp);
+    }
+}
+
 async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<()> {
     let mut out = b"220 sink.blaster ESMTP\r\n".to_vec();
     let mut buf = vec![0u8; 64 * 1024];
@@ -352,7 +384,7 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
                         glommio::timer::sleep(c.opts.delay).await;
                     }
                     let msg = std::mem::take(&mut chunks);
-                    out.extend_from_slice(end_of_message(c, &msg, &rcpts, false).as_bytes());
+                    out.extend_from_slice(end_of_message(c, slot.ip, &msg, &rcpts, false).as_bytes());
                     rcpts.clear();
                 } else {
                     out.extend_from_slice(b"250 2.0.0 Chunk received\r\n");
@@ -371,7 +403,7 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
                 if !c.opts.delay.is_zero() {
                     glommio::timer::sleep(c.opts.delay).await;
                 }
-                out.extend_from_slice(end_of_message(c, &msg, &rcpts, true).as_bytes());
+                out.extend_from_slice(end_of_message(c, slot.ip, &msg, &rcpts, true).as_bytes());
                 rcpts.clear();
                 continue;
             }
@@ -387,7 +419,8 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
                 continue;
             }
             let reply: String = match parse_command(&line) {
-                Ok(Command::Ehlo(_)) => {
+                Ok(Command::Ehlo(name)) => {
+                    c.stats.borrow_mut().sources.entry(slot.ip).or_default().ehlo.insert(name.to_string());
                     "250-sink.blaster\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n".into()
                 }
                 Ok(Command::Helo(_)) => "250 sink.blaster\r\n".into(),
@@ -397,7 +430,11 @@ async fn serve(c: &Core, s: &mut TcpStream, slot: &mut Slot) -> std::io::Result<
                     "250 2.1.0 Ok\r\n".into()
                 }
                 Ok(Command::Rcpt(a)) => {
-                    if c.roll(c.opts.rcpt_temp) {
+                    let domain = a.domain().to_ascii_lowercase();
+                    if let Some((_, reply)) = c.opts.replies.iter().find(|(d, _)| *d == domain) {
+                        c.stats.borrow_mut().attempts.entry(domain).or_default().push(now_s());
+                        format!("{reply}\r\n")
+                    } else if c.roll(c.opts.rcpt_temp) {
                         c.fault("rcpt_451");
                         "451 4.3.0 Temporary failure (injected)\r\n".into()
                     } else if c.roll(c.opts.rcpt_perm / (1.0 - c.opts.rcpt_temp).max(1e-9)) {
@@ -459,7 +496,7 @@ fn parse_bdat(line: &[u8]) -> Option<(usize, bool)> {
 }
 
 /// A complete message: `stuffed` when it came by DATA (dot-stuffed wire form), not by BDAT.
-fn end_of_message(c: &Core, msg: &[u8], rcpts: &[String], stuffed: bool) -> &'static str {
+fn end_of_message(c: &Core, ip: IpAddr, msg: &[u8], rcpts: &[String], stuffed: bool) -> &'static str {
     if c.roll(c.opts.data_temp) {
         c.fault("data_451");
         return "451 4.3.0 Temporary failure after data (injected)\r\n";
@@ -470,6 +507,9 @@ fn end_of_message(c: &Core, msg: &[u8], rcpts: &[String], stuffed: bool) -> &'st
     }
     let now = now_s();
     let mut st = c.stats.borrow_mut();
+    let src = st.sources.entry(ip).or_default();
+    src.messages += 1;
+    *src.per_second.entry(now as u64).or_default() += 1;
     st.first.get_or_insert(now);
     st.last = now;
     st.recipients += rcpts.len() as u64;

@@ -6,6 +6,10 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+#[path = "config_shaping.rs"]
+mod shaping;
+pub use shaping::*;
+
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/ringpost.toml");
 
@@ -118,6 +122,21 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Egress sources (local addresses and EHLO names).
+    #[serde(default)]
+    pub source: Vec<SourceConfig>,
+    /// Pools of weighted sources.
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
+    /// Per-site shaping, first match wins (then those of `delivery.shaping`).
+    #[serde(default)]
+    pub shape: Vec<ShapeConfig>,
+    /// Adaptive rules on SMTP replies (then those of `delivery.shaping`).
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+    /// Warm-up schedules of new sources.
+    #[serde(default)]
+    pub warmup: Vec<WarmupConfig>,
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint, served by the control plane.
@@ -521,6 +540,9 @@ pub struct DeliverySection {
     /// Seconds for sending the body and for the reply to its final dot (RFC 5321 4.5.3.2.6
     /// "DATA termination": 10 minutes; the server may be filtering the message).
     pub data_timeout_s: u64,
+    /// A file of `[[shape]]` and `[[rule]]` entries used after the configuration's own
+    /// (e.g. the shipped `config/shaping-defaults.toml`); relative to the working directory.
+    pub shaping: Option<PathBuf>,
 }
 
 impl Default for DeliverySection {
@@ -542,6 +564,7 @@ impl Default for DeliverySection {
             tls_plaintext_fallback: true,
             command_timeout_s: 300,
             data_init_timeout_s: 120,
+            shaping: None,
             data_timeout_s: 600,
         }
     }
@@ -585,6 +608,9 @@ pub struct AuthUser {
     pub name: String,
     /// Argon2 PHC hash of the password; never the password itself.
     pub password_hash: String,
+    /// The `[[pool]]` its messages leave from (overrides the `X-Ringpost-Pool` header).
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// Outbound TLS policy for a destination.
@@ -685,7 +711,8 @@ impl Config {
     /// Parse and validate TOML text. Errors name the key (and, for syntax and type errors, the
     /// line and column).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
+        cfg.include_shaping_file()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -704,6 +731,7 @@ impl Config {
         self.validate_delivery()?;
         self.validate_routes()?;
         self.validate_tls_and_auth()?;
+        self.validate_shaping()?;
         self.validate_dns()?;
         self.validate_log()?;
         self.validate_admin()?;

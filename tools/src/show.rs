@@ -97,6 +97,21 @@ pub fn queue(q: &QueueReport) -> String {
         .collect();
     let mut out = table(&["destination", "core", "ready", "waiting", "flight", "conns", "oldest", "state", "last response"], &rows);
     let _ = writeln!(out, "{} of {} destinations", q.destinations.len(), q.total_destinations);
+    // Sites (issue 11): the domains sharing one MX set, and what a rule holds on their paths.
+    let mut sites: std::collections::BTreeMap<&str, (Vec<&str>, std::collections::BTreeSet<&str>)> = Default::default();
+    for d in &q.destinations {
+        if let Some(site) = &d.site {
+            let e = sites.entry(site.as_str()).or_default();
+            e.0.push(&d.domain);
+            e.1.extend(d.shaping.iter().map(String::as_str));
+        }
+    }
+    for (site, (domains, held)) in sites {
+        let _ = writeln!(out, "site {site}: {}", domains.join(", "));
+        for h in held {
+            let _ = writeln!(out, "  {h}");
+        }
+    }
     out
 }
 

@@ -372,6 +372,12 @@ pub struct DestStatus {
     pub suspended: bool,
     /// The last reply from the destination (or about it), if any was seen.
     pub last_response: Option<String>,
+    /// The site (sorted MX hosts, or `route:` hosts) the domain's mail goes to, once known.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Paths (source|site) of that site a rule suspended or throttled: until when and why.
+    #[serde(default)]
+    pub shaping: Vec<String>,
 }
 
 /// Answer to `Msg`.

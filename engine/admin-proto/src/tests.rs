@@ -45,6 +45,8 @@ fn replies_round_trip() {
             oldest_age_s: Some(9),
             suspended: true,
             last_response: Some("451 4.2.0 busy".into()),
+            site: Some("mx1.a.test,mx2.a.test".into()),
+            shaping: vec!["ip2|mx1.a.test suspended until ...".into()],
         }],
     });
     let bytes = encode(u32::MAX, &r).unwrap();

@@ -130,6 +130,11 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
     }
     let received_ms = core.clock.now_ms();
     let mut trace = received_header(core, server.helo().unwrap_or("unknown"), peer, server.tls_active(), received_ms);
+    // The AUTH user's pool travels in the trace headers; delivery reads it and never sends it.
+    let live = core.live();
+    if let Some(pool) = server.user().and_then(|u| live.config.auth.users.iter().find(|x| x.name == u)).and_then(|u| u.pool.as_deref()) {
+        trace.extend_from_slice(format!("X-Ringpost-Pool: {pool}\r\n").as_bytes());
+    }
     let mut body_hash = None;
     if let Some(d) = body.dkim.take() {
         let (headers, hash) = d.finish();

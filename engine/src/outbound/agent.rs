@@ -7,8 +7,9 @@
 use crate::account::delivery_log::Peer;
 use crate::config::{Config, DeliverySection, TlsMode, TlsPolicy};
 use crate::outbound::dns::resolver::Resolver;
-use crate::outbound::queue::Delivery;
+use crate::outbound::queue::{Delivery, PathInfo};
 use crate::outbound::routes::Routes;
+use crate::outbound::shaping::{find_header, Source, POOL_HEADER};
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
@@ -42,12 +43,12 @@ pub struct AgentContext {
 /// queue manager. The agent never decides what a result means.
 #[allow(async_fn_in_trait)]
 pub trait WorkSource {
-    /// The next delivery for `domain`, waiting up to `idle`; `None`: close the connection.
-    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery>;
-    /// Every delivery ready for `domain` now (the connection could not be made).
-    fn take_ready(&self, domain: &str) -> Vec<Delivery>;
+    /// The next delivery for path `path`, waiting up to `idle`; `None`: close the connection.
+    async fn next(&self, path: &str, idle: Duration) -> Option<Delivery>;
+    /// Every delivery ready for path `path` now (the connection could not be made).
+    fn take_ready(&self, path: &str) -> Vec<Delivery>;
     /// One result per recipient of `d`, in the order of `d.rcpts`.
-    async fn report(&self, domain: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>);
+    async fn report(&self, path: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>);
     /// True once shutdown began: finish the current transaction and close.
     fn stopping(&self) -> bool;
 }
@@ -91,6 +92,8 @@ struct Conn {
     tracer: std::rc::Rc<Tracer>,
     /// This connection's number and destination, for trace events.
     trace: (u64, String),
+    /// The EHLO name of its source.
+    ehlo: String,
 }
 
 impl Conn {
@@ -186,18 +189,18 @@ fn policy_for(ctx: &AgentContext, domain: &str) -> TlsPolicy {
     }
 }
 
-async fn connect(ctx: &AgentContext, domain: &str) -> Result<Conn, ConnError> {
+async fn connect(ctx: &AgentContext, domain: &str, source: &Source) -> Result<Conn, ConnError> {
     let timeout = Duration::from_secs(ctx.config.delivery.connect_timeout_s);
     let policy = policy_for(ctx, domain);
     let mut last = ConnError::NoRoute;
     // Every address of every exchange, in order, until one greets us (at least two are tried
     // whenever DNS gives two).
     for (host, addr) in targets(ctx, domain).await? {
-        match greet(ctx, domain, host.clone(), addr, timeout, &policy, true).await {
+        match greet(ctx, source, domain, host.clone(), addr, (timeout, &policy), true).await {
             Ok(c) => return Ok(c),
             Err(ConnError::TlsHandshake(_)) if handshake_failed(&policy) == TlsFallback::Plaintext => {
                 // Opportunistic with fallback: the same host again, without STARTTLS.
-                match greet(ctx, domain, host, addr, timeout, &policy, false).await {
+                match greet(ctx, source, domain, host, addr, (timeout, &policy), false).await {
                     Ok(c) => return Ok(c),
                     Err(e) => last = e,
                 }
@@ -208,14 +211,14 @@ async fn connect(ctx: &AgentContext, domain: &str) -> Result<Conn, ConnError> {
     Err(last)
 }
 
-async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
-    let r = c.command(format!("EHLO {}\r\n", ctx.hostname).as_bytes(), c.timeouts.command).await?;
+async fn ehlo(c: &mut Conn) -> Result<(), ConnError> {
+    let r = c.command(format!("EHLO {}\r\n", c.ehlo).as_bytes(), c.timeouts.command).await?;
     if r.code == 250 {
         c.caps = Capabilities::from_ehlo(&r);
         return Ok(());
     }
     c.caps = Capabilities::default();
-    let r = c.command(format!("HELO {}\r\n", ctx.hostname).as_bytes(), c.timeouts.command).await?;
+    let r = c.command(format!("HELO {}\r\n", c.ehlo).as_bytes(), c.timeouts.command).await?;
     if r.code != 250 {
         return Err(ConnError::Refused(format!("HELO: {}", r.to_wire().trim_end())));
     }
@@ -224,14 +227,14 @@ async fn ehlo(ctx: &AgentContext, c: &mut Conn) -> Result<(), ConnError> {
 
 async fn greet(
     ctx: &AgentContext,
+    source: &Source,
     domain: &str,
     host: Option<String>,
     addr: SocketAddr,
-    timeout: Duration,
-    policy: &TlsPolicy,
+    (timeout, policy): (Duration, &TlsPolicy),
     try_tls: bool,
 ) -> Result<Conn, ConnError> {
-    let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
+    let (stream, bound) = open_stream(source, addr, timeout).await?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let remote = match &host {
         Some(h) => format!("{h}[{}]:{}", addr.ip(), addr.port()),
@@ -239,6 +242,7 @@ async fn greet(
     };
     let timeouts = Timeouts::from_config(&ctx.config.delivery);
     let (tracer, trace) = (ctx.tracer.clone(), (ctx.tracer.next_conn(), domain.to_string()));
+    let name = source.ehlo.clone().unwrap_or_else(|| ctx.hostname.clone());
     let mut c = Conn {
         stream: Transport::Plain(stream),
         buf: Vec::with_capacity(4096),
@@ -246,15 +250,17 @@ async fn greet(
         remote,
         caps: Capabilities::default(),
         timeouts,
+        ehlo: name,
         tracer,
         trace,
     };
     c.trace(TraceKind::Open, Vec::new);
-    let g = c.read_reply(timeouts.command).await?;
+    // A bound socket's connect completes in the background: its greeting wait covers it.
+    let g = c.read_reply(if bound { timeouts.command + timeout } else { timeouts.command }).await?;
     if g.code != 220 {
         return Err(ConnError::Refused(format!("greeting: {}", g.to_wire().trim_end())));
     }
-    ehlo(ctx, &mut c).await?;
+    ehlo(&mut c).await?;
     if policy.mode == TlsMode::Disabled || !try_tls {
         return Ok(c);
     }
@@ -281,25 +287,54 @@ async fn greet(
         Ok(Err(e)) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
         Err(e) => return Err(ConnError::TlsHandshake(format!("handshake with {}: {e}", c.remote))),
     }
-    ehlo(ctx, &mut c).await?;
+    ehlo(&mut c).await?;
     Ok(c)
 }
 
-/// Serve `domain` over one connection until its work source has nothing for the idle time.
-pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, domain: &str) {
-    let idle = Duration::from_secs_f64(ctx.config.delivery.idle_timeout_s);
-    match connect(ctx, domain).await {
+/// A TCP connection to `addr` from `source`: glommio's own io_uring connect when the source
+/// binds nothing; otherwise a socket bound to the source address (glommio's `TcpStream` has
+/// no bind), connected without blocking and handed to glommio, whose io_uring reads then wait
+/// for the connection to complete (the greeting read). True when bound.
+async fn open_stream(source: &Source, addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, bool), ConnError> {
+    let Some(bind) = source.bind else {
+        return Ok((TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?, false));
+    };
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(bind, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(ConnError::Io(e)),
+    }
+    // SAFETY: the descriptor comes from `into_raw_fd`, so the stream is its only owner.
+    Ok((unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) }, true))
+}
+
+/// Serve path `path` over one connection until its work source has nothing for the idle
+/// time, or the connection carried the path's `max_deliveries` messages.
+pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, path: &str, info: &PathInfo) {
+    let idle = Duration::from_secs_f64(info.idle_timeout_s.unwrap_or(ctx.config.delivery.idle_timeout_s));
+    let connected = match &info.site.failure {
+        Some(reply) => Err(ConnError::Dns(reply.clone())),
+        None => connect(ctx, &info.site.domain, &info.source).await,
+    };
+    match connected {
         Err(e) => {
-            // The destination is unreachable: everything ready for it fails this attempt.
-            for d in work.take_ready(domain) {
+            // The site is unreachable from this source: everything ready for it fails this attempt.
+            for d in work.take_ready(path) {
                 let results = d.rcpts.iter().map(|_| local_result(&e)).collect();
-                work.report(domain, d, results, None).await;
+                work.report(path, d, results, None).await;
             }
         }
         Ok(mut conn) => {
-            while !work.stopping() {
-                let Some(d) = work.next(domain, idle).await else { break };
-                if !deliver_one(ctx, work, domain, &mut conn, d).await {
+            let mut carried = 0;
+            while !work.stopping() && carried < info.max_deliveries {
+                let Some(d) = work.next(path, idle).await else { break };
+                carried += 1;
+                if !deliver_one(ctx, work, path, &mut conn, d).await {
                     break;
                 }
             }
@@ -324,11 +359,18 @@ fn local_result(e: &ConnError) -> RcptResult {
 
 /// Send one message's recipients (in transactions of at most the configured size) and report
 /// every result. Returns false when the connection is no longer usable.
-async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, conn: &mut Conn, d: Delivery) -> bool {
+async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, conn: &mut Conn, d: Delivery) -> bool {
     let per_txn = ctx.config.delivery.max_recipients_per_transaction;
     let mut usable = true;
     for group in d.rcpts.chunks(per_txn) {
-        let part = Delivery { msg: d.msg.clone(), rcpts: group.to_vec(), attempts: d.attempts, last_response: d.last_response.clone() };
+        let part = Delivery {
+            msg: d.msg.clone(),
+            rcpts: group.to_vec(),
+            attempts: d.attempts,
+            last_response: d.last_response.clone(),
+            domain: d.domain.clone(),
+            pool: d.pool,
+        };
         let outcome = if usable { transaction(conn, &part).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
         let results = match outcome {
             Ok((results, reset)) => {
@@ -343,7 +385,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, c
             }
         };
         let peer = Peer { remote: conn.remote.clone(), tls: conn.stream.tls_description() };
-        work.report(domain, part, results, Some(peer)).await;
+        work.report(path, part, results, Some(peer)).await;
     }
     usable
 }
@@ -351,7 +393,11 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, domain: &str, c
 async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, bool), ConnError> {
     let m = &d.msg;
     let rcpts = d.rcpts.iter().map(|&i| m.recipients[i as usize].clone()).collect();
-    let mut t = ClientTransaction::new(&conn.caps, &m.sender, rcpts, m.wire_len(), m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
+    // The pool header is ours: it is left out of what is sent (skipped, not copied).
+    let strip = find_header(m.body_pieces(), POOL_HEADER).map(|(_, r)| r);
+    let trace_strip = find_header(std::iter::once(m.trace.bytes()), POOL_HEADER).map(|(_, r)| r);
+    let size = m.wire_len() - [&strip, &trace_strip].iter().map(|r| r.as_ref().map_or(0, |r| r.len() as u64)).sum::<u64>();
+    let mut t = ClientTransaction::new(&conn.caps, &m.sender, rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
     loop {
         step = match step {
@@ -364,13 +410,51 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
             ClientStep::SendBody => {
                 conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
-                pieces.push(m.trace.bytes());
-                pieces.extend(m.body_pieces());
+                pieces.extend(skip_range(std::iter::once(m.trace.bytes()), trace_strip.clone()));
+                pieces.extend(skip_range(m.body_pieces(), strip.clone()));
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
                 t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
             }
             ClientStep::Done { results, reset } => return Ok((results, reset)),
         };
+    }
+}
+
+/// The pieces of a body without the bytes in `skip` (offsets into their concatenation).
+fn skip_range<'a>(pieces: impl Iterator<Item = &'a [u8]>, skip: Option<std::ops::Range<usize>>) -> Vec<&'a [u8]> {
+    let Some(skip) = skip else { return pieces.collect() };
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in pieces {
+        let (start, end) = (at, at + p.len());
+        at = end;
+        if end <= skip.start || start >= skip.end {
+            out.push(p);
+            continue;
+        }
+        if skip.start > start {
+            out.push(&p[..skip.start - start]);
+        }
+        if skip.end < end {
+            out.push(&p[skip.end - start..]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_range;
+
+    #[test]
+    fn a_skipped_range_is_cut_out_across_pieces() {
+        let pieces: [&[u8]; 3] = [b"abc", b"defg", b"hi"];
+        let cut = |r| skip_range(pieces.iter().copied(), Some(r)).concat();
+        assert_eq!(cut(2..5), b"abfghi");
+        assert_eq!(cut(0..3), b"defghi");
+        assert_eq!(cut(3..7), b"abchi");
+        assert_eq!(cut(8..9), b"abcdefgh");
+        assert_eq!(skip_range(pieces.iter().copied(), None).concat(), b"abcdefghi");
     }
 }

@@ -5,4 +5,5 @@ pub mod dns;
 pub mod queue;
 pub mod retry;
 pub mod routes;
+pub mod shaping;
 pub mod tls_policy;

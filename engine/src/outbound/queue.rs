@@ -1,5 +1,13 @@
-//! The queue manager of one core: per destination a ready FIFO, a schedule of deliveries
-//! waiting for their next attempt, and the decision of what happens after an attempt.
+//! The queue manager of one core: per *path* (source, site) a ready FIFO, per domain a
+//! schedule of deliveries waiting for their next attempt, and the decision of what happens
+//! after an attempt.
+//!
+//! A site is the set of hosts a domain's mail goes to (`shaping/site.rs`); every domain of one
+//! provider lands in the same ready queue of a source, under one set of limits. A delivery
+//! enters a path when it becomes ready: its domain's site is known (else the caller is asked
+//! to resolve it: [`Dispatch::Resolve`]), its pool picks a source (smooth weighted round robin,
+//! warm-up caps), and the path's limits decide whether a connection opens. The limits are
+//! host-wide ([`crate::outbound::shaping::PathLimits`]); the queues are this core's.
 //!
 //! It decides and never acts: no I/O, no timers, no spawning. Time is passed in (Unix ms from
 //! the shard's [`crate::clock::Clock`]), results are handed to it, and it answers with
@@ -8,6 +16,8 @@
 //! smtp agents). The shard owns one and touches it only from its own core.
 use crate::message::SpooledMessage;
 use crate::outbound::retry::{RetryDecision, RetryPolicy};
+use crate::outbound::shaping::site::Site;
+use crate::outbound::shaping::{Chooser, Hold, Offer, PathLimits, Shaping, Source};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use event_listener::Event;
@@ -17,7 +27,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Some recipients of one message bound for one destination.
+/// How long a domain's site is trusted before it is resolved again (the resolver caches by
+/// DNS TTL, so this is cheap): when a domain's MX set changes, new mail follows it.
+pub const SITE_TTL_MS: u64 = 60_000;
+/// How soon a core looks again at a path whose connection cap is held by other cores.
+pub const CAP_POLL_MS: u64 = 50;
+
+/// Some recipients of one message bound for one domain.
 pub struct Delivery {
     /// The message.
     pub msg: Arc<SpooledMessage>,
@@ -27,16 +43,34 @@ pub struct Delivery {
     pub attempts: u32,
     /// The last transient reply about these recipients (none before the first attempt).
     pub last_response: Option<String>,
+    /// The recipients' domain.
+    pub domain: Rc<str>,
+    /// The message's pool (none: `default`).
+    pub pool: Option<usize>,
 }
 
 /// What the caller should do about connections after a queue change.
 pub enum Dispatch {
-    /// Nothing: no work, or the connection limit is reached.
+    /// Nothing: no work, or a limit holds.
     Nothing,
-    /// Wake an idle connection of the destination (notify this event).
+    /// Wake an idle connection of the path (notify this event).
     WakeIdle(Rc<Event>),
-    /// Open a new connection (already counted against the limit).
-    Open,
+    /// Open a new connection on this path (already counted against its limits).
+    Open(Rc<str>),
+    /// Find the site of this domain and hand it to [`QueueManager::site_resolved`].
+    Resolve(String),
+}
+
+/// What a connection gets when it asks for work.
+pub enum Pop {
+    /// A delivery.
+    Ready(Delivery),
+    /// Work is there but the path's rate allows the next message at this Unix ms.
+    Wait(u64),
+    /// Nothing ready: wait idle.
+    Empty,
+    /// The path is suspended: close.
+    Close,
 }
 
 /// A recipient whose attempt ended for good.
@@ -74,35 +108,73 @@ pub struct Settlement {
     pub attempts: u32,
 }
 
-#[derive(Default)]
-struct Destination {
+/// What a connection of a path needs to know: where to go, from where, how long to stay.
+#[derive(Debug, Clone)]
+pub struct PathInfo {
+    /// The site.
+    pub site: Rc<Site>,
+    /// The egress source.
+    pub source: Source,
+    /// Messages per connection.
+    pub max_deliveries: usize,
+    /// Idle seconds before QUIT (none: `delivery.idle_timeout_s`).
+    pub idle_timeout_s: Option<f64>,
+}
+
+struct Path {
     ready: VecDeque<Delivery>,
     connections: usize,
     idle: usize,
-    /// Recipients handed to connections and not yet settled.
-    in_flight: usize,
     wake: Rc<Event>,
+    limits: Arc<PathLimits>,
+    site: Rc<Site>,
+    source: usize,
+    /// The earliest wake-up registered for it.
+    wake_at: Option<u64>,
 }
 
-/// All destination queues of one core.
+struct SiteEntry {
+    site: Rc<Site>,
+    expires_ms: u64,
+    /// Path keys by source, as met.
+    paths: Vec<(usize, Rc<str>)>,
+}
+
+/// All queues of one core.
 pub struct QueueManager {
-    dests: HashMap<String, Destination>,
-    scheduled: BTreeMap<(u64, u64), (String, Delivery)>,
+    paths: HashMap<Rc<str>, Path>,
+    sites: HashMap<Rc<str>, SiteEntry>,
+    /// Deliveries whose domain's site is being resolved.
+    resolving: HashMap<String, Vec<Delivery>>,
+    scheduled: BTreeMap<(u64, u64), Delivery>,
+    /// Paths to dispatch again at a time (a rate, a suspension, a cap held elsewhere).
+    wakeups: BTreeMap<(u64, u64), Rc<str>>,
+    /// Recipients on a connection, by domain.
+    in_flight: HashMap<Rc<str>, usize>,
+    chooser: Chooser,
+    shaping: Arc<Shaping>,
     seq: u64,
     policy: RetryPolicy,
     connections_max: usize,
-    /// Destinations the operator suspended: their mail waits, no connection takes it.
+    /// Domains the operator suspended: their mail waits, no connection takes it.
     suspended: HashSet<String>,
     /// Every destination is suspended.
     all_suspended: bool,
 }
 
 impl QueueManager {
-    /// Empty queues with this retry policy and per-destination connection limit.
-    pub fn new(policy: RetryPolicy, connections_max: usize) -> Self {
+    /// Empty queues with this retry policy, per-core connection limit for paths without a
+    /// shaped cap, and the host's shaping.
+    pub fn new(policy: RetryPolicy, connections_max: usize, shaping: Arc<Shaping>) -> Self {
         Self {
-            dests: HashMap::new(),
+            paths: HashMap::new(),
+            sites: HashMap::new(),
+            resolving: HashMap::new(),
             scheduled: BTreeMap::new(),
+            wakeups: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            chooser: Chooser::default(),
+            shaping,
             seq: 0,
             policy,
             connections_max: connections_max.max(1),
@@ -118,100 +190,257 @@ impl QueueManager {
         self.connections_max = connections_max.max(1);
     }
 
+    /// The host's shaping.
+    pub fn shaping(&self) -> &Arc<Shaping> {
+        &self.shaping
+    }
+
     /// Queue a delivery as ready now; `may_open` is false while shutting down.
-    pub fn enqueue(&mut self, domain: &str, d: Delivery, may_open: bool) -> Dispatch {
-        self.dests.entry(domain.to_string()).or_default().ready.push_back(d);
-        self.dispatch(domain, may_open)
+    pub fn enqueue(&mut self, d: Delivery, now_ms: u64, may_open: bool) -> Dispatch {
+        let site = match self.sites.get(&d.domain) {
+            Some(e) if e.expires_ms > now_ms => e.site.clone(),
+            _ => {
+                let first = !self.resolving.contains_key(&*d.domain);
+                let domain = d.domain.to_string();
+                self.resolving.entry(domain.clone()).or_default().push(d);
+                return if first { Dispatch::Resolve(domain) } else { Dispatch::Nothing };
+            }
+        };
+        self.assign(d, site, now_ms, may_open)
+    }
+
+    /// The site of `domain` is known: queue what waited for it.
+    pub fn site_resolved(&mut self, domain: &str, site: Site, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
+        let key: Rc<str> = domain.into();
+        let site = Rc::new(site);
+        let same = self.sites.get(&key).is_some_and(|e| e.site.key == site.key);
+        let e = self.sites.entry(key).or_insert_with(|| SiteEntry { site: site.clone(), expires_ms: 0, paths: Vec::new() });
+        if !same {
+            *e = SiteEntry { site: site.clone(), expires_ms: 0, paths: Vec::new() };
+        }
+        // A DNS failure is this attempt's answer only: the next attempt looks again.
+        e.expires_ms = if site.failure.is_some() { now_ms } else { now_ms + SITE_TTL_MS };
+        let waiting = self.resolving.remove(domain).unwrap_or_default();
+        waiting.into_iter().map(|d| self.assign(d, site.clone(), now_ms, may_open)).collect()
+    }
+
+    /// Give a delivery a source of its pool and put it on that path.
+    fn assign(&mut self, d: Delivery, site: Rc<Site>, now_ms: u64, may_open: bool) -> Dispatch {
+        let shaping = self.shaping.clone();
+        let w = &shaping.warmup;
+        let offer = |src: usize| match w.plan(src) {
+            None => Offer::Take,
+            Some(plan) => match w.try_take(src, &site.key, now_ms) {
+                Ok(()) => Offer::Take,
+                Err(t) if plan.overflow == crate::config::WarmupOverflow::Pool => Offer::Overflow(t),
+                Err(t) => Offer::Wait(t),
+            },
+        };
+        let src = match self.chooser.pick(&shaping, d.pool, offer) {
+            Ok(src) => src,
+            Err(next_day_ms) => {
+                self.schedule(d, next_day_ms);
+                return Dispatch::Nothing;
+            }
+        };
+        let key = self.path_key(src, &d.domain, &site);
+        self.paths.get_mut(&key).expect("path made").ready.push_back(d);
+        self.dispatch(&key, now_ms, may_open)
+    }
+
+    /// The key of path (`src`, site of `domain`), making the path on first use.
+    fn path_key(&mut self, src: usize, domain: &Rc<str>, site: &Rc<Site>) -> Rc<str> {
+        let entry = self.sites.get_mut(domain).expect("site known");
+        if let Some((_, k)) = entry.paths.iter().find(|(s, _)| *s == src) {
+            if self.paths.contains_key(k) {
+                return k.clone();
+            }
+        }
+        let limits = self.shaping.path(src, domain, site);
+        let key: Rc<str> = limits.key.as_str().into();
+        entry.paths.retain(|(s, _)| *s != src);
+        entry.paths.push((src, key.clone()));
+        self.paths.entry(key.clone()).or_insert_with(|| Path {
+            ready: VecDeque::new(),
+            connections: 0,
+            idle: 0,
+            wake: Rc::new(Event::new()),
+            limits,
+            site: site.clone(),
+            source: src,
+            wake_at: None,
+        });
+        key
     }
 
     /// Queue a delivery for its next attempt at `at_ms`.
-    pub fn schedule(&mut self, domain: &str, d: Delivery, at_ms: u64) {
+    pub fn schedule(&mut self, d: Delivery, at_ms: u64) {
         self.seq += 1;
-        self.scheduled.insert((at_ms, self.seq), (domain.to_string(), d));
+        self.scheduled.insert((at_ms, self.seq), d);
     }
 
-    /// When the earliest scheduled delivery is due (Unix ms).
+    /// When the earliest scheduled delivery or path wake-up is due (Unix ms).
     pub fn next_due_ms(&self) -> Option<u64> {
-        self.scheduled.keys().next().map(|(t, _)| *t)
+        let a = self.scheduled.keys().next().map(|(t, _)| *t);
+        let b = self.wakeups.keys().next().map(|(t, _)| *t);
+        a.into_iter().chain(b).min()
     }
 
-    /// Move every delivery due at `now_ms` to its ready queue; one dispatch per delivery moved.
-    pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<(String, Dispatch)> {
+    /// Move every delivery due at `now_ms` to its path and look again at paths whose wake-up
+    /// is due; one dispatch each.
+    pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
         let later = self.scheduled.split_off(&(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.scheduled, later);
-        due.into_values()
-            .map(|(domain, d)| {
-                let action = self.enqueue(&domain, d, may_open);
-                (domain, action)
-            })
-            .collect()
+        let mut out: Vec<Dispatch> = due.into_values().map(|d| self.enqueue(d, now_ms, may_open)).collect();
+        let later = self.wakeups.split_off(&(now_ms + 1, 0));
+        let woken = std::mem::replace(&mut self.wakeups, later);
+        for key in woken.into_values() {
+            if let Some(p) = self.paths.get_mut(&key) {
+                p.wake_at = None;
+                out.push(self.dispatch(&key, now_ms, may_open));
+            }
+        }
+        out
     }
 
-    /// Wake an idle connection or open one, within the destination's connection limit.
-    fn dispatch(&mut self, domain: &str, may_open: bool) -> Dispatch {
-        let held = self.is_suspended(domain);
-        let Some(dest) = self.dests.get_mut(domain) else { return Dispatch::Nothing };
-        if dest.ready.is_empty() || held {
-            Dispatch::Nothing
-        } else if dest.idle > 0 {
-            Dispatch::WakeIdle(dest.wake.clone())
-        } else if dest.connections < self.connections_max && may_open {
-            dest.connections += 1;
-            Dispatch::Open
+    fn wake_path_at(&mut self, key: &Rc<str>, at_ms: u64) {
+        let Some(p) = self.paths.get_mut(key) else { return };
+        if p.wake_at.is_none_or(|w| at_ms < w) {
+            p.wake_at = Some(at_ms);
+            self.seq += 1;
+            self.wakeups.insert((at_ms, self.seq), key.clone());
+        }
+    }
+
+    /// Wake an idle connection or open one, within the path's limits.
+    fn dispatch(&mut self, key: &Rc<str>, now_ms: u64, may_open: bool) -> Dispatch {
+        let shaping = self.shaping.clone();
+        let Some(p) = self.paths.get_mut(key) else { return Dispatch::Nothing };
+        let held = self.all_suspended || (!self.suspended.is_empty() && p.ready.iter().all(|d| self.suspended.contains(&*d.domain)));
+        if p.ready.is_empty() || held {
+            return Dispatch::Nothing;
+        }
+        if let Some(until) = p.limits.suspended(now_ms) {
+            self.wake_path_at(key, until);
+            return Dispatch::Nothing;
+        }
+        if p.idle > 0 {
+            return Dispatch::WakeIdle(p.wake.clone());
+        }
+        if !may_open {
+            return Dispatch::Nothing;
+        }
+        match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
+            Ok(()) => {
+                p.connections += 1;
+                Dispatch::Open(key.clone())
+            }
+            Err(Hold::Rate(t) | Hold::Suspended(t)) => {
+                self.wake_path_at(key, t);
+                Dispatch::Nothing
+            }
+            Err(Hold::Connections) => {
+                if p.connections == 0 {
+                    self.wake_path_at(key, now_ms + CAP_POLL_MS);
+                }
+                Dispatch::Nothing
+            }
+        }
+    }
+
+    /// Where and how a connection of path `key` goes.
+    pub fn path_info(&self, key: &str) -> Option<PathInfo> {
+        let p = self.paths.get(key)?;
+        let params = &p.limits.params;
+        Some(PathInfo {
+            site: p.site.clone(),
+            source: self.shaping.sources[p.source].clone(),
+            max_deliveries: params.max_deliveries,
+            idle_timeout_s: params.idle_timeout_s,
+        })
+    }
+
+    /// The key of the path the host source uses for `domain`'s site, if made (tests, admin).
+    pub fn path_key_of(&self, domain: &str) -> Option<Rc<str>> {
+        self.sites.get(domain)?.paths.iter().find(|(s, _)| *s == 0).map(|(_, k)| k.clone())
+    }
+
+    /// The site and host-wide limits of path `key`.
+    pub fn path_limits(&self, key: &str) -> Option<(Rc<Site>, Arc<PathLimits>)> {
+        self.paths.get(key).map(|p| (p.site.clone(), p.limits.clone()))
+    }
+
+    /// Next ready delivery for a connection of path `key`.
+    pub fn pop(&mut self, key: &str, now_ms: u64) -> Pop {
+        let Some(p) = self.paths.get_mut(key) else { return Pop::Close };
+        if self.all_suspended || p.limits.suspended(now_ms).is_some() {
+            return Pop::Close;
+        }
+        let at = if self.suspended.is_empty() {
+            (!p.ready.is_empty()).then_some(0)
         } else {
-            Dispatch::Nothing
+            p.ready.iter().position(|d| !self.suspended.contains(&*d.domain))
+        };
+        let Some(at) = at else {
+            return if p.ready.is_empty() { Pop::Empty } else { Pop::Close };
+        };
+        match p.limits.try_message(now_ms, self.shaping.shared()) {
+            Ok(()) => {}
+            Err(Hold::Rate(t)) => return Pop::Wait(t),
+            Err(_) => return Pop::Close,
         }
+        let d = p.ready.remove(at).expect("position found");
+        *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
+        Pop::Ready(d)
     }
 
-    /// Next ready delivery for a connection to `domain`.
-    /// None while the destination is suspended: its connections finish what they hold and close.
-    pub fn pop(&mut self, domain: &str) -> Option<Delivery> {
-        if self.is_suspended(domain) {
-            return None;
+    /// Every ready delivery of path `key` (its connection attempt failed).
+    pub fn take_ready(&mut self, key: &str) -> Vec<Delivery> {
+        let Some(p) = self.paths.get_mut(key) else { return Vec::new() };
+        let taken: Vec<Delivery> = p.ready.drain(..).collect();
+        for d in &taken {
+            *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         }
-        let dest = self.dests.get_mut(domain)?;
-        let d = dest.ready.pop_front()?;
-        dest.in_flight += d.rcpts.len();
-        Some(d)
-    }
-
-    /// Every ready delivery of `domain` (its connection attempt failed).
-    pub fn take_ready(&mut self, domain: &str) -> Vec<Delivery> {
-        let Some(dest) = self.dests.get_mut(domain) else { return Vec::new() };
-        let taken: Vec<Delivery> = dest.ready.drain(..).collect();
-        dest.in_flight += taken.iter().map(|d| d.rcpts.len()).sum::<usize>();
         taken
     }
 
-    /// The event that wakes idle connections of `domain`.
-    pub fn wake_event(&self, domain: &str) -> Option<Rc<Event>> {
-        self.dests.get(domain).map(|d| d.wake.clone())
+    /// The event that wakes idle connections of path `key`.
+    pub fn wake_event(&self, key: &str) -> Option<Rc<Event>> {
+        self.paths.get(key).map(|p| p.wake.clone())
     }
 
-    /// A connection of `domain` starts (`+1`) or stops (`-1`) waiting idle for work.
-    pub fn set_idle(&mut self, domain: &str, delta: isize) {
-        if let Some(d) = self.dests.get_mut(domain) {
-            d.idle = d.idle.saturating_add_signed(delta);
+    /// A connection of path `key` starts (`+1`) or stops (`-1`) waiting idle for work.
+    pub fn set_idle(&mut self, key: &str, delta: isize) {
+        if let Some(p) = self.paths.get_mut(key) {
+            p.idle = p.idle.saturating_add_signed(delta);
         }
     }
 
-    /// A connection to `domain` ended; open another if work is still ready and none is left.
-    pub fn connection_closed(&mut self, domain: &str, may_open: bool) -> Dispatch {
-        let Some(d) = self.dests.get_mut(domain) else { return Dispatch::Nothing };
-        d.connections = d.connections.saturating_sub(1);
-        if d.connections > 0 {
+    /// A connection of path `key` ended; open another if work is still ready.
+    pub fn connection_closed(&mut self, key: &str, now_ms: u64, may_open: bool) -> Dispatch {
+        let Some(k) = self.paths.get_key_value(key).map(|(k, _)| k.clone()) else { return Dispatch::Nothing };
+        let p = self.paths.get_mut(key).expect("just found");
+        p.connections = p.connections.saturating_sub(1);
+        p.limits.closed();
+        if p.ready.is_empty() {
+            if p.connections == 0 {
+                self.paths.remove(key);
+            }
             return Dispatch::Nothing;
         }
-        if d.ready.is_empty() {
-            self.dests.remove(domain);
-            return Dispatch::Nothing;
-        }
-        self.dispatch(domain, may_open)
+        self.dispatch(&k, now_ms, may_open)
     }
 
-    /// Ready deliveries and open connections of `domain`.
+    /// Ready deliveries of `domain` and open connections of the paths holding them.
     pub fn depth(&self, domain: &str) -> (usize, usize) {
-        self.dests.get(domain).map(|d| (d.ready.len(), d.connections)).unwrap_or((0, 0))
+        let mut out = (0, 0);
+        for p in self.paths.values() {
+            let n = p.ready.iter().filter(|d| &*d.domain == domain).count();
+            if n > 0 || self.sites.get(domain).is_some_and(|e| e.site.key == p.site.key) {
+                out = (out.0 + n, out.1 + p.connections);
+            }
+        }
+        out
     }
 
     /// Deliveries waiting for a later attempt.
@@ -220,11 +449,15 @@ impl QueueManager {
     }
 
     /// Decide what one attempt's results mean: finals for delivered and bounced recipients;
-    /// transient failures either wait (scheduled here) or, past the lifetime, expire.
-    pub fn settle(&mut self, now_ms: u64, domain: &str, d: Delivery, results: Vec<RcptResult>) -> Settlement {
+    /// transient failures either wait (scheduled here; after `retry_in` when a rule says so)
+    /// or, past the lifetime, expire.
+    pub fn settle(&mut self, now_ms: u64, d: Delivery, results: Vec<RcptResult>, retry_in: Option<Duration>) -> Settlement {
         let attempts = d.attempts + 1;
-        if let Some(dest) = self.dests.get_mut(domain) {
-            dest.in_flight = dest.in_flight.saturating_sub(d.rcpts.len());
+        if let Some(n) = self.in_flight.get_mut(&d.domain) {
+            *n = n.saturating_sub(d.rcpts.len());
+            if *n == 0 {
+                self.in_flight.remove(&d.domain);
+            }
         }
         let mut out = Settlement { attempts, ..Default::default() };
         let mut retry = Vec::new();
@@ -242,12 +475,17 @@ impl QueueManager {
         }
         let Some(reply) = last_transient else { return out };
         let age = Duration::from_millis(now_ms.saturating_sub(d.msg.received_ms));
-        match self.policy.decide(attempts, age) {
+        let decision = match (self.policy.decide(attempts, age), retry_in) {
+            (RetryDecision::RetryIn(_), Some(after)) => RetryDecision::RetryIn(after),
+            (decision, _) => decision,
+        };
+        match decision {
             RetryDecision::RetryIn(after) => {
                 let next_attempt_ms = now_ms + after.as_millis() as u64;
                 let last_response = Some(reply.to_wire().trim_end().replace("\r\n", " "));
                 out.deferred = Some(Deferred { rcpts: retry.clone(), attempts, next_attempt_ms, reply });
-                self.schedule(domain, Delivery { msg: d.msg, rcpts: retry, attempts, last_response }, next_attempt_ms);
+                let again = Delivery { msg: d.msg, rcpts: retry, attempts, last_response, domain: d.domain, pool: d.pool };
+                self.schedule(again, next_attempt_ms);
             }
             RetryDecision::Expire => {
                 out.finals.extend(retry.into_iter().map(|rcpt| Final { rcpt, outcome: Outcome::Expired, reply: reply.clone() }));

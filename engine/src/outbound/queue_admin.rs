@@ -6,7 +6,7 @@
 //! on request only); nothing here runs on the delivery path.
 use super::{Delivery, Dispatch, QueueManager};
 use ringpost_spool::MsgRef;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// One destination's queue, as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub struct DestView {
     pub oldest_received_ms: Option<u64>,
     /// Suspended by name or by suspending everything.
     pub suspended: bool,
+    /// The site (MX set or route hosts) its mail goes to, once known.
+    pub site: Option<String>,
+    /// Paths of that site that a rule suspended or throttled, with until when and why.
+    pub paths: Vec<String>,
 }
 
 /// Where a queued recipient is.
@@ -58,7 +62,7 @@ impl QueueManager {
     }
 
     /// Suspend `domain`, or every destination when `None`. Queued mail stays; connections
-    /// finish the transaction they hold and close.
+    /// finish the transaction they hold and close (or skip that domain's mail).
     pub fn suspend(&mut self, domain: Option<&str>) {
         match domain {
             Some(d) => {
@@ -68,8 +72,8 @@ impl QueueManager {
         }
     }
 
-    /// Lift a suspension (`None`: every suspension); one dispatch per destination with mail.
-    pub fn resume(&mut self, domain: Option<&str>, may_open: bool) -> Vec<(String, Dispatch)> {
+    /// Lift a suspension (`None`: every suspension); one dispatch per path with mail.
+    pub fn resume(&mut self, domain: Option<&str>, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
         match domain {
             Some(d) => {
                 self.suspended.remove(d);
@@ -79,8 +83,9 @@ impl QueueManager {
                 self.suspended.clear();
             }
         }
-        let names: Vec<String> = self.dests.keys().filter(|k| domain.is_none_or(|d| d == k.as_str())).cloned().collect();
-        names.into_iter().map(|n| (n.clone(), self.dispatch(&n, may_open))).collect()
+        let keys: Vec<_> =
+            self.paths.iter().filter(|(_, p)| domain.is_none_or(|d| p.ready.iter().any(|x| &*x.domain == d))).map(|(k, _)| k.clone()).collect();
+        keys.into_iter().map(|k| self.dispatch(&k, now_ms, may_open)).collect()
     }
 
     /// The suspended destinations, sorted; `*` first when everything is suspended.
@@ -94,78 +99,120 @@ impl QueueManager {
     }
 
     /// Move the waiting deliveries of `domain` (`None`: all) to their ready queues now.
-    pub fn release_now(&mut self, domain: Option<&str>, may_open: bool) -> Vec<(String, Dispatch)> {
-        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, (d, _))| domain.is_none_or(|x| x == d)).map(|(k, _)| *k).collect();
+    pub fn release_now(&mut self, domain: Option<&str>, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
+        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, d)| domain.is_none_or(|x| x == &*d.domain)).map(|(k, _)| *k).collect();
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            let (dom, d) = self.scheduled.remove(&k).expect("key just listed");
-            let action = self.enqueue(&dom, d, may_open);
-            out.push((dom, action));
+            let d = self.scheduled.remove(&k).expect("key just listed");
+            out.push(self.enqueue(d, now_ms, may_open));
         }
         out
     }
 
-    /// Take out every queued delivery (ready or waiting, not in flight) that `pick` chooses,
-    /// with its destination. The caller settles them; they are no longer counted anywhere.
+    /// Take out every queued delivery (ready, waiting or waiting for its site; not in flight)
+    /// that `pick` chooses, with its domain. The caller settles them; they are no longer
+    /// counted anywhere.
     pub fn take_queued(&mut self, pick: impl Fn(&str, &Delivery) -> bool) -> Vec<(String, Delivery)> {
         let mut out = Vec::new();
-        for (name, dest) in self.dests.iter_mut() {
-            let (taken, kept): (Vec<Delivery>, Vec<Delivery>) = dest.ready.drain(..).partition(|d| pick(name, d));
-            dest.ready = kept.into();
-            out.extend(taken.into_iter().map(|d| (name.clone(), d)));
+        for p in self.paths.values_mut() {
+            out.extend(p.ready.take(&pick));
         }
-        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, (n, d))| pick(n, d)).map(|(k, _)| *k).collect();
-        out.extend(keys.into_iter().map(|k| self.scheduled.remove(&k).expect("key just listed")));
+        for v in self.resolving.values_mut() {
+            out.extend(v.take(&pick));
+        }
+        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, d)| pick(&d.domain, d)).map(|(k, _)| *k).collect();
+        out.extend(keys.into_iter().map(|k| self.scheduled.remove(&k).expect("key just listed")).map(|d| (d.domain.to_string(), d)));
         out
     }
 
-    /// Every destination with queued mail or a connection.
-    pub fn views(&self) -> Vec<DestView> {
-        let mut waiting: HashMap<&str, (usize, u64)> = HashMap::new();
-        for (name, d) in self.scheduled.values() {
-            let w = waiting.entry(name.as_str()).or_insert((0, u64::MAX));
-            w.0 += d.rcpts.len();
-            w.1 = w.1.min(d.msg.received_ms);
+    /// Every domain with queued mail or mail on a connection.
+    pub fn views(&self, now_ms: u64) -> Vec<DestView> {
+        let mut v: HashMap<std::rc::Rc<str>, DestView> = HashMap::new();
+        let mut add = |d: &Delivery, ready: bool| {
+            let e = v.entry(d.domain.clone()).or_insert_with(|| DestView::empty(&d.domain));
+            if ready {
+                e.ready += d.rcpts.len();
+            } else {
+                e.waiting += d.rcpts.len();
+            }
+            e.oldest_received_ms = Some(e.oldest_received_ms.unwrap_or(u64::MAX).min(d.msg.received_ms));
+        };
+        self.paths.values().flat_map(|p| p.ready.iter()).chain(self.resolving.values().flatten()).for_each(|d| add(d, true));
+        self.scheduled.values().for_each(|d| add(d, false));
+        for (d, n) in &self.in_flight {
+            v.entry(d.clone()).or_insert_with(|| DestView::empty(d)).in_flight = *n;
         }
-        let mut names: Vec<&str> = self.dests.keys().map(String::as_str).collect();
-        names.extend(waiting.keys().filter(|n| !self.dests.contains_key(**n)));
-        names
-            .into_iter()
-            .map(|name| {
-                let (w, w_oldest) = waiting.get(name).copied().unwrap_or((0, u64::MAX));
-                let dest = self.dests.get(name);
-                let ready = dest.map_or(0, |d| d.ready.iter().map(|x| x.rcpts.len()).sum());
-                let r_oldest = dest.and_then(|d| d.ready.iter().map(|x| x.msg.received_ms).min()).unwrap_or(u64::MAX);
-                let oldest = w_oldest.min(r_oldest);
-                DestView {
-                    domain: name.to_string(),
-                    ready,
-                    waiting: w,
-                    in_flight: dest.map_or(0, |d| d.in_flight),
-                    connections: dest.map_or(0, |d| d.connections),
-                    oldest_received_ms: (oldest != u64::MAX).then_some(oldest),
-                    suspended: self.is_suspended(name),
-                }
+        v.into_values()
+            .map(|mut view| {
+                self.fill_site(&mut view, now_ms);
+                view
             })
             .collect()
+    }
+
+    /// The site of a domain's view, its connections and its paths' shaping state.
+    fn fill_site(&self, view: &mut DestView, now_ms: u64) -> Option<()> {
+        view.suspended = self.is_suspended(&view.domain);
+        let entry = self.sites.get(view.domain.as_str())?;
+        view.site = Some(entry.site.key.clone());
+        for p in self.paths.values().filter(|p| p.site.key == entry.site.key) {
+            view.connections += p.connections;
+            view.paths.extend(p.limits.status(now_ms));
+        }
+        Some(())
     }
 
     /// Where the queued recipients of message `id` are on this core.
     pub fn find(&self, id: MsgRef) -> Vec<QueuedRcpt> {
         let mut out = Vec::new();
-        fn rcpts(domain: &str, d: &Delivery, place: Place) -> Vec<QueuedRcpt> {
-            let at = |rcpt| QueuedRcpt { domain: domain.to_string(), rcpt, place, attempts: d.attempts, last_response: d.last_response.clone() };
+        fn rcpts(d: &Delivery, place: Place) -> Vec<QueuedRcpt> {
+            let at = |rcpt| QueuedRcpt { domain: d.domain.to_string(), rcpt, place, attempts: d.attempts, last_response: d.last_response.clone() };
             d.rcpts.iter().map(|&r| at(r)).collect()
         }
-        for (name, dest) in &self.dests {
-            for d in dest.ready.iter().filter(|d| d.msg.id == id) {
-                out.extend(rcpts(name, d, Place::Ready));
-            }
+        for d in self.paths.values().flat_map(|p| p.ready.iter()).chain(self.resolving.values().flatten()).filter(|d| d.msg.id == id) {
+            out.extend(rcpts(d, Place::Ready));
         }
-        for ((at, _), (name, d)) in self.scheduled.iter().filter(|(_, (_, d))| d.msg.id == id) {
-            out.extend(rcpts(name, d, Place::Waiting(*at)));
+        for ((at, _), d) in self.scheduled.iter().filter(|(_, d)| d.msg.id == id) {
+            out.extend(rcpts(d, Place::Waiting(*at)));
         }
         out
+    }
+}
+
+/// A queue deliveries can be picked out of.
+trait QueueLike {
+    fn take(&mut self, pick: &dyn Fn(&str, &Delivery) -> bool) -> Vec<(String, Delivery)>;
+}
+
+impl QueueLike for VecDeque<Delivery> {
+    fn take(&mut self, pick: &dyn Fn(&str, &Delivery) -> bool) -> Vec<(String, Delivery)> {
+        let (taken, kept): (Vec<Delivery>, Vec<Delivery>) = self.drain(..).partition(|d| pick(&d.domain, d));
+        *self = kept.into();
+        taken.into_iter().map(|d| (d.domain.to_string(), d)).collect()
+    }
+}
+
+impl QueueLike for Vec<Delivery> {
+    fn take(&mut self, pick: &dyn Fn(&str, &Delivery) -> bool) -> Vec<(String, Delivery)> {
+        let (taken, kept): (Vec<Delivery>, Vec<Delivery>) = self.drain(..).partition(|d| pick(&d.domain, d));
+        *self = kept;
+        taken.into_iter().map(|d| (d.domain.to_string(), d)).collect()
+    }
+}
+
+impl DestView {
+    fn empty(domain: &str) -> Self {
+        DestView {
+            domain: domain.to_string(),
+            ready: 0,
+            waiting: 0,
+            in_flight: 0,
+            connections: 0,
+            oldest_received_ms: None,
+            suspended: false,
+            site: None,
+            paths: Vec::new(),
+        }
     }
 }
 
@@ -174,12 +221,21 @@ mod tests {
     use super::*;
     use crate::message::SpooledMessage;
     use crate::outbound::retry::RetryPolicy;
+    use crate::outbound::shaping::site::Site;
+    use crate::outbound::shaping::Shaping;
     use std::sync::Arc;
     use std::time::Duration;
 
+    const T0: u64 = 1_800_000_000_000;
+
     fn qm() -> QueueManager {
         let policy = RetryPolicy { first: Duration::from_secs(300), factor: 2.0, max: Duration::from_secs(4000), max_age: Duration::from_secs(3600) };
-        QueueManager::new(policy, 2)
+        let cfg = crate::config::Config::parse("[server]\n").unwrap();
+        let mut q = QueueManager::new(policy, 2, Arc::new(Shaping::new(&cfg, None)));
+        for d in ["a.test", "b.test"] {
+            q.site_resolved(d, Site::of_mx(d, [format!("mx.{d}")]), T0, true);
+        }
+        q
     }
 
     fn message(rcpts: usize) -> Arc<SpooledMessage> {
@@ -194,8 +250,16 @@ mod tests {
         })
     }
 
-    fn delivery(msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
-        Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None }
+    fn delivery(domain: &str, msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
+        Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None, domain: domain.into(), pool: None }
+    }
+
+    fn popped(q: &mut QueueManager, domain: &str) -> Option<Delivery> {
+        let k = q.path_key_of(domain)?;
+        match q.pop(&k, T0) {
+            super::super::Pop::Ready(d) => Some(d),
+            _ => None,
+        }
     }
 
     #[test]
@@ -203,13 +267,13 @@ mod tests {
         let mut q = qm();
         q.suspend(Some("a.test"));
         let m = message(1);
-        assert!(matches!(q.enqueue("a.test", delivery(&m, &[0], 0), true), Dispatch::Nothing));
-        assert!(q.pop("a.test").is_none(), "a suspended destination hands out nothing");
-        assert!(matches!(q.enqueue("b.test", delivery(&m, &[1], 0), true), Dispatch::Open), "others flow");
-        let again = q.resume(Some("a.test"), true);
+        assert!(matches!(q.enqueue(delivery("a.test", &m, &[0], 0), T0, true), Dispatch::Nothing));
+        assert!(popped(&mut q, "a.test").is_none(), "a suspended destination hands out nothing");
+        assert!(matches!(q.enqueue(delivery("b.test", &m, &[1], 0), T0, true), Dispatch::Open(_)), "others flow");
+        let again = q.resume(Some("a.test"), T0, true);
         assert_eq!(again.len(), 1);
-        assert!(matches!(again[0].1, Dispatch::Open));
-        assert_eq!(q.pop("a.test").unwrap().rcpts, [0]);
+        assert!(matches!(again[0], Dispatch::Open(_)));
+        assert_eq!(popped(&mut q, "a.test").unwrap().rcpts, [0]);
     }
 
     #[test]
@@ -219,7 +283,7 @@ mod tests {
         q.suspend(None);
         assert_eq!(q.suspended_list(), ["*", "a.test"]);
         assert!(q.is_suspended("z.test"));
-        q.resume(None, true);
+        q.resume(None, T0, true);
         assert!(q.suspended_list().is_empty() && !q.is_suspended("a.test"));
     }
 
@@ -227,31 +291,43 @@ mod tests {
     fn release_now_moves_only_the_chosen_destination() {
         let mut q = qm();
         let m = message(2);
-        q.schedule("a.test", delivery(&m, &[0], 1), 9_000_000);
-        q.schedule("b.test", delivery(&m, &[1], 1), 9_000_000);
-        let moved = q.release_now(Some("a.test"), true);
+        q.schedule(delivery("a.test", &m, &[0], 1), 9_000_000);
+        q.schedule(delivery("b.test", &m, &[1], 1), 9_000_000);
+        let moved = q.release_now(Some("a.test"), T0, true);
         assert_eq!(moved.len(), 1);
         assert_eq!(q.scheduled_len(), 1, "b.test still waits");
-        assert_eq!(q.pop("a.test").unwrap().attempts, 1, "the attempt count is kept");
+        assert_eq!(popped(&mut q, "a.test").unwrap().attempts, 1, "the attempt count is kept");
     }
 
     #[test]
     fn views_count_recipients_where_they_are_and_take_queued_removes_them() {
         let mut q = qm();
         let m = message(4);
-        q.enqueue("a.test", delivery(&m, &[0, 1], 0), true);
-        q.schedule("a.test", delivery(&m, &[2], 1), 9_000_000);
-        q.enqueue("a.test", delivery(&m, &[3], 0), true);
-        let _in_flight = q.pop("a.test").unwrap();
-        let v = q.views();
+        q.enqueue(delivery("a.test", &m, &[0, 1], 0), T0, true);
+        q.schedule(delivery("a.test", &m, &[2], 1), 9_000_000);
+        q.enqueue(delivery("a.test", &m, &[3], 0), T0, true);
+        let _in_flight = popped(&mut q, "a.test").unwrap();
+        let v = q.views(T0);
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].ready, v[0].waiting, v[0].in_flight, v[0].connections), (1, 1, 2, 2), "two enqueues, two connections opened");
         assert_eq!(v[0].oldest_received_ms, Some(m.received_ms));
+        assert_eq!(v[0].site.as_deref(), Some("mx.a.test"));
         let found = q.find(m.id);
         assert_eq!(found.iter().map(|r| (r.rcpt, r.place)).collect::<Vec<_>>(), [(3, Place::Ready), (2, Place::Waiting(9_000_000))]);
         let taken = q.take_queued(|d, _| d == "a.test");
         assert_eq!(taken.iter().map(|(_, d)| d.rcpts.clone()).collect::<Vec<_>>(), [vec![3], vec![2]]);
-        let v = q.views();
+        let v = q.views(T0);
         assert_eq!((v[0].ready, v[0].waiting, v[0].in_flight), (0, 0, 2), "in-flight mail is not taken");
+    }
+
+    #[test]
+    fn views_show_what_a_rule_holds_on_the_site() {
+        let mut q = qm();
+        let m = message(1);
+        let Dispatch::Open(k) = q.enqueue(delivery("a.test", &m, &[0], 0), T0, true) else { panic!("opens") };
+        q.path_limits(&k).unwrap().1.suspend(T0 + 60_000, "rule tss04: 421 4.7.0 [TSS04]");
+        let v = q.views(T0);
+        assert!(v[0].paths[0].contains("suspended until") && v[0].paths[0].contains("TSS04"), "{:?}", v[0].paths);
+        assert!(q.views(T0 + 60_000)[0].paths.is_empty(), "gone when it ends");
     }
 }

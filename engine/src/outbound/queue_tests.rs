@@ -1,12 +1,27 @@
-//! The queue manager driven by a manual clock: ready, wait, expire and bounce decisions.
+//! The queue manager driven by a manual clock: sites, paths and their limits, ready, wait,
+//! expire and bounce decisions.
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::config::Config;
 use ringpost_spool::MsgRef;
 
 const T0: u64 = 1_800_000_000_000;
 
 fn policy() -> RetryPolicy {
     RetryPolicy { first: Duration::from_secs(300), factor: 2.0, max: Duration::from_secs(4000), max_age: Duration::from_secs(3600) }
+}
+
+fn shaping(extra: &str) -> Arc<Shaping> {
+    Arc::new(Shaping::new(&Config::parse(&format!("[server]\n{extra}")).unwrap(), None))
+}
+
+/// A queue manager where `b.test` and `c.test` share site `mx.p.test` and `d.test` has its own.
+fn qm(max: usize, extra: &str) -> QueueManager {
+    let mut q = QueueManager::new(policy(), max, shaping(extra));
+    for (d, mx) in [("b.test", "mx.p.test"), ("c.test", "mx.p.test"), ("d.test", "mx.d.test")] {
+        assert!(q.site_resolved(d, Site::of_mx(d, [mx.to_string()]), T0, true).is_empty());
+    }
+    q
 }
 
 fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
@@ -21,8 +36,38 @@ fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
     })
 }
 
+fn to(domain: &str, msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
+    Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None, domain: domain.into(), pool: None }
+}
+
 fn delivery(msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
-    Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None }
+    to("b.test", msg, rcpts, attempts)
+}
+
+fn opened(d: Dispatch) -> Rc<str> {
+    match d {
+        Dispatch::Open(k) => k,
+        _ => panic!("expected Open"),
+    }
+}
+
+fn ready(p: Pop) -> Delivery {
+    match p {
+        Pop::Ready(d) => d,
+        _ => panic!("expected a delivery"),
+    }
+}
+
+/// Release what is due; a site looked up again (its TTL passed) resolves to the same hosts.
+fn release(q: &mut QueueManager, now: u64) -> Vec<Dispatch> {
+    let mut out = Vec::new();
+    for d in q.release_due(now, true) {
+        match d {
+            Dispatch::Resolve(domain) => out.extend(q.site_resolved(&domain, Site::of_mx(&domain, ["mx.p.test".to_string()]), now, true)),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn ok() -> RcptResult {
@@ -37,41 +82,147 @@ fn perm() -> RcptResult {
 
 #[test]
 fn enqueue_opens_up_to_the_limit_then_wakes_idle_connections() {
-    let mut q = QueueManager::new(policy(), 2);
+    let mut q = qm(2, "");
     let m = message(T0, 1);
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), true), Dispatch::Open));
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), true), Dispatch::Open));
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), true), Dispatch::Nothing), "limit of 2 reached");
-    q.set_idle("b.test", 1);
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), true), Dispatch::WakeIdle(_)));
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_)));
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "limit of 2 reached");
+    q.set_idle(&k, 1);
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::WakeIdle(_)));
     assert_eq!(q.depth("b.test"), (4, 2));
 }
 
 #[test]
-fn nothing_opens_while_shutting_down() {
-    let mut q = QueueManager::new(policy(), 4);
+fn domains_of_one_site_share_one_ready_queue_and_its_limit() {
+    let mut q = qm(1, "");
     let m = message(T0, 1);
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), false), Dispatch::Nothing));
+    let k = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(to("c.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "same site: the one connection serves both");
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0, true), Dispatch::Open(_)), "another site has its own");
+    assert_eq!(&*ready(q.pop(&k, T0)).domain, "b.test");
+    assert_eq!(&*ready(q.pop(&k, T0)).domain, "c.test", "one FIFO for the site");
+    assert!(matches!(q.pop(&k, T0), Pop::Empty));
+    assert!(k.contains("mx.p.test"));
+}
+
+#[test]
+fn an_unknown_domain_is_resolved_once_and_its_mail_waits_for_it() {
+    let mut q = qm(4, "");
+    let m = message(T0, 1);
+    assert!(matches!(q.enqueue(to("new.test", &m, &[0], 0), T0, true), Dispatch::Resolve(ref d) if d == "new.test"));
+    assert!(matches!(q.enqueue(to("new.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "one lookup at a time");
+    assert_eq!(q.views(T0)[0].ready, 2, "waiting for its site counts as ready");
+    let out = q.site_resolved("new.test", Site::of_mx("new.test", ["mx.p.test".into()]), T0, true);
+    assert_eq!(out.len(), 2);
+    assert!(matches!(out[0], Dispatch::Open(_)));
+    assert!(matches!(q.enqueue(to("new.test", &m, &[0], 0), T0 + SITE_TTL_MS, true), Dispatch::Resolve(_)), "looked up again after the TTL");
+}
+
+#[test]
+fn nothing_opens_while_shutting_down() {
+    let mut q = qm(4, "");
+    let m = message(T0, 1);
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, false), Dispatch::Nothing));
     assert_eq!(q.depth("b.test"), (1, 0));
 }
 
 #[test]
 fn a_closed_connection_reopens_only_when_work_is_left() {
-    let mut q = QueueManager::new(policy(), 1);
+    let mut q = qm(1, "");
     let m = message(T0, 1);
-    assert!(matches!(q.enqueue("b.test", delivery(&m, &[0], 0), true), Dispatch::Open));
-    assert!(matches!(q.connection_closed("b.test", true), Dispatch::Open), "work still ready");
-    assert!(q.pop("b.test").is_some());
-    assert!(matches!(q.connection_closed("b.test", true), Dispatch::Nothing));
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Open(_)), "work still ready");
+    assert!(matches!(q.pop(&k, T0), Pop::Ready(_)));
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Nothing));
     assert_eq!(q.depth("b.test"), (0, 0));
+}
+
+#[test]
+fn a_shaped_cap_holds_and_a_closed_connection_frees_a_slot() {
+    let mut q = qm(32, "[[shape]]\nsite = \"*.p.test\"\nmax_connections = 2\n");
+    let m = message(T0, 1);
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "cap of 2, not the per-core 32");
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0, true), Dispatch::Open(_)), "the shape is the p.test site's");
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Open(_)), "the freed slot is taken again");
+}
+
+#[test]
+fn a_message_rate_makes_connections_wait_their_turn() {
+    let mut q = qm(4, "[[shape]]\nsite = \"*\"\nmax_message_rate = \"10/s\"\n");
+    let m = message(T0, 1);
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    q.enqueue(delivery(&m, &[0], 0), T0, true);
+    assert!(matches!(q.pop(&k, T0), Pop::Ready(_)));
+    assert!(matches!(q.pop(&k, T0), Pop::Wait(t) if t == T0 + 100));
+    assert!(matches!(q.pop(&k, T0 + 100), Pop::Ready(_)));
+}
+
+#[test]
+fn a_suspended_path_closes_its_connections_and_reopens_when_the_time_is_up() {
+    let mut q = qm(4, "");
+    let m = message(T0, 1);
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    let (_, limits) = q.path_limits(&k).unwrap();
+    limits.suspend(T0 + 60_000, "rule tss04");
+    assert!(matches!(q.pop(&k, T0), Pop::Close));
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Nothing));
+    assert_eq!(q.next_due_ms(), Some(T0 + 60_000), "a wake-up at the end of the suspension");
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0, true), Dispatch::Open(_)), "other sites unaffected");
+    assert!(q.release_due(T0 + 59_999, true).is_empty());
+    let again = q.release_due(T0 + 60_000, true);
+    assert!(matches!(again.as_slice(), [Dispatch::Open(_)]), "resumes by itself");
+}
+
+#[test]
+fn pools_spread_over_sources_by_weight_each_its_own_path() {
+    let extra = "[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\nehlo = \"mta2.test\"\n[[source]]\nname = \"ip3\"\nbind = \"127.0.0.3\"\n\
+                 [[pool]]\nname = \"default\"\nsources = { ip2 = 1, ip3 = 3 }\n";
+    let mut q = qm(100, extra);
+    let m = message(T0, 1);
+    let keys: Vec<Rc<str>> = (0..8)
+        .filter_map(|_| match q.enqueue(delivery(&m, &[0], 0), T0, true) {
+            Dispatch::Open(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("ip2|")).count(), 2);
+    assert_eq!(keys.iter().filter(|k| k.starts_with("ip3|")).count(), 6);
+    let info = q.path_info(keys.iter().find(|k| k.starts_with("ip2|")).unwrap()).unwrap();
+    assert_eq!((info.source.bind, info.source.ehlo.as_deref()), (Some("127.0.0.2".parse().unwrap()), Some("mta2.test")));
+}
+
+#[test]
+fn over_the_warmup_cap_mail_waits_for_the_next_day() {
+    let extra = "[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n[[pool]]\nname = \"default\"\nsources = { ip2 = 1 }\n\
+                 [[warmup]]\nsource = \"ip2\"\nstart = \"2027-01-15\"\ndaily = [2]\n";
+    let mut q = qm(100, extra);
+    let m = message(T0, 1);
+    assert!((0..2).all(|_| matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_))));
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing));
+    let next_day = (T0 / 86_400_000 + 1) * 86_400_000;
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (1, Some(next_day)), "the third is queued for tomorrow, not bounced");
+}
+
+#[test]
+fn warmup_overflow_goes_to_the_other_sources_of_the_pool() {
+    let extra = "[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n[[source]]\nname = \"ip3\"\nbind = \"127.0.0.3\"\n\
+                 [[pool]]\nname = \"default\"\nsources = { ip2 = 3, ip3 = 1 }\n\
+                 [[warmup]]\nsource = \"ip2\"\nstart = \"2027-01-15\"\ndaily = [1]\noverflow = \"pool\"\n";
+    let mut q = qm(100, extra);
+    let m = message(T0, 1);
+    let keys: Vec<Rc<str>> = (0..4).map(|_| opened(q.enqueue(delivery(&m, &[0], 0), T0, true))).collect();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("ip2|")).count(), 1, "one from ip2, the rest overflowed");
+    assert_eq!(q.scheduled_len(), 0);
 }
 
 #[test]
 fn mixed_results_give_finals_and_one_deferral_due_after_the_backoff() {
     let clock = ManualClock::at(T0);
-    let mut q = QueueManager::new(policy(), 1);
+    let mut q = qm(1, "");
     let m = message(T0, 3);
-    let s = q.settle(clock.now_ms(), "b.test", delivery(&m, &[0, 1, 2], 0), vec![ok(), perm(), temp()]);
+    let s = q.settle(clock.now_ms(), delivery(&m, &[0, 1, 2], 0), vec![ok(), perm(), temp()], None);
     let finals: Vec<(u32, Outcome)> = s.finals.iter().map(|f| (f.rcpt, f.outcome)).collect();
     assert_eq!(finals, [(0, Outcome::Delivered), (1, Outcome::Bounced)]);
     let d = s.deferred.expect("one recipient waits");
@@ -80,22 +231,30 @@ fn mixed_results_give_finals_and_one_deferral_due_after_the_backoff() {
     clock.advance(Duration::from_secs(299));
     assert!(q.release_due(clock.now_ms(), true).is_empty(), "not due yet");
     clock.advance(Duration::from_secs(1));
-    let dispatched = q.release_due(clock.now_ms(), true);
+    let dispatched = release(&mut q, clock.now_ms());
     assert_eq!(dispatched.len(), 1);
-    assert!(matches!(dispatched[0], (ref d, Dispatch::Open) if d == "b.test"));
-    let again = q.pop("b.test").expect("ready again");
+    let k = opened(dispatched.into_iter().next().unwrap());
+    let again = ready(q.pop(&k, clock.now_ms()));
     assert_eq!((again.rcpts.as_slice(), again.attempts), (&[2u32][..], 1));
+}
+
+#[test]
+fn a_rule_retry_in_replaces_the_backoff() {
+    let mut q = qm(1, "");
+    let m = message(T0, 1);
+    let s = q.settle(T0, delivery(&m, &[0], 0), vec![temp()], Some(Duration::from_secs(7)));
+    assert_eq!(s.deferred.unwrap().next_attempt_ms, T0 + 7_000);
 }
 
 #[test]
 fn transient_failures_back_off_until_the_lifetime_then_expire() {
     let clock = ManualClock::at(T0);
-    let mut q = QueueManager::new(policy(), 1);
+    let mut q = qm(1, "");
     let m = message(T0, 1);
     let mut d = delivery(&m, &[0], 0);
     let mut waits = Vec::new();
     loop {
-        let s = q.settle(clock.now_ms(), "b.test", d, vec![temp()]);
+        let s = q.settle(clock.now_ms(), d, vec![temp()], None);
         if let Some(f) = s.finals.first() {
             assert_eq!((f.rcpt, f.outcome, f.reply.code), (0, Outcome::Expired, 451));
             assert!(s.deferred.is_none());
@@ -104,8 +263,11 @@ fn transient_failures_back_off_until_the_lifetime_then_expire() {
         let due = q.next_due_ms().unwrap();
         waits.push((due - clock.now_ms()) / 1000);
         clock.advance(Duration::from_millis(due - clock.now_ms()));
-        q.release_due(clock.now_ms(), true);
-        d = q.pop("b.test").unwrap();
+        let k = match release(&mut q, clock.now_ms()).pop() {
+            Some(Dispatch::Open(k)) => k,
+            _ => q.path_key_of("b.test").unwrap(),
+        };
+        d = ready(q.pop(&k, clock.now_ms()));
     }
     // 300 + 600 + 1200 = 2100 s, then the last wait is cut to the lifetime (3600 s).
     assert_eq!(waits, [300, 600, 1200, 1500]);
@@ -115,9 +277,9 @@ fn transient_failures_back_off_until_the_lifetime_then_expire() {
 
 #[test]
 fn permanent_failures_are_final_at_once_whatever_the_age() {
-    let mut q = QueueManager::new(policy(), 1);
+    let mut q = qm(1, "");
     let m = message(T0, 2);
-    let s = q.settle(T0 + 10, "b.test", delivery(&m, &[0, 1], 4), vec![perm(), ok()]);
+    let s = q.settle(T0 + 10, delivery(&m, &[0, 1], 4), vec![perm(), ok()], None);
     assert_eq!(s.attempts, 5);
     assert_eq!(s.finals.len(), 2);
     assert!(s.deferred.is_none());
@@ -127,7 +289,7 @@ fn permanent_failures_are_final_at_once_whatever_the_age() {
 #[test]
 #[should_panic(expected = "one result per recipient")]
 fn a_missing_result_is_a_bug_not_a_silent_drop() {
-    let mut q = QueueManager::new(policy(), 1);
+    let mut q = qm(1, "");
     let m = message(T0, 2);
-    q.settle(T0, "b.test", delivery(&m, &[0, 1], 0), vec![ok()]);
+    q.settle(T0, delivery(&m, &[0, 1], 0), vec![ok()], None);
 }

@@ -231,10 +231,10 @@ impl Core {
             CoreOp::Suspend(domain, for_s) => CoreAnswer::Count(self.admin_suspend(domain, for_s)),
             CoreOp::Resume(domain) => CoreAnswer::Count(self.admin_resume(domain)),
             CoreOp::Retry(domain) => {
-                let moved = self.queues.borrow_mut().release_now(domain.as_deref(), !self.is_stopping());
+                let moved = self.queues.borrow_mut().release_now(domain.as_deref(), self.clock.now_ms(), !self.is_stopping());
                 let n = moved.len() as u64;
-                for (d, action) in moved {
-                    self.act(&d, action);
+                for action in moved {
+                    self.act(action);
                 }
                 CoreAnswer::Count(n)
             }
@@ -293,7 +293,7 @@ impl Core {
     }
 
     fn admin_status(&self) -> proto::CoreStatus {
-        let views = self.queues.borrow().views();
+        let views = self.queues.borrow().views(self.clock.now_ms());
         let sum = |f: fn(&crate::outbound::queue::DestView) -> usize| views.iter().map(f).sum::<usize>() as u64;
         let a = &self.admin;
         let segments = self.spool.segment_count() as u64;
@@ -323,7 +323,7 @@ impl Core {
         let last = self.admin.last_response.borrow();
         self.queues
             .borrow()
-            .views()
+            .views(now)
             .into_iter()
             .map(|v| proto::DestStatus {
                 last_response: last.get(&v.domain).cloned(),
@@ -335,6 +335,8 @@ impl Core {
                 oldest_age_s: v.oldest_received_ms.map(|t| now.saturating_sub(t) / 1000),
                 suspended: v.suspended,
                 domain: v.domain,
+                site: v.site,
+                shaping: v.paths,
             })
             .collect()
     }
@@ -399,17 +401,17 @@ impl Core {
                 None
             }
         };
-        let again = self.queues.borrow_mut().resume(domain.as_deref(), !self.is_stopping());
+        let again = self.queues.borrow_mut().resume(domain.as_deref(), self.clock.now_ms(), !self.is_stopping());
         let n = again.len() as u64;
-        for (d, action) in again {
-            self.act(&d, action);
+        for action in again {
+            self.act(action);
         }
         n
     }
 
     /// Take the picked recipients out of the queues and settle them as bounced, exactly as a
     /// 5xx reply would be: Bounce events, final reports to the owner core, DSNs there.
-    async fn admin_bounce(self: &Rc<Self>, pick: BouncePick, reason: &str) -> u64 {
+    pub(crate) async fn admin_bounce(self: &Rc<Self>, pick: BouncePick, reason: &str) -> u64 {
         let taken = self.queues.borrow_mut().take_queued(|domain, d: &Delivery| match &pick {
             BouncePick::Domain(x) => x == domain,
             BouncePick::Msg(id) => d.msg.id == *id,

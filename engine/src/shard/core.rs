@@ -46,6 +46,8 @@ pub struct Shared {
     pub suppression: Option<Suppression>,
     /// The file the configuration came from (None: the embedded default), for reloads.
     pub config_path: Option<std::path::PathBuf>,
+    /// Sources, pools, shapes, rules, warm-up and the host-wide path limits.
+    pub shaping: Arc<crate::outbound::shaping::Shaping>,
 }
 
 /// The suppression list with its settings.
@@ -80,7 +82,9 @@ impl Shared {
     /// Build from a validated config.
     pub fn new(config: Config, shutdown: Arc<AtomicBool>) -> Self {
         let log_rotation = crate::account::delivery_log::Rotation::new(config.log.rotate_bytes, config.log.keep);
+        let shaping = Arc::new(crate::outbound::shaping::Shaping::new(&config, Some(&config.spool.dir)));
         Self {
+            shaping,
             relay_networks: config.relay_networks(),
             config,
             shutdown,
@@ -218,7 +222,8 @@ impl Core {
         let live = LiveConfig::new(p.shared.config.clone(), &p.shared);
         let limits = live.limits.clone();
         let d = &p.shared.config.delivery;
-        let queues = QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination);
+        let queues =
+            QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination, p.shared.shaping.clone());
         let tracer = p.agent.tracer.clone();
         Rc::new(Self {
             id: p.id,

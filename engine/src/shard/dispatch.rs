@@ -7,9 +7,12 @@
 use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::delivery_log::{EventKind, Peer};
 use crate::account::dsn::FailedRecipient;
+use crate::config::RuleAction;
 use crate::message::SpooledMessage;
-use crate::outbound::agent::{run_connection, WorkSource};
-use crate::outbound::queue::{Delivery, Dispatch, Final, Settlement};
+use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
+use crate::outbound::queue::{Delivery, Dispatch, Final, Pop, Settlement};
+use crate::outbound::shaping::site::Site;
+use crate::outbound::shaping::{find_header, POOL_HEADER};
 use crate::shard::core::Core;
 use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
 use crate::smtp::client::RcptResult;
@@ -26,52 +29,113 @@ impl Core {
     /// Queue one group of a message on this core (which owns its destination): ready now, or
     /// scheduled when a recovered recipient's next attempt is still ahead.
     pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
-        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts, last_response: g.last_response };
-        if g.not_before_ms > self.clock.now_ms() {
-            self.queues.borrow_mut().schedule(&g.domain, d, g.not_before_ms);
+        let pool = self.pool_of(msg);
+        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts, last_response: g.last_response, domain: g.domain.into(), pool };
+        let now = self.clock.now_ms();
+        if g.not_before_ms > now {
+            self.queues.borrow_mut().schedule(d, g.not_before_ms);
             self.retry_wake.notify(1);
             return;
         }
-        let action = self.queues.borrow_mut().enqueue(&g.domain, d, !self.is_stopping());
-        self.act(&g.domain, action);
+        let action = self.queues.borrow_mut().enqueue(d, now, !self.is_stopping());
+        self.act(action);
     }
 
-    /// Do what the queue manager answered about `domain`'s connections.
-    pub(crate) fn act(self: &Rc<Self>, domain: &str, action: Dispatch) {
+    /// The pool a message leaves from: the one its AUTH user set (an `X-Ringpost-Pool` line
+    /// in the trace headers), else its own `X-Ringpost-Pool` header, else `default`.
+    fn pool_of(&self, msg: &SpooledMessage) -> Option<usize> {
+        let shaping = &self.shared.shaping;
+        if shaping.pools.is_empty() {
+            return None;
+        }
+        let found = find_header(std::iter::once(msg.trace.bytes()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
+        shaping.pool_index(&found?.0)
+    }
+
+    /// Do what the queue manager answered.
+    pub(crate) fn act(self: &Rc<Self>, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
             Dispatch::WakeIdle(event) => {
                 event.notify(1);
             }
-            Dispatch::Open => self.spawn_agent(domain.to_string()),
+            Dispatch::Open(path) => self.spawn_agent(path),
+            Dispatch::Resolve(domain) => self.spawn_resolve(domain),
         }
     }
 
-    fn spawn_agent(self: &Rc<Self>, domain: String) {
+    /// Find the site of `domain` (its static route's hosts, else its MX set) and queue what
+    /// waited for it.
+    fn spawn_resolve(self: &Rc<Self>, domain: String) {
         let core = self.clone();
         glommio::spawn_local(async move {
             let ctx = core.agent.borrow().clone();
-            run_connection(&ctx, &ShardWork(&core, &ctx), &domain).await;
-            let again = core.queues.borrow_mut().connection_closed(&domain, !core.is_stopping());
-            core.act(&domain, again);
+            let site = site_of(&ctx, &domain).await;
+            let again = core.queues.borrow_mut().site_resolved(&domain, site, core.clock.now_ms(), !core.is_stopping());
+            again.into_iter().for_each(|a| core.act(a));
         })
         .detach();
     }
 
-    /// The retry timer: moves due deliveries back to their ready queues. Runs for the life of
-    /// the core.
+    fn spawn_agent(self: &Rc<Self>, path: Rc<str>) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let ctx = core.agent.borrow().clone();
+            let info = core.queues.borrow().path_info(&path);
+            if let Some(info) = info {
+                run_connection(&ctx, &ShardWork(&core, &ctx), &path, &info).await;
+            }
+            let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
+            core.act(again);
+        })
+        .detach();
+    }
+
+    /// The retry timer: moves due deliveries back to their ready queues and looks again at
+    /// paths whose rate, suspension or cap held them. Runs for the life of the core.
     pub async fn run_retry_timer(self: Rc<Self>) {
         while !self.is_stopping() {
             let listener = self.retry_wake.listen();
             let now = self.clock.now_ms();
             let due = self.queues.borrow_mut().release_due(now, true);
-            for (domain, action) in due {
-                self.act(&domain, action);
+            for action in due {
+                self.act(action);
             }
             let next = self.queues.borrow().next_due_ms();
             let wait = next.map_or(RETRY_TICK_MAX, |t| Duration::from_millis(t.saturating_sub(now)).min(RETRY_TICK_MAX));
             futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
         }
+    }
+
+    /// Match the replies of one attempt against the `[[rule]]`s and act on the path: suspend
+    /// or throttle it, turn the recipient into a bounce, or move its next attempt. Returns the
+    /// retry override and whether the domain's queue is to be bounced.
+    fn apply_rules(&self, path: &str, d: &Delivery, results: &mut [RcptResult], now: u64) -> (Option<Duration>, Option<String>) {
+        let shaping = self.shared.shaping.clone();
+        let limits = self.queues.borrow().path_limits(path);
+        let (false, Some((site, limits))) = (shaping.rules.is_empty(), limits) else { return (None, None) };
+        let (mut retry_in, mut bounce) = (None, None);
+        for r in results.iter_mut() {
+            let reply = match r {
+                RcptResult::Delivered(_) => continue,
+                RcptResult::Transient(x) | RcptResult::Permanent(x) => x.clone(),
+            };
+            let text = one_line(&reply);
+            let Some(rule) = shaping.rules.first_match(&d.domain, &site, &text) else { continue };
+            let why = format!("rule {}: {text}", rule.name);
+            let until = now + rule.duration.as_millis() as u64;
+            tracing::warn!("path {}: {:?} ({why})", limits.key, rule.action);
+            match rule.action {
+                RuleAction::Suspend => limits.suspend(until, &why),
+                RuleAction::Throttle => limits.throttle(rule.factor, until, &why),
+                RuleAction::RetryIn => retry_in = Some(rule.duration),
+                RuleAction::Bounce => {
+                    *r = RcptResult::Permanent(reply);
+                    bounce = Some(why);
+                }
+            }
+        }
+        (retry_in, bounce)
     }
 
     /// Apply the queue manager's decision about one attempt: log every recipient, report
@@ -161,44 +225,95 @@ fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response:
 /// The queue manager as seen by one delivery agent, with the context it connected with.
 struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
 
+impl ShardWork<'_> {
+    /// A reload changed routes or delivery settings: close, so a new connection uses them.
+    fn stale(&self) -> bool {
+        !Rc::ptr_eq(&self.0.agent.borrow(), self.1)
+    }
+
+    fn pop(&self, path: &str) -> Pop {
+        let now = self.0.clock.now_ms();
+        self.0.queues.borrow_mut().pop(path, now)
+    }
+
+    /// Sleep until Unix ms `t` (a rate's next turn); false once stopping.
+    async fn wait_until(&self, t: u64) -> bool {
+        let now = self.0.clock.now_ms();
+        glommio::timer::sleep(Duration::from_millis(t.saturating_sub(now).max(1))).await;
+        !self.0.is_stopping() && !self.stale()
+    }
+}
+
 impl WorkSource for ShardWork<'_> {
-    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
+    async fn next(&self, path: &str, idle: Duration) -> Option<Delivery> {
         let core = self.0;
-        // A reload changed routes or delivery settings: close, so a new connection uses them.
-        let stale = || !Rc::ptr_eq(&core.agent.borrow(), self.1);
-        if stale() {
-            return None;
+        let mut idled = false;
+        loop {
+            if self.stale() {
+                return None;
+            }
+            match self.pop(path) {
+                Pop::Ready(d) => return Some(d),
+                Pop::Close => return None,
+                Pop::Wait(t) => {
+                    if !self.wait_until(t).await {
+                        return None;
+                    }
+                    continue;
+                }
+                Pop::Empty if idled => return None,
+                Pop::Empty => {}
+            }
+            let wake = core.queues.borrow().wake_event(path)?;
+            let listener = wake.listen();
+            match self.pop(path) {
+                Pop::Ready(d) => return Some(d),
+                Pop::Close => return None,
+                Pop::Wait(_) => continue,
+                Pop::Empty => {}
+            }
+            core.queues.borrow_mut().set_idle(path, 1);
+            futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
+            core.queues.borrow_mut().set_idle(path, -1);
+            idled = true;
         }
-        if let Some(d) = core.queues.borrow_mut().pop(domain) {
-            return Some(d);
-        }
-        let wake = core.queues.borrow().wake_event(domain)?;
-        let listener = wake.listen();
-        if let Some(d) = core.queues.borrow_mut().pop(domain) {
-            return Some(d);
-        }
-        core.queues.borrow_mut().set_idle(domain, 1);
-        futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
-        core.queues.borrow_mut().set_idle(domain, -1);
-        if stale() {
-            return None;
-        }
-        core.queues.borrow_mut().pop(domain)
     }
 
-    fn take_ready(&self, domain: &str) -> Vec<Delivery> {
-        self.0.queues.borrow_mut().take_ready(domain)
+    fn take_ready(&self, path: &str) -> Vec<Delivery> {
+        self.0.queues.borrow_mut().take_ready(path)
     }
 
-    async fn report(&self, domain: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>) {
+    async fn report(&self, path: &str, d: Delivery, mut results: Vec<RcptResult>, peer: Option<Peer>) {
         let core = self.0;
         let msg = d.msg.clone();
-        let settlement = core.queues.borrow_mut().settle(core.clock.now_ms(), domain, d, results);
-        core.admin.note_response(domain, &settlement);
+        let domain = d.domain.clone();
+        let now = core.clock.now_ms();
+        let (retry_in, bounce) = core.apply_rules(path, &d, &mut results, now);
+        let settlement = core.queues.borrow_mut().settle(now, d, results, retry_in);
+        core.admin.note_response(&domain, &settlement);
         core.apply(&msg, settlement, peer).await;
+        if let Some(why) = bounce {
+            core.admin_bounce(crate::shard::admin_ops::BouncePick::Domain(domain.to_string()), &why).await;
+        }
     }
 
     fn stopping(&self) -> bool {
         self.0.is_stopping()
+    }
+}
+
+/// The site of `domain`: its static route's hosts, else its MX (or implicit MX) hosts; a
+/// site of its own when DNS gives no hosts (the connection then reports the DNS answer).
+async fn site_of(ctx: &AgentContext, domain: &str) -> Site {
+    use crate::outbound::dns::resolver::Destination;
+    if let Some((_, route)) = ctx.routes.route(domain) {
+        let tls = format!("|{:?}", ctx.config.tls_policy(route));
+        return Site::of_route(domain, &route.hosts, if route.tls.is_some() || route.tls_verify.is_some() { &tls } else { "" });
+    }
+    match ctx.resolver.destination(domain).await {
+        Destination::Hosts(hosts) => Site::of_mx(domain, hosts.into_iter().map(|(h, _)| h)),
+        Destination::NullMx => Site::of_unresolved(domain, Reply::new(556, (5, 1, 10), format!("{domain} does not accept mail (null MX)"))),
+        Destination::NoSuchDomain => Site::of_unresolved(domain, Reply::new(550, (5, 1, 2), format!("{domain}: no such domain or no mail host"))),
+        Destination::TempFail(e) => Site::of_unresolved(domain, Reply::new(451, (4, 4, 3), format!("DNS: {e}"))),
     }
 }

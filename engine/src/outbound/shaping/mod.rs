@@ -1,0 +1,409 @@
+//! Delivering politely (issue 11): egress sources and pools, sites, per-site shaping, adaptive
+//! rules and warm-up.
+//!
+//! A *path* is one (source, site, shape) triple: its own connection count, message and
+//! connection rate, suspension and throttle. Paths are host-wide: a site's domains hash to
+//! different cores, and every core serving the site shares the path's limits through atomics
+//! in [`PathLimits`] (a compare-and-swap per connection or message, no lock), so a limit of 3
+//! connections or 200 messages/s holds exactly for the host however the domains spread over
+//! cores, and no core is starved by a static split. Each core keeps its own ready queue per
+//! path (`outbound/queue.rs`); the queues are core-local, the limits are not.
+//!
+//! Without `[[shape]]` limits a path behaves as before: `delivery.max_connections_per_destination`
+//! connections per core, no rate limit.
+pub mod pool;
+pub mod rate;
+pub mod rules;
+pub mod site;
+pub mod warmup;
+
+use crate::config::{Config, RateSpec, ShapeConfig};
+use rate::{Gcra, SharedLimiter, SharedVerdict};
+use site::{Site, SiteMatch};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An egress source; index 0 is the host's own address (no bind, `server.hostname`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Name (`"host"` for index 0).
+    pub name: String,
+    /// Local address to bind (none: the kernel's choice).
+    pub bind: Option<IpAddr>,
+    /// EHLO name (none: `server.hostname`).
+    pub ehlo: Option<String>,
+}
+
+/// A pool: source indexes and weights.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Name.
+    pub name: String,
+    /// Source indexes.
+    pub members: Vec<usize>,
+    /// Their weights.
+    pub weights: Vec<u32>,
+}
+
+/// The limits a path runs under, resolved from the first matching `[[shape]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeParams {
+    /// Index of the matching shape (none matched: `None`).
+    pub shape: Option<usize>,
+    /// Host-wide connection cap per source for the site; `None`: per-core default.
+    pub max_connections: Option<usize>,
+    /// Messages per connection.
+    pub max_deliveries: usize,
+    /// Message rate.
+    pub message_rate: Option<RateSpec>,
+    /// Connection rate.
+    pub connection_rate: Option<RateSpec>,
+    /// Idle seconds before QUIT (none: `delivery.idle_timeout_s`).
+    pub idle_timeout_s: Option<f64>,
+    /// Consult the cluster limiter.
+    pub shared: bool,
+}
+
+/// Why a path may not send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Suspended (by a rule) until this Unix ms.
+    Suspended(u64),
+    /// A rate allows the next event at this Unix ms.
+    Rate(u64),
+    /// The connection cap is reached (by this host's connections on any core).
+    Connections,
+}
+
+/// One path's host-wide limits and state.
+#[derive(Debug)]
+pub struct PathLimits {
+    /// `source|site` (plus `#shape` when a shape matched).
+    pub key: String,
+    /// Its limits.
+    pub params: ShapeParams,
+    connections: AtomicUsize,
+    messages: Option<Gcra>,
+    opens: Option<Gcra>,
+    suspended_until_ms: AtomicU64,
+    throttle_until_ms: AtomicU64,
+    throttle_factor_bits: AtomicU64,
+    /// Why it is suspended or throttled (control plane only: written on a rule match).
+    note: Mutex<String>,
+}
+
+impl PathLimits {
+    fn new(key: String, params: ShapeParams) -> Self {
+        Self {
+            key,
+            messages: params.message_rate.map(|r| Gcra::new(r, 1)),
+            opens: params.connection_rate.map(|r| Gcra::new(r, 1)),
+            params,
+            connections: AtomicUsize::new(0),
+            suspended_until_ms: AtomicU64::new(0),
+            throttle_until_ms: AtomicU64::new(0),
+            throttle_factor_bits: AtomicU64::new(1f64.to_bits()),
+            note: Mutex::new(String::new()),
+        }
+    }
+
+    /// Suspended until (Unix ms), if it is at `now_ms`.
+    pub fn suspended(&self, now_ms: u64) -> Option<u64> {
+        let until = self.suspended_until_ms.load(Ordering::Relaxed);
+        (until > now_ms).then_some(until)
+    }
+
+    fn factor(&self, now_ms: u64) -> f64 {
+        if self.throttle_until_ms.load(Ordering::Relaxed) > now_ms {
+            f64::from_bits(self.throttle_factor_bits.load(Ordering::Relaxed))
+        } else {
+            1.0
+        }
+    }
+
+    fn rate(&self, g: &Option<Gcra>, kind: &str, shared: Option<&dyn SharedLimiter>, now_ms: u64) -> Result<(), Hold> {
+        let Some(g) = g else { return Ok(()) };
+        let now_us = now_ms * 1000;
+        if let (true, Some(s)) = (self.params.shared, shared) {
+            let rate = if kind == "msg" { self.params.message_rate } else { self.params.connection_rate };
+            match s.acquire(&format!("{kind}:{}", self.key), rate.expect("a limiter has its rate"), now_us) {
+                SharedVerdict::Allow => return Ok(()),
+                SharedVerdict::Deny(t) => return Err(Hold::Rate(t.div_ceil(1000))),
+                SharedVerdict::Local => {}
+            }
+        }
+        g.try_acquire(now_us, self.factor(now_ms)).map_err(|t| Hold::Rate(t.div_ceil(1000)))
+    }
+
+    /// Take a connection slot (host-wide cap and connection rate); `local` is this core's
+    /// count against `local_max` when the shape sets no cap.
+    pub fn try_open(&self, now_ms: u64, local: usize, local_max: usize, shared: Option<&dyn SharedLimiter>) -> Result<(), Hold> {
+        if let Some(until) = self.suspended(now_ms) {
+            return Err(Hold::Suspended(until));
+        }
+        match self.params.max_connections {
+            None if local >= local_max => return Err(Hold::Connections),
+            None => {}
+            Some(max) => {
+                let took = self.connections.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
+                if took.is_err() {
+                    return Err(Hold::Connections);
+                }
+            }
+        }
+        self.rate(&self.opens, "conn", shared, now_ms).inspect_err(|_| self.closed())
+    }
+
+    /// A connection of this path ended (or was never made after [`Self::try_open`]).
+    pub fn closed(&self) {
+        if self.params.max_connections.is_some() {
+            let _ = self.connections.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Connections open host-wide (counted only under a shape cap).
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Take one message's turn under the message rate.
+    pub fn try_message(&self, now_ms: u64, shared: Option<&dyn SharedLimiter>) -> Result<(), Hold> {
+        if let Some(until) = self.suspended(now_ms) {
+            return Err(Hold::Suspended(until));
+        }
+        self.rate(&self.messages, "msg", shared, now_ms)
+    }
+
+    /// Suspend until `until_ms` (a later suspension extends, an earlier one does not shorten).
+    pub fn suspend(&self, until_ms: u64, why: &str) {
+        self.suspended_until_ms.fetch_max(until_ms, Ordering::AcqRel);
+        *self.note.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+    }
+
+    /// Multiply the rates by `factor` until `until_ms`.
+    pub fn throttle(&self, factor: f64, until_ms: u64, why: &str) {
+        self.throttle_factor_bits.store(factor.to_bits(), Ordering::Relaxed);
+        self.throttle_until_ms.store(until_ms, Ordering::Release);
+        *self.note.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+    }
+
+    /// What `ringctl queue` shows: suspended/throttled, until when and why (none: neither).
+    pub fn status(&self, now_ms: u64) -> Option<String> {
+        let note = || self.note.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let when = |ms: u64| crate::clock::rfc5322(ms);
+        if let Some(until) = self.suspended(now_ms) {
+            return Some(format!("{} suspended until {} ({})", self.key, when(until), note()));
+        }
+        let t = self.throttle_until_ms.load(Ordering::Acquire);
+        (t > now_ms).then(|| format!("{} throttled x{} until {} ({})", self.key, self.factor(now_ms), when(t), note()))
+    }
+}
+
+/// Host-wide shaping: sources, pools, shapes, rules, warm-up and the path registry.
+pub struct Shaping {
+    /// Sources; index 0 is the host's own address.
+    pub sources: Vec<Source>,
+    /// Pools.
+    pub pools: Vec<Pool>,
+    /// The pool named `default`, if configured.
+    pub default_pool: Option<usize>,
+    shapes: Vec<(SiteMatch, ShapeConfig)>,
+    /// Adaptive rules.
+    pub rules: rules::Rules,
+    /// Warm-up schedules and counters.
+    pub warmup: warmup::Warmup,
+    paths: papaya::HashMap<String, Arc<PathLimits>>,
+    /// The cluster limiter for `shared = true` limits (set by the cluster integration).
+    pub shared_limiter: Option<Arc<dyn SharedLimiter>>,
+}
+
+impl std::fmt::Debug for Shaping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shaping({} sources, {} pools, {} shapes)", self.sources.len(), self.pools.len(), self.shapes.len())
+    }
+}
+
+impl Shaping {
+    /// Compile a validated configuration; warm-up counters persist in `state_dir`.
+    pub fn new(cfg: &Config, state_dir: Option<&std::path::Path>) -> Self {
+        let mut sources = vec![Source { name: "host".into(), bind: None, ehlo: None }];
+        sources.extend(cfg.source.iter().map(|s| Source { name: s.name.clone(), bind: s.bind.parse().ok(), ehlo: s.ehlo.clone() }));
+        let index = |n: &str| sources.iter().skip(1).position(|s| s.name == n).map(|i| i + 1);
+        let pools: Vec<Pool> = cfg
+            .pool
+            .iter()
+            .map(|p| {
+                let (members, weights) = p.sources.iter().filter_map(|(n, w)| Some((index(n)?, *w))).unzip();
+                Pool { name: p.name.clone(), members, weights }
+            })
+            .collect();
+        let plans = cfg.warmup.iter().filter_map(|w| Some((index(&w.source)?, warmup::Plan::new(w)))).collect();
+        let warmup = warmup::Warmup::new(plans, state_dir.map(|d| d.join("warmup.state")));
+        Self {
+            default_pool: pools.iter().position(|p| p.name == "default"),
+            pools,
+            shapes: cfg.shape.iter().map(|s| (SiteMatch::parse(&s.site), s.clone())).collect(),
+            rules: rules::Rules::new(&cfg.rule),
+            warmup,
+            paths: papaya::HashMap::new(),
+            shared_limiter: None,
+            sources,
+        }
+    }
+
+    /// The pool index of a pool name (unknown names: none, i.e. the default).
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name.eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The limits of the first `[[shape]]` matching `site` reached for `domain`.
+    pub fn shape_for(&self, domain: &str, site: &Site) -> ShapeParams {
+        let found = self.shapes.iter().enumerate().find(|(_, (m, _))| m.matches(domain, site));
+        let Some((i, (_, s))) = found else {
+            return ShapeParams {
+                shape: None,
+                max_connections: None,
+                max_deliveries: usize::MAX,
+                message_rate: None,
+                connection_rate: None,
+                idle_timeout_s: None,
+                shared: false,
+            };
+        };
+        ShapeParams {
+            shape: Some(i),
+            max_connections: s.max_connections,
+            max_deliveries: s.max_deliveries_per_connection.unwrap_or(usize::MAX),
+            message_rate: s.max_message_rate.as_deref().and_then(RateSpec::parse),
+            connection_rate: s.max_connection_rate.as_deref().and_then(RateSpec::parse),
+            idle_timeout_s: s.idle_timeout_s,
+            shared: s.shared,
+        }
+    }
+
+    /// The host-wide limits of path (source `src`, `site`, shape of `domain`), made on first use.
+    pub fn path(&self, src: usize, domain: &str, site: &Site) -> Arc<PathLimits> {
+        let params = self.shape_for(domain, site);
+        let key = match params.shape {
+            Some(i) => format!("{}|{}#{i}", self.sources[src].name, site.key),
+            None => format!("{}|{}", self.sources[src].name, site.key),
+        };
+        let paths = self.paths.pin();
+        if let Some(p) = paths.get(&key) {
+            return p.clone();
+        }
+        paths.get_or_insert_with(key.clone(), || Arc::new(PathLimits::new(key.clone(), params))).clone()
+    }
+
+    /// Every path currently suspended or throttled, with its note.
+    pub fn held(&self, now_ms: u64) -> Vec<String> {
+        let mut out: Vec<String> = self.paths.pin().values().filter_map(|p| p.status(now_ms)).collect();
+        out.sort();
+        out
+    }
+
+    /// The path limits named `key`, if made.
+    pub fn path_by_key(&self, key: &str) -> Option<Arc<PathLimits>> {
+        self.paths.pin().get(key).cloned()
+    }
+
+    /// The shared limiter as the limit checks take it.
+    pub fn shared(&self) -> Option<&dyn SharedLimiter> {
+        self.shared_limiter.as_deref()
+    }
+}
+
+/// The headers that choose a pool, removed before delivery.
+pub const POOL_HEADER: &str = "x-ringpost-pool";
+
+/// Find header `name` (lower-case) in the header section of a message given as pieces:
+/// its value and the byte range of the whole field (folded lines included) in the
+/// concatenation of the pieces. Reads only the header section.
+pub fn find_header<'a>(pieces: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<(String, std::ops::Range<usize>)> {
+    const MAX: usize = 64 * 1024;
+    let mut head = Vec::new();
+    let mut end = None;
+    'pieces: for p in pieces {
+        // In small steps, so only the header section (plus a step) is ever copied.
+        for chunk in p.chunks(1024) {
+            let from = head.len().saturating_sub(3);
+            head.extend_from_slice(chunk);
+            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                end = Some(from + i + 2);
+                break 'pieces;
+            }
+            if head.len() >= MAX {
+                break 'pieces;
+            }
+        }
+    }
+    let end = end.unwrap_or(head.len());
+    let mut at = 0;
+    while at < end {
+        let line_end = head[at..end].windows(2).position(|w| w == b"\r\n").map_or(end, |i| at + i + 2);
+        let mut field_end = line_end;
+        while field_end < end && matches!(head[field_end], b' ' | b'\t') {
+            field_end = head[field_end..end].windows(2).position(|w| w == b"\r\n").map_or(end, |i| field_end + i + 2);
+        }
+        let field = &head[at..field_end];
+        if let Some(colon) = field.iter().position(|&b| b == b':') {
+            if field[..colon].eq_ignore_ascii_case(name.as_bytes()) {
+                let value = String::from_utf8_lossy(&field[colon + 1..]).split_whitespace().collect::<Vec<_>>().join(" ");
+                return Some((value, at..field_end));
+            }
+        }
+        at = field_end;
+    }
+    None
+}
+
+/// Where the pool's source is chosen: per core (deterministic smooth weighted round robin).
+#[derive(Debug, Default)]
+pub struct Chooser {
+    state: HashMap<usize, pool::Swrr>,
+}
+
+/// What a source says when offered a message (its warm-up cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Taken (and counted).
+    Take,
+    /// Over the cap; the message waits for this Unix ms.
+    Wait(u64),
+    /// Over the cap; offer it to another source of the pool (or wait for this Unix ms if
+    /// none takes it).
+    Overflow(u64),
+}
+
+impl Chooser {
+    /// A source of pool `pool` (none: the `default` pool, else the host) that takes the
+    /// message; `Err(t)`: none does, wait until Unix ms `t`.
+    pub fn pick(&mut self, shaping: &Shaping, pool: Option<usize>, offer: impl Fn(usize) -> Offer) -> Result<usize, u64> {
+        let Some(p) = pool.or(shaping.default_pool) else {
+            return match offer(0) {
+                Offer::Take => Ok(0),
+                Offer::Wait(t) | Offer::Overflow(t) => Err(t),
+            };
+        };
+        let pool = &shaping.pools[p];
+        let swrr = self.state.entry(p).or_default();
+        let mut refused: Vec<usize> = Vec::new();
+        let mut wait = u64::MAX;
+        while let Some(i) = swrr.pick(&pool.weights, |i| !refused.contains(&i)) {
+            match offer(pool.members[i]) {
+                Offer::Take => return Ok(pool.members[i]),
+                Offer::Wait(t) => return Err(t),
+                Offer::Overflow(t) => {
+                    wait = wait.min(t);
+                    refused.push(i);
+                }
+            }
+        }
+        Err(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests;

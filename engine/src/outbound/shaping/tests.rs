@@ -1,0 +1,104 @@
+//! Unit tests of the shaping registry: shapes, path limits, pool choice and header finding.
+use super::*;
+use crate::config::Config;
+
+fn config(extra: &str) -> Config {
+    Config::parse(&format!("[server]\n{extra}")).unwrap()
+}
+
+#[test]
+fn first_matching_shape_wins_and_absent_means_today() {
+    let c = config(
+        "[[shape]]\nsite = \"gmail.com\"\nmax_connections = 5\n[[shape]]\nsite = \"*.google.com\"\nmax_connections = 7\nmax_message_rate = \"10/m\"\n",
+    );
+    let s = Shaping::new(&c, None);
+    let g = Site::of_mx("gmail.com", ["gmail-smtp-in.l.google.com".into()]);
+    assert_eq!(s.shape_for("gmail.com", &g).max_connections, Some(5));
+    let other = s.shape_for("googlemail.com", &g);
+    assert_eq!((other.max_connections, other.message_rate), (Some(7), Some(RateSpec { count: 10, period_ms: 60_000 })));
+    assert_eq!(s.shape_for("x.test", &Site::of_mx("x.test", ["mx.x.test".into()])).shape, None);
+    let a = s.path(0, "googlemail.com", &g);
+    assert!(Arc::ptr_eq(&a, &s.path(0, "googlemail.com", &g)), "one path per (source, site, shape)");
+    assert!(!Arc::ptr_eq(&a, &s.path(0, "gmail.com", &g)), "a domain's own shape is its own path");
+}
+
+#[test]
+fn a_connection_cap_is_host_wide_and_released_on_close() {
+    let c = config("[[shape]]\nsite = \"*\"\nmax_connections = 3\n");
+    let s = Shaping::new(&c, None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    assert!((0..3).all(|_| p.try_open(0, 0, 1, None).is_ok()), "local counts do not matter under a cap");
+    assert_eq!(p.try_open(0, 0, 1, None), Err(Hold::Connections));
+    p.closed();
+    assert!(p.try_open(0, 0, 1, None).is_ok());
+    assert_eq!(p.open_connections(), 3);
+}
+
+#[test]
+fn without_a_cap_the_per_core_default_applies() {
+    let s = Shaping::new(&config(""), None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    assert!(p.try_open(0, 1, 2, None).is_ok());
+    assert_eq!(p.try_open(0, 2, 2, None), Err(Hold::Connections));
+}
+
+#[test]
+fn suspension_holds_until_its_time_and_throttle_slows() {
+    let c = config("[[shape]]\nsite = \"*\"\nmax_message_rate = \"10/s\"\n");
+    let s = Shaping::new(&c, None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    p.suspend(5_000, "rule tss04");
+    assert_eq!(p.try_message(1_000, None), Err(Hold::Suspended(5_000)));
+    assert!(p.status(1_000).unwrap().contains("suspended until"));
+    assert!(p.try_message(5_000, None).is_ok(), "a suspension ends by itself");
+    assert_eq!(p.try_message(5_000, None), Err(Hold::Rate(5_100)));
+    p.throttle(0.5, 60_000, "rule s3150");
+    assert!(p.try_message(5_100, None).is_ok());
+    assert_eq!(p.try_message(5_100, None), Err(Hold::Rate(5_300)), "half the rate while throttled");
+}
+
+struct Fixed(SharedVerdict);
+impl SharedLimiter for Fixed {
+    fn acquire(&self, _: &str, _: RateSpec, _: u64) -> SharedVerdict {
+        self.0
+    }
+}
+
+#[test]
+fn shared_limits_consult_the_cluster_hook_and_fall_back_locally() {
+    let c = config("[[shape]]\nsite = \"*\"\nmax_message_rate = \"1/s\"\nshared = true\n");
+    let s = Shaping::new(&c, None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    assert_eq!(p.try_message(0, Some(&Fixed(SharedVerdict::Deny(7_000_000)))), Err(Hold::Rate(7_000)));
+    assert!(p.try_message(0, Some(&Fixed(SharedVerdict::Allow))).is_ok());
+    assert!(p.try_message(0, Some(&Fixed(SharedVerdict::Local))).is_ok(), "local GCRA");
+    assert_eq!(p.try_message(0, Some(&Fixed(SharedVerdict::Local))), Err(Hold::Rate(1_000)));
+}
+
+#[test]
+fn pools_choose_by_weight_and_overflow_past_a_full_source() {
+    let c = config(
+        "[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n[[source]]\nname = \"ip3\"\nbind = \"127.0.0.3\"\n[[pool]]\nname = \"bulk\"\nsources = { ip2 = 1, ip3 = 3 }\n",
+    );
+    let s = Shaping::new(&c, None);
+    let bulk = s.pool_index("bulk");
+    let mut ch = Chooser::default();
+    let picks: Vec<usize> = (0..400).map(|_| ch.pick(&s, bulk, |_| Offer::Take).unwrap()).collect();
+    assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 100);
+    assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 300);
+    assert_eq!(ch.pick(&s, None, |_| Offer::Take), Ok(0), "no default pool: the host's address");
+    assert_eq!(ch.pick(&s, bulk, |i| if i == 2 { Offer::Overflow(9) } else { Offer::Take }), Ok(1));
+    assert_eq!(ch.pick(&s, bulk, |_| Offer::Overflow(9)), Err(9));
+    assert_eq!(ch.pick(&s, bulk, |_| Offer::Wait(5)), Err(5));
+}
+
+#[test]
+fn the_pool_header_is_found_with_its_folded_lines() {
+    let msg: [&[u8]; 2] = [b"From: a@b\r\nX-Ringpost-Pool: bu", b"lk\r\n  more\r\nSubject: x\r\n\r\nX-Ringpost-Pool: no\r\n"];
+    let (v, r) = find_header(msg.iter().copied(), POOL_HEADER).unwrap();
+    assert_eq!(v, "bulk more");
+    let all = msg.concat();
+    assert_eq!(&all[r], b"X-Ringpost-Pool: bulk\r\n  more\r\n");
+    let none: [&[u8]; 1] = [b"Subject: x\r\n\r\nX-Ringpost-Pool: body\r\n"];
+    assert!(find_header(none.iter().copied(), POOL_HEADER).is_none(), "only the header section");
+}

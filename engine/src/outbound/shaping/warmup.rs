@@ -1,0 +1,186 @@
+//! IP warm-up (`[[warmup]]`): a new source sends at most the day's volume of its schedule,
+//! in total or per site. The count is host-wide (one counter per source, or per source and
+//! site) and survives restarts: before a counter passes what is on disk, a larger allowance
+//! is written and fsynced (`warmup.state` in the spool directory), and a restart resumes from
+//! that allowance. A crash can therefore lose up to one allowance step of the day's volume
+//! (a tenth of the cap), never reset the count to zero, never exceed the cap.
+//!
+//! Counting happens when a message is assigned to the source (each attempt counts), so the
+//! cap bounds what the source is given to send. Only sources under warm-up pay for the lock
+//! and the rare small file write; every other source never reaches this module.
+use crate::config::{days_from_date, WarmupConfig, WarmupOverflow, WarmupScope};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+const DAY_MS: u64 = 86_400_000;
+
+/// One source's schedule.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    start_day: i64,
+    daily: Vec<u64>,
+    /// Total or per site.
+    pub scope: WarmupScope,
+    /// What happens over the cap.
+    pub overflow: WarmupOverflow,
+}
+
+impl Plan {
+    /// From a validated `[[warmup]]`.
+    pub fn new(w: &WarmupConfig) -> Self {
+        Self { start_day: days_from_date(&w.start).unwrap_or(0), daily: w.daily.clone(), scope: w.scope, overflow: w.overflow }
+    }
+
+    /// The cap of day `day` (days since the epoch, UTC): day 1 of the schedule before and on
+    /// its start, none once the schedule is over.
+    pub fn cap(&self, day: i64) -> Option<u64> {
+        let i = (day - self.start_day).max(0) as usize;
+        self.daily.get(i).copied()
+    }
+}
+
+/// The UTC day of `now_ms` and the Unix ms when the next one begins.
+pub fn day_of(now_ms: u64) -> (i64, u64) {
+    let day = now_ms / DAY_MS;
+    (day as i64, (day + 1) * DAY_MS)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counter {
+    day: i64,
+    count: u64,
+    /// Allowance already on disk for `day`.
+    reserved: u64,
+}
+
+/// Every warm-up schedule and its counters, host-wide.
+#[derive(Debug, Default)]
+pub struct Warmup {
+    plans: HashMap<usize, Plan>,
+    counters: Mutex<HashMap<String, Counter>>,
+    file: Option<PathBuf>,
+}
+
+impl Warmup {
+    /// Schedules by source index; counters resumed from `file` (absent: start at zero).
+    pub fn new(plans: HashMap<usize, Plan>, file: Option<PathBuf>) -> Self {
+        let counters = file.as_ref().map(load).unwrap_or_default();
+        Self { plans, counters: Mutex::new(counters), file }
+    }
+
+    /// The schedule of source `src`, if it is warming up.
+    pub fn plan(&self, src: usize) -> Option<&Plan> {
+        self.plans.get(&src)
+    }
+
+    /// Count one message from `src` to `site` at `now_ms`. `Err(t)`: the day's cap is
+    /// reached, the next day begins at Unix ms `t`.
+    pub fn try_take(&self, src: usize, site: &str, now_ms: u64) -> Result<(), u64> {
+        let Some(plan) = self.plans.get(&src) else { return Ok(()) };
+        let (day, next_day) = day_of(now_ms);
+        let Some(cap) = plan.cap(day) else { return Ok(()) };
+        let key = match plan.scope {
+            WarmupScope::Total => format!("{src}"),
+            WarmupScope::PerSite => format!("{src}|{site}"),
+        };
+        let mut all = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let c = all.entry(key).or_default();
+        if c.day != day {
+            *c = Counter { day, count: 0, reserved: 0 };
+        }
+        if c.count >= cap {
+            return Err(next_day);
+        }
+        c.count += 1;
+        if let (true, Some(file)) = (c.count > c.reserved, &self.file) {
+            c.reserved = (c.count + (cap / 10).max(1) - 1).min(cap);
+            if let Err(e) = save(file, &all) {
+                tracing::error!("warm-up state not saved: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages counted today for `src` (total scope; for `ringctl` and tests).
+    pub fn count(&self, src: usize, site: &str, now_ms: u64) -> u64 {
+        let day = day_of(now_ms).0;
+        let all = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        [format!("{src}"), format!("{src}|{site}")].iter().filter_map(|k| all.get(k)).filter(|c| c.day == day).map(|c| c.count).sum()
+    }
+}
+
+/// `key day reserved` lines; a restart counts from the reserved allowance.
+fn load(path: &PathBuf) -> HashMap<String, Counter> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split('\t');
+            let (k, day, reserved) = (w.next()?, w.next()?.parse().ok()?, w.next()?.parse().ok()?);
+            Some((k.to_string(), Counter { day, count: reserved, reserved }))
+        })
+        .collect()
+}
+
+/// Write the allowances durably: temporary file, fsync, rename, fsync the directory.
+fn save(path: &PathBuf, all: &HashMap<String, Counter>) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for (k, c) in all {
+        writeln!(f, "{k}\t{}\t{}", c.day, c.reserved)?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(daily: &[u64], scope: WarmupScope) -> Plan {
+        Plan::new(&WarmupConfig { source: "ip2".into(), start: "2026-12-01".into(), daily: daily.to_vec(), scope, overflow: WarmupOverflow::Wait })
+    }
+
+    const DEC1: u64 = 20_788 * DAY_MS;
+
+    #[test]
+    fn the_day_picks_the_cap_and_the_schedule_ends() {
+        let p = plan(&[50, 100, 500], WarmupScope::Total);
+        assert_eq!(p.cap(20_780), Some(50), "before the start: day 1's volume");
+        assert_eq!(p.cap(20_789), Some(100));
+        assert_eq!(p.cap(20_790), Some(500));
+        assert_eq!(p.cap(20_791), None, "warm-up over");
+        assert_eq!(day_of(DEC1 + 5), (20_788, DEC1 + DAY_MS));
+    }
+
+    #[test]
+    fn the_cap_holds_until_the_next_day_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("warmup.state");
+        let w = Warmup::new(HashMap::from([(1, plan(&[100, 200], WarmupScope::Total))]), Some(file.clone()));
+        let t = DEC1 + 1000;
+        assert!((0..100).all(|_| w.try_take(1, "s", t).is_ok()));
+        assert_eq!(w.try_take(1, "s", t), Err(DEC1 + DAY_MS), "the 101st waits for the next day");
+        assert_eq!(w.try_take(0, "s", t), Ok(()), "other sources are not capped");
+        let again = Warmup::new(HashMap::from([(1, plan(&[100, 200], WarmupScope::Total))]), Some(file.clone()));
+        assert_eq!(again.try_take(1, "s", t), Err(DEC1 + DAY_MS), "a restart does not reset the count");
+        assert!(again.try_take(1, "s", DEC1 + DAY_MS).is_ok(), "the next day has its own cap");
+        let partial = Warmup::new(HashMap::from([(1, plan(&[100], WarmupScope::Total))]), Some(dir.path().join("p.state")));
+        assert!((0..15).all(|_| partial.try_take(1, "s", t).is_ok()));
+        let resumed = Warmup::new(HashMap::from([(1, plan(&[100], WarmupScope::Total))]), Some(dir.path().join("p.state")));
+        assert_eq!(resumed.count(1, "s", t), 20, "resumes at the fsynced allowance (15 used, 20 reserved)");
+    }
+
+    #[test]
+    fn per_site_scope_counts_each_site() {
+        let w = Warmup::new(HashMap::from([(1, plan(&[2], WarmupScope::PerSite))]), None);
+        assert!(w.try_take(1, "a", DEC1).is_ok() && w.try_take(1, "a", DEC1).is_ok());
+        assert!(w.try_take(1, "a", DEC1).is_err());
+        assert!(w.try_take(1, "b", DEC1).is_ok(), "another site has its own cap");
+    }
+}
