@@ -171,6 +171,9 @@ def read_pty(fd, seconds):
 
 def test_top_runs_under_a_pty_shows_changing_numbers_and_q_restores_the_terminal(tmp_path, sink):
     rp = Ringpost(tmp_path, sink.port, cores=2).start()
+    # Held, so flow.test stays queued and is listed in every frame (mail that is delivered at
+    # once may be between frames).
+    assert rp.ctl("suspend", "flow.test")[0] == 0
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
     try:

@@ -262,7 +262,7 @@ impl Core {
         let mut m = crate::metrics::local::CoreSample { core: self.id, ..Default::default() };
         self.metrics.fill(&mut m);
         let mut dests = Vec::new();
-        for v in self.queues.borrow().views() {
+        for v in self.queues.borrow().views(self.clock.now_ms()) {
             m.queue_ready += v.ready as u64;
             m.queue_waiting += v.waiting as u64;
             m.queue_in_flight += v.in_flight as u64;
