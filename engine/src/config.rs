@@ -115,6 +115,9 @@ pub struct Config {
     /// The admin socket (`ringctl`).
     #[serde(default)]
     pub admin: AdminSection,
+    /// Cluster-wide limits through Redis.
+    #[serde(default)]
+    pub cluster: crate::cluster_config::ClusterSection,
 }
 
 /// What happens to a suppressed recipient.
@@ -646,7 +649,8 @@ impl Config {
         self.validate_tls_and_auth()?;
         self.validate_dns()?;
         self.validate_log()?;
-        self.validate_admin()
+        self.validate_admin()?;
+        self.cluster.validate().map_err(|(key, why)| ConfigError::Invalid { key, why })
     }
 
     fn validate_log(&self) -> Result<(), ConfigError> {

@@ -174,6 +174,9 @@ pub struct Core {
     pub live: RefCell<Rc<LiveConfig>>,
     /// Counters and operator state for the admin socket (`shard/admin_ops.rs`).
     pub admin: crate::shard::admin_ops::AdminState,
+    /// Message-rate and connection limits of the paths this core owns, shared through Redis
+    /// when configured (`outbound/cluster/`).
+    pub cluster: Rc<crate::outbound::cluster::limiter::Limiter>,
 }
 
 /// The part of the configuration a reload may change, as sessions read it.
@@ -214,7 +217,9 @@ impl Core {
         let limits = live.limits.clone();
         let d = &p.shared.config.delivery;
         let queues = QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination);
+        let cluster = crate::outbound::cluster::limiter::Limiter::new(&p.shared.config.cluster, &p.shared.config.server.hostname, p.id);
         Rc::new(Self {
+            cluster,
             id: p.id,
             ncores: p.ncores,
             queues: RefCell::new(queues),

@@ -7,8 +7,10 @@
 use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::delivery_log::{EventKind, Peer};
 use crate::account::dsn::FailedRecipient;
+use crate::cluster_config::{LimitConfig, Rate};
 use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, WorkSource};
+use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
 use crate::outbound::queue::{Delivery, Dispatch, Final, Settlement};
 use crate::shard::core::Core;
 use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
@@ -50,8 +52,10 @@ impl Core {
     fn spawn_agent(self: &Rc<Self>, domain: String) {
         let core = self.clone();
         glommio::spawn_local(async move {
+            let slot = core.connection_slot(&domain).await;
             let ctx = core.agent.borrow().clone();
             run_connection(&ctx, &ShardWork(&core, &ctx), &domain).await;
+            drop(slot);
             let again = core.queues.borrow_mut().connection_closed(&domain, !core.is_stopping());
             core.act(&domain, again);
         })
@@ -157,11 +161,34 @@ fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response:
     }
 }
 
+impl Core {
+    /// The `[[cluster.limit]]` on `domain`'s path, if one matches.
+    fn path_limit(&self, domain: &str) -> Option<(LimitKey, &LimitConfig)> {
+        let l = self.shared.config.cluster.limit_for(domain)?;
+        Some((LimitKey { name: l.name.clone(), path: domain.to_ascii_lowercase() }, l))
+    }
+
+    /// Wait for a connection slot on `domain`'s path when its limit caps connections.
+    async fn connection_slot(self: &Rc<Self>, domain: &str) -> Option<ConnSlot> {
+        let (key, l) = self.path_limit(domain)?;
+        Some(self.cluster.open_connection(&key, l.max_connections?, l.shared).await)
+    }
+
+    /// Wait until one more message may leave on `domain`'s path when its limit caps the rate.
+    async fn admit_message(&self, domain: &str) {
+        let Some((key, l)) = self.path_limit(domain) else { return };
+        if let Some(rate) = l.max_message_rate.as_deref().and_then(Rate::parse) {
+            self.cluster.admit_message(&key, rate, l.shared).await;
+        }
+    }
+}
+
 /// The queue manager as seen by one delivery agent, with the context it connected with.
 struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
 
-impl WorkSource for ShardWork<'_> {
-    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
+impl ShardWork<'_> {
+    /// The next delivery for this connection, before the path's rate limit.
+    async fn next_unpaced(&self, domain: &str, idle: Duration) -> Option<Delivery> {
         let core = self.0;
         // A reload changed routes or delivery settings: close, so a new connection uses them.
         let stale = || !Rc::ptr_eq(&core.agent.borrow(), self.1);
@@ -183,6 +210,14 @@ impl WorkSource for ShardWork<'_> {
             return None;
         }
         core.queues.borrow_mut().pop(domain)
+    }
+}
+
+impl WorkSource for ShardWork<'_> {
+    async fn next(&self, domain: &str, idle: Duration) -> Option<Delivery> {
+        let d = self.next_unpaced(domain, idle).await?;
+        self.0.admit_message(domain).await;
+        Some(d)
     }
 
     fn take_ready(&self, domain: &str) -> Vec<Delivery> {
