@@ -59,21 +59,20 @@ fn gcra_grants_a_batch_then_asks_to_wait_and_survives_script_flush() {
         Box::pin(async move {
             let mut c = RedisConn::connect(&addr, TIMEOUT).await.unwrap();
             let gcra = Script::new(include_str!("../src/outbound/cluster/gcra.lua"));
-            let rate = per_s(1000);
-            let (t, tau) = (rate.interval_us().to_string(), burst_us(rate).to_string());
-            let args = |want: &str| -> Vec<Vec<u8>> { vec![t.clone().into_bytes(), tau.clone().into_bytes(), want.as_bytes().to_vec()] };
-            let a = args("64");
-            let a: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
-            // First call: EVALSHA gets NOSCRIPT, EVAL runs it. A full batch of k tokens, then none.
-            let first = c.run(&gcra, &[b"k1"], &a).await.unwrap();
-            assert_eq!(first, vec![batch_size(rate, 64) as i64, 0]);
-            let second = c.run(&gcra, &[b"k1"], &a).await.unwrap();
+            // 1/s with a burst tolerance of 2 s: a batch of at most 3, then one per second
+            // (slow on purpose, so a loaded machine cannot refill between two calls).
+            let args: [&[u8]; 3] = [b"1000000", b"2000000", b"64"];
+            // First call: EVALSHA gets NOSCRIPT, EVAL runs it. A batch of 3 of the 64 asked for.
+            assert_eq!(c.run(&gcra, &[b"k1"], &args).await.unwrap(), vec![3, 0]);
+            let second = c.run(&gcra, &[b"k1"], &args).await.unwrap();
             assert_eq!(second[0], 0, "burst spent: {second:?}");
-            assert!((1..=20).contains(&second[1]), "retry after ~k ms: {second:?}");
+            assert!((900..=1000).contains(&second[1]), "next token in ~1 s: {second:?}");
             c.call(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
-            glommio::timer::sleep(Duration::from_millis(25)).await;
-            let third = c.run(&gcra, &[b"k1"], &a).await.unwrap();
-            assert!(third[0] >= 1, "after SCRIPT FLUSH the EVAL fallback still answers: {third:?}");
+            let third = c.run(&gcra, &[b"k1"], &args).await.unwrap();
+            assert_eq!(third[0], 0, "after SCRIPT FLUSH the EVAL fallback answers, same state: {third:?}");
+            // The batch the rate gives the limiter: k tokens of BATCH_SPAN_MS.
+            let rate = per_s(1000);
+            assert_eq!((batch_size(rate, 64), burst_us(rate)), (20, 19_000));
         })
     });
 }

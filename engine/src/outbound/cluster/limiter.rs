@@ -228,11 +228,12 @@ impl PathLimits for Limiter {
 
     async fn open_connection(self: &Rc<Self>, key: &LimitKey, max: u32, shared: bool) -> ConnSlot {
         loop {
-            let open = *self.open.borrow().get(key).unwrap_or(&0);
-            if open < max {
-                if let Some(leased) = self.try_connection(key, max, shared).await {
-                    *self.open.borrow_mut().entry(key.clone()).or_insert(0) += 1;
-                    return ConnSlot::new(self.clone(), key.clone(), max, leased);
+            // Counted before the Redis call: tasks of this core that wait for Redis at the same
+            // time must not all see the same free slot.
+            if self.reserve_slot(key, max) {
+                match self.try_connection(key, max, shared).await {
+                    Some(leased) => return ConnSlot::new(self.clone(), key.clone(), max, leased),
+                    None => self.release_slot(key),
                 }
             }
             glommio::timer::sleep(CONN_RETRY).await;
@@ -241,6 +242,23 @@ impl PathLimits for Limiter {
 }
 
 impl Limiter {
+    /// Count one more connection on `key` on this core if fewer than `max` are open.
+    fn reserve_slot(&self, key: &LimitKey, max: u32) -> bool {
+        let mut open = self.open.borrow_mut();
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_slot(&self, key: &LimitKey) {
+        if let Some(n) = self.open.borrow_mut().get_mut(key) {
+            *n -= 1;
+        }
+    }
+
     /// Some(holder) for a Redis lease, Some(None) for a per-host slot (not shared, or Redis
     /// down), None when the shared limit is full.
     async fn try_connection(&self, key: &LimitKey, max: u32, shared: bool) -> Option<Option<String>> {
@@ -322,9 +340,7 @@ impl ConnSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.alive.set(false);
-        if let Some(n) = self.limiter.open.borrow_mut().get_mut(&self.key) {
-            *n -= 1;
-        }
+        self.limiter.release_slot(&self.key);
         if let Some(h) = self.holder.take() {
             let (l, k) = (self.limiter.clone(), self.key.clone());
             glommio::spawn_local(async move { l.release_connection(&k, &h).await }).detach();
