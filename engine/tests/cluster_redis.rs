@@ -173,3 +173,41 @@ async fn measure_round_trip(_dead_url: &str) {
     eprintln!("gcra.lua round trip over glommio TcpStream: {per:?} per call ({n} calls)");
     assert!(per < Duration::from_millis(5), "{per:?}");
 }
+
+/// The synchronous hook for shaping paths: two hosts' hooks share one 200/s limit through
+/// Redis; with Redis gone they answer Local (the caller's per-host limit applies).
+#[test]
+fn the_sync_hook_shares_a_rate_and_answers_local_when_redis_is_gone() {
+    use ringpost_engine::outbound::cluster::hook::{ClusterHook, Verdict};
+    let mut redis = Redis::start();
+    let cfg = ClusterSection { redis: Some(format!("redis://127.0.0.1:{}", redis.port)), ..Default::default() };
+    let hooks = std::sync::Arc::new([ClusterHook::new(&cfg, "h1"), ClusterHook::new(&cfg, "h2")]);
+    // One clock for both runs: the caller's clock never goes back.
+    let epoch = Instant::now();
+    let run = |hooks: std::sync::Arc<[ClusterHook; 2]>, secs: u64| {
+        on_glommio(move || {
+            Box::pin(async move {
+                let (t0, mut allowed, mut local) = (Instant::now(), 0, 0);
+                while t0.elapsed() < Duration::from_secs(secs) {
+                    for h in hooks.iter() {
+                        match h.acquire("src|site", per_s(200), epoch.elapsed().as_micros() as u64 + 1) {
+                            Verdict::Allow => allowed += 1,
+                            Verdict::Local => local += 1,
+                            Verdict::Deny(_) => {}
+                        }
+                    }
+                    glommio::timer::sleep(Duration::from_micros(200)).await;
+                }
+                (allowed, local)
+            })
+        })
+    };
+    let (allowed, local) = run(hooks.clone(), 2);
+    eprintln!("sync hook, two hosts, shared 200/s, 2 s: {allowed} allowed");
+    let bound = ringpost_engine::outbound::cluster::lease::excess_bound(per_s(200), 2_000);
+    assert!(local == 0 && allowed as u64 <= bound && allowed >= 340, "allowed {allowed} (bound {bound}), local {local}");
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let (allowed, local) = run(hooks, 1);
+    assert!(allowed <= 60 && local > 1_000, "Redis gone: {allowed} allowed, {local} local");
+}

@@ -108,6 +108,20 @@ impl Limiter {
         self.redis.is_some() && self.health.borrow().is_shared()
     }
 
+    /// True when a Redis call would be made now (configured; up, or down past its backoff).
+    pub(super) fn may_call(&self) -> bool {
+        self.redis.is_some() && self.health.borrow().may_try(self.now_ms())
+    }
+
+    /// Lease up to `want` tokens of `rate` for `key` from Redis: Some(granted) (0: none left
+    /// now), None when Redis did not answer.
+    pub(super) async fn lease_tokens(&self, key: &LimitKey, rate: Rate, want: u32) -> Option<u32> {
+        let (interval, tau, want) = (rate.interval_us().to_string(), burst_us(rate).to_string(), want.to_string());
+        let args: [&[u8]; 3] = [interval.as_bytes(), tau.as_bytes(), want.as_bytes()];
+        let r = self.redis_run(&self.rate_script, &key.redis_key("rate"), &args).await?;
+        Some(r.first().copied().unwrap_or(0).max(0) as u32)
+    }
+
     /// Run a script on the core's Redis connection (connecting first when needed), one call at
     /// a time; None when Redis is down and its backoff has not passed. Errors switch to per-host
     /// limits (logged once), a success after an outage switches back (logged).

@@ -12,8 +12,11 @@
 //! - `resp.rs` — sans-I/O RESP (the `redis-protocol` codec); `client.rs` — the thin driver over
 //!   glommio's TcpStream, timeouts on every call, EVALSHA with EVAL fallback.
 //! - `limiter.rs` — one core's limiter: `PathLimits::admit_message` / `open_connection`.
+//! - `hook.rs` — the host-wide synchronous face (`ClusterHook::acquire`) for branch `shape`'s
+//!   `SharedLimiter` hook.
 pub mod client;
 pub mod health;
+pub mod hook;
 pub mod lease;
 pub mod limiter;
 pub mod resp;
