@@ -25,7 +25,7 @@ pub enum Verdict {
     Local,
 }
 
-/// How long after a refill starts the caller is asked to look again (a round trip is ~70 µs).
+/// How long after a refill starts the caller is asked to look again (a round trip is ~70-110 µs).
 const REFILL_WAIT_US: u64 = 1_000;
 
 #[derive(Default)]
