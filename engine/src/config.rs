@@ -137,6 +137,9 @@ pub struct Config {
     /// Warm-up schedules of new sources.
     #[serde(default)]
     pub warmup: Vec<WarmupConfig>,
+    /// Cluster-wide limits through Redis.
+    #[serde(default)]
+    pub cluster: crate::cluster_config::ClusterSection,
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint, served by the control plane.
@@ -735,7 +738,8 @@ impl Config {
         self.validate_dns()?;
         self.validate_log()?;
         self.validate_admin()?;
-        self.validate_metrics()
+        self.validate_metrics()?;
+        self.cluster.validate().map_err(|(key, why)| ConfigError::Invalid { key, why })
     }
 
     fn validate_metrics(&self) -> Result<(), ConfigError> {

@@ -38,6 +38,7 @@
 pub mod account;
 pub mod admin;
 pub mod clock;
+pub mod cluster_config;
 pub mod config;
 pub mod dkim;
 pub mod inbound;

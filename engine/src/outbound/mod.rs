@@ -1,6 +1,7 @@
 //! Outbound: the queue manager decides what is delivered when; the delivery agent speaks SMTP
 //! to one destination; retry and TLS policy, static routes and DNS serve them.
 pub mod agent;
+pub mod cluster;
 pub mod dns;
 pub mod queue;
 pub mod retry;

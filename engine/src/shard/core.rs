@@ -82,7 +82,12 @@ impl Shared {
     /// Build from a validated config.
     pub fn new(config: Config, shutdown: Arc<AtomicBool>) -> Self {
         let log_rotation = crate::account::delivery_log::Rotation::new(config.log.rotate_bytes, config.log.keep);
-        let shaping = Arc::new(crate::outbound::shaping::Shaping::new(&config, Some(&config.spool.dir)));
+        let mut shaping = crate::outbound::shaping::Shaping::new(&config, Some(&config.spool.dir));
+        if config.cluster.redis.is_some() {
+            let hook = crate::outbound::cluster::hook::ClusterHook::new(&config.cluster, &config.server.hostname);
+            shaping.shared_limiter = Some(Arc::new(hook));
+        }
+        let shaping = Arc::new(shaping);
         Self {
             shaping,
             relay_networks: config.relay_networks(),
@@ -183,6 +188,9 @@ pub struct Core {
     pub metrics: crate::metrics::local::CoreMetrics,
     /// `ringctl trace` subscribers of this core (the same one the delivery agents use).
     pub tracer: Rc<crate::trace::Tracer>,
+    /// Message-rate and connection limits of the paths this core owns, shared through Redis
+    /// when configured (`outbound/cluster/`).
+    pub cluster: Rc<crate::outbound::cluster::limiter::Limiter>,
 }
 
 /// The part of the configuration a reload may change, as sessions read it.
@@ -225,7 +233,9 @@ impl Core {
         let queues =
             QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination, p.shared.shaping.clone());
         let tracer = p.agent.tracer.clone();
+        let cluster = crate::outbound::cluster::limiter::Limiter::new(&p.shared.config.cluster, &p.shared.config.server.hostname, p.id);
         Rc::new(Self {
+            cluster,
             id: p.id,
             ncores: p.ncores,
             queues: RefCell::new(queues),

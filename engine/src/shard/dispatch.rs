@@ -10,6 +10,7 @@ use crate::account::dsn::FailedRecipient;
 use crate::config::RuleAction;
 use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
+use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
 use crate::outbound::queue::{Delivery, Dispatch, Final, Pop, Settlement};
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_header, POOL_HEADER};
@@ -83,7 +84,9 @@ impl Core {
             let ctx = core.agent.borrow().clone();
             let info = core.queues.borrow().path_info(&path);
             if let Some(info) = info {
+                let slot = core.shared_connection_slot(&path).await;
                 run_connection(&ctx, &ShardWork(&core, &ctx), &path, &info).await;
+                drop(slot);
             }
             let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
             core.act(again);
@@ -219,6 +222,19 @@ fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response:
             expired: true,
             category: BounceCategory::MessageExpired,
         }),
+    }
+}
+
+impl Core {
+    /// A cluster-wide connection slot, held for the connection's life, when the path's shape
+    /// caps connections with `shared = true` and `[cluster] redis` is set (while Redis is
+    /// down the cap holds per host).
+    async fn shared_connection_slot(self: &Rc<Self>, path: &str) -> Option<ConnSlot> {
+        self.shared.config.cluster.redis.as_ref()?;
+        let (_, limits) = self.queues.borrow().path_limits(path)?;
+        let max = limits.params.max_connections.filter(|_| limits.params.shared)?;
+        let key = LimitKey { name: "shape".into(), path: limits.key.clone() };
+        Some(self.cluster.open_connection(&key, u32::try_from(max).unwrap_or(u32::MAX), true).await)
     }
 }
 
