@@ -225,6 +225,34 @@ def test_reload_changes_a_route_with_a_session_open_and_a_bad_config_changes_not
         other_ctl.stop()
 
 
+def test_a_domain_sharing_a_site_keeps_the_site_hosts_when_the_paths_first_domain_moves(tmp_path, sink):
+    """Two domains routed to one host share a site (one path). A reload moves the domain that
+    formed the path elsewhere; the other domain's mail, on a new connection of that path, must
+    still go to the site's host, not follow the first domain (red when a path connected by its
+    first domain's route: b.test's mail reached the second sink)."""
+    other, other_ctl = start_second_sink()
+    route = lambda d, port: f'[[route]]\ndomain = "{d}"\nhosts = ["127.0.0.1:{port}"]\n'
+    tail = route("a.test", sink.port) + route("b.test", sink.port)
+    # One core (one path for both domains) and a long idle time: the first connection is
+    # still open at the reload, closes as stale, and the path opens a new one for b.test.
+    rp = Ringpost(tmp_path, sink.port, cores=1, tail=tail, delivery_extra="idle_timeout_s = 30").start()
+    try:
+        send(rp, ["x@a.test"])
+        wait_for(lambda: arrived_for(sink, "a.test"), "a.test to the first sink")
+        rp.config.write_text(rp.config.read_text().replace(route("a.test", sink.port), route("a.test", other.port)))
+        rc, out, _ = rp.ctl("reload")
+        assert rc == 0 and out["Reload"]["applied"] == ["route"], out
+        send(rp, ["y@b.test"])
+        send(rp, ["z@a.test"])
+        wait_for(lambda: arrived_for(sink, "b.test") or arrived_for(other, "b.test"), "b.test delivered")
+        wait_for(lambda: arrived_for(other, "a.test"), "a.test follows its new route")
+        assert len(arrived_for(sink, "b.test")) == 1 and arrived_for(other, "b.test") == []
+        assert len(arrived_for(sink, "a.test")) == 1, "only the message sent before the reload"
+    finally:
+        rp.stop()
+        other_ctl.stop()
+
+
 def test_sighup_reloads_the_config(tmp_path, sink):
     other, other_ctl = start_second_sink()
     rp = Ringpost(tmp_path, sink.port, cores=1).start()

@@ -157,3 +157,28 @@ def test_unconfigured_domain_is_not_signed(signing_ringpost, sink):
     rp, _ = signing_ringpost
     send(rp, "other.test", "unsigned", b"\r\nx\r\n")
     assert b"DKIM-Signature" not in received(sink, "unsigned")
+
+
+def test_a_reload_applies_new_dkim_keys_to_the_next_message(tmp_path, sink):
+    """`ringctl reload` swaps the signing keys live: a domain with no key is unsigned, then,
+    after a key is added and the config reloaded, the next message is signed and verifies."""
+    keys = make_keys(tmp_path)
+    rp = Ringpost(tmp_path, sink.port).start()
+    try:
+        send(rp, "late.test", "before", b"\r\nx\r\n")
+        assert b"DKIM-Signature" not in received(sink, "before")
+        rp.config.write_text(rp.config.read_text() + f"""
+[[dkim]]
+domain = "late.test"
+selector = "ed2026"
+algorithm = "ed25519-sha256"
+key_file = "{keys['ed'][0]}"
+""")
+        rc, out, _ = rp.ctl("reload")
+        assert rc == 0 and "dkim" in out["Reload"]["applied"], out
+        send(rp, "late.test", "after", b"\r\nx\r\n")
+        d, sigs = signatures(received(sink, "after"))
+        assert [(s[b"a"], s[b"d"]) for s in sigs] == [(b"ed25519-sha256", b"late.test")], sigs
+        assert d.verify(idx=0, dnsfunc=dnsfunc_for({b"ed2026._domainkey.late.test.": keys["ed"][1]}))
+    finally:
+        rp.stop()

@@ -40,9 +40,18 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     keep("engine", differs(&old.engine, &new.engine));
     keep("log", differs(&old.log, &new.log));
     keep("dns", differs(&old.dns, &new.dns));
-    keep("dkim", differs(&old.dkim, &new.dkim));
-    keep("admin", differs(&old.admin, &new.admin));
+    let (mut a, mut b) = (old.admin.clone(), new.admin.clone());
+    (a.history, a.history_max, b.history, b.history_max) = (String::new(), 0, String::new(), 0);
+    keep("admin (socket, group, connections, core timeout)", differs(&a, &b));
     keep("metrics", differs(&old.metrics, &new.metrics));
+    // Sources, pools, shapes, rules and warm-up are compiled once at start (host-wide path
+    // limits and warm-up counters outlive a core's view of the config).
+    keep("source", differs(&old.source, &new.source));
+    keep("pool", differs(&old.pool, &new.pool));
+    keep("shape (and delivery.shaping)", differs(&old.shape, &new.shape) || old.delivery.shaping != new.delivery.shaping);
+    keep("rule", differs(&old.rule, &new.rule));
+    keep("warmup", differs(&old.warmup, &new.warmup));
+    keep("cluster", differs(&old.cluster, &new.cluster));
     let mut config = new;
     config.server.listen = old.server.listen.clone();
     config.server.hostname = old.server.hostname.clone();
@@ -50,9 +59,17 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     config.engine = old.engine.clone();
     config.log = old.log.clone();
     config.dns = old.dns.clone();
-    config.dkim = old.dkim.clone();
+    let (history, history_max) = (config.admin.history.clone(), config.admin.history_max);
     config.admin = old.admin.clone();
+    (config.admin.history, config.admin.history_max) = (history, history_max);
     config.metrics = old.metrics.clone();
+    config.source = old.source.clone();
+    config.pool = old.pool.clone();
+    config.shape = old.shape.clone();
+    config.delivery.shaping = old.delivery.shaping.clone();
+    config.rule = old.rule.clone();
+    config.warmup = old.warmup.clone();
+    config.cluster = old.cluster.clone();
     let mut applied = Vec::new();
     let mut apply = |name: &str, changed: bool| {
         if changed {
@@ -67,6 +84,8 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     apply("route", differs(&old.route, &config.route));
     apply("tls", differs(&old.tls, &config.tls));
     apply("auth", differs(&old.auth, &config.auth));
+    apply("dkim", differs(&old.dkim, &config.dkim));
+    apply("admin.history", old.admin.history != config.admin.history || old.admin.history_max != config.admin.history_max);
     Plan { config, applied, needs_restart }
 }
 
@@ -126,6 +145,23 @@ mod tests {
         assert_eq!(p.config.server.listen, ["127.0.0.1:25"], "listen stays as started");
         assert_eq!(p.config.engine.cores, old.engine.cores);
         assert_eq!((p.config.server.max_recipients, p.config.route[0].hosts[0].as_str()), (200, "127.0.0.1:2"));
+    }
+
+    #[test]
+    fn dkim_and_history_apply_live_and_shaping_is_named_as_needing_a_restart() {
+        let base = "[server]\nlisten = [\"127.0.0.1:25\"]\n[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:1\"]\n";
+        let old = Config::parse(base).unwrap();
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/benches/keys/ed25519-test-only.pem");
+        let extra = format!(
+            "[admin]\nhistory = \"2h\"\n[[shape]]\nsite = \"*\"\nmax_connections = 3\n[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n\
+             [[dkim]]\ndomain = \"b.test\"\nselector = \"ed\"\nalgorithm = \"ed25519-sha256\"\nkey_file = \"{key}\"\n"
+        );
+        let new = Config::parse(&format!("{base}{extra}")).unwrap();
+        let p = plan(&old, new);
+        assert_eq!(p.applied, ["dkim", "admin.history"]);
+        assert_eq!(p.needs_restart, ["source", "shape (and delivery.shaping)"]);
+        assert!(p.config.shape.is_empty() && p.config.source.is_empty(), "shaping stays as started");
+        assert_eq!((p.config.dkim.len(), p.config.admin.history.as_str()), (1, "2h"));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl BodyWriter {
         self.tickets.clear();
         self.buf.clear();
         self.error = None;
-        self.dkim = (!core.signers.is_empty()).then(BodyHashStream::new);
+        self.dkim = (!core.signers.borrow().is_empty()).then(BodyHashStream::new);
     }
 }
 
@@ -139,7 +139,8 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
     if let Some(d) = body.dkim.take() {
         let (headers, hash) = d.finish();
         body_hash = Some(hash);
-        match headers.map(|h| core.signers.sign(&h, &hash, received_ms / 1000)) {
+        let signers = core.signers.borrow().clone();
+        match headers.map(|h| signers.sign(&h, &hash, received_ms / 1000)) {
             Some(Ok(sigs)) => trace.extend_from_slice(&sigs),
             Some(Err(e)) => tracing::warn!("core {}: DKIM signing skipped: {e}", core.id),
             None => tracing::warn!("core {}: DKIM signing skipped: header block too large", core.id),

@@ -9,6 +9,7 @@ use crate::config::{Config, DeliverySection, TlsMode, TlsPolicy};
 use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::{Delivery, PathInfo};
 use crate::outbound::routes::Routes;
+use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_header, Source, POOL_HEADER};
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
@@ -189,13 +190,50 @@ fn policy_for(ctx: &AgentContext, domain: &str) -> TlsPolicy {
     }
 }
 
-async fn connect(ctx: &AgentContext, domain: &str, source: &Source) -> Result<Conn, ConnError> {
+/// Where a connection of `site` may go: the site's own hosts, never elsewhere. The path's
+/// first domain only gives the order (MX preference) and the TLS settings: its MX set or
+/// route may have changed since the site was formed, and the other domains that share the
+/// path must still go to the site's hosts (a domain whose site changed moves to a new path
+/// when it is resolved again).
+async fn site_targets(ctx: &AgentContext, site: &Site) -> Result<Vec<(Option<String>, SocketAddr)>, ConnError> {
+    let ordered = targets(ctx, &site.domain).await;
+    if site.key.starts_with("route:") {
+        let fixed: Vec<SocketAddr> = site.hosts.iter().filter_map(|h| h.parse().ok()).collect();
+        return match ordered {
+            Ok(t) if !t.is_empty() && t.iter().all(|(_, a)| fixed.contains(a)) => Ok(t),
+            _ if !fixed.is_empty() => Ok(fixed.into_iter().map(|a| (None, a)).collect()),
+            _ => ordered,
+        };
+    }
+    let in_site = |h: &Option<String>| h.as_ref().is_some_and(|h| site.hosts.iter().any(|s| s.eq_ignore_ascii_case(h.trim_end_matches('.'))));
+    if let Ok(t) = &ordered {
+        let kept: Vec<_> = t.iter().filter(|(h, _)| in_site(h)).cloned().collect();
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+    }
+    // The first domain moved away or stopped resolving: the site's hosts, by name.
+    let port = ctx.config.delivery.mx_port;
+    let mut out = Vec::new();
+    for h in &site.hosts {
+        if let Ok(Some(ips)) = ctx.resolver.addresses(h).await {
+            out.extend(ips.into_iter().map(|ip| (Some(h.to_string()), SocketAddr::new(ip, port))));
+        }
+    }
+    if out.is_empty() {
+        return ordered;
+    }
+    Ok(out)
+}
+
+async fn connect(ctx: &AgentContext, site: &Site, source: &Source) -> Result<Conn, ConnError> {
+    let domain = site.domain.as_str();
     let timeout = Duration::from_secs(ctx.config.delivery.connect_timeout_s);
     let policy = policy_for(ctx, domain);
     let mut last = ConnError::NoRoute;
     // Every address of every exchange, in order, until one greets us (at least two are tried
     // whenever DNS gives two).
-    for (host, addr) in targets(ctx, domain).await? {
+    for (host, addr) in site_targets(ctx, site).await? {
         match greet(ctx, source, domain, host.clone(), addr, (timeout, &policy), true).await {
             Ok(c) => return Ok(c),
             Err(ConnError::TlsHandshake(_)) if handshake_failed(&policy) == TlsFallback::Plaintext => {
@@ -319,7 +357,7 @@ pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, path: &s
     let idle = Duration::from_secs_f64(info.idle_timeout_s.unwrap_or(ctx.config.delivery.idle_timeout_s));
     let connected = match &info.site.failure {
         Some(reply) => Err(ConnError::Dns(reply.clone())),
-        None => connect(ctx, &info.site.domain, &info.source).await,
+        None => connect(ctx, &info.site, &info.source).await,
     };
     match connected {
         Err(e) => {

@@ -209,6 +209,12 @@ impl QueueManager {
         self.assign(d, site, now_ms, may_open)
     }
 
+    /// Look every domain's site up again before its next delivery: a reload may have changed
+    /// routes or TLS settings, and a cached site would keep sending to the old hosts.
+    pub fn expire_sites(&mut self) {
+        self.sites.values_mut().for_each(|e| e.expires_ms = 0);
+    }
+
     /// The site of `domain` is known: queue what waited for it.
     pub fn site_resolved(&mut self, domain: &str, site: Site, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
         let key: Rc<str> = domain.into();

@@ -434,9 +434,13 @@ impl Core {
         if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
             crate::tls::server_config(c, k).map_err(|e| e.to_string())?;
         }
+        let signers = crate::dkim::Signers::load(&cfg.dkim).map_err(|e| e.to_string())?;
         if !apply {
             return Ok(());
         }
+        // New keys sign messages committed from now on; a message already streaming keeps
+        // its body hash (the same for every key) and is signed with the new keys.
+        *self.signers.borrow_mut() = Rc::new(signers);
         let old = self.agent.borrow().clone();
         let agent = AgentContext {
             hostname: old.hostname.clone(),
@@ -451,6 +455,7 @@ impl Core {
         self.admin.history.borrow_mut().set_bounds(cfg.admin.history_ms(), cfg.admin.history_max);
         let d = &cfg.delivery;
         self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
+        self.queues.borrow_mut().expire_sites();
         self.reload_tls();
         Ok(())
     }

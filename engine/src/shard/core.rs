@@ -171,7 +171,7 @@ pub struct Core {
     /// Fired once when shutdown begins; listeners are cheap, unlike a timer per wait.
     pub stopping: event_listener::Event,
     /// DKIM keys.
-    pub signers: Rc<crate::dkim::Signers>,
+    pub signers: RefCell<Rc<crate::dkim::Signers>>,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// How outbound connections are made; swapped whole on reload (a connection keeps the one
@@ -255,7 +255,7 @@ impl Core {
             limits,
             sessions: Cell::new(0),
             stopping: event_listener::Event::new(),
-            signers: Rc::new(p.signers),
+            signers: RefCell::new(Rc::new(p.signers)),
         })
     }
 

@@ -168,7 +168,7 @@ impl Resolver {
     }
 
     /// Addresses of `host` (A then AAAA). `Err` carries a temporary failure.
-    async fn addresses(&self, host: &str) -> Result<Option<Vec<IpAddr>>, String> {
+    pub async fn addresses(&self, host: &str) -> Result<Option<Vec<IpAddr>>, String> {
         let mut ips = Vec::new();
         let mut temp = None;
         let mut nx = true;
