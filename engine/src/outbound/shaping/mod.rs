@@ -129,7 +129,10 @@ impl PathLimits {
         if let (true, Some(s)) = (self.params.shared, shared) {
             let rate = if kind == "msg" { self.params.message_rate } else { self.params.connection_rate };
             match s.acquire(&format!("{kind}:{}", self.key), rate.expect("a limiter has its rate"), now_us) {
-                SharedVerdict::Allow => return Ok(()),
+                // A rule's throttle slows this host's share too: the local, slowed limiter
+                // must also agree (the cluster's token alone would ignore the throttle).
+                SharedVerdict::Allow if self.factor(now_ms) >= 1.0 => return Ok(()),
+                SharedVerdict::Allow => {}
                 SharedVerdict::Deny(t) => return Err(Hold::Rate(t.div_ceil(1000))),
                 SharedVerdict::Local => {}
             }

@@ -76,6 +76,18 @@ fn shared_limits_consult_the_cluster_hook_and_fall_back_locally() {
 }
 
 #[test]
+fn a_throttle_slows_a_shared_path_even_when_the_cluster_allows() {
+    let c = config("[[shape]]\nsite = \"*\"\nmax_message_rate = \"10/s\"\nshared = true\n");
+    let s = Shaping::new(&c, None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    let allow = Fixed(SharedVerdict::Allow);
+    assert!(p.try_message(0, Some(&allow)).is_ok() && p.try_message(0, Some(&allow)).is_ok(), "not throttled: the cluster decides");
+    p.throttle(0.1, 60_000, "rule gmail-4.7.28");
+    assert!(p.try_message(1_000, Some(&allow)).is_ok());
+    assert_eq!(p.try_message(1_000, Some(&allow)), Err(Hold::Rate(2_000)), "a tenth of 10/s: one per second");
+}
+
+#[test]
 fn pools_choose_by_weight_and_overflow_past_a_full_source() {
     let c = config(
         "[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n[[source]]\nname = \"ip3\"\nbind = \"127.0.0.3\"\n[[pool]]\nname = \"bulk\"\nsources = { ip2 = 1, ip3 = 3 }\n",
