@@ -243,7 +243,10 @@ impl Shaping {
             })
             .collect();
         let plans = cfg.warmup.iter().filter_map(|w| Some((index(&w.source)?, warmup::Plan::new(w)))).collect();
-        let warmup = warmup::Warmup::new(plans, state_dir.map(|d| d.join("warmup.state")));
+        let file = state_dir.map(|d| d.join("warmup.state"));
+        let background = file.is_some();
+        let warmup = warmup::Warmup::new(plans, file);
+        let warmup = if background { warmup.saving_in_background() } else { warmup };
         Self {
             default_pool: pools.iter().position(|p| p.name == "default"),
             pools,

@@ -7,12 +7,16 @@
 //!
 //! Counting happens when a message is assigned to the source (each attempt counts), so the
 //! cap bounds what the source is given to send. Only sources under warm-up pay for the lock
-//! and the rare small file write; every other source never reaches this module.
+//! (held for memory updates only); every other source never reaches this module. In the
+//! daemon the file is written on glommio's blocking pool, half a step ahead of need, so a
+//! core never waits for the fsync; an assignment that finds the next message not yet
+//! covered on disk waits a moment instead.
 use crate::config::{days_from_date, WarmupConfig, WarmupOverflow, WarmupScope};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -59,15 +63,30 @@ struct Counter {
 #[derive(Debug, Default)]
 pub struct Warmup {
     plans: HashMap<usize, Plan>,
-    counters: Mutex<HashMap<String, Counter>>,
+    counters: Arc<Mutex<HashMap<String, Counter>>>,
     file: Option<PathBuf>,
+    /// Save on glommio's blocking pool (the daemon) instead of in the caller (tests).
+    background: bool,
+    /// A background save is in flight (one at a time, so files land in order).
+    saving: Arc<AtomicBool>,
 }
+
+/// How long an assignment waits when the next message is not yet covered on disk.
+const SAVE_WAIT_MS: u64 = 20;
 
 impl Warmup {
     /// Schedules by source index; counters resumed from `file` (absent: start at zero).
     pub fn new(plans: HashMap<usize, Plan>, file: Option<PathBuf>) -> Self {
         let counters = file.as_ref().map(load).unwrap_or_default();
-        Self { plans, counters: Mutex::new(counters), file }
+        Self { plans, counters: Arc::new(Mutex::new(counters)), file, background: false, saving: Arc::default() }
+    }
+
+    /// Write allowances on glommio's blocking pool: a core never waits for the fsync (an
+    /// assignment past the durable allowance waits a moment instead). Callers must then run
+    /// on a glommio executor.
+    pub fn saving_in_background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     /// The schedule of source `src`, if it is warming up.
@@ -86,21 +105,58 @@ impl Warmup {
             WarmupScope::PerSite => format!("{src}|{site}"),
         };
         let mut all = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let c = all.entry(key).or_default();
+        let c = all.entry(key.clone()).or_default();
         if c.day != day {
             *c = Counter { day, count: 0, reserved: 0 };
         }
         if c.count >= cap {
             return Err(next_day);
         }
-        c.count += 1;
-        if let (true, Some(file)) = (c.count > c.reserved, &self.file) {
-            c.reserved = (c.count + (cap / 10).max(1) - 1).min(cap);
-            if let Err(e) = save(file, &all) {
-                tracing::error!("warm-up state not saved: {e}");
+        let (count, reserved, step) = (c.count, c.reserved, (cap / 10).max(1));
+        if let Some(file) = &self.file {
+            let target = (count + step).min(cap);
+            if count >= reserved && !self.background {
+                c.reserved = target;
+                if let Err(e) = save(file, &all) {
+                    tracing::error!("warm-up state not saved: {e}");
+                }
+            } else if count >= reserved {
+                // Not covered on disk yet: never send past what a restart would resume from.
+                self.save_in_background(&mut all, file, (key, day, target));
+                return Err(now_ms + SAVE_WAIT_MS);
+            } else if self.background && count + step / 2 >= reserved {
+                // Half a step before the allowance runs out: extend it ahead of need.
+                self.save_in_background(&mut all, file, (key.clone(), day, target));
             }
         }
+        all.get_mut(&key).expect("entry made above").count += 1;
         Ok(())
+    }
+
+    /// Write the allowances with `key`'s raised to `target` on the blocking pool; once the
+    /// file is durable, `key` may count up to `target`. Past days' counters are dropped.
+    fn save_in_background(&self, all: &mut HashMap<String, Counter>, file: &Path, (key, day, target): (String, i64, u64)) {
+        if self.saving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        all.retain(|_, c| c.day >= day);
+        let lines: String =
+            all.iter().map(|(k, c)| format!("{k}\t{}\t{}\n", c.day, if *k == key { target.max(c.reserved) } else { c.reserved })).collect();
+        let (file, counters, saving) = (file.to_path_buf(), self.counters.clone(), self.saving.clone());
+        glommio::spawn_local(async move {
+            let written = glommio::executor().spawn_blocking(move || save_lines(&file, &lines)).await;
+            match written {
+                Ok(()) => {
+                    let mut all = counters.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(c) = all.get_mut(&key).filter(|c| c.day == day) {
+                        c.reserved = c.reserved.max(target);
+                    }
+                }
+                Err(e) => tracing::error!("warm-up state not saved: {e}"),
+            }
+            saving.store(false, Ordering::Release);
+        })
+        .detach();
     }
 
     /// Messages counted today for `src` (total scope; for `ringctl` and tests).
@@ -124,12 +180,16 @@ fn load(path: &PathBuf) -> HashMap<String, Counter> {
 }
 
 /// Write the allowances durably: temporary file, fsync, rename, fsync the directory.
-fn save(path: &PathBuf, all: &HashMap<String, Counter>) -> std::io::Result<()> {
+fn save(path: &Path, all: &HashMap<String, Counter>) -> std::io::Result<()> {
+    let lines: String = all.iter().map(|(k, c)| format!("{k}\t{}\t{}\n", c.day, c.reserved)).collect();
+    save_lines(path, &lines)
+}
+
+/// Replace `path` with `lines`, durably.
+fn save_lines(path: &Path, lines: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    for (k, c) in all {
-        writeln!(f, "{k}\t{}\t{}", c.day, c.reserved)?;
-    }
+    f.write_all(lines.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -182,5 +242,34 @@ mod tests {
         assert!(w.try_take(1, "a", DEC1).is_ok() && w.try_take(1, "a", DEC1).is_ok());
         assert!(w.try_take(1, "a", DEC1).is_err());
         assert!(w.try_take(1, "b", DEC1).is_ok(), "another site has its own cap");
+    }
+
+    #[test]
+    fn in_the_daemon_nothing_is_counted_past_what_is_on_disk_and_the_core_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.state");
+        let f2 = file.clone();
+        let (first, taken, on_disk) = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let w = Warmup::new(HashMap::from([(1, plan(&[100], WarmupScope::Total))]), Some(f2.clone())).saving_in_background();
+                // Nothing is on disk yet: the first one waits for the background save.
+                let first = w.try_take(1, "s", DEC1);
+                let mut taken = 0;
+                for _ in 0..400 {
+                    if w.try_take(1, "s", DEC1).is_ok() {
+                        taken += 1;
+                        let reserved: u64 = std::fs::read_to_string(&f2).unwrap().split('\t').nth(2).unwrap().trim().parse().unwrap();
+                        assert!(reserved >= taken, "counted {taken} with only {reserved} on disk");
+                    }
+                    glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                (first, taken, std::fs::read_to_string(&f2).unwrap())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(first, Err(DEC1 + SAVE_WAIT_MS), "the first waits for the first allowance");
+        assert_eq!(taken, 100, "the cap, every one covered on disk first");
+        assert_eq!(on_disk.trim(), "1\t20788\t100");
     }
 }
