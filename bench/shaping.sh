@@ -45,28 +45,8 @@ domain = \"d$i.test\"
 hosts = [\"127.1.$((i / 250)).$((i % 250 + 1)):$SINK_PORT\"]
 "; done
   fi
-  cat > "$WORK/ringpost.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$RP_PORT"]
-hostname = "bench.test"
-relay_networks = ["127.0.0.0/8"]
-[spool]
-dir = "$WORK/spool"
-durability = "fsync"
-[engine]
-cores = ${CORES:-\"all\"}
-[log]
-delivery_log = "$WORK/delivery.jsonl"
-[delivery]
-$extra_delivery
-[admin]
-socket = "$WORK/admin.sock"
-$sources
-$routes
-[[route]]
-domain = "*"
-hosts = ["127.0.0.1:$SINK_PORT"]
-TOML
+  # bench/lib's config (relay.sh's shipped defaults) with the sources and routes added.
+  DELIVERY_EXTRA="$extra_delivery" EXTRA_ROUTES="$sources$routes" write_config ""
 }
 
 # run MODE: inject N messages over the 1,000 domains; the end-to-end rate is N over the time
