@@ -206,22 +206,29 @@ async fn site_targets(ctx: &AgentContext, site: &Site) -> Result<Vec<(Option<Str
         };
     }
     let in_site = |h: &Option<String>| h.as_ref().is_some_and(|h| site.hosts.iter().any(|s| s.eq_ignore_ascii_case(h.trim_end_matches('.'))));
-    if let Ok(t) = &ordered {
-        let kept: Vec<_> = t.iter().filter(|(h, _)| in_site(h)).cloned().collect();
-        if !kept.is_empty() {
-            return Ok(kept);
-        }
-    }
-    // The first domain moved away or stopped resolving: the site's hosts, by name.
+    // The first domain's exchanges that are still the site's, in its MX preference order.
+    let mut out: Vec<(Option<String>, SocketAddr)> = match &ordered {
+        Ok(t) => t.iter().filter(|(h, _)| in_site(h)).cloned().collect(),
+        Err(_) => Vec::new(),
+    };
+    // Then every other host of the site, by name: the first domain moved (wholly or in part)
+    // or stopped resolving, and the site's hosts are still where its other domains' mail goes.
     let port = ctx.config.delivery.mx_port;
-    let mut out = Vec::new();
+    let mut temp = None;
     for h in &site.hosts {
-        if let Ok(Some(ips)) = ctx.resolver.addresses(h).await {
-            out.extend(ips.into_iter().map(|ip| (Some(h.to_string()), SocketAddr::new(ip, port))));
+        if out.iter().any(|(o, _)| o.as_deref().is_some_and(|o| o.trim_end_matches('.').eq_ignore_ascii_case(h))) {
+            continue;
+        }
+        match ctx.resolver.addresses(h).await {
+            Ok(Some(ips)) => out.extend(ips.into_iter().map(|ip| (Some(h.to_string()), SocketAddr::new(ip, port)))),
+            Ok(None) => {}
+            Err(e) => temp = Some(e),
         }
     }
     if out.is_empty() {
-        return ordered;
+        // Never another domain's answer for the whole path: a transient failure, tried again.
+        let why = temp.unwrap_or_else(|| "no address".into());
+        return Err(ConnError::Dns(Reply::new(451, (4, 4, 3), format!("no host of site {} resolved: {why}", site.key))));
     }
     Ok(out)
 }

@@ -17,6 +17,7 @@
 use crate::message::SpooledMessage;
 use crate::outbound::retry::{RetryDecision, RetryPolicy};
 use crate::outbound::shaping::site::Site;
+use crate::outbound::shaping::warmup::SAVE_WAIT_MS;
 use crate::outbound::shaping::{Chooser, Hold, Offer, PathLimits, Shaping, Source};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
@@ -27,9 +28,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a domain's site is trusted before it is resolved again (the resolver caches by
-/// DNS TTL, so this is cheap): when a domain's MX set changes, new mail follows it.
-pub const SITE_TTL_MS: u64 = 60_000;
+/// How long a domain's site is trusted before it is resolved again. The resolver caches by
+/// DNS TTL, so a look-up is a cache hit until the record expires; keeping this short means a
+/// domain whose MX set changed moves to its new site within about a second of its DNS TTL
+/// (a connection of the old site keeps going only to the old site's hosts).
+pub const SITE_TTL_MS: u64 = 1_000;
 /// How soon a core looks again at a path whose connection cap is held by other cores.
 pub const CAP_POLL_MS: u64 = 50;
 
@@ -238,7 +241,9 @@ impl QueueManager {
             None => Offer::Take,
             Some(plan) => match w.try_take(src, &site.key, now_ms) {
                 Ok(()) => Offer::Take,
-                Err(t) if plan.overflow == crate::config::WarmupOverflow::Pool => Offer::Overflow(t),
+                // A moment's wait for the allowance to reach the disk is not the day's cap:
+                // it never sends the message out on another source.
+                Err(t) if plan.overflow == crate::config::WarmupOverflow::Pool && t > now_ms + SAVE_WAIT_MS => Offer::Overflow(t),
                 Err(t) => Offer::Wait(t),
             },
         };

@@ -15,7 +15,7 @@ use crate::config::{days_from_date, WarmupConfig, WarmupOverflow, WarmupScope};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const DAY_MS: u64 = 86_400_000;
@@ -69,16 +69,30 @@ pub struct Warmup {
     background: bool,
     /// A background save is in flight (one at a time, so files land in order).
     saving: Arc<AtomicBool>,
+    /// No background save before this Unix ms (set after a failure).
+    retry_after_ms: Arc<AtomicU64>,
+}
+
+/// Clears the in-flight flag however the save task ends (done, failed, dropped).
+struct SavingGuard(Arc<AtomicBool>);
+
+impl Drop for SavingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// How long an assignment waits when the next message is not yet covered on disk.
-const SAVE_WAIT_MS: u64 = 20;
+pub const SAVE_WAIT_MS: u64 = 20;
+
+/// After a failed save, no new one is tried for this long (the error is logged once per try).
+const SAVE_RETRY_MS: u64 = 1_000;
 
 impl Warmup {
     /// Schedules by source index; counters resumed from `file` (absent: start at zero).
     pub fn new(plans: HashMap<usize, Plan>, file: Option<PathBuf>) -> Self {
         let counters = file.as_ref().map(load).unwrap_or_default();
-        Self { plans, counters: Arc::new(Mutex::new(counters)), file, background: false, saving: Arc::default() }
+        Self { plans, counters: Arc::new(Mutex::new(counters)), file, background: false, saving: Arc::default(), retry_after_ms: Arc::default() }
     }
 
     /// Write allowances on glommio's blocking pool: a core never waits for the fsync (an
@@ -122,11 +136,11 @@ impl Warmup {
                 }
             } else if count >= reserved {
                 // Not covered on disk yet: never send past what a restart would resume from.
-                self.save_in_background(&mut all, file, (key, day, target));
+                self.save_in_background(&mut all, file, (key, day, target), now_ms);
                 return Err(now_ms + SAVE_WAIT_MS);
-            } else if self.background && count + step / 2 >= reserved {
+            } else if self.background && count + step / 2 >= reserved && target > reserved {
                 // Half a step before the allowance runs out: extend it ahead of need.
-                self.save_in_background(&mut all, file, (key.clone(), day, target));
+                self.save_in_background(&mut all, file, (key.clone(), day, target), now_ms);
             }
         }
         all.get_mut(&key).expect("entry made above").count += 1;
@@ -135,15 +149,17 @@ impl Warmup {
 
     /// Write the allowances with `key`'s raised to `target` on the blocking pool; once the
     /// file is durable, `key` may count up to `target`. Past days' counters are dropped.
-    fn save_in_background(&self, all: &mut HashMap<String, Counter>, file: &Path, (key, day, target): (String, i64, u64)) {
-        if self.saving.swap(true, Ordering::AcqRel) {
+    fn save_in_background(&self, all: &mut HashMap<String, Counter>, file: &Path, (key, day, target): (String, i64, u64), now_ms: u64) {
+        if self.retry_after_ms.load(Ordering::Acquire) > now_ms || self.saving.swap(true, Ordering::AcqRel) {
             return;
         }
+        let guard = SavingGuard(self.saving.clone());
         all.retain(|_, c| c.day >= day);
         let lines: String =
             all.iter().map(|(k, c)| format!("{k}\t{}\t{}\n", c.day, if *k == key { target.max(c.reserved) } else { c.reserved })).collect();
-        let (file, counters, saving) = (file.to_path_buf(), self.counters.clone(), self.saving.clone());
+        let (file, counters, retry_after) = (file.to_path_buf(), self.counters.clone(), self.retry_after_ms.clone());
         glommio::spawn_local(async move {
+            let _guard = guard;
             let written = glommio::executor().spawn_blocking(move || save_lines(&file, &lines)).await;
             match written {
                 Ok(()) => {
@@ -152,9 +168,12 @@ impl Warmup {
                         c.reserved = c.reserved.max(target);
                     }
                 }
-                Err(e) => tracing::error!("warm-up state not saved: {e}"),
+                Err(e) => {
+                    tracing::error!("warm-up state not saved (warm-up sources wait; next try in 1 s): {e}");
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    retry_after.store(now + SAVE_RETRY_MS, Ordering::Release);
+                }
             }
-            saving.store(false, Ordering::Release);
         })
         .detach();
     }
