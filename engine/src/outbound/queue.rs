@@ -163,6 +163,8 @@ pub struct QueueManager {
     suspended: HashSet<String>,
     /// Every destination is suspended.
     all_suspended: bool,
+    /// Queued recipients per destination, for the operator's views.
+    stats: QueueStats,
 }
 
 impl QueueManager {
@@ -183,6 +185,7 @@ impl QueueManager {
             connections_max: connections_max.max(1),
             suspended: HashSet::new(),
             all_suspended: false,
+            stats: QueueStats::default(),
         }
     }
 
@@ -205,6 +208,7 @@ impl QueueManager {
             _ => {
                 let first = !self.resolving.contains_key(&*d.domain);
                 let domain = d.domain.to_string();
+                self.stats.add(&d, Bucket::Ready);
                 self.resolving.entry(domain.clone()).or_default().push(d);
                 return if first { Dispatch::Resolve(domain) } else { Dispatch::Nothing };
             }
@@ -230,6 +234,7 @@ impl QueueManager {
         // A DNS failure is this attempt's answer only: the next attempt looks again.
         e.expires_ms = if site.failure.is_some() { now_ms } else { now_ms + SITE_TTL_MS };
         let waiting = self.resolving.remove(domain).unwrap_or_default();
+        waiting.iter().for_each(|d| self.stats.remove(d, Bucket::Ready));
         waiting.into_iter().map(|d| self.assign(d, site.clone(), now_ms, may_open)).collect()
     }
 
@@ -255,6 +260,7 @@ impl QueueManager {
             }
         };
         let key = self.path_key(src, &d.domain, &site);
+        self.stats.add(&d, Bucket::Ready);
         self.paths.get_mut(&key).expect("path made").ready.push_back(d);
         self.dispatch(&key, now_ms, may_open)
     }
@@ -287,6 +293,7 @@ impl QueueManager {
     /// Queue a delivery for its next attempt at `at_ms`.
     pub fn schedule(&mut self, d: Delivery, at_ms: u64) {
         self.seq += 1;
+        self.stats.add(&d, Bucket::Waiting);
         self.scheduled.insert((at_ms, self.seq), d);
     }
 
@@ -302,6 +309,7 @@ impl QueueManager {
     pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
         let later = self.scheduled.split_off(&(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.scheduled, later);
+        due.values().for_each(|d| self.stats.remove(d, Bucket::Waiting));
         let mut out: Vec<Dispatch> = due.into_values().map(|d| self.enqueue(d, now_ms, may_open)).collect();
         let later = self.wakeups.split_off(&(now_ms + 1, 0));
         let woken = std::mem::replace(&mut self.wakeups, later);
@@ -401,6 +409,7 @@ impl QueueManager {
             Err(_) => return Pop::Close,
         }
         let d = p.ready.remove(at).expect("position found");
+        self.stats.remove(&d, Bucket::Ready);
         *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         Pop::Ready(d)
     }
@@ -410,6 +419,7 @@ impl QueueManager {
         let Some(p) = self.paths.get_mut(key) else { return Vec::new() };
         let taken: Vec<Delivery> = p.ready.drain(..).collect();
         for d in &taken {
+            self.stats.remove(d, Bucket::Ready);
             *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         }
         taken
@@ -512,4 +522,7 @@ mod tests;
 
 #[path = "queue_admin.rs"]
 mod admin;
+#[path = "queue_stats.rs"]
+mod stats;
+use stats::{Bucket, QueueStats};
 pub use admin::{DestView, Place, QueuedRcpt};
