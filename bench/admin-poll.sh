@@ -7,6 +7,7 @@
 #   bench/admin-poll.sh                          # 3 pairs of 20000 x 1 KiB, 50 sessions
 #   PAIRS=5 N=50000 bench/admin-poll.sh
 #   N=500 PAIRS=3 bench/admin-poll.sh            # a smoke run: proves the script, measures nothing
+#   POLLER=every PAIRS=15 N=40000 bench/admin-poll.sh   # the poller keeps its connections
 #   MODE=cpu RATE=3000 bench/admin-poll.sh       # one daemon at a steady open-loop rate: its CPU
 #                                                # per second in windows without and with polling
 #
@@ -35,7 +36,8 @@ for b in "$BIN" "$BLASTER" "$RINGCTL"; do [ -x "$b" ] || { echo "missing $b: car
 
 POLL_PID=
 cleanup() {
-  [ -n "$POLL_PID" ] && kill -TERM "$POLL_PID" 2>/dev/null || true
+  if [ "$POLL_PID" = watchers ]; then kill -TERM $WATCH_PIDS 2>/dev/null || true
+  elif [ -n "$POLL_PID" ]; then kill -TERM "$POLL_PID" 2>/dev/null || true; fi
   stop_all
   rm -rf "$WORK"
 }
@@ -82,7 +84,38 @@ start_poller() {
   while [ ! -e "$WORK/polls.ready" ]; do sleep 0.02; done
 }
 
+# start_polling: the poller POLLER names (exec: a process per poll, the default; every: kept
+# connections).
+start_polling() {
+  case "${POLLER:-exec}" in
+    exec) start_poller ;;
+    every) start_watchers ;;
+    *) echo "POLLER must be exec or every"; exit 2 ;;
+  esac
+}
+
+# start_watchers: POLLER=every — what a monitoring agent keeping a connection does: two
+# long-lived `ringctl --every INTERVAL_MS` processes (status, queue), each over one kept
+# connection. On stop their JSON lines are counted as polls.
+start_watchers() {
+  "$RINGCTL" --socket "$WORK/admin.sock" --json --every "${INTERVAL_MS}ms" status > "$WORK/watch.status" 2>>"$WORK/poller.err" &
+  WATCH_PIDS="$!"
+  "$RINGCTL" --socket "$WORK/admin.sock" --json --every "${INTERVAL_MS}ms" queue > "$WORK/watch.queue" 2>>"$WORK/poller.err" &
+  WATCH_PIDS="$WATCH_PIDS $!"
+  POLL_PID=watchers
+}
+
+stop_watchers() {
+  local pid failures=0
+  # shellcheck disable=SC2086
+  kill -TERM $WATCH_PIDS
+  for pid in $WATCH_PIDS; do wait "$pid" || failures=$((failures + 1)); done
+  echo "$(( $(wc -l < "$WORK/watch.status") < $(wc -l < "$WORK/watch.queue") ? $(wc -l < "$WORK/watch.status") : $(wc -l < "$WORK/watch.queue") )) $failures" > "$WORK/polls"
+  POLL_PID=
+}
+
 stop_poller() {
+  if [ "$POLL_PID" = watchers ]; then stop_watchers; return; fi
   kill -TERM "$POLL_PID"
   wait "$POLL_PID" || true
   POLL_PID=
@@ -96,7 +129,7 @@ run_one() {
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --exit-after "$N" --json > "$WORK/sink.json" 2>/dev/null &
   sink=$!
   sleep 0.5
-  [ "$mode" = on ] && start_poller
+  [ "$mode" = on ] && start_polling
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --size "$SIZE" --domains 1 -q --json > "$WORK/send.json"
   wait "$sink"
@@ -139,7 +172,7 @@ cpu_windows() {
   : > "$WORK/cpu"
   for i in $(seq "$CPU_PAIRS"); do
     for mode in off on; do
-      [ "$mode" = on ] && start_poller
+      [ "$mode" = on ] && start_polling
       t0=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
       sleep "$WINDOW_S"
       t1=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
@@ -167,12 +200,12 @@ if [ "${MODE:-rate}" = cpu ]; then
   RATE=${RATE:-3000}
   CPU_PAIRS=${CPU_PAIRS:-6}
   WINDOW_S=${WINDOW_S:-10}
-  echo "machine: $(nproc) cores, $(uname -r), $(load_avg); open loop $RATE msg/s, $CPU_PAIRS pairs of ${WINDOW_S} s windows, poll every ${INTERVAL_MS} ms"
+  echo "machine: $(nproc) cores, $(uname -r), $(load_avg); open loop $RATE msg/s, $CPU_PAIRS pairs of ${WINDOW_S} s windows, poll every ${INTERVAL_MS} ms, poller ${POLLER:-exec}"
   cpu_windows
   exit 0
 fi
 
-echo "machine: $(nproc) cores, $(uname -r), $(load_avg); N=$N sessions=$SESSIONS size=$SIZE pairs=$PAIRS poll every ${INTERVAL_MS} ms"
+echo "machine: $(nproc) cores, $(uname -r), $(load_avg); N=$N sessions=$SESSIONS size=$SIZE pairs=$PAIRS poll every ${INTERVAL_MS} ms, poller ${POLLER:-exec}"
 : > "$WORK/results"
 for i in $(seq "$PAIRS"); do
   echo "pair $i"

@@ -524,5 +524,5 @@ mod tests;
 mod admin;
 #[path = "queue_stats.rs"]
 mod stats;
-use stats::{Bucket, QueueStats};
 pub use admin::{DestView, Place, QueuedRcpt};
+use stats::{Bucket, QueueStats};

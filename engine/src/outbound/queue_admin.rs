@@ -346,7 +346,11 @@ mod tests {
         let mut v = std::collections::BTreeMap::new();
         let mut add = |d: &Delivery, ready: bool| {
             let e = v.entry(d.domain.to_string()).or_insert((0, 0, None));
-            if ready { e.0 += d.rcpts.len() } else { e.1 += d.rcpts.len() }
+            if ready {
+                e.0 += d.rcpts.len()
+            } else {
+                e.1 += d.rcpts.len()
+            }
             e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms));
         };
         q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
@@ -380,8 +384,12 @@ mod tests {
             if step % 97 == 0 {
                 q.expire_sites();
             }
-            let counted: std::collections::BTreeMap<String, (usize, usize, Option<u64>)> =
-                q.views(now).into_iter().filter(|v| v.ready + v.waiting > 0).map(|v| (v.domain, (v.ready, v.waiting, v.oldest_received_ms))).collect();
+            let counted: std::collections::BTreeMap<String, (usize, usize, Option<u64>)> = q
+                .views(now)
+                .into_iter()
+                .filter(|v| v.ready + v.waiting > 0)
+                .map(|v| (v.domain, (v.ready, v.waiting, v.oldest_received_ms)))
+                .collect();
             assert_eq!(counted, scanned(&q), "step {step}");
         }
     }

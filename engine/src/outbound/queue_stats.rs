@@ -79,9 +79,7 @@ impl QueueStats {
 
     /// Every destination with queued mail and its counts.
     pub fn iter(&self) -> impl Iterator<Item = (&Rc<str>, Counted)> {
-        self.by_domain.iter().map(|(d, c)| {
-            (d, Counted { ready: c.ready, waiting: c.waiting, oldest_received_ms: c.received.keys().next().copied() })
-        })
+        self.by_domain.iter().map(|(d, c)| (d, Counted { ready: c.ready, waiting: c.waiting, oldest_received_ms: c.received.keys().next().copied() }))
     }
 }
 
