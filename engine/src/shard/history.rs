@@ -84,7 +84,11 @@ impl History {
 
     /// A message this core now owns (accepted or recovered): index its Message-ID.
     pub fn admit(&mut self, msg: &SpooledMessage) {
-        let message_id = message_id(msg).map(String::into_boxed_str);
+        self.admit_parsed(msg, message_id(msg).map(String::into_boxed_str));
+    }
+
+    /// [`History::admit`] with the Message-ID already read from the header block.
+    pub fn admit_parsed(&mut self, msg: &SpooledMessage, message_id: Option<Box<str>>) {
         if let Some(m) = &message_id {
             self.by_mid.insert(m.clone(), msg.id);
         }
