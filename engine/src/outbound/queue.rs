@@ -134,6 +134,8 @@ struct Path {
     source: usize,
     /// The earliest wake-up registered for it.
     wake_at: Option<u64>,
+    /// In [`QueueManager::slot_waiters`]: it wants a connection and the core's cap is reached.
+    wants_slot: bool,
 }
 
 struct SiteEntry {
@@ -165,6 +167,14 @@ pub struct QueueManager {
     all_suspended: bool,
     /// Queued recipients per destination, for the operator's views.
     stats: QueueStats,
+    /// Outbound connections open on this core, all paths together.
+    connections_total: usize,
+    /// This core's share of `[delivery] max_connections_total`.
+    connections_total_max: usize,
+    /// Paths that want a connection while the core is at its cap, first come first served:
+    /// each freed connection goes to the first of them, so a thousand destinations take turns
+    /// instead of opening a thousand connections each.
+    slot_waiters: VecDeque<Rc<str>>,
 }
 
 impl QueueManager {
@@ -186,6 +196,9 @@ impl QueueManager {
             suspended: HashSet::new(),
             all_suspended: false,
             stats: QueueStats::default(),
+            connections_total: 0,
+            connections_total_max: usize::MAX,
+            slot_waiters: VecDeque::new(),
         }
     }
 
@@ -194,6 +207,17 @@ impl QueueManager {
     pub fn set_policy(&mut self, policy: RetryPolicy, connections_max: usize) {
         self.policy = policy;
         self.connections_max = connections_max.max(1);
+    }
+
+    /// Cap the outbound connections this core keeps open, all paths together (a reload may
+    /// lower it: connections above it finish their work, none opens until below).
+    pub fn set_total_connections(&mut self, max: usize) {
+        self.connections_total_max = max.max(1);
+    }
+
+    /// Outbound connections open on this core.
+    pub fn connections_total(&self) -> usize {
+        self.connections_total
     }
 
     /// The host's shaping.
@@ -286,6 +310,7 @@ impl QueueManager {
             site: site.clone(),
             source: src,
             wake_at: None,
+            wants_slot: false,
         });
         key
     }
@@ -349,9 +374,17 @@ impl QueueManager {
         if !may_open {
             return Dispatch::Nothing;
         }
+        if self.connections_total >= self.connections_total_max {
+            if !p.wants_slot {
+                p.wants_slot = true;
+                self.slot_waiters.push_back(key.clone());
+            }
+            return Dispatch::Nothing;
+        }
         match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
             Ok(()) => {
                 p.connections += 1;
+                self.connections_total += 1;
                 Dispatch::Open(key.clone())
             }
             Err(Hold::Rate(t) | Hold::Suspended(t)) => {
@@ -442,14 +475,43 @@ impl QueueManager {
         let Some(k) = self.paths.get_key_value(key).map(|(k, _)| k.clone()) else { return Dispatch::Nothing };
         let p = self.paths.get_mut(key).expect("just found");
         p.connections = p.connections.saturating_sub(1);
+        self.connections_total = self.connections_total.saturating_sub(1);
         p.limits.closed();
         if p.ready.is_empty() {
-            if p.connections == 0 {
+            if p.connections == 0 && !p.wants_slot {
                 self.paths.remove(key);
             }
-            return Dispatch::Nothing;
+            return self.next_waiter(now_ms, may_open);
         }
-        self.dispatch(&k, now_ms, may_open)
+        if self.slot_waiters.is_empty() {
+            return self.dispatch(&k, now_ms, may_open);
+        }
+        // Others wait for a connection: this path goes to the back of the line.
+        if !p.wants_slot {
+            p.wants_slot = true;
+            self.slot_waiters.push_back(k);
+        }
+        self.next_waiter(now_ms, may_open)
+    }
+
+    /// A connection is free under the core's cap: the first waiting path that can use it.
+    fn next_waiter(&mut self, now_ms: u64, may_open: bool) -> Dispatch {
+        while let Some(key) = self.slot_waiters.pop_front() {
+            let Some(p) = self.paths.get_mut(&key) else { continue };
+            p.wants_slot = false;
+            if p.ready.is_empty() && p.connections == 0 {
+                self.paths.remove(&key);
+                continue;
+            }
+            match self.dispatch(&key, now_ms, may_open) {
+                Dispatch::Nothing => {}
+                d => return d,
+            }
+            if self.connections_total >= self.connections_total_max {
+                break;
+            }
+        }
+        Dispatch::Nothing
     }
 
     /// Ready deliveries of `domain` and open connections of the paths holding them.
