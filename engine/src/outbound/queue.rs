@@ -512,4 +512,7 @@ mod tests;
 
 #[path = "queue_admin.rs"]
 mod admin;
+
+#[path = "queue_prune.rs"]
+mod prune;
 pub use admin::{DestView, Place, QueuedRcpt};
