@@ -586,5 +586,8 @@ mod tests;
 mod admin;
 #[path = "queue_stats.rs"]
 mod stats;
+
+#[path = "queue_prune.rs"]
+mod prune;
 pub use admin::{DestView, Place, QueuedRcpt};
 use stats::{Bucket, QueueStats};

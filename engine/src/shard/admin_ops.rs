@@ -12,6 +12,7 @@ use crate::outbound::agent::AgentContext;
 use crate::outbound::queue::{Delivery, Final, Place, Settlement};
 use crate::outbound::retry::RetryPolicy;
 use crate::outbound::routes::Routes;
+use crate::outbound::shaping::holds::{domain_key, HoldRecord};
 use crate::outbound::tls_policy::ClientConfigs;
 use crate::shard::core::{Core, LiveConfig, Shared};
 use crate::shard::history::History;
@@ -377,6 +378,7 @@ impl Core {
     fn admin_suspend(self: &Rc<Self>, domain: Option<String>, for_s: Option<u64>) -> u64 {
         self.queues.borrow_mut().suspend(domain.as_deref());
         let key = domain.clone().unwrap_or_else(|| "*".into());
+        self.keep_suspension(&key, for_s);
         let generation = self.admin.generation.get() + 1;
         self.admin.generation.set(generation);
         self.admin.suspensions.borrow_mut().insert(key.clone(), generation);
@@ -394,6 +396,11 @@ impl Core {
     }
 
     fn admin_resume(self: &Rc<Self>, domain: Option<String>) -> u64 {
+        let holds = &self.shared.shaping.holds;
+        match &domain {
+            Some(d) => holds.remove(|k| k == domain_key(d)),
+            None => holds.remove(|k| k.starts_with("domain:")),
+        }
         match &domain {
             Some(d) => self.admin.suspensions.borrow_mut().remove(d),
             None => {
@@ -407,6 +414,31 @@ impl Core {
             self.act(action);
         }
         n
+    }
+
+    /// Keep a timed suspension of `key` (a destination or `*`) for a restart; an indefinite
+    /// one replaces it and is not kept (a restart lifts it, as before).
+    fn keep_suspension(&self, key: &str, for_s: Option<u64>) {
+        let holds = &self.shared.shaping.holds;
+        match for_s {
+            Some(s) => {
+                let until = self.clock.now_ms() + s * 1000;
+                holds.set(domain_key(key), HoldRecord::suspension(until, &format!("ringctl suspend --for {s}")));
+            }
+            None => holds.remove(|k| k == domain_key(key)),
+        }
+    }
+
+    /// At start: suspend again the destinations of this core (and `*`) that a timed
+    /// `ringctl suspend` held when the daemon stopped, for what is left of their time.
+    pub fn restore_suspensions(self: &Rc<Self>) {
+        let now = self.clock.now_ms();
+        for (d, until) in self.shared.shaping.holds.domains() {
+            if until > now && (d == "*" || crate::shard::router::owner_core(&d, self.ncores) == self.id) {
+                let domain = (d != "*").then_some(d);
+                self.admin_suspend(domain, Some((until - now).div_ceil(1000)));
+            }
+        }
     }
 
     /// Take the picked recipients out of the queues and settle them as bounced, exactly as a
