@@ -3,6 +3,7 @@ them by name (the domain that formed the site stopped resolving): the preferred 
 not the one whose name sorts first (issue 11's known limits)."""
 import asyncio
 import smtplib
+import threading
 import time
 
 from aiosmtpd.controller import Controller
@@ -15,12 +16,13 @@ from test_dns import final_for, udp_port
 class SlowFor(SinkHandler):
     """Holds the DATA of mail for one domain for `delay` seconds (keeps its connection busy)."""
 
-    def __init__(self, domain, delay):
+    def __init__(self, domain, delay, started):
         super().__init__()
-        self.domain, self.delay = domain, delay
+        self.domain, self.delay, self.started = domain, delay, started
 
     async def handle_DATA(self, server, session, envelope):
         if any(r.endswith("@" + self.domain) for r in envelope.rcpt_tos):
+            self.started.set()
             await asyncio.sleep(self.delay)
         return await super().handle_DATA(server, session, envelope)
 
@@ -28,8 +30,9 @@ class SlowFor(SinkHandler):
 def test_hosts_found_by_name_keep_the_mx_preference(tmp_path):
     mx_port = free_port()
     ctls = []
+    started = threading.Event()
     for ip in ("127.0.0.2", "127.0.0.3"):
-        c = Controller(SlowFor("p.test", 3.0), hostname=ip, port=mx_port, decode_data=False)
+        c = Controller(SlowFor("p.test", 3.0, started), hostname=ip, port=mx_port, decode_data=False)
         c.start()
         ctls.append(c)
     dns = LoopbackDNS(udp_port())
@@ -47,7 +50,9 @@ def test_hosts_found_by_name_keep_the_mx_preference(tmp_path):
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
             s.sendmail("s@x.test", ["u@p.test"], b"Subject: p\r\n\r\nhi\r\n")
         # While p.test's delivery is held at the sink, p.test stops resolving (its MX TTL is
-        # 1 s); q.test's mail then needs a second connection of the same site.
+        # 1 s); q.test's mail then needs a second connection of the same site. (Only once the
+        # delivery is held: before, p.test's own first look-up could meet the failure.)
+        assert started.wait(10), "p.test's delivery reached the sink"
         dns.resolver.servfail["p.test."] = 1000
         time.sleep(1.5)
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
