@@ -461,7 +461,7 @@ impl Core {
 
     /// Check that `cfg` can be used on this core (`apply` false), or use it from now on:
     /// sessions, connections and retry schedules made after this see it.
-    fn admin_reload(&self, cfg: &Config, apply: bool) -> Result<(), String> {
+    fn admin_reload(self: &Rc<Self>, cfg: &Config, apply: bool) -> Result<(), String> {
         let client_tls = ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
         if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
             crate::tls::server_config(c, k).map_err(|e| e.to_string())?;
@@ -487,7 +487,9 @@ impl Core {
         self.admin.history.borrow_mut().set_bounds(cfg.admin.history_ms(), cfg.admin.history_max);
         let d = &cfg.delivery;
         self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
-        self.queues.borrow_mut().set_total_connections(d.max_connections_total.div_ceil(self.ncores.max(1)));
+        let cap = d.max_connections_total.div_ceil(self.ncores.max(1));
+        let opened = self.queues.borrow_mut().set_total_connections(cap, self.clock.now_ms(), !self.is_stopping());
+        opened.into_iter().for_each(|a| self.act(a));
         self.queues.borrow_mut().expire_sites();
         self.reload_tls();
         Ok(())
