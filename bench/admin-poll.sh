@@ -10,6 +10,8 @@
 #   POLLER=every PAIRS=15 N=40000 bench/admin-poll.sh   # the poller keeps its connections
 #   MODE=cpu RATE=3000 bench/admin-poll.sh       # one daemon at a steady open-loop rate: its CPU
 #                                                # per second in windows without and with polling
+#   MODE=windows RATE_PAIRS=30 bench/admin-poll.sh   # one daemon at full closed-loop load: msg/s
+#                                                # in alternating windows without and with polling
 #
 # ringpost runs with its shipped defaults (bench/lib/ringpost.sh's config, the one relay.sh
 # uses) plus `[metrics] listen` in every run, so the runs differ only in the polling. The
@@ -200,6 +202,87 @@ print(f"at {sys.argv[2]} msg/s: median {mo} ms/s without, {mn} ms/s with polling
       f"the daemon spends {(mn - mo) / mo * 100:+.1f} % more CPU while polled")
 PY
 }
+
+# rate_windows: one ringpost under blaster's closed-loop load (as fast as it goes) for the
+# whole sitting, alternating WINDOW_S-second windows without and with the poller, in ABBA order
+# (off on, on off, ...) so a trend hits both modes alike. The rate of a window is what the sink
+# received in the whole seconds inside it, the first second after each switch left out. Each
+# pair of adjacent windows gives one cost; the median of the pairs and its 95 % bootstrap
+# interval are printed. One daemon, one load, one sitting: no start-up, spool or page-cache
+# differences between the two modes, which is what made separate runs vary by ±4 %.
+rate_windows() {
+  rm -rf "$WORK/spool" "$WORK/delivery.jsonl"
+  local total=$(( (2 * RATE_PAIRS + 1) * WINDOW_S ))
+  start_ringpost
+  "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --duration $((total + 10))s --json > "$WORK/sink.json" 2>/dev/null &
+  local sink=$!
+  sleep 0.5
+  "$BLASTER" send --to 127.0.0.1:$RP_PORT --duration ${total}s \
+    -c "$SESSIONS" --size "$SIZE" --domains 1 -q --json > "$WORK/send.json" &
+  local send=$! i mode order
+  sleep "$WINDOW_S" # warm-up window, not counted
+  : > "$WORK/windows"
+  for i in $(seq "$RATE_PAIRS"); do
+    if [ $((i % 2)) = 1 ]; then order="off on"; else order="on off"; fi
+    for mode in $order; do
+      [ "$mode" = on ] && start_polling
+      echo "$i $mode $EPOCHREALTIME" >> "$WORK/windows"
+      sleep "$WINDOW_S"
+      echo "$i $mode-end $EPOCHREALTIME" >> "$WORK/windows"
+      if [ "$mode" = on ]; then
+        stop_poller
+        read -r p f < "$WORK/polls"
+        [ "$f" = 0 ] && [ "$p" -gt 0 ] || { echo "window $i: $f of $p polls failed"; cat "$WORK/poller.err"; exit 1; }
+        echo "$i polls $p" >> "$WORK/windows"
+        rm -f "$WORK/polls" "$WORK/polls.ready"
+      fi
+    done
+  done
+  wait "$send" || { echo "the sender failed"; exit 1; }
+  kill -INT "$sink" 2>/dev/null || true
+  wait "$sink" || true
+  stop_all
+  python3 - "$WORK/windows" "$WORK/sink.json" "$INTERVAL_MS" <<'PY'
+import json, math, random, statistics, sys
+sink = json.load(open(sys.argv[2]))
+per_s = {}
+for src in sink["sources"].values():
+    for sec, n in src["per_second"].items():
+        per_s[int(sec)] = per_s.get(int(sec), 0) + n
+win, polls = {}, {}
+for line in open(sys.argv[1]):
+    i, what, v = line.split()
+    if what == "polls":
+        polls[int(i)] = int(v)
+        continue
+    mode, edge = (what[:-4], "end") if what.endswith("-end") else (what, "start")
+    win.setdefault((int(i), mode), {})[edge] = float(v)
+def rate(w):
+    # whole seconds inside the window, the first one after the switch left out
+    secs = range(math.floor(w["start"]) + 2, math.floor(w["end"]))
+    return sum(per_s.get(s, 0) for s in secs) / len(secs)
+pairs = sorted({i for i, _ in win})
+off = [rate(win[(i, "off")]) for i in pairs]
+on = [rate(win[(i, "on")]) for i in pairs]
+cost = [(a - b) / a * 100 for a, b in zip(off, on)]
+rnd = random.Random(1)
+meds = sorted(statistics.median(rnd.choices(cost, k=len(cost))) for _ in range(4000))
+print("msg/s without polling: " + " ".join(f"{x:.0f}" for x in off))
+print("msg/s with polling:    " + " ".join(f"{x:.0f}" for x in on))
+print(f"polls per window (status + queue every {sys.argv[3]} ms): {min(polls.values())}..{max(polls.values())}")
+print(f"median {statistics.median(off):.0f} msg/s without, {statistics.median(on):.0f} with; "
+      f"throughput cost, median of {len(cost)} pairs: {statistics.median(cost):+.2f} % "
+      f"(95 % CI {meds[100]:+.2f} .. {meds[3899]:+.2f}); mean {statistics.mean(cost):+.2f} %")
+PY
+}
+
+if [ "${MODE:-rate}" = windows ]; then
+  RATE_PAIRS=${RATE_PAIRS:-30}
+  WINDOW_S=${WINDOW_S:-6}
+  echo "machine: $(nproc) cores, $(uname -r), $(load_avg); closed loop, $SESSIONS sessions, $RATE_PAIRS pairs of ${WINDOW_S} s windows, poll every ${INTERVAL_MS} ms, poller ${POLLER:-exec}"
+  rate_windows
+  exit 0
+fi
 
 if [ "${MODE:-rate}" = cpu ]; then
   RATE=${RATE:-3000}

@@ -475,3 +475,19 @@ def test_every_polls_over_one_connection_until_its_count_or_a_signal(tmp_path, s
             assert subprocess.run(base + bad_arg + ["status"], capture_output=True, timeout=10).returncode == 2, bad_arg
     finally:
         rp.stop()
+
+
+def test_every_ends_cleanly_on_a_signal_that_lands_while_a_reply_is_awaited(tmp_path):
+    # A daemon that never answers: the signal always lands inside the call, never between polls.
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(path))
+        srv.listen(1)
+        p = subprocess.Popen([str(RINGCTL), "--socket", str(path), "--json", "--every", "100ms", "status"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = srv.accept()
+        with conn:
+            assert conn.recv(4096), "the first request is sent"
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=5) == 0, p.stderr.read()
+

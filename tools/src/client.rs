@@ -1,10 +1,10 @@
 //! Requests over the admin socket and their replies (blocking; ringctl does one thing at a
 //! time): one call, a kept connection for repeated calls, or a stream.
 use ringpost_admin_proto::{decode, encode, Reply, Request};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Send `request` and wait for its reply.
 pub fn call(path: &Path, request: &Request, timeout: Duration) -> std::io::Result<Reply> {
@@ -18,19 +18,32 @@ pub struct Conn {
     s: UnixStream,
     buf: Vec<u8>,
     next_id: u32,
+    timeout: Duration,
 }
 
+/// The longest a wait for a reply goes without asking whether to stop.
+pub const WAIT_TICK: Duration = Duration::from_millis(100);
+
 impl Conn {
-    /// Connect, with `timeout` on every read and write.
+    /// Connect, with `timeout` on every write and on the wait for each reply.
     pub fn open(path: &Path, timeout: Duration) -> std::io::Result<Conn> {
         let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(timeout))?;
+        // Reads wake up at least every WAIT_TICK, so a stop asked for while a reply is awaited
+        // is seen within a tick (a signal can land just before the read, where no EINTR helps).
+        s.set_read_timeout(Some(timeout.min(WAIT_TICK)))?;
         s.set_write_timeout(Some(timeout))?;
-        Ok(Conn { s, buf: Vec::new(), next_id: std::process::id() })
+        Ok(Conn { s, buf: Vec::new(), next_id: std::process::id(), timeout })
     }
 
     /// Send `request` and wait for its reply.
     pub fn call(&mut self, request: &Request) -> std::io::Result<Reply> {
+        self.call_until(request, || false)
+    }
+
+    /// As [`Conn::call`], but `stopped` is asked at least every [`WAIT_TICK`] while the reply
+    /// is awaited; once it says true the wait ends with an `Interrupted` error.
+    pub fn call_until(&mut self, request: &Request, stopped: impl Fn() -> bool) -> std::io::Result<Reply> {
+        let deadline = Instant::now() + self.timeout;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.s.write_all(&encode(id, request).map_err(std::io::Error::other)?)?;
@@ -44,10 +57,20 @@ impl Conn {
                 Some((got, _, _)) => return Err(std::io::Error::other(format!("reply for request {got}, expected {id}"))),
                 None => {}
             }
-            let n = self.s.read(&mut chunk)?;
-            if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the daemon closed the connection"));
-            }
+            let n = match self.s.read(&mut chunk) {
+                Ok(0) => return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "the daemon closed the connection")),
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    if stopped() {
+                        return Err(std::io::Error::new(ErrorKind::Interrupted, "stopped while awaiting the reply"));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(ErrorKind::TimedOut, "no reply from the daemon in time"));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }

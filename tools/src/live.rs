@@ -22,10 +22,17 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Make SIGINT and SIGTERM end the command at its next tick instead of killing it.
 pub fn catch_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // Without SA_RESTART (which glibc's `signal` sets): a blocking read or write then returns
+    // EINTR on the signal, so a command waiting for the daemon's reply stops at once instead
+    // of after its timeout.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the sigaction
+    // struct is zeroed (no flags, empty mask) before the handler is set.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
     }
 }
 

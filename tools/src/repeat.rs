@@ -30,8 +30,11 @@ pub fn run(path: &Path, request: &Request, timeout: Duration, every: &Every) -> 
     let mut next = Instant::now();
     let mut done = 0u64;
     while !live::interrupted() && every.count.is_none_or(|c| done < c) {
-        let reply = match conn.call(request) {
+        let reply = match conn.call_until(request, live::interrupted) {
             Ok(r) => r,
+            // A stop signal that lands while a reply is awaited ends the loop as one that
+            // lands between polls does: the call was interrupted, not refused.
+            Err(_) if live::interrupted() => break,
             Err(e) => return fail(path, e),
         };
         done += 1;
