@@ -116,6 +116,18 @@ stop_watchers() {
   POLL_PID=
 }
 
+# poller_ticks: CPU (user + system, clock ticks) the running poller used so far: the two
+# watchers' own, or the bash loop's with every ringctl it ran and waited for (cutime, cstime).
+poller_ticks() {
+  local pid sum=0
+  if [ "$POLL_PID" = watchers ]; then
+    for pid in $WATCH_PIDS; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  else
+    sum=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$POLL_PID/stat")
+  fi
+  echo "$sum"
+}
+
 stop_poller() {
   if [ "$POLL_PID" = watchers ]; then stop_watchers; return; fi
   kill -TERM "$POLL_PID"
@@ -178,13 +190,15 @@ cpu_windows() {
       t0=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
       sleep "$WINDOW_S"
       t1=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
+      local pt=0
       if [ "$mode" = on ]; then
+        pt=$(poller_ticks)
         stop_poller
         read -r p f < "$WORK/polls"
         [ "$f" = 0 ] && [ "$p" -gt 0 ] || { echo "window $i: $f of $p polls failed"; cat "$WORK/poller.err"; exit 1; }
         rm -f "$WORK/polls" "$WORK/polls.ready"
       fi
-      echo "$mode $(( (t1 - t0) * 1000 / tck / WINDOW_S ))" >> "$WORK/cpu"
+      echo "$mode $(( (t1 - t0) * 1000 / tck / WINDOW_S )) $(( pt * 1000 / tck / WINDOW_S ))" >> "$WORK/cpu"
     done
   done
   wait "$send" || { echo "the sender failed: the offered load was not steady"; exit 1; }
@@ -193,13 +207,20 @@ cpu_windows() {
   python3 - "$WORK/cpu" "$RATE" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-off = [int(v) for m, v in rows if m == "off"]
-on = [int(v) for m, v in rows if m == "on"]
+off = [int(v) for m, v, _ in rows if m == "off"]
+on = [int(v) for m, v, _ in rows if m == "on"]
+pollers = [int(p) for m, _, p in rows if m == "on"]
 print("ringpost CPU ms/s without polling: " + " ".join(map(str, off)))
 print("ringpost CPU ms/s with polling:    " + " ".join(map(str, on)))
-mo, mn = statistics.median(off), statistics.median(on)
+print("the pollers' own CPU ms/s:         " + " ".join(map(str, pollers)))
+mo, mn, mp = statistics.median(off), statistics.median(on), statistics.median(pollers)
 print(f"at {sys.argv[2]} msg/s: median {mo} ms/s without, {mn} ms/s with polling: "
       f"the daemon spends {(mn - mo) / mo * 100:+.1f} % more CPU while polled")
+# What polling takes from a CPU-bound relay: the daemon's extra CPU plus the pollers' own, as
+# a share of the machine (every core's 1000 ms/s).
+cores = __import__("os").cpu_count()
+print(f"polling takes {mn - mo + mp:+.0f} ms/s of the machine's {cores * 1000} ms/s: "
+      f"{(mn - mo + mp) / (cores * 1000) * 100:+.2f} %")
 PY
 }
 
