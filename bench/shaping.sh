@@ -12,6 +12,11 @@
 #   N=2000 ROUNDS=1 bench/shaping.sh  # a tiny run to check it works
 #   N=200000 MODES="single shaped" bench/shaping.sh   # long enough for connections to be reused
 #   SITES_DELIVERY="max_connections_total = 500" ...  # [delivery] lines for the sites/shaped runs
+#   PERF=10 ...                       # perf record -g the daemon for 10 s from 5 s into each run
+#                                     # (reports in $PERF_DIR, default /tmp, as perf-MODE-ROUND.data)
+#
+# Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
+# /proc/PID/stat, whole run) and the connections the sink accepted, each divided by the messages.
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
@@ -61,25 +66,39 @@ run() {
   SINK_PID=$!
   sleep 0.3
   start_ringpost
-  local t0 t1
+  local t0 t1 cpu0 cpu1 perf_pid=
+  cpu0=$(cpu_ticks "$RP_PID")
+  if [ -n "${PERF:-}" ]; then
+    (sleep 5; exec perf record -q -g -p "$RP_PID" -o "${PERF_DIR:-/tmp}/perf-$1-$ROUND.data" -- sleep "$PERF") > /dev/null 2>&1 &
+    perf_pid=$!
+  fi
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --domains "$SITES" -q --json > "$WORK/send.json"
   wait "$SINK_PID" || true
   t1=$(date +%s.%N)
+  cpu1=$(cpu_ticks "$RP_PID")
+  [ -n "$perf_pid" ] && wait "$perf_pid"
   SINK_PID=
   stop_all
-  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" <<'PY'
+  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 mode, t0, t1, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 send, sink = json.load(open(sys.argv[5])), json.load(open(sys.argv[6]))
+cpu_s = int(sys.argv[7]) / int(sys.argv[8])
 srcs = ", ".join(f"{ip} {s['messages']}" for ip, s in sorted(sink["sources"].items()))
 print(f"{mode:7s} injected {send['msgs_per_s']:8.0f}/s  end-to-end {n / (t1 - t0):8.0f}/s  "
-      f"received {sink['received']}  peak conns {sink['peak_connections']}  sources: {srcs}")
+      f"received {sink['received']}  daemon CPU {cpu_s * 1e6 / n:6.1f} us/msg  "
+      f"conns/msg {sink['connections'] / max(sink['received'], 1):.4f} ({sink['connections']})  "
+      f"peak conns {sink['peak_connections']}  sources: {srcs}")
 PY
 }
 
+# cpu_ticks PID: user+system clock ticks the process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); N=$N x 1 KiB, $SITES domains, $ROUNDS rounds; $(load_avg)"
-for ((r = 1; r <= ROUNDS; r++)); do
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   for mode in $MODES; do run "$mode"; done
+  echo "  after round $ROUND: $(load_avg)"
 done

@@ -151,6 +151,8 @@ pub struct SinkReport {
     pub shaping_violations: u64,
     /// Peak concurrent connections.
     pub peak_connections: usize,
+    /// Connections accepted in all (divided by `received`: what a message costs in connections).
+    pub connections: u64,
     /// Peak concurrent connections per source IP.
     pub peak_connections_per_ip: BTreeMap<String, usize>,
     /// Per destination domain.
@@ -171,7 +173,7 @@ impl SinkReport {
     /// Human-readable text.
     pub fn text(&self) -> String {
         let mut s = format!(
-            "blaster sink: received {} msgs ({} rcpts) in {:.2} s = {:.0} msg/s\n  duplicates {}  corrupted {}  unstamped {}{}\n  end-to-end latency: {}\n  peak connections {}  shaping violations {}\n",
+            "blaster sink: received {} msgs ({} rcpts) in {:.2} s = {:.0} msg/s\n  duplicates {}  corrupted {}  unstamped {}{}\n  end-to-end latency: {}\n  peak connections {}  connections accepted {}  shaping violations {}\n",
             self.received,
             self.recipients,
             self.duration_s,
@@ -182,6 +184,7 @@ impl SinkReport {
             self.missing.map(|m| format!("  missing {m}")).unwrap_or_default(),
             self.end_to_end_latency.text(),
             self.peak_connections,
+            self.connections,
             self.shaping_violations
         );
         for (k, v) in &self.faults {

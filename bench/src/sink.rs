@@ -66,6 +66,8 @@ pub struct SinkShared {
     pub stop: Arc<AtomicBool>,
     conns: AtomicUsize,
     peak: AtomicUsize,
+    /// Connections accepted so far.
+    accepted: AtomicU64,
     violations: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, (usize, usize)>>,
     per_domain: Mutex<HashMap<String, (usize, usize)>>,
@@ -175,6 +177,7 @@ fn merge(results: Vec<CoreResult>, opts: &SinkOpts, shared: &SinkShared) -> Sink
     }
     r.shaping_violations = shared.violations.load(Ordering::Relaxed);
     r.peak_connections = shared.peak.load(Ordering::Relaxed);
+    r.connections = shared.accepted.load(Ordering::Relaxed);
     r.peak_connections_per_ip = shared.per_ip.lock().unwrap().iter().map(|(ip, (_, p))| (ip.to_string(), *p)).collect();
     let peaks = shared.per_domain.lock().unwrap().clone();
     for (d, (n, f, l)) in domains {
@@ -283,6 +286,7 @@ struct Slot {
 
 impl Slot {
     fn open(shared: &Arc<SinkShared>, ip: IpAddr) -> Self {
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
         let n = shared.conns.fetch_add(1, Ordering::Relaxed) + 1;
         shared.peak.fetch_max(n, Ordering::Relaxed);
         let mut m = shared.per_ip.lock().unwrap();

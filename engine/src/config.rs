@@ -522,7 +522,10 @@ pub struct DeliverySection {
     /// evenly between the cores). Past it, destinations wanting a connection take turns as
     /// connections close: a thousand destinations then share the host's connections instead
     /// of each opening its own and every connection slowing down (Postfix caps its delivery
-    /// agents at 100 by default, `default_process_limit`).
+    /// agents at 100 by default, `default_process_limit`). Default 8,000: with slow start a
+    /// path holds about one connection, and 1,000 sites × 4 sources needed about 4,000 on a
+    /// 2-core host without slowing down (perf/RESULTS.md, fifth session); at 2,000 those paths
+    /// took turns and every turn was a new connection (0.25–0.48 connections per message).
     pub max_connections_total: usize,
     /// Recipients per outbound transaction.
     pub max_recipients_per_transaction: usize,
@@ -564,7 +567,7 @@ impl Default for DeliverySection {
             bounce_rules: None,
             connect_timeout_s: 30,
             max_connections_per_destination: 32,
-            max_connections_total: 2000,
+            max_connections_total: 8000,
             max_recipients_per_transaction: 100,
             idle_timeout_s: 2.0,
             mx_port: 25,

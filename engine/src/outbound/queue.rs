@@ -39,6 +39,12 @@ pub const CAP_POLL_MS: u64 = 50;
 /// this many deliveries and the path queues for its next turn (a backlogged provider must not
 /// keep its connections for hours while a new destination waits).
 pub const TURN_DELIVERIES: usize = 100;
+/// Slow start: a path with connections opens another only while its ready deliveries
+/// outnumber its connections by this factor (each connection, busy or still connecting, takes
+/// the next one as soon as it is free). Without it a path opened a connection for every
+/// message that arrived while its connections were busy or still connecting, up to its limit:
+/// with thousands of paths the host went to tens of thousands of connections and collapsed.
+pub const SLOW_START_BACKLOG: usize = 1;
 
 /// Some recipients of one message bound for one domain.
 pub struct Delivery {
@@ -388,7 +394,7 @@ impl QueueManager {
         if p.idle > 0 {
             return Dispatch::WakeIdle(p.wake.clone());
         }
-        if !may_open {
+        if !may_open || p.ready.len() <= p.connections * SLOW_START_BACKLOG {
             return Dispatch::Nothing;
         }
         if self.connections_total >= self.connections_total_max {

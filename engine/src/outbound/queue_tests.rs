@@ -344,3 +344,24 @@ fn while_others_wait_a_busy_path_gives_its_slot_away_after_its_turn_and_a_raised
     assert_eq!(opened(opened_now.into_iter().next().unwrap()), kb);
     assert_eq!(q.connections_total(), 2);
 }
+
+#[test]
+fn slow_start_a_path_opens_another_connection_only_while_its_backlog_outnumbers_its_connections() {
+    let mut q = qm(8, "");
+    let m = message(T0, 1);
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    ready(q.pop(&k, T0));
+    // The one connection is busy: the next message waits for it instead of opening another
+    // (before, every message that met a busy connection opened one, up to the limit).
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "1 ready, 1 connection");
+    let k2 = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    assert_eq!(k2, k, "2 ready for 1 connection: a second opens");
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_)), "3 ready for 2 connections: a third");
+    ready(q.pop(&k, T0));
+    ready(q.pop(&k, T0));
+    assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "2 ready for 3 connections");
+    assert_eq!(q.depth("b.test"), (2, 3));
+    // A closed connection is replaced only while the backlog still outnumbers what is left.
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Nothing), "2 ready for 2 connections");
+    assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Open(_)), "2 ready for 1 connection");
+}
