@@ -189,3 +189,41 @@ def test_runs_with_the_embedded_default_config(tmp_path):
     finally:
         p.terminate()
         assert p.wait(timeout=20) == 0
+
+
+def test_raises_its_open_file_limit_and_warns_when_the_hard_limit_is_too_low(tmp_path):
+    def start(limits):
+        p = subprocess.Popen(["prlimit", f"--nofile={limits}", str(BINARY)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", 2525), timeout=1) as s:
+                    assert s.recv(100).startswith(b"220 ")
+                return p
+            except OSError:
+                if time.time() > deadline or p.poll() is not None:
+                    p.kill()
+                    pytest.fail(f"did not serve under prlimit {limits}: {p.stderr.read()}")
+                time.sleep(0.1)
+
+    def soft_limit(p):
+        line = next(l for l in open(f"/proc/{p.pid}/limits") if l.startswith("Max open files"))
+        return int(line.split()[3])
+
+    # The usual soft limit of 1024 is far below the default connection cap: raised to the hard one.
+    p = start("1024:16000")
+    try:
+        assert soft_limit(p) == 16000
+    finally:
+        p.terminate()
+        assert p.wait(timeout=20) == 0
+    assert "open-file limit" not in p.stderr.read()
+    # A hard limit below what the configuration can open is named at start.
+    p = start("512:512")
+    try:
+        assert soft_limit(p) == 512
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+    assert "WARNING: open-file limit 512" in p.stderr.read()
+

@@ -12,6 +12,10 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 /// io_uring submission depth of each core's rings. The kernel sizes a ring's cancel table
 /// from its completion queue (2 × depth entries, 2^(log2 − 5) buckets, at most 256), and glommio
 /// keeps a readiness poll pending on every open socket and cancels one whenever a socket or
@@ -19,9 +23,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 /// outbound connections (1,000 sites × 4 sources) every cancel walked hundreds of polls
 /// (`io_poll_find`, 5 % of the daemon's CPU); 2,048 gives the full 256.
 const RING_DEPTH: usize = 2048;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Result<()
     }
     let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = config.core_count(online);
+    raise_open_file_limit(&config, n);
     if config.spool.durability == crate::config::Durability::None {
         eprintln!("ringpost: WARNING: spool.durability = \"none\": accepted mail is NOT fsynced and WILL BE LOST on a crash. Benchmarks only.");
     }
@@ -190,5 +192,31 @@ fn start_admin(shared: Arc<Shared>, links: Vec<shared_channel::SharedSender<Admi
             Err(RuntimeError::Admin(why))
         }
         Err(_) => Err(RuntimeError::Admin("the admin executor stopped while starting".into())),
+    }
+}
+
+/// Raise the soft limit on open files to the hard one: every connection is a descriptor, and
+/// the usual soft limit (1024) is far below `[delivery] max_connections_total` plus the
+/// inbound sessions. Past the soft limit connects fail with EMFILE and mail waits for retries.
+/// Warns when even the hard limit is below what the configuration can open.
+fn raise_open_file_limit(config: &Config, cores: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if got && lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let inbound = config.server.max_connections_per_core * cores;
+    // Spool segments, logs, listeners, the admin socket: a margin over the connections.
+    let wanted = (config.delivery.max_connections_total + inbound + 256) as u64;
+    if got && lim.rlim_cur < wanted {
+        eprintln!(
+            "ringpost: WARNING: open-file limit {} is below what delivery.max_connections_total and server.max_connections_per_core can open ({wanted}): connections past it fail (raise LimitNOFILE / ulimit -n)",
+            lim.rlim_cur
+        );
     }
 }
