@@ -55,7 +55,7 @@ fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier)
             // Not persisted: the category is a function of what is (status and diagnostic).
             let category = if expired { BounceCategory::MessageExpired } else { classifier.classify(&detail.status, &detail.diagnostic) };
             FailedRecipient {
-                recipient: msg.recipients[d.rcpt as usize].clone(),
+                recipient: msg.recipient(d.rcpt).to_string(),
                 status: if detail.status.is_empty() { "5.0.0".into() } else { detail.status },
                 remote: detail.remote,
                 diagnostic: detail.diagnostic,
@@ -74,7 +74,7 @@ fn groups(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<Group> {
         let state = m.states.iter().find(|s| s.rcpt == i);
         let (attempts, next) = state.map_or((0, 0), |s| (s.attempts, s.next_attempt_ms));
         let response = state.map(|s| s.last_response.clone()).filter(|r| !r.is_empty());
-        by_key.entry((domain_of(&msg.recipients[i as usize]), attempts, next, response)).or_default().push(i);
+        by_key.entry((domain_of(msg.recipient(i)), attempts, next, response)).or_default().push(i);
     }
     by_key
         .into_iter()

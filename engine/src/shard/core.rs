@@ -313,9 +313,9 @@ impl Core {
         let id = msg.id.to_string();
         let all;
         let recipient = match rcpt {
-            Some(i) => msg.recipients[i as usize].as_str(),
+            Some(i) => msg.recipient(i),
             None => {
-                all = msg.recipients.join(",");
+                all = msg.recipients().collect::<Vec<_>>().join(",");
                 all.as_str()
             }
         };
@@ -325,7 +325,7 @@ impl Core {
             kind,
             time_ms: now,
             id: &id,
-            sender: &msg.sender,
+            sender: msg.sender(),
             recipient,
             remote: peer.map(|p| p.remote.clone()),
             response,

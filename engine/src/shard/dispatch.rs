@@ -30,8 +30,11 @@ impl Core {
     /// Queue one group of a message on this core (which owns its destination): ready now, or
     /// scheduled when a recovered recipient's next attempt is still ahead.
     pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
-        let pool = self.pool_of(msg);
-        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts, last_response: g.last_response, domain: g.domain.into(), pool };
+        let pool = self.pool_of(msg).and_then(|p| u16::try_from(p).ok());
+        let mut q = self.queues.borrow_mut();
+        let (domain, last_response) = (q.intern(&g.domain), g.last_response.map(|r| q.intern(&r)));
+        drop(q);
+        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts.into(), attempts: g.attempts, last_response, domain, pool };
         let now = self.clock.now_ms();
         if g.not_before_ms > now {
             self.queues.borrow_mut().schedule(d, g.not_before_ms);
@@ -49,7 +52,7 @@ impl Core {
         if shaping.pools.is_empty() {
             return None;
         }
-        let found = find_header(std::iter::once(msg.trace.bytes()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
+        let found = find_header(std::iter::once(msg.trace()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
         shaping.pool_index(&found?.0)
     }
 
@@ -156,7 +159,7 @@ impl Core {
             let failure = failure_of(msg, &f, remote.clone(), response.clone(), &self.shared.classifier);
             let category = failure.as_ref().map(|x| x.category);
             if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
-                self.auto_suppress(&msg.recipients[f.rcpt as usize], c, &response);
+                self.auto_suppress(msg.recipient(f.rcpt), c, &response);
             }
             self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response.clone()), category), s.attempts);
             let r = FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure, attempts: s.attempts, response };
@@ -206,7 +209,7 @@ fn status_of(r: &Reply, default: &str) -> String {
 
 /// The DSN entry of a recipient that failed for good (none for a delivery).
 fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
-    let recipient = msg.recipients[f.rcpt as usize].clone();
+    let recipient = msg.recipient(f.rcpt).to_string();
     match f.outcome {
         Outcome::Delivered => None,
         Outcome::Bounced => {
