@@ -7,6 +7,9 @@
 #   bench/admin-poll.sh                          # 3 pairs of 20000 x 1 KiB, 50 sessions
 #   PAIRS=5 N=50000 bench/admin-poll.sh
 #   N=500 PAIRS=3 bench/admin-poll.sh            # a smoke run: proves the script, measures nothing
+#   POLLER=every PAIRS=15 N=40000 bench/admin-poll.sh   # the poller keeps its connections
+#   MODE=cpu RATE=3000 bench/admin-poll.sh       # one daemon at a steady open-loop rate: its CPU
+#                                                # per second in windows without and with polling
 #
 # ringpost runs with its shipped defaults (bench/lib/ringpost.sh's config, the one relay.sh
 # uses) plus `[metrics] listen` in every run, so the runs differ only in the polling. The
@@ -33,7 +36,8 @@ for b in "$BIN" "$BLASTER" "$RINGCTL"; do [ -x "$b" ] || { echo "missing $b: car
 
 POLL_PID=
 cleanup() {
-  [ -n "$POLL_PID" ] && kill -TERM "$POLL_PID" 2>/dev/null || true
+  if [ "$POLL_PID" = watchers ]; then kill -TERM $WATCH_PIDS 2>/dev/null || true
+  elif [ -n "$POLL_PID" ]; then kill -TERM "$POLL_PID" 2>/dev/null || true; fi
   stop_all
   rm -rf "$WORK"
 }
@@ -42,40 +46,76 @@ trap cleanup EXIT
 write_config ""
 printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$WORK/ringpost.toml"
 
-# start_poller: every INTERVAL_MS, ringctl status, ringctl queue and GET /metrics (POLL_PID);
-# on SIGTERM it writes "polls failures" to $WORK/polls.
+# start_poller: every INTERVAL_MS, `ringctl status` and `ringctl queue` (and with SCRAPE=1 a GET
+# /metrics), as a monitoring agent on the same host would (POLL_PID). A bash loop: it forks only
+# the ringctl processes themselves, so the poller's own overhead is what ringctl costs. It counts
+# its polls and failures and, on SIGTERM, writes "polls failures" to $WORK/polls.
 start_poller() {
-  python3 - "$RINGCTL" "$WORK/admin.sock" "$METRICS_PORT" "$INTERVAL_MS" "$WORK/polls" 2>"$WORK/poller.err" <<'PY' &
-import signal, subprocess, sys, time, urllib.request
-ctl, sock, mport, interval, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) / 1000, sys.argv[5]
-polls = failures = 0
-stop = False
-def on_term(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, on_term)
-open(out + ".ready", "w").close()
-nxt = time.monotonic()
-while not stop:
-    ok = subprocess.run([ctl, "--socket", sock, "status"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-    ok &= subprocess.run([ctl, "--socket", sock, "queue"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
-            ok &= r.status == 200 and b"ringpost_messages_received_total" in r.read()
-    except OSError:
-        ok = False
-    polls += 1
-    failures += not ok
-    nxt += interval
-    time.sleep(max(0.0, nxt - time.monotonic()))
-open(out, "w").write(f"{polls} {failures}\n")
-PY
+  RINGCTL=$RINGCTL SOCK=$WORK/admin.sock MPORT=$METRICS_PORT SCRAPE=${SCRAPE:-0} \
+    INTERVAL_MS=$INTERVAL_MS OUT=$WORK/polls bash -c '
+    polls=0 failures=0 stop=0
+    trap "stop=1" TERM
+    mkfifo "$OUT.tick"; exec 3<>"$OUT.tick"; rm -f "$OUT.tick"
+    : > "$OUT.ready"
+    t=${EPOCHREALTIME/./}; next=$((t / 1000))
+    while [ $stop = 0 ]; do
+      ok=1
+      "$RINGCTL" --socket "$SOCK" status > /dev/null 2>&1 || ok=0
+      "$RINGCTL" --socket "$SOCK" queue > /dev/null 2>&1 || ok=0
+      if [ "$SCRAPE" = 1 ]; then
+        exec 4<>/dev/tcp/127.0.0.1/$MPORT && printf "GET /metrics HTTP/1.0\r\n\r\n" >&4 &&
+          grep -q ringpost_messages_received_total <&4 || ok=0
+        exec 4>&-
+      fi
+      polls=$((polls + 1)); [ $ok = 1 ] || failures=$((failures + 1))
+      next=$((next + INTERVAL_MS)); t=${EPOCHREALTIME/./}; now=$((t / 1000))
+      wait_ms=$((next - now))
+      # bash runs the TERM trap only once read returns: wait in slices of at most 100 ms.
+      while [ $wait_ms -gt 0 ] && [ $stop = 0 ]; do
+        slice=$((wait_ms < 100 ? wait_ms : 100))
+        printf -v secs "0.%03d" "$slice"
+        read -r -t "$secs" -u 3 || true
+        wait_ms=$((wait_ms - slice))
+      done
+    done
+    echo "$polls $failures" > "$OUT"' 2>"$WORK/poller.err" &
   POLL_PID=$!
-  # Until its SIGTERM handler is in, a stop would kill it before it reports.
+  # Until its TERM trap is in, a stop would kill it before it reports.
   while [ ! -e "$WORK/polls.ready" ]; do sleep 0.02; done
 }
 
+# start_polling: the poller POLLER names (exec: a process per poll, the default; every: kept
+# connections).
+start_polling() {
+  case "${POLLER:-exec}" in
+    exec) start_poller ;;
+    every) start_watchers ;;
+    *) echo "POLLER must be exec or every"; exit 2 ;;
+  esac
+}
+
+# start_watchers: POLLER=every — what a monitoring agent keeping a connection does: two
+# long-lived `ringctl --every INTERVAL_MS` processes (status, queue), each over one kept
+# connection. On stop their JSON lines are counted as polls.
+start_watchers() {
+  "$RINGCTL" --socket "$WORK/admin.sock" --json --every "${INTERVAL_MS}ms" status > "$WORK/watch.status" 2>>"$WORK/poller.err" &
+  WATCH_PIDS="$!"
+  "$RINGCTL" --socket "$WORK/admin.sock" --json --every "${INTERVAL_MS}ms" queue > "$WORK/watch.queue" 2>>"$WORK/poller.err" &
+  WATCH_PIDS="$WATCH_PIDS $!"
+  POLL_PID=watchers
+}
+
+stop_watchers() {
+  local pid failures=0
+  # shellcheck disable=SC2086
+  kill -TERM $WATCH_PIDS
+  for pid in $WATCH_PIDS; do wait "$pid" || failures=$((failures + 1)); done
+  echo "$(( $(wc -l < "$WORK/watch.status") < $(wc -l < "$WORK/watch.queue") ? $(wc -l < "$WORK/watch.status") : $(wc -l < "$WORK/watch.queue") )) $failures" > "$WORK/polls"
+  POLL_PID=
+}
+
 stop_poller() {
+  if [ "$POLL_PID" = watchers ]; then stop_watchers; return; fi
   kill -TERM "$POLL_PID"
   wait "$POLL_PID" || true
   POLL_PID=
@@ -89,7 +129,7 @@ run_one() {
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --exit-after "$N" --json > "$WORK/sink.json" 2>/dev/null &
   sink=$!
   sleep 0.5
-  [ "$mode" = on ] && start_poller
+  [ "$mode" = on ] && start_polling
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --size "$SIZE" --domains 1 -q --json > "$WORK/send.json"
   wait "$sink"
@@ -102,13 +142,70 @@ run_one() {
     [ "$f" = 0 ] || { echo "polling $mode: $f of $p polls failed"; exit 1; }
     polls=" ($p polls)"
   fi
+  # ringpost's own CPU (user + system, clock ticks) for the whole run: a second measure of the
+  # cost, less noisy than the rate because it does not depend on what else ran on the machine.
+  local ticks
+  ticks=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
   stop_all
   python3 -c 'import sys; n, t0, t1 = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); print(f"{n / (t1 - t0):.0f}")' "$N" "$t0" "$t1" > "$WORK/rate"
-  echo "$mode $(cat "$WORK/rate")" >> "$WORK/results"
-  printf '%-8s %8s msg/s end to end%s\n' "polling $mode" "$(cat "$WORK/rate")" "$polls"
+  local us_per_msg=$(( ticks * 1000000 / $(getconf CLK_TCK) / N ))
+  echo "$mode $(cat "$WORK/rate") $us_per_msg" >> "$WORK/results"
+  printf '%-8s %8s msg/s end to end, ringpost %4s us CPU/msg%s\n' "polling $mode" "$(cat "$WORK/rate")" "$us_per_msg" "$polls"
 }
 
-echo "machine: $(nproc) cores, $(uname -r), $(load_avg); N=$N sessions=$SESSIONS size=$SIZE pairs=$PAIRS poll every ${INTERVAL_MS} ms"
+# cpu_windows: one ringpost under a steady open-loop load (RATE msg/s, about half of this
+# machine's peak), alternating WINDOW_S-second windows without and with the poller; ringpost's
+# CPU (user + system) is sampled at each window's edges. The load is the same in both kinds of
+# window, so the difference in ringpost's CPU per second is what answering the polls costs the
+# daemon, with far less noise than comparing throughput between separate runs.
+cpu_windows() {
+  rm -rf "$WORK/spool" "$WORK/delivery.jsonl"
+  start_ringpost
+  "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT -q > /dev/null 2>&1 &
+  local sink=$!
+  sleep 0.5
+  "$BLASTER" send --to 127.0.0.1:$RP_PORT --rate "$RATE" --duration $(( (2 * CPU_PAIRS + 2) * WINDOW_S ))s \
+    -c "$SESSIONS" --size "$SIZE" --domains 1 -q --json > "$WORK/steady.json" &
+  local send=$! tck i t0 t1 mode
+  tck=$(getconf CLK_TCK)
+  sleep "$WINDOW_S" # warm-up window, not counted
+  : > "$WORK/cpu"
+  for i in $(seq "$CPU_PAIRS"); do
+    for mode in off on; do
+      [ "$mode" = on ] && start_polling
+      t0=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
+      sleep "$WINDOW_S"
+      t1=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
+      [ "$mode" = on ] && stop_poller
+      echo "$mode $(( (t1 - t0) * 1000 / tck / WINDOW_S ))" >> "$WORK/cpu"
+    done
+  done
+  wait "$send" || true
+  kill "$sink" 2>/dev/null || true
+  stop_all
+  python3 - "$WORK/cpu" "$RATE" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+off = [int(v) for m, v in rows if m == "off"]
+on = [int(v) for m, v in rows if m == "on"]
+print("ringpost CPU ms/s without polling: " + " ".join(map(str, off)))
+print("ringpost CPU ms/s with polling:    " + " ".join(map(str, on)))
+mo, mn = statistics.median(off), statistics.median(on)
+print(f"at {sys.argv[2]} msg/s: median {mo} ms/s without, {mn} ms/s with polling: "
+      f"the daemon spends {(mn - mo) / mo * 100:+.1f} % more CPU while polled")
+PY
+}
+
+if [ "${MODE:-rate}" = cpu ]; then
+  RATE=${RATE:-3000}
+  CPU_PAIRS=${CPU_PAIRS:-6}
+  WINDOW_S=${WINDOW_S:-10}
+  echo "machine: $(nproc) cores, $(uname -r), $(load_avg); open loop $RATE msg/s, $CPU_PAIRS pairs of ${WINDOW_S} s windows, poll every ${INTERVAL_MS} ms, poller ${POLLER:-exec}"
+  cpu_windows
+  exit 0
+fi
+
+echo "machine: $(nproc) cores, $(uname -r), $(load_avg); N=$N sessions=$SESSIONS size=$SIZE pairs=$PAIRS poll every ${INTERVAL_MS} ms, poller ${POLLER:-exec}"
 : > "$WORK/results"
 for i in $(seq "$PAIRS"); do
   echo "pair $i"
@@ -116,12 +213,23 @@ for i in $(seq "$PAIRS"); do
   run_one on
 done
 python3 - "$WORK/results" <<'PY'
-import statistics, sys
+import random, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-off = [float(r) for m, r in rows if m == "off"]
-on = [float(r) for m, r in rows if m == "on"]
-pairs = [(a - b) / a * 100 for a, b in zip(off, on)]
-mo, mn = statistics.median(off), statistics.median(on)
-print(f"median without polling {mo:.0f} msg/s, with polling {mn:.0f} msg/s: cost {(mo - mn) / mo * 100:+.1f} %")
-print("cost per pair: " + ", ".join(f"{c:+.1f} %" for c in pairs))
+off = [(float(r), float(c)) for m, r, c in rows if m == "off"]
+on = [(float(r), float(c)) for m, r, c in rows if m == "on"]
+rate_cost = [(a[0] - b[0]) / a[0] * 100 for a, b in zip(off, on)]
+cpu_cost = [(b[1] - a[1]) / a[1] * 100 for a, b in zip(off, on)]
+def ci(xs):
+    # 95 % bootstrap interval of the median: how far the noise of this sitting lets us see.
+    rnd = random.Random(1)
+    meds = sorted(statistics.median(rnd.choices(xs, k=len(xs))) for _ in range(2000))
+    return meds[50], meds[1949]
+mo, mn = statistics.median(r for r, _ in off), statistics.median(r for r, _ in on)
+print(f"median without polling {mo:.0f} msg/s, with polling {mn:.0f} msg/s")
+lo, hi = ci(rate_cost)
+print(f"throughput cost, median of pairs: {statistics.median(rate_cost):+.1f} % (95 % CI {lo:+.1f} .. {hi:+.1f})")
+lo, hi = ci(cpu_cost)
+print(f"ringpost CPU per message, median of pairs: {statistics.median(cpu_cost):+.1f} % (95 % CI {lo:+.1f} .. {hi:+.1f})")
+print("throughput cost per pair: " + ", ".join(f"{c:+.1f}" for c in rate_cost))
+print("CPU/msg cost per pair:    " + ", ".join(f"{c:+.1f}" for c in cpu_cost))
 PY

@@ -10,11 +10,13 @@
 #
 #   bench/shaping.sh                  # N=20000 x 1 KiB, 2 rounds of each
 #   N=2000 ROUNDS=1 bench/shaping.sh  # a tiny run to check it works
+#   N=200000 MODES="single shaped" bench/shaping.sh   # long enough for connections to be reused
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
 SESSIONS=${SESSIONS:-50}
 SITES=${SITES:-1000}
+MODES=${MODES:-single sites shaped}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/shapingbench.XXXXXX)
 RP_PORT=${RP_PORT:-2731}
@@ -77,7 +79,5 @@ PY
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); N=$N x 1 KiB, $SITES domains, $ROUNDS rounds; $(load_avg)"
 for ((r = 1; r <= ROUNDS; r++)); do
-  run single
-  run sites
-  run shaped
+  for mode in $MODES; do run "$mode"; done
 done

@@ -443,3 +443,32 @@ hosts = ["127.0.0.1:{sink.port}"]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert not (tmp_path / "var/run/ringpost.sock").exists()
+
+
+def test_every_polls_over_one_connection_until_its_count_or_a_signal(tmp_path, sink):
+    rp = Ringpost(tmp_path, sink.port, cores=2).start()
+    try:
+        base = [str(RINGCTL), "--socket", str(rp.socket), "--json"]
+        p = subprocess.Popen(base + ["--every", "100ms", "status"], stdout=subprocess.PIPE, text=True)
+        first = json.loads(p.stdout.readline())["Status"]
+        # While it polls, the daemon holds exactly one admin connection for it, the same one
+        # (same socket inode) across several polls.
+        conns = lambda: subprocess.run(["ss", "-xH", "state", "connected", "src", str(rp.socket)], capture_output=True, text=True).stdout.split()
+        before = conns()
+        for _ in range(4):
+            p.stdout.readline()
+        assert len(before) > 0 and conns() == before and sum(str(rp.socket) in w for w in before) == 1, before
+        send(rp, ["a@every.test"])
+        accepted = lambda st: sum(c["accepted"] for c in st["cores"])
+        deadline = time.time() + 10
+        while accepted(json.loads(p.stdout.readline())["Status"]) != accepted(first) + 1:
+            assert time.time() < deadline, "a later poll sees the new message"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=5) == 0, "Ctrl-C or TERM ends it cleanly"
+        rc = subprocess.run(base + ["--every", "50ms", "--count", "3", "queue"], capture_output=True, text=True, timeout=10)
+        lines = rc.stdout.splitlines()
+        assert rc.returncode == 0 and len(lines) == 3 and all("Queue" in json.loads(l) for l in lines), rc.stdout
+        bad = subprocess.run(base + ["--every", "1s", "bounce", "x.test"], capture_output=True, text=True, timeout=10)
+        assert bad.returncode == 2 and "--every" in bad.stderr, "a command that changes things is never repeated"
+    finally:
+        rp.stop()

@@ -518,6 +518,12 @@ pub struct DeliverySection {
     pub connect_timeout_s: u64,
     /// Concurrent connections per destination per core.
     pub max_connections_per_destination: usize,
+    /// Outbound connections open at once on this host, all destinations together (shared out
+    /// evenly between the cores). Past it, destinations wanting a connection take turns as
+    /// connections close: a thousand destinations then share the host's connections instead
+    /// of each opening its own and every connection slowing down (Postfix caps its delivery
+    /// agents at 100 by default, `default_process_limit`).
+    pub max_connections_total: usize,
     /// Recipients per outbound transaction.
     pub max_recipients_per_transaction: usize,
     /// Seconds an idle outbound connection waits for more mail before QUIT.
@@ -558,6 +564,7 @@ impl Default for DeliverySection {
             bounce_rules: None,
             connect_timeout_s: 30,
             max_connections_per_destination: 32,
+            max_connections_total: 2000,
             max_recipients_per_transaction: 100,
             idle_timeout_s: 2.0,
             mx_port: 25,
@@ -825,7 +832,7 @@ impl Config {
         if !(d.retry_first_s > 0.0 && d.retry_factor >= 1.0 && d.retry_max_s >= d.retry_first_s && d.max_age_s > 0.0) {
             return Err(invalid("delivery", "need retry_first_s > 0, retry_factor >= 1, retry_max_s >= retry_first_s, max_age_s > 0".into()));
         }
-        if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 {
+        if d.max_connections_per_destination == 0 || d.max_recipients_per_transaction == 0 || d.max_connections_total == 0 {
             return Err(invalid("delivery", "connection and recipient limits must be at least 1".into()));
         }
         in_range("delivery.command_timeout_s", d.command_timeout_s, 1, 86_400, "seconds")?;

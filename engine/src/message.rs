@@ -39,6 +39,9 @@ struct OwnedEnvelope {
     trace: Vec<u8>,
 }
 
+/// One extent of body bytes and the segment it lies in.
+type Piece = (Arc<SegmentMap>, Extent);
+
 /// Where the body is.
 #[derive(Debug)]
 enum Body {
@@ -46,7 +49,7 @@ enum Body {
     /// common case, kept without an allocation.
     Local(Extent),
     /// Any other layout.
-    Pieces(Box<[(Arc<SegmentMap>, Extent)]>),
+    Pieces(Box<[Piece]>),
 }
 
 /// An accepted, durable message.
@@ -151,7 +154,7 @@ impl SpooledMessage {
 
     /// Body bytes in wire form, piece by piece.
     pub fn body_pieces(&self) -> impl Iterator<Item = &[u8]> {
-        let (local, pieces): (Option<&[u8]>, &[(Arc<SegmentMap>, Extent)]) = match (&self.body, &self.envelope) {
+        let (local, pieces): (Option<&[u8]>, &[Piece]) = match (&self.body, &self.envelope) {
             (Body::Local(e), Envelope::Mapped { map, .. }) => (Some(map.extent(e)), &[][..]),
             (Body::Local(_), Envelope::Owned(_)) => unreachable!("a local body has a mapped envelope"),
             (Body::Pieces(p), _) => (None, &p[..]),

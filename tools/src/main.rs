@@ -5,6 +5,7 @@
 //! connect (no daemon, wrong socket, no permission).
 mod client;
 mod live;
+mod repeat;
 mod show;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +41,7 @@ Examples:
   ringctl suppress list --limit 100
   ringctl suppress remove bob@example.com
   ringctl --json status                  the same data as JSON, for scripts
+  ringctl --every 1s --json status       poll over one connection: a JSON line a second
   ringctl --json trace                   one JSON object per batch of events, one per line
 
 Exit codes: 0 ok, 1 refused by the daemon, 2 usage error, 3 cannot connect.";
@@ -60,6 +62,13 @@ struct Cli {
     /// Seconds to wait for the daemon's reply.
     #[arg(long, global = true, default_value_t = 30)]
     timeout: u64,
+    /// Run status, queue or msg again every INTERVAL (100ms, 1s, 5m) over one kept connection
+    /// until Ctrl-C, printing each reply (with --json: one JSON object per line).
+    #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_interval)]
+    every: Option<Duration>,
+    /// With --every: stop after this many replies.
+    #[arg(long, global = true, value_name = "N", requires = "every")]
+    count: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -291,6 +300,14 @@ fn main() -> ExitCode {
         Command::Trace { .. } => return live::trace(&path, &request(cli.command), json),
         Command::Top { frames, .. } => return live::top(&path, &request(cli.command), json, frames),
         _ => {}
+    }
+    if let Some(interval) = cli.every {
+        if !matches!(cli.command, Command::Status | Command::Queue { .. } | Command::Msg { .. }) {
+            eprintln!("ringctl: --every repeats status, queue or msg only (trace and top stream by themselves)");
+            return ExitCode::from(2);
+        }
+        let every = repeat::Every { interval, count: cli.count, json };
+        return repeat::run(&path, &request(cli.command), timeout, &every);
     }
     let reply = match client::call(&path, &request(cli.command), timeout) {
         Ok(r) => r,

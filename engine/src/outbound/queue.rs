@@ -212,6 +212,8 @@ struct Path {
     source: usize,
     /// The earliest wake-up registered for it.
     wake_at: Option<u64>,
+    /// In [`QueueManager::slot_waiters`]: it wants a connection and the core's cap is reached.
+    wants_slot: bool,
 }
 
 struct SiteEntry {
@@ -243,6 +245,16 @@ pub struct QueueManager {
     all_suspended: bool,
     /// Domains and replies shared by the deliveries that carry them.
     strings: Interner,
+    /// Queued recipients per destination, for the operator's views.
+    stats: QueueStats,
+    /// Outbound connections open on this core, all paths together.
+    connections_total: usize,
+    /// This core's share of `[delivery] max_connections_total`.
+    connections_total_max: usize,
+    /// Paths that want a connection while the core is at its cap, first come first served:
+    /// each freed connection goes to the first of them, so a thousand destinations take turns
+    /// instead of opening a thousand connections each.
+    slot_waiters: VecDeque<Rc<str>>,
 }
 
 impl QueueManager {
@@ -264,6 +276,10 @@ impl QueueManager {
             suspended: HashSet::new(),
             all_suspended: false,
             strings: Interner::default(),
+            stats: QueueStats::default(),
+            connections_total: 0,
+            connections_total_max: usize::MAX,
+            slot_waiters: VecDeque::new(),
         }
     }
 
@@ -279,6 +295,17 @@ impl QueueManager {
         self.connections_max = connections_max.max(1);
     }
 
+    /// Cap the outbound connections this core keeps open, all paths together (a reload may
+    /// lower it: connections above it finish their work, none opens until below).
+    pub fn set_total_connections(&mut self, max: usize) {
+        self.connections_total_max = max.max(1);
+    }
+
+    /// Outbound connections open on this core.
+    pub fn connections_total(&self) -> usize {
+        self.connections_total
+    }
+
     /// The host's shaping.
     pub fn shaping(&self) -> &Arc<Shaping> {
         &self.shaping
@@ -291,6 +318,7 @@ impl QueueManager {
             _ => {
                 let first = !self.resolving.contains_key(&*d.domain);
                 let domain = d.domain.to_string();
+                self.stats.add(&d, Bucket::Ready);
                 self.resolving.entry(domain.clone()).or_default().push(d);
                 return if first { Dispatch::Resolve(domain) } else { Dispatch::Nothing };
             }
@@ -316,6 +344,7 @@ impl QueueManager {
         // A DNS failure is this attempt's answer only: the next attempt looks again.
         e.expires_ms = if site.failure.is_some() { now_ms } else { now_ms + SITE_TTL_MS };
         let waiting = self.resolving.remove(domain).unwrap_or_default();
+        waiting.iter().for_each(|d| self.stats.remove(d, Bucket::Ready));
         waiting.into_iter().map(|d| self.assign(d, site.clone(), now_ms, may_open)).collect()
     }
 
@@ -341,6 +370,7 @@ impl QueueManager {
             }
         };
         let key = self.path_key(src, &d.domain, &site);
+        self.stats.add(&d, Bucket::Ready);
         self.paths.get_mut(&key).expect("path made").ready.push_back(d);
         self.dispatch(&key, now_ms, may_open)
     }
@@ -366,6 +396,7 @@ impl QueueManager {
             site: site.clone(),
             source: src,
             wake_at: None,
+            wants_slot: false,
         });
         key
     }
@@ -373,6 +404,7 @@ impl QueueManager {
     /// Queue a delivery for its next attempt at `at_ms`.
     pub fn schedule(&mut self, d: Delivery, at_ms: u64) {
         self.seq += 1;
+        self.stats.add(&d, Bucket::Waiting);
         self.scheduled.push(Scheduled { at_ms, seq: self.seq, d });
     }
 
@@ -389,6 +421,7 @@ impl QueueManager {
         let mut out = Vec::new();
         while self.scheduled.peek().is_some_and(|s| s.at_ms <= now_ms) {
             let d = self.scheduled.pop().expect("peeked").d;
+            self.stats.remove(&d, Bucket::Waiting);
             out.push(self.enqueue(d, now_ms, may_open));
         }
         let later = self.wakeups.split_off(&(now_ms + 1, 0));
@@ -429,9 +462,17 @@ impl QueueManager {
         if !may_open {
             return Dispatch::Nothing;
         }
+        if self.connections_total >= self.connections_total_max {
+            if !p.wants_slot {
+                p.wants_slot = true;
+                self.slot_waiters.push_back(key.clone());
+            }
+            return Dispatch::Nothing;
+        }
         match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
             Ok(()) => {
                 p.connections += 1;
+                self.connections_total += 1;
                 Dispatch::Open(key.clone())
             }
             Err(Hold::Rate(t) | Hold::Suspended(t)) => {
@@ -489,6 +530,7 @@ impl QueueManager {
             Err(_) => return Pop::Close,
         }
         let d = p.ready.remove(at).expect("position found");
+        self.stats.remove(&d, Bucket::Ready);
         *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         Pop::Ready(d)
     }
@@ -498,6 +540,7 @@ impl QueueManager {
         let Some(p) = self.paths.get_mut(key) else { return Vec::new() };
         let taken: Vec<Delivery> = p.ready.drain(..).collect();
         for d in &taken {
+            self.stats.remove(d, Bucket::Ready);
             *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         }
         taken
@@ -520,14 +563,43 @@ impl QueueManager {
         let Some(k) = self.paths.get_key_value(key).map(|(k, _)| k.clone()) else { return Dispatch::Nothing };
         let p = self.paths.get_mut(key).expect("just found");
         p.connections = p.connections.saturating_sub(1);
+        self.connections_total = self.connections_total.saturating_sub(1);
         p.limits.closed();
         if p.ready.is_empty() {
-            if p.connections == 0 {
+            if p.connections == 0 && !p.wants_slot {
                 self.paths.remove(key);
             }
-            return Dispatch::Nothing;
+            return self.next_waiter(now_ms, may_open);
         }
-        self.dispatch(&k, now_ms, may_open)
+        if self.slot_waiters.is_empty() {
+            return self.dispatch(&k, now_ms, may_open);
+        }
+        // Others wait for a connection: this path goes to the back of the line.
+        if !p.wants_slot {
+            p.wants_slot = true;
+            self.slot_waiters.push_back(k);
+        }
+        self.next_waiter(now_ms, may_open)
+    }
+
+    /// A connection is free under the core's cap: the first waiting path that can use it.
+    fn next_waiter(&mut self, now_ms: u64, may_open: bool) -> Dispatch {
+        while let Some(key) = self.slot_waiters.pop_front() {
+            let Some(p) = self.paths.get_mut(&key) else { continue };
+            p.wants_slot = false;
+            if p.ready.is_empty() && p.connections == 0 {
+                self.paths.remove(&key);
+                continue;
+            }
+            match self.dispatch(&key, now_ms, may_open) {
+                Dispatch::Nothing => {}
+                d => return d,
+            }
+            if self.connections_total >= self.connections_total_max {
+                break;
+            }
+        }
+        Dispatch::Nothing
     }
 
     /// Ready deliveries of `domain` and open connections of the paths holding them.
@@ -600,7 +672,10 @@ mod tests;
 
 #[path = "queue_admin.rs"]
 mod admin;
+#[path = "queue_stats.rs"]
+mod stats;
 pub use admin::{DestView, Place, QueuedRcpt};
+use stats::{Bucket, QueueStats};
 
 #[cfg(test)]
 mod size_tests {

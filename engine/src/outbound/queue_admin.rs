@@ -4,7 +4,7 @@
 //! Like the rest of the queue manager it decides and never acts: callers act on the
 //! [`Dispatch`]es returned and settle what is taken out. Views scan the queues (control plane,
 //! on request only); nothing here runs on the delivery path.
-use super::{Delivery, Dispatch, QueueManager, Scheduled};
+use super::{Bucket, Delivery, Dispatch, QueueManager, Scheduled};
 use ringpost_spool::MsgRef;
 use std::collections::{HashMap, VecDeque};
 
@@ -105,12 +105,13 @@ impl QueueManager {
     }
 
     /// Take the waiting deliveries `pick` chooses out of the schedule, earliest due first
-    /// (a scan and a rebuild: operator commands only).
+    /// (a scan and a rebuild: operator commands only). They leave the waiting counts.
     fn take_scheduled(&mut self, pick: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
         let all = std::mem::take(&mut self.scheduled).into_vec();
         let (mut taken, kept): (Vec<Scheduled>, Vec<Scheduled>) = all.into_iter().partition(|s| pick(&s.d));
         self.scheduled = kept.into();
         taken.sort_by_key(Scheduled::key);
+        taken.iter().for_each(|s| self.stats.remove(&s.d, Bucket::Waiting));
         taken.into_iter().map(|s| s.d).collect()
     }
 
@@ -125,44 +126,50 @@ impl QueueManager {
         for v in self.resolving.values_mut() {
             out.extend(v.take(&pick));
         }
+        out.iter().for_each(|(_, d)| self.stats.remove(d, Bucket::Ready));
         out.extend(self.take_scheduled(|d| pick(&d.domain, d)).into_iter().map(|d| (d.domain.to_string(), d)));
         out
     }
 
     /// Every domain with queued mail or mail on a connection.
     pub fn views(&self, now_ms: u64) -> Vec<DestView> {
-        let mut v: HashMap<std::rc::Rc<str>, DestView> = HashMap::new();
-        let mut add = |d: &Delivery, ready: bool| {
-            let e = v.entry(d.domain.clone()).or_insert_with(|| DestView::empty(&d.domain));
-            if ready {
-                e.ready += d.rcpts.len();
-            } else {
-                e.waiting += d.rcpts.len();
-            }
-            e.oldest_received_ms = Some(e.oldest_received_ms.unwrap_or(u64::MAX).min(d.msg.received_ms));
-        };
-        self.paths.values().flat_map(|p| p.ready.iter()).chain(self.resolving.values().flatten()).for_each(|d| add(d, true));
-        self.scheduled.iter().for_each(|s| add(&s.d, false));
-        for (d, n) in &self.in_flight {
-            v.entry(d.clone()).or_insert_with(|| DestView::empty(d)).in_flight = *n;
+        let mut v: HashMap<&str, DestView> = HashMap::new();
+        for (d, c) in self.stats.iter() {
+            let e = v.entry(d).or_insert_with(|| DestView::empty(d));
+            (e.ready, e.waiting, e.oldest_received_ms) = (c.ready, c.waiting, c.oldest_received_ms);
         }
+        for (d, n) in &self.in_flight {
+            v.entry(d).or_insert_with(|| DestView::empty(d)).in_flight = *n;
+        }
+        let by_site = self.site_connections(now_ms);
         v.into_values()
             .map(|mut view| {
-                self.fill_site(&mut view, now_ms);
+                self.fill_site(&mut view, &by_site);
                 view
             })
             .collect()
     }
 
+    /// Per site key: open connections and shaping notes of all its paths (one walk over the
+    /// paths, not one per destination).
+    fn site_connections(&self, now_ms: u64) -> HashMap<&str, (usize, Vec<String>)> {
+        let mut out: HashMap<&str, (usize, Vec<String>)> = HashMap::new();
+        for p in self.paths.values() {
+            let e = out.entry(p.site.key.as_str()).or_default();
+            e.0 += p.connections;
+            e.1.extend(p.limits.status(now_ms));
+        }
+        out
+    }
+
     /// The site of a domain's view, its connections and its paths' shaping state.
-    fn fill_site(&self, view: &mut DestView, now_ms: u64) -> Option<()> {
+    fn fill_site(&self, view: &mut DestView, by_site: &HashMap<&str, (usize, Vec<String>)>) -> Option<()> {
         view.suspended = self.is_suspended(&view.domain);
         let entry = self.sites.get(view.domain.as_str())?;
         view.site = Some(entry.site.key.clone());
-        for p in self.paths.values().filter(|p| p.site.key == entry.site.key) {
-            view.connections += p.connections;
-            view.paths.extend(p.limits.status(now_ms));
-        }
+        let (connections, paths) = by_site.get(entry.site.key.as_str())?;
+        view.connections = *connections;
+        view.paths = paths.clone();
         Some(())
     }
 
@@ -336,5 +343,58 @@ mod tests {
         let v = q.views(T0);
         assert!(v[0].paths[0].contains("suspended until") && v[0].paths[0].contains("TSS04"), "{:?}", v[0].paths);
         assert!(q.views(T0 + 60_000)[0].paths.is_empty(), "gone when it ends");
+    }
+
+    /// What the views must show, found the slow way: a walk over every queued delivery.
+    fn scanned(q: &QueueManager) -> std::collections::BTreeMap<String, (usize, usize, Option<u64>)> {
+        let mut v = std::collections::BTreeMap::new();
+        let mut add = |d: &Delivery, ready: bool| {
+            let e = v.entry(d.domain.to_string()).or_insert((0, 0, None));
+            if ready {
+                e.0 += d.rcpts.len()
+            } else {
+                e.1 += d.rcpts.len()
+            }
+            e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms));
+        };
+        q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
+        q.scheduled.iter().for_each(|s| add(&s.d, false));
+        v
+    }
+
+    #[test]
+    fn counted_views_equal_a_walk_over_the_queues_whatever_moves_the_mail() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut q = qm();
+        let mut now = T0;
+        let domains = ["a.test", "b.test", "c.test"];
+        for step in 0..5_000 {
+            let dom = domains[rng.gen_range(0..3)];
+            let mut m = message(3);
+            Arc::get_mut(&mut m).expect("sole owner").received_ms = T0 - rng.gen_range(0..50u64);
+            let rcpts: Vec<u32> = (0..rng.gen_range(1..4u32)).collect();
+            match rng.gen_range(0..9) {
+                0 | 1 => drop(q.enqueue(delivery(dom, &m, &rcpts, 0), now, true)),
+                2 => q.schedule(delivery(dom, &m, &rcpts, 1), now + rng.gen_range(0..2_000u64)),
+                3 => drop(q.release_due(now, true)),
+                4 => drop(popped(&mut q, dom)),
+                5 => drop(q.path_key_of(dom).map(|k| q.take_ready(&k))),
+                6 => drop(q.take_queued(|d, x| d == dom && x.msg.received_ms % 2 == 0)),
+                7 => drop(q.release_now(Some(dom), now, true)),
+                _ => drop(q.site_resolved("c.test", Site::of_mx("c.test", ["mx.c.test".to_string()]), now, true)),
+            }
+            now += rng.gen_range(0..400u64);
+            if step % 97 == 0 {
+                q.expire_sites();
+            }
+            let counted: std::collections::BTreeMap<String, (usize, usize, Option<u64>)> = q
+                .views(now)
+                .into_iter()
+                .filter(|v| v.ready + v.waiting > 0)
+                .map(|v| (v.domain, (v.ready, v.waiting, v.oldest_received_ms)))
+                .collect();
+            assert_eq!(counted, scanned(&q), "step {step}");
+        }
     }
 }

@@ -316,3 +316,31 @@ fn the_schedule_releases_due_deliveries_earliest_first() {
     q.release_due(T0 + 100, true);
     assert_eq!((q.scheduled_len(), q.next_due_ms()), (0, None));
 }
+
+#[test]
+fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served() {
+    let mut q = qm(32, "");
+    q.set_total_connections(1);
+    let m = message(T0, 4);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(to("d.test", &m, &[1], 0), T0, true), Dispatch::Nothing), "at the cap: d.test waits");
+    assert!(matches!(q.enqueue(to("b.test", &m, &[2], 0), T0, true), Dispatch::Nothing), "b.test's own second connection waits too");
+    assert_eq!(q.connections_total(), 1);
+    assert_eq!(&*ready(q.pop(&kb, T0)).rcpts, [0]);
+    // b.test still has mail, but d.test asked first: the freed connection goes to d.test and
+    // b.test goes to the back of the line.
+    let kd = opened(q.connection_closed(&kb, T0, true));
+    assert_ne!(kd, kb);
+    assert_eq!(q.connections_total(), 1);
+    assert_eq!(&*ready(q.pop(&kd, T0)).rcpts, [1]);
+    assert!(matches!(q.pop(&kd, T0), Pop::Empty));
+    assert_eq!(opened(q.connection_closed(&kd, T0, true)), kb, "then b.test's turn");
+    assert_eq!(&*ready(q.pop(&kb, T0)).rcpts, [2]);
+    assert!(matches!(q.connection_closed(&kb, T0, true), Dispatch::Nothing), "nobody waits");
+    assert_eq!(q.connections_total(), 0);
+    // A raised cap opens at once again.
+    q.set_total_connections(2);
+    opened(q.enqueue(to("b.test", &m, &[3], 0), T0, true));
+    opened(q.enqueue(to("d.test", &m, &[3], 0), T0, true));
+    assert_eq!(q.connections_total(), 2);
+}

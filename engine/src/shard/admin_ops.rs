@@ -461,6 +461,7 @@ impl Core {
         self.admin.history.borrow_mut().set_bounds(cfg.admin.history_ms(), cfg.admin.history_max);
         let d = &cfg.delivery;
         self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
+        self.queues.borrow_mut().set_total_connections(d.max_connections_total.div_ceil(self.ncores.max(1)));
         self.queues.borrow_mut().expire_sites();
         self.reload_tls();
         Ok(())

@@ -85,8 +85,13 @@ impl History {
 
     /// A message this core now owns (accepted or recovered): index its Message-ID.
     pub fn admit(&mut self, msg: &SpooledMessage) {
-        if let Some(m) = message_id(msg) {
-            self.by_mid.insert(mid_key(&m), msg.id);
+        self.admit_parsed(msg, message_id(msg).as_deref());
+    }
+
+    /// [`History::admit`] with the Message-ID already read from the header block.
+    pub fn admit_parsed(&mut self, msg: &SpooledMessage, message_id: Option<&str>) {
+        if let Some(m) = message_id {
+            self.by_mid.insert(mid_key(m), msg.id);
         }
     }
 

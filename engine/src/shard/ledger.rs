@@ -47,7 +47,9 @@ pub enum Progress {
 struct Entry {
     msg: Arc<SpooledMessage>,
     open: Open,
-    /// Failures so far; boxed, since most messages never have one.
+    /// Failures so far; boxed, since most messages never have one: 8 bytes per queued
+    /// message instead of the 24 of an empty `Vec`.
+    #[allow(clippy::box_collection)]
     failed: Option<Box<Vec<FailedRecipient>>>,
 }
 
