@@ -176,11 +176,16 @@ cpu_windows() {
       t0=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
       sleep "$WINDOW_S"
       t1=$(awk '{print $14 + $15}' "/proc/$RP_PID/stat")
-      [ "$mode" = on ] && stop_poller
+      if [ "$mode" = on ]; then
+        stop_poller
+        read -r p f < "$WORK/polls"
+        [ "$f" = 0 ] && [ "$p" -gt 0 ] || { echo "window $i: $f of $p polls failed"; cat "$WORK/poller.err"; exit 1; }
+        rm -f "$WORK/polls" "$WORK/polls.ready"
+      fi
       echo "$mode $(( (t1 - t0) * 1000 / tck / WINDOW_S ))" >> "$WORK/cpu"
     done
   done
-  wait "$send" || true
+  wait "$send" || { echo "the sender failed: the offered load was not steady"; exit 1; }
   kill "$sink" 2>/dev/null || true
   stop_all
   python3 - "$WORK/cpu" "$RATE" <<'PY'

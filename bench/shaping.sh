@@ -11,6 +11,7 @@
 #   bench/shaping.sh                  # N=20000 x 1 KiB, 2 rounds of each
 #   N=2000 ROUNDS=1 bench/shaping.sh  # a tiny run to check it works
 #   N=200000 MODES="single shaped" bench/shaping.sh   # long enough for connections to be reused
+#   SITES_DELIVERY="max_connections_total = 500" ...  # [delivery] lines for the sites/shaped runs
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
@@ -33,6 +34,7 @@ config() {
   local routes="" extra_delivery="" sources=""
   if [ "$1" != single ]; then
     [ "$1" = shaped ] && extra_delivery="shaping = \"$ROOT/config/shaping-defaults.toml\""
+    extra_delivery+=$'\n'"${SITES_DELIVERY:-}"
     for i in 2 3 4 5; do sources+="[[source]]
 name = \"ip$i\"
 bind = \"127.0.0.$i\"

@@ -129,9 +129,11 @@ hosts = ["127.0.0.1:{sink_port}"]
 """ if route_all else "") + tail)
         self.proc = None
         self.stderr = workdir / "ringpost.stderr"
+        # A command the daemon runs under (e.g. `unshare` for a pid namespace of its own).
+        self.wrap = []
 
     def start(self):
-        self.proc = subprocess.Popen([str(BINARY), "--config", str(self.config)],
+        self.proc = subprocess.Popen(self.wrap + [str(BINARY), "--config", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.stderr, "ab"))
         deadline = time.time() + 20
         while time.time() < deadline:

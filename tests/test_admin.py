@@ -468,7 +468,10 @@ def test_every_polls_over_one_connection_until_its_count_or_a_signal(tmp_path, s
         rc = subprocess.run(base + ["--every", "50ms", "--count", "3", "queue"], capture_output=True, text=True, timeout=10)
         lines = rc.stdout.splitlines()
         assert rc.returncode == 0 and len(lines) == 3 and all("Queue" in json.loads(l) for l in lines), rc.stdout
-        bad = subprocess.run(base + ["--every", "1s", "bounce", "x.test"], capture_output=True, text=True, timeout=10)
-        assert bad.returncode == 2 and "--every" in bad.stderr, "a command that changes things is never repeated"
+        for cmd in (["bounce", "x.test"], ["trace"], ["top"]):
+            bad = subprocess.run(base + ["--every", "1s"] + cmd, capture_output=True, text=True, timeout=10)
+            assert bad.returncode == 2 and "--every" in bad.stderr, f"{cmd}: only status, queue and msg are repeated"
+        for bad_arg in (["--every", "0ms"], ["--every", "1s", "--count", "0"]):
+            assert subprocess.run(base + bad_arg + ["status"], capture_output=True, timeout=10).returncode == 2, bad_arg
     finally:
         rp.stop()

@@ -126,12 +126,14 @@ site = "*"
 """
 
 
-def start_pair(tmp_path, sink, tail):
+def start_pair(tmp_path, sink, tail, wrap=()):
     hosts = []
     for name in ("a", "b"):
         d = tmp_path / name
         d.mkdir()
-        hosts.append(Ringpost(d, sink.port, tail=tail).start())
+        rp = Ringpost(d, sink.port, tail=tail)
+        rp.wrap = list(wrap)
+        hosts.append(rp.start())
     return hosts
 
 
@@ -179,12 +181,18 @@ def test_two_hosts_share_one_rate_and_keep_delivering_per_host_when_redis_dies(t
         sink.stop()
 
 
-@pytest.mark.parametrize("shared,peak", [("true", 2), ("false", 4)])
-def test_a_shared_connection_limit_holds_across_hosts(tmp_path, redis, shared, peak):
+# Each host in a pid namespace of its own: both run as pid 1 with the same host name, as two
+# containers would, and their connection leases must still count as two.
+PIDNS = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]
+
+
+@pytest.mark.parametrize("shared,peak,pidns", [("true", 2, False), ("false", 4, False), ("true", 2, True)])
+def test_a_shared_connection_limit_holds_across_hosts(tmp_path, redis, shared, peak, pidns):
     # max_connections = 2: per host (not shared) the sink sees 2 from each host, 4 in all;
     # shared through Redis it never sees more than 2 in all.
     sink = TimingSink(data_delay=0.02)
-    hosts = start_pair(tmp_path, sink, cluster_tail(redis.port, f"max_connections = 2\nshared = {shared}"))
+    hosts = start_pair(tmp_path, sink, cluster_tail(redis.port, f"max_connections = 2\nshared = {shared}"),
+                       wrap=PIDNS if pidns else [])
     try:
         injectors = [t for rp in hosts for t in inject(rp, 400)]
         for t in injectors:

@@ -180,7 +180,8 @@ sources = { ip3 = 1 }
     rp.start()
     try:
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
-            s.sendmail("a@x.test", ["u@h.test"], b"Subject: one\r\nX-Ringpost-Pool: bulk\r\n\r\nbody X-Ringpost-Pool: stays\r\n")
+            s.sendmail("a@x.test", ["u@h.test"],
+                       b"Subject: one\r\nX-Ringpost-Pool: bulk\r\nx-ringpost-pool: again\r\n\r\nbody X-Ringpost-Pool: stays\r\n")
             s.sendmail("a@x.test", ["u@h.test"], b"Subject: two\r\n\r\nno pool\r\n")
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
             s.login("app", "pw")

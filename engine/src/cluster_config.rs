@@ -23,7 +23,8 @@ pub struct ClusterSection {
     /// Bound on every Redis call (connect, script, lease renewal), in ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// This host's name in connection leases (default: hostname and process id), unique per host.
+    /// This host's name in connection leases (default: hostname, process id and a random
+    /// nonce per process), unique per host.
     pub host_id: Option<String>,
 }
 

@@ -30,7 +30,7 @@
 //! Around them: `runtime/` starts one pinned executor per core, recovers the spool and requeues
 //! it (`runtime/recovery.rs`) before serving; `config.rs`, `clock.rs` (real and manual time),
 //! `message.rs` (the zero-copy view of a spooled message), `tls.rs`, `wire_write.rs` (every
-//! network write, non-blocking and timed out), `trace.rs` (`ringctl trace` events from
+//! network write, non-blocking and timed out), `durable_file.rs` (a state file replaced whole), `trace.rs` (`ringctl trace` events from
 //! sessions and delivery agents) and `dkim.rs` are used by
 //! several stages. The spool itself is the `ringpost-spool` crate.
 #![warn(missing_docs)]
@@ -41,6 +41,7 @@ pub mod clock;
 pub mod cluster_config;
 pub mod config;
 pub mod dkim;
+pub mod durable_file;
 pub mod inbound;
 pub mod message;
 pub mod metrics;

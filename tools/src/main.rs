@@ -64,10 +64,10 @@ struct Cli {
     timeout: u64,
     /// Run status, queue or msg again every INTERVAL (100ms, 1s, 5m) over one kept connection
     /// until Ctrl-C, printing each reply (with --json: one JSON object per line).
-    #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_interval)]
+    #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_every)]
     every: Option<Duration>,
     /// With --every: stop after this many replies.
-    #[arg(long, global = true, value_name = "N", requires = "every")]
+    #[arg(long, global = true, value_name = "N", requires = "every", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     #[command(subcommand)]
     command: Command,
@@ -227,6 +227,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+/// An `--every` interval: at least 10 ms, so a typo cannot spin the daemon's cores.
+fn parse_every(s: &str) -> Result<Duration, String> {
+    let d = parse_interval(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{s:?}: at least 10ms"));
+    }
+    Ok(d)
+}
+
 fn target(dest: Option<String>) -> Target {
     dest.map_or(Target::All, Target::Domain)
 }
@@ -296,16 +305,16 @@ fn main() -> ExitCode {
         }
     };
     let (json, timeout) = (cli.json, Duration::from_secs(cli.timeout.max(1)));
+    if cli.every.is_some() && !matches!(cli.command, Command::Status | Command::Queue { .. } | Command::Msg { .. }) {
+        eprintln!("ringctl: --every repeats status, queue or msg only (trace and top stream by themselves)");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Trace { .. } => return live::trace(&path, &request(cli.command), json),
         Command::Top { frames, .. } => return live::top(&path, &request(cli.command), json, frames),
         _ => {}
     }
     if let Some(interval) = cli.every {
-        if !matches!(cli.command, Command::Status | Command::Queue { .. } | Command::Msg { .. }) {
-            eprintln!("ringctl: --every repeats status, queue or msg only (trace and top stream by themselves)");
-            return ExitCode::from(2);
-        }
         let every = repeat::Every { interval, count: cli.count, json };
         return repeat::run(&path, &request(cli.command), timeout, &every);
     }

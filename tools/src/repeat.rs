@@ -44,8 +44,9 @@ pub fn run(path: &Path, request: &Request, timeout: Duration, every: &Every) -> 
             eprintln!("ringctl: refused ({:?}): {}", e.kind, e.message);
             return ExitCode::from(1);
         }
-        next += every.interval;
-        live::sleep_until(next.max(Instant::now()));
+        // After a slow reply the next poll waits a full interval: polls never stack up.
+        next = (next + every.interval).max(Instant::now());
+        live::sleep_until(next);
     }
     ExitCode::SUCCESS
 }

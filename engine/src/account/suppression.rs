@@ -262,22 +262,16 @@ fn normalise(addr: &str) -> String {
     addr.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase()
 }
 
-/// Rewrite the journal with only its live entries: a temporary file, fsynced, renamed over it,
-/// and the directory fsynced, so a crash leaves either the old or the new journal.
+/// Rewrite the journal with only its live entries, durably (`crate::durable_file`): a crash
+/// leaves either the old or the new journal.
 fn compact(path: &Path, live: &[JournalLine]) -> std::io::Result<()> {
-    let tmp = path.with_extension("compact");
-    let mut f = std::fs::File::create(&tmp)?;
-    for j in live {
-        let mut b = serde_json::to_vec(j).expect("a journal line serialises");
-        b.push(b'\n');
-        f.write_all(&b)?;
-    }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable_file::replace(path, |w| {
+        for j in live {
+            serde_json::to_writer(&mut *w, j).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::{Delivery, PathInfo};
 use crate::outbound::routes::Routes;
 use crate::outbound::shaping::site::Site;
-use crate::outbound::shaping::{find_header, Source, POOL_HEADER};
+use crate::outbound::shaping::{find_headers, Source, POOL_HEADER};
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
 use crate::smtp::reply::Reply;
@@ -439,10 +439,10 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
-    // The pool header is ours: it is left out of what is sent (skipped, not copied).
-    let strip = find_header(m.body_pieces(), POOL_HEADER).map(|(_, r)| r);
-    let trace_strip = find_header(std::iter::once(m.trace()), POOL_HEADER).map(|(_, r)| r);
-    let size = m.wire_len() - [&strip, &trace_strip].iter().map(|r| r.as_ref().map_or(0, |r| r.len() as u64)).sum::<u64>();
+    // The pool header is ours: every occurrence is left out of what is sent (skipped, not copied).
+    let strip: Vec<_> = find_headers(m.body_pieces(), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
+    let trace_strip: Vec<_> = find_headers(std::iter::once(m.trace()), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
+    let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
     loop {
@@ -456,8 +456,8 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
             ClientStep::SendBody => {
                 conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
                 let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 2);
-                pieces.extend(skip_range(std::iter::once(m.trace()), trace_strip.clone()));
-                pieces.extend(skip_range(m.body_pieces(), strip.clone()));
+                pieces.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
+                pieces.extend(skip_ranges(m.body_pieces(), &strip));
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
                 t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
@@ -467,23 +467,24 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     }
 }
 
-/// The pieces of a body without the bytes in `skip` (offsets into their concatenation).
-fn skip_range<'a>(pieces: impl Iterator<Item = &'a [u8]>, skip: Option<std::ops::Range<usize>>) -> Vec<&'a [u8]> {
-    let Some(skip) = skip else { return pieces.collect() };
+/// The pieces of a body without the bytes in `skip` (offsets into their concatenation; the
+/// ranges in order and apart, as [`find_headers`] gives them).
+fn skip_ranges<'a>(pieces: impl Iterator<Item = &'a [u8]>, skip: &[std::ops::Range<usize>]) -> Vec<&'a [u8]> {
     let mut out = Vec::new();
     let mut at = 0;
     for p in pieces {
         let (start, end) = (at, at + p.len());
         at = end;
-        if end <= skip.start || start >= skip.end {
-            out.push(p);
-            continue;
+        // Keep the parts of [start, end) between the skipped ranges that overlap it.
+        let mut keep_from = start;
+        for r in skip.iter().filter(|r| r.start < end && r.end > start) {
+            if r.start > keep_from {
+                out.push(&p[keep_from - start..r.start - start]);
+            }
+            keep_from = keep_from.max(r.end.min(end));
         }
-        if skip.start > start {
-            out.push(&p[..skip.start - start]);
-        }
-        if skip.end < end {
-            out.push(&p[skip.end - start..]);
+        if keep_from < end {
+            out.push(&p[keep_from - start..]);
         }
     }
     out
@@ -491,16 +492,38 @@ fn skip_range<'a>(pieces: impl Iterator<Item = &'a [u8]>, skip: Option<std::ops:
 
 #[cfg(test)]
 mod tests {
-    use super::skip_range;
+    use super::skip_ranges;
+    use crate::outbound::shaping::{find_headers, POOL_HEADER};
 
     #[test]
-    fn a_skipped_range_is_cut_out_across_pieces() {
+    #[allow(clippy::single_range_in_vec_init)] // one range to skip, not a range of ranges
+    fn skipped_ranges_are_cut_out_across_pieces() {
         let pieces: [&[u8]; 3] = [b"abc", b"defg", b"hi"];
-        let cut = |r| skip_range(pieces.iter().copied(), Some(r)).concat();
-        assert_eq!(cut(2..5), b"abfghi");
-        assert_eq!(cut(0..3), b"defghi");
-        assert_eq!(cut(3..7), b"abchi");
-        assert_eq!(cut(8..9), b"abcdefgh");
-        assert_eq!(skip_range(pieces.iter().copied(), None).concat(), b"abcdefghi");
+        let cut = |r: &[std::ops::Range<usize>]| skip_ranges(pieces.iter().copied(), r).concat();
+        assert_eq!(cut(&[2..5]), b"abfghi");
+        assert_eq!(cut(&[0..3]), b"defghi");
+        assert_eq!(cut(&[3..7]), b"abchi");
+        assert_eq!(cut(&[8..9]), b"abcdefgh");
+        assert_eq!(cut(&[]), b"abcdefghi");
+        assert_eq!(cut(&[1..2, 4..5, 6..8]), b"acdfi");
+        assert_eq!(cut(&[0..1, 2..9]), b"b");
+    }
+
+    /// Every X-Ringpost-Pool field goes, whatever its case or folding, wherever the pieces
+    /// split it; nothing else does, and the body's own lines that look alike stay.
+    #[test]
+    fn every_pool_header_is_left_out_of_what_is_sent() {
+        let msg: [&[u8]; 4] = [
+            b"X-Ringpost-Pool: bulk\r\nFrom: a@b\r\nx-ringpost-pool: o",
+            b"ther\r\n\tfolded\r\nSubject: s\r\nX-RINGPOST-POOL:",
+            b"third\r\nTo: c@d\r\n\r\nX-Ringpost-Pool: in the body\r\n",
+            b"end\r\n",
+        ];
+        let found = find_headers(msg.iter().copied(), POOL_HEADER);
+        let values: Vec<&str> = found.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(values, ["bulk", "other folded", "third"]);
+        let ranges: Vec<_> = found.into_iter().map(|(_, r)| r).collect();
+        let sent = skip_ranges(msg.iter().copied(), &ranges).concat();
+        assert_eq!(sent, b"From: a@b\r\nSubject: s\r\nTo: c@d\r\n\r\nX-Ringpost-Pool: in the body\r\nend\r\n");
     }
 }

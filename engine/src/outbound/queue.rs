@@ -42,6 +42,10 @@ use std::time::Duration;
 pub const SITE_TTL_MS: u64 = 1_000;
 /// How soon a core looks again at a path whose connection cap is held by other cores.
 pub const CAP_POLL_MS: u64 = 50;
+/// While paths wait for a connection under the core's cap, a path's connections close after
+/// this many deliveries and the path queues for its next turn (a backlogged provider must not
+/// keep its connections for hours while a new destination waits).
+pub const TURN_DELIVERIES: usize = 100;
 
 /// Some recipients of one message bound for one domain.
 pub struct Delivery {
@@ -214,6 +218,9 @@ struct Path {
     wake_at: Option<u64>,
     /// In [`QueueManager::slot_waiters`]: it wants a connection and the core's cap is reached.
     wants_slot: bool,
+    /// Deliveries handed out since a connection last opened for it: while other paths wait
+    /// for a connection, one past [`TURN_DELIVERIES`] gives its slot away.
+    turn: usize,
 }
 
 struct SiteEntry {
@@ -297,8 +304,17 @@ impl QueueManager {
 
     /// Cap the outbound connections this core keeps open, all paths together (a reload may
     /// lower it: connections above it finish their work, none opens until below).
-    pub fn set_total_connections(&mut self, max: usize) {
+    /// Returns the connections a raised cap opens for paths already waiting.
+    pub fn set_total_connections(&mut self, max: usize, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
         self.connections_total_max = max.max(1);
+        let mut out = Vec::new();
+        while self.connections_total < self.connections_total_max && !self.slot_waiters.is_empty() {
+            match self.next_waiter(now_ms, may_open) {
+                Dispatch::Nothing => break,
+                d => out.push(d),
+            }
+        }
+        out
     }
 
     /// Outbound connections open on this core.
@@ -397,6 +413,7 @@ impl QueueManager {
             source: src,
             wake_at: None,
             wants_slot: false,
+            turn: 0,
         });
         key
     }
@@ -472,6 +489,7 @@ impl QueueManager {
         match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
             Ok(()) => {
                 p.connections += 1;
+                p.turn = 0;
                 self.connections_total += 1;
                 Dispatch::Open(key.clone())
             }
@@ -521,15 +539,22 @@ impl QueueManager {
         } else {
             p.ready.iter().position(|d| !self.suspended.contains(&*d.domain))
         };
+        // A connection with nothing to do, or past its turn, gives its slot to a waiting path
+        // instead of idling or keeping it.
+        let others_wait = self.slot_waiters.len() > usize::from(p.wants_slot);
         let Some(at) = at else {
-            return if p.ready.is_empty() { Pop::Empty } else { Pop::Close };
+            return if p.ready.is_empty() && !others_wait { Pop::Empty } else { Pop::Close };
         };
+        if others_wait && p.turn >= TURN_DELIVERIES {
+            return Pop::Close;
+        }
         match p.limits.try_message(now_ms, self.shaping.shared()) {
             Ok(()) => {}
             Err(Hold::Rate(t)) => return Pop::Wait(t),
             Err(_) => return Pop::Close,
         }
         let d = p.ready.remove(at).expect("position found");
+        p.turn += 1;
         self.stats.remove(&d, Bucket::Ready);
         *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         Pop::Ready(d)
@@ -574,11 +599,13 @@ impl QueueManager {
         if self.slot_waiters.is_empty() {
             return self.dispatch(&k, now_ms, may_open);
         }
-        // Others wait for a connection: this path goes to the back of the line.
-        if !p.wants_slot {
-            p.wants_slot = true;
-            self.slot_waiters.push_back(k);
+        // Others wait for a connection: this path goes to the back of the line (also when it
+        // was in line already, asking for a further connection of its own).
+        if p.wants_slot {
+            self.slot_waiters.retain(|w| *w != k);
         }
+        p.wants_slot = true;
+        self.slot_waiters.push_back(k);
         self.next_waiter(now_ms, may_open)
     }
 
@@ -674,6 +701,9 @@ mod tests;
 mod admin;
 #[path = "queue_stats.rs"]
 mod stats;
+
+#[path = "queue_prune.rs"]
+mod prune;
 pub use admin::{DestView, Place, QueuedRcpt};
 use stats::{Bucket, QueueStats};
 

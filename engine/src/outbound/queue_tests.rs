@@ -320,7 +320,7 @@ fn the_schedule_releases_due_deliveries_earliest_first() {
 #[test]
 fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served() {
     let mut q = qm(32, "");
-    q.set_total_connections(1);
+    q.set_total_connections(1, T0, true);
     let m = message(T0, 4);
     let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
     assert!(matches!(q.enqueue(to("d.test", &m, &[1], 0), T0, true), Dispatch::Nothing), "at the cap: d.test waits");
@@ -333,14 +333,37 @@ fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served
     assert_ne!(kd, kb);
     assert_eq!(q.connections_total(), 1);
     assert_eq!(&*ready(q.pop(&kd, T0)).rcpts, [1]);
-    assert!(matches!(q.pop(&kd, T0), Pop::Empty));
+    assert!(matches!(q.pop(&kd, T0), Pop::Close), "with b.test waiting, an empty connection gives its slot away instead of idling");
     assert_eq!(opened(q.connection_closed(&kd, T0, true)), kb, "then b.test's turn");
     assert_eq!(&*ready(q.pop(&kb, T0)).rcpts, [2]);
     assert!(matches!(q.connection_closed(&kb, T0, true), Dispatch::Nothing), "nobody waits");
     assert_eq!(q.connections_total(), 0);
     // A raised cap opens at once again.
-    q.set_total_connections(2);
+    assert!(q.set_total_connections(2, T0, true).is_empty(), "nobody waits");
     opened(q.enqueue(to("b.test", &m, &[3], 0), T0, true));
     opened(q.enqueue(to("d.test", &m, &[3], 0), T0, true));
+    assert_eq!(q.connections_total(), 2);
+}
+
+#[test]
+fn while_others_wait_a_busy_path_gives_its_slot_away_after_its_turn_and_a_raised_cap_serves_the_line() {
+    let mut q = qm(32, "");
+    q.set_total_connections(1, T0, true);
+    let m = message(T0, 1);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    for _ in 0..TURN_DELIVERIES + 10 {
+        q.enqueue(to("b.test", &m, &[0], 0), T0, true);
+    }
+    for _ in 0..TURN_DELIVERIES + 5 {
+        ready(q.pop(&kb, T0));
+    }
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "d.test waits");
+    assert!(matches!(q.pop(&kb, T0), Pop::Close), "past its turn with d.test waiting, b.test's connection closes");
+    let kd = opened(q.connection_closed(&kb, T0, true));
+    assert_ne!(kd, kb);
+    // b.test is in line now; raising the cap opens for it at once.
+    let opened_now = q.set_total_connections(3, T0, true);
+    assert_eq!(opened_now.len(), 1);
+    assert_eq!(opened(opened_now.into_iter().next().unwrap()), kb);
     assert_eq!(q.connections_total(), 2);
 }

@@ -41,6 +41,8 @@ pub async fn run_core(
     let core = build_core(id, n, shared.clone(), spool.clone(), senders)?;
     start_inbox(&core, receivers);
     core.start_admin_inbox(admin_rx);
+    // Before the requeue: mail of a destination suspended before the restart stays held.
+    core.restore_suspensions();
     glommio::spawn_local(core.clone().run_retry_timer()).detach();
     let flusher = glommio::spawn_local(run_flusher(core.clone()));
     let recovered = recovery.len();

@@ -12,6 +12,7 @@ use crate::outbound::agent::AgentContext;
 use crate::outbound::queue::{Delivery, Final, Place, Settlement};
 use crate::outbound::retry::RetryPolicy;
 use crate::outbound::routes::Routes;
+use crate::outbound::shaping::holds::{domain_key, HoldRecord};
 use crate::outbound::tls_policy::ClientConfigs;
 use crate::shard::core::{Core, LiveConfig, Shared};
 use crate::shard::history::History;
@@ -383,6 +384,7 @@ impl Core {
     fn admin_suspend(self: &Rc<Self>, domain: Option<String>, for_s: Option<u64>) -> u64 {
         self.queues.borrow_mut().suspend(domain.as_deref());
         let key = domain.clone().unwrap_or_else(|| "*".into());
+        self.keep_suspension(&key, for_s);
         let generation = self.admin.generation.get() + 1;
         self.admin.generation.set(generation);
         self.admin.suspensions.borrow_mut().insert(key.clone(), generation);
@@ -400,6 +402,11 @@ impl Core {
     }
 
     fn admin_resume(self: &Rc<Self>, domain: Option<String>) -> u64 {
+        let holds = &self.shared.shaping.holds;
+        match &domain {
+            Some(d) => holds.remove(|k| k == domain_key(d)),
+            None => holds.remove(|k| k.starts_with("domain:")),
+        }
         match &domain {
             Some(d) => self.admin.suspensions.borrow_mut().remove(d),
             None => {
@@ -413,6 +420,31 @@ impl Core {
             self.act(action);
         }
         n
+    }
+
+    /// Keep a timed suspension of `key` (a destination or `*`) for a restart; an indefinite
+    /// one replaces it and is not kept (a restart lifts it, as before).
+    fn keep_suspension(&self, key: &str, for_s: Option<u64>) {
+        let holds = &self.shared.shaping.holds;
+        match for_s {
+            Some(s) => {
+                let until = self.clock.now_ms() + s * 1000;
+                holds.set(domain_key(key), HoldRecord::suspension(until, &format!("ringctl suspend --for {s}")));
+            }
+            None => holds.remove(|k| k == domain_key(key)),
+        }
+    }
+
+    /// At start: suspend again the destinations of this core (and `*`) that a timed
+    /// `ringctl suspend` held when the daemon stopped, for what is left of their time.
+    pub fn restore_suspensions(self: &Rc<Self>) {
+        let now = self.clock.now_ms();
+        for (d, until) in self.shared.shaping.holds.domains() {
+            if until > now && (d == "*" || crate::shard::router::owner_core(&d, self.ncores) == self.id) {
+                let domain = (d != "*").then_some(d);
+                self.admin_suspend(domain, Some((until - now).div_ceil(1000)));
+            }
+        }
     }
 
     /// Take the picked recipients out of the queues and settle them as bounced, exactly as a
@@ -435,7 +467,7 @@ impl Core {
 
     /// Check that `cfg` can be used on this core (`apply` false), or use it from now on:
     /// sessions, connections and retry schedules made after this see it.
-    fn admin_reload(&self, cfg: &Config, apply: bool) -> Result<(), String> {
+    fn admin_reload(self: &Rc<Self>, cfg: &Config, apply: bool) -> Result<(), String> {
         let client_tls = ClientConfigs::build(cfg).map_err(|e| e.to_string())?;
         if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
             crate::tls::server_config(c, k).map_err(|e| e.to_string())?;
@@ -461,7 +493,9 @@ impl Core {
         self.admin.history.borrow_mut().set_bounds(cfg.admin.history_ms(), cfg.admin.history_max);
         let d = &cfg.delivery;
         self.queues.borrow_mut().set_policy(RetryPolicy::from_config(d), d.max_connections_per_destination);
-        self.queues.borrow_mut().set_total_connections(d.max_connections_total.div_ceil(self.ncores.max(1)));
+        let cap = d.max_connections_total.div_ceil(self.ncores.max(1));
+        let opened = self.queues.borrow_mut().set_total_connections(cap, self.clock.now_ms(), !self.is_stopping());
+        opened.into_iter().for_each(|a| self.act(a));
         self.queues.borrow_mut().expire_sites();
         self.reload_tls();
         Ok(())

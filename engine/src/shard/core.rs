@@ -232,7 +232,7 @@ impl Core {
         let d = &p.shared.config.delivery;
         let mut queues =
             QueueManager::new(crate::outbound::retry::RetryPolicy::from_config(d), d.max_connections_per_destination, p.shared.shaping.clone());
-        queues.set_total_connections(d.max_connections_total.div_ceil(p.ncores.max(1)));
+        queues.set_total_connections(d.max_connections_total.div_ceil(p.ncores.max(1)), 0, false);
         let tracer = p.agent.tracer.clone();
         let cluster = crate::outbound::cluster::limiter::Limiter::new(&p.shared.config.cluster, &p.shared.config.server.hostname, p.id);
         Rc::new(Self {

@@ -12,6 +12,7 @@ use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
 use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
 use crate::outbound::queue::{Delivery, Dispatch, Final, Pop, Settlement};
+use crate::outbound::shaping::prune::PRUNE_EVERY_MS;
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_header, POOL_HEADER};
 use crate::shard::core::Core;
@@ -100,9 +101,14 @@ impl Core {
     /// The retry timer: moves due deliveries back to their ready queues and looks again at
     /// paths whose rate, suspension or cap held them. Runs for the life of the core.
     pub async fn run_retry_timer(self: Rc<Self>) {
+        let mut next_prune = self.clock.now_ms() + PRUNE_EVERY_MS;
         while !self.is_stopping() {
             let listener = self.retry_wake.listen();
             let now = self.clock.now_ms();
+            if now >= next_prune {
+                self.prune_idle(now);
+                next_prune = now + PRUNE_EVERY_MS;
+            }
             let due = self.queues.borrow_mut().release_due(now, true);
             for action in due {
                 self.act(action);
@@ -111,6 +117,15 @@ impl Core {
             let wait = next.map_or(RETRY_TICK_MAX, |t| Duration::from_millis(t.saturating_sub(now)).min(RETRY_TICK_MAX));
             futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
         }
+    }
+
+    /// Forget what idle paths, sites and limits left behind (`outbound/queue_prune.rs`,
+    /// `outbound/shaping/prune.rs`); the host-wide maps are pruned by core 0 only.
+    fn prune_idle(&self, now: u64) {
+        let (paths, sites) = self.queues.borrow_mut().prune_idle(now);
+        let (rates, open) = self.cluster.prune();
+        let host_paths = (self.id == 0).then(|| self.shared.shaping.prune(now));
+        tracing::debug!("core {}: kept {paths} paths, {sites} sites, {rates}+{open} limiter entries, host paths {host_paths:?}", self.id);
     }
 
     /// Match the replies of one attempt against the `[[rule]]`s and act on the path: suspend
@@ -132,8 +147,14 @@ impl Core {
             let until = now + rule.duration.as_millis() as u64;
             tracing::warn!("path {}: {:?} ({why})", limits.key, rule.action);
             match rule.action {
-                RuleAction::Suspend => limits.suspend(until, &why),
-                RuleAction::Throttle => limits.throttle(rule.factor, until, &why),
+                RuleAction::Suspend => {
+                    limits.suspend(until, &why);
+                    shaping.keep_hold(&limits);
+                }
+                RuleAction::Throttle => {
+                    limits.throttle(rule.factor, until, &why);
+                    shaping.keep_hold(&limits);
+                }
                 RuleAction::RetryIn => retry_in = Some(rule.duration),
                 RuleAction::Bounce => {
                     *r = RcptResult::Permanent(reply);
@@ -326,8 +347,7 @@ impl WorkSource for ShardWork<'_> {
 async fn site_of(ctx: &AgentContext, domain: &str) -> Site {
     use crate::outbound::dns::resolver::Destination;
     if let Some((_, route)) = ctx.routes.route(domain) {
-        let tls = format!("|{:?}", ctx.config.tls_policy(route));
-        return Site::of_route(domain, &route.hosts, if route.tls.is_some() || route.tls_verify.is_some() { &tls } else { "" });
+        return Site::of_static_route(domain, route, &ctx.config.tls_policy(route));
     }
     match ctx.resolver.destination(domain).await {
         Destination::Hosts(hosts) => Site::of_mx(domain, hosts.into_iter().map(|(h, _)| h)),

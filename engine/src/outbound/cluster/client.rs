@@ -29,6 +29,9 @@ pub enum ClusterError {
     /// A malformed, unexpected or error reply.
     #[error(transparent)]
     Resp(#[from] RespError),
+    /// An answer, but too late to be of use: leased tokens would expire on arrival.
+    #[error("redis answered in {0} ms, more than the {limit} ms a lease can wait", limit = super::lease::SLOW_CALL_MS)]
+    Slow(u64),
 }
 
 /// A Lua script and its SHA-1 (the EVALSHA name).

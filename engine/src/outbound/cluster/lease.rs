@@ -24,6 +24,10 @@ use crate::cluster_config::Rate;
 
 /// How long a leased token may still be used after its request was sent.
 pub const LEASE_LIFE_MS: u64 = 100;
+/// A Redis call slower than this counts as a failure: its tokens would arrive with less than
+/// half of their [`LEASE_LIFE_MS`] left (at 100 ms they expire on arrival), so the path would
+/// wait for tokens it can never use. A slow Redis degrades like a down one.
+pub const SLOW_CALL_MS: u64 = LEASE_LIFE_MS / 2;
 /// A batch never covers more than this much of the rate (so τ stays small).
 pub const BATCH_SPAN_MS: u64 = 20;
 /// The largest batch one call asks for.
@@ -67,6 +71,11 @@ impl LeaseBook {
         true
     }
 
+    /// No usable token is left at `now_ms` (the book is as good as a new one).
+    pub fn is_spent(&self, now_ms: u64) -> bool {
+        self.tokens == 0 || now_ms >= self.usable_until_ms
+    }
+
     /// Record `granted` tokens from a request sent at `sent_ms` (not when the reply came).
     pub fn fill(&mut self, granted: u32, sent_ms: u64) {
         self.tokens = granted;
@@ -82,6 +91,11 @@ pub struct LocalGcra {
 }
 
 impl LocalGcra {
+    /// No token is owed at `now_us`: a fresh limiter would behave the same.
+    pub fn is_full(&self, now_us: u64) -> bool {
+        self.tat_us <= now_us
+    }
+
     /// Take a token at `now_us`, or say how long until one is free.
     pub fn take(&mut self, rate: Rate, now_us: u64) -> Result<(), u64> {
         let tat = self.tat_us.max(now_us);

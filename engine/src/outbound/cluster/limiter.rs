@@ -4,7 +4,7 @@
 //! (`health.rs` decides when to try again).
 use super::client::{ClusterError, RedisConn, Script};
 use super::health::{Health, Note};
-use super::lease::{batch_size, burst_us, LeaseBook, LocalGcra};
+use super::lease::{batch_size, burst_us, LeaseBook, LocalGcra, SLOW_CALL_MS};
 use crate::cluster_config::{ClusterSection, Rate, RedisAddr};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,6 +24,15 @@ const MAX_TOKEN_WAIT: Duration = Duration::from_millis(1_000);
 /// Process-wide time of the last outage warning (ms since the limiter epoch + 1), so the
 /// cores of one host say "Redis is down" once, not once each.
 static LAST_WARNING_MS: AtomicU64 = AtomicU64::new(0);
+
+/// This process's name in connection leases: host name, process id and a random nonce drawn
+/// once per process. Containers often share a host name pattern and all run as pid 1, so
+/// `host:pid` alone can name two processes alike, and their leases would count as one.
+pub fn default_host_id(host: &str) -> String {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(rand::random::<u64>);
+    format!("{host}:{}:{nonce:016x}", std::process::id())
+}
 
 /// Which limit, on which path: `name` is the configured limit's name, `path` the caller's
 /// path (today the destination domain; with `[[shape]]`, "source|site").
@@ -78,7 +87,7 @@ impl Limiter {
     /// A core's limiter for `cfg` (`host` names this host in connection leases unless
     /// `cluster.host_id` does).
     pub fn new(cfg: &ClusterSection, host: &str, core: usize) -> Rc<Self> {
-        let host_id = cfg.host_id.clone().unwrap_or_else(|| format!("{host}:{}", std::process::id()));
+        let host_id = cfg.host_id.clone().unwrap_or_else(|| default_host_id(host));
         Rc::new(Self {
             redis: cfg.redis.as_deref().and_then(RedisAddr::parse),
             timeout: Duration::from_millis(cfg.timeout_ms),
@@ -109,6 +118,7 @@ impl Limiter {
     }
 
     /// True when a Redis call would be made now (configured; up, or down past its backoff).
+    /// While Redis is down (or slow) the hook answers `Local` and calls only to probe.
     pub(super) fn may_call(&self) -> bool {
         self.redis.is_some() && self.health.borrow().may_try(self.now_ms())
     }
@@ -131,16 +141,22 @@ impl Limiter {
         if !self.health.borrow().may_try(self.now_ms()) {
             return None;
         }
+        let started = Instant::now();
         let result = self.call_on_conn(addr, script, key, args).await;
+        let took_ms = started.elapsed().as_millis() as u64;
         let now = self.now_ms();
-        let note = match &result {
-            Ok(_) => self.health.borrow_mut().succeeded(now),
-            Err(_) => {
+        // A slow answer is used (its tokens were counted) but switches to per-host limits
+        // like a failure: the next calls would only lease tokens that expire on arrival.
+        let slow = (result.is_ok() && took_ms > SLOW_CALL_MS).then_some(ClusterError::Slow(took_ms));
+        let note = match (&result, &slow) {
+            (Ok(_), None) => self.health.borrow_mut().succeeded(now),
+            (Ok(_), Some(_)) => self.health.borrow_mut().failed(now),
+            (Err(_), _) => {
                 self.conn.borrow_mut().take();
                 self.health.borrow_mut().failed(now)
             }
         };
-        self.log(note, result.as_ref().err(), addr);
+        self.log(note, slow.as_ref().or(result.as_ref().err()), addr);
         result.ok()
     }
 
@@ -159,7 +175,7 @@ impl Limiter {
         let why = err.map(|e| e.to_string()).unwrap_or_default();
         match note {
             Some(Note::WentDown) | Some(Note::StillDown { .. }) if self.first_warning() => {
-                tracing::warn!("redis {} unreachable ({why}): shared limits are enforced per host until it answers", addr.addr)
+                tracing::warn!("redis {} unusable ({why}): shared limits are enforced per host until it answers in time", addr.addr)
             }
             Some(Note::CameBack { down_for_ms }) => {
                 LAST_WARNING_MS.store(0, Ordering::Relaxed);
@@ -267,10 +283,26 @@ impl Limiter {
         true
     }
 
+    /// One connection of `key` on this core ended; a key with none left is forgotten.
     fn release_slot(&self, key: &LimitKey) {
-        if let Some(n) = self.open.borrow_mut().get_mut(key) {
+        let mut open = self.open.borrow_mut();
+        if let Some(n) = open.get_mut(key) {
             *n -= 1;
+            if *n == 0 {
+                open.remove(key);
+            }
         }
+    }
+
+    /// Forget the rate state of limits nobody waits on, with no leased token left and no
+    /// per-host token owed (a fresh state would behave the same); returns (rates, open) left.
+    pub fn prune(&self) -> (usize, usize) {
+        let (now_ms, now_us) = (self.now_ms(), self.now_us());
+        let mut rates = self.rates.borrow_mut();
+        rates.retain(|_, s| s.waiting > 0 || !s.book.is_spent(now_ms) || !s.local.is_full(now_us));
+        let keep = rates.len() * 2;
+        rates.shrink_to(keep);
+        (rates.len(), self.open.borrow().len())
     }
 
     /// Some(holder) for a Redis lease, Some(None) for a per-host slot (not shared, or Redis
@@ -359,5 +391,51 @@ impl Drop for ConnSlot {
             let (l, k) = (self.limiter.clone(), self.key.clone());
             glommio::spawn_local(async move { l.release_connection(&k, &h).await }).detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_host_id_carries_a_nonce_drawn_once_per_process() {
+        let a = default_host_id("mta");
+        assert_eq!(a, default_host_id("mta"), "one per process: every core names the host alike");
+        let parts: Vec<&str> = a.split(':').collect();
+        assert_eq!(parts[..2], ["mta", std::process::id().to_string().as_str()]);
+        assert!(parts[2].len() == 16 && u64::from_str_radix(parts[2], 16).is_ok(), "{a}");
+    }
+
+    /// Per-host limits (no Redis): every key's state goes once it is back to neutral, every
+    /// connection count once its last slot is dropped.
+    #[test]
+    fn neutral_rate_states_and_closed_slots_are_forgotten() {
+        let left = glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let l = Limiter::new(&ClusterSection::default(), "h", 0);
+                let key = |i: u32| LimitKey { name: "shape".into(), path: format!("p{i}") };
+                let rate = Rate { count: 2, per: Duration::from_secs(1) };
+                for i in 0..50 {
+                    l.admit_message(&key(i), rate, false).await;
+                }
+                let mut slots = Vec::new();
+                for i in 0..30 {
+                    slots.push(l.open_connection(&key(i), 2, false).await);
+                }
+                let busy = l.prune();
+                drop(slots.drain(10..).collect::<Vec<ConnSlot>>());
+                let after_close = l.prune();
+                glommio::timer::sleep(Duration::from_millis(600)).await;
+                let last = l.prune();
+                drop(slots);
+                (busy, after_close, last)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(left.0, (50, 30), "each rate owes its next token for 500 ms; 30 slots open");
+        assert_eq!(left.1, (50, 10), "20 slots closed");
+        assert_eq!(left.2, (0, 10), "the rates are neutral again");
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! Without `[[shape]]` limits a path behaves as before: `delivery.max_connections_per_destination`
 //! connections per core, no rate limit.
+pub mod holds;
 pub mod pool;
+pub mod prune;
 pub mod rate;
 pub mod rules;
 pub mod site;
@@ -22,7 +24,7 @@ use rate::{Gcra, SharedLimiter, SharedVerdict};
 use site::{Site, SiteMatch};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An egress source; index 0 is the host's own address (no bind, `server.hostname`).
@@ -92,6 +94,10 @@ pub struct PathLimits {
     throttle_factor_bits: AtomicU64,
     /// Why it is suspended or throttled (control plane only: written on a rule match).
     note: Mutex<String>,
+    /// Last Unix ms a connection opened or a message left (to the second; `prune.rs`).
+    last_used_ms: AtomicU64,
+    /// Being pruned: a caller that finds it set takes a fresh entry (`prune.rs`).
+    retired: AtomicBool,
 }
 
 impl PathLimits {
@@ -106,6 +112,16 @@ impl PathLimits {
             throttle_until_ms: AtomicU64::new(0),
             throttle_factor_bits: AtomicU64::new(1f64.to_bits()),
             note: Mutex::new(String::new()),
+            last_used_ms: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Note a use at `now_ms`; stored at most once a second, so cores sharing the path mostly
+    /// only read the cache line.
+    fn touch(&self, now_ms: u64) {
+        if now_ms >= self.last_used_ms.load(Ordering::Relaxed) + 1_000 {
+            self.last_used_ms.store(now_ms, Ordering::Relaxed);
         }
     }
 
@@ -146,6 +162,7 @@ impl PathLimits {
         if let Some(until) = self.suspended(now_ms) {
             return Err(Hold::Suspended(until));
         }
+        self.touch(now_ms);
         match self.params.max_connections {
             None if local >= local_max => return Err(Hold::Connections),
             None => {}
@@ -176,6 +193,7 @@ impl PathLimits {
         if let Some(until) = self.suspended(now_ms) {
             return Err(Hold::Suspended(until));
         }
+        self.touch(now_ms);
         self.rate(&self.messages, "msg", shared, now_ms)
     }
 
@@ -217,6 +235,8 @@ pub struct Shaping {
     pub rules: rules::Rules,
     /// Warm-up schedules and counters.
     pub warmup: warmup::Warmup,
+    /// Suspensions and throttles in force, kept across restarts.
+    pub holds: holds::Holds,
     paths: papaya::HashMap<String, Arc<PathLimits>>,
     /// The cluster limiter for `shared = true` limits (set by the cluster integration).
     pub shared_limiter: Option<Arc<dyn SharedLimiter>>,
@@ -229,7 +249,8 @@ impl std::fmt::Debug for Shaping {
 }
 
 impl Shaping {
-    /// Compile a validated configuration; warm-up counters persist in `state_dir`.
+    /// Compile a validated configuration; warm-up counters, suspensions and throttles persist
+    /// in `state_dir`.
     pub fn new(cfg: &Config, state_dir: Option<&std::path::Path>) -> Self {
         let mut sources = vec![Source { name: "host".into(), bind: None, ehlo: None }];
         sources.extend(cfg.source.iter().map(|s| Source { name: s.name.clone(), bind: s.bind.parse().ok(), ehlo: s.ehlo.clone() }));
@@ -243,6 +264,8 @@ impl Shaping {
             })
             .collect();
         let plans = cfg.warmup.iter().filter_map(|w| Some((index(&w.source)?, warmup::Plan::new(w)))).collect();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let holds = holds::Holds::load(state_dir.map(|d| d.join("holds.state")), now_ms);
         let file = state_dir.map(|d| d.join("warmup.state"));
         let background = file.is_some();
         let warmup = warmup::Warmup::new(plans, file);
@@ -253,6 +276,7 @@ impl Shaping {
             shapes: cfg.shape.iter().map(|s| (SiteMatch::parse(&s.site), s.clone())).collect(),
             rules: rules::Rules::new(&cfg.rule),
             warmup,
+            holds,
             paths: papaya::HashMap::new(),
             shared_limiter: None,
             sources,
@@ -290,6 +314,8 @@ impl Shaping {
     }
 
     /// The host-wide limits of path (source `src`, `site`, shape of `domain`), made on first use.
+    /// An entry being pruned at this moment is never handed out: the caller waits for the
+    /// pruner to either keep it or drop it, then takes what the map holds (see `prune.rs`).
     pub fn path(&self, src: usize, domain: &str, site: &Site) -> Arc<PathLimits> {
         let params = self.shape_for(domain, site);
         let key = match params.shape {
@@ -297,10 +323,28 @@ impl Shaping {
             None => format!("{}|{}", self.sources[src].name, site.key),
         };
         let paths = self.paths.pin();
-        if let Some(p) = paths.get(&key) {
-            return p.clone();
+        loop {
+            let p = match paths.get(&key) {
+                Some(p) => p.clone(),
+                None => paths.get_or_insert_with(key.clone(), || Arc::new(self.new_path(key.clone(), params.clone()))).clone(),
+            };
+            // Pairs with the fence in `prune.rs`: either this sees `retired`, or the pruner
+            // sees this reference in the count and keeps the entry.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !p.retired.load(Ordering::SeqCst) {
+                return p;
+            }
+            drop(p);
+            std::hint::spin_loop();
         }
-        paths.get_or_insert_with(key.clone(), || Arc::new(PathLimits::new(key.clone(), params))).clone()
+    }
+
+    /// A new path's limits (a suspension or throttle saved before a restart is applied
+    /// here when it is still in force).
+    fn new_path(&self, key: String, params: ShapeParams) -> PathLimits {
+        let p = PathLimits::new(key, params);
+        self.restore_hold(&p);
+        p
     }
 
     /// Every path currently suspended or throttled, with its note.
@@ -325,27 +369,18 @@ impl Shaping {
 pub const POOL_HEADER: &str = "x-ringpost-pool";
 
 /// Find header `name` (lower-case) in the header section of a message given as pieces:
-/// its value and the byte range of the whole field (folded lines included) in the
-/// concatenation of the pieces. Reads only the header section.
+/// its first occurrence's value and the byte range of the whole field (folded lines included)
+/// in the concatenation of the pieces. Reads only the header section.
 pub fn find_header<'a>(pieces: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<(String, std::ops::Range<usize>)> {
-    const MAX: usize = 64 * 1024;
-    let mut head = Vec::new();
-    let mut end = None;
-    'pieces: for p in pieces {
-        // In small steps, so only the header section (plus a step) is ever copied.
-        for chunk in p.chunks(1024) {
-            let from = head.len().saturating_sub(3);
-            head.extend_from_slice(chunk);
-            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-                end = Some(from + i + 2);
-                break 'pieces;
-            }
-            if head.len() >= MAX {
-                break 'pieces;
-            }
-        }
-    }
-    let end = end.unwrap_or(head.len());
+    find_headers(pieces, name).into_iter().next()
+}
+
+/// Every occurrence of header `name` (lower-case) in the header section, in order: value and
+/// byte range of the whole field, as [`find_header`] gives the first.
+pub fn find_headers<'a>(pieces: impl Iterator<Item = &'a [u8]>, name: &str) -> Vec<(String, std::ops::Range<usize>)> {
+    let head = header_section(pieces);
+    let end = head.len();
+    let mut found = Vec::new();
     let mut at = 0;
     while at < end {
         let line_end = head[at..end].windows(2).position(|w| w == b"\r\n").map_or(end, |i| at + i + 2);
@@ -357,12 +392,33 @@ pub fn find_header<'a>(pieces: impl Iterator<Item = &'a [u8]>, name: &str) -> Op
         if let Some(colon) = field.iter().position(|&b| b == b':') {
             if field[..colon].eq_ignore_ascii_case(name.as_bytes()) {
                 let value = String::from_utf8_lossy(&field[colon + 1..]).split_whitespace().collect::<Vec<_>>().join(" ");
-                return Some((value, at..field_end));
+                found.push((value, at..field_end));
             }
         }
         at = field_end;
     }
-    None
+    found
+}
+
+/// The header section of a message given as pieces (up to and including the CRLF before the
+/// blank line; at most 64 KiB), copied in small steps so the body is never copied.
+fn header_section<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    const MAX: usize = 64 * 1024;
+    let mut head = Vec::new();
+    for p in pieces {
+        for chunk in p.chunks(1024) {
+            let from = head.len().saturating_sub(3);
+            head.extend_from_slice(chunk);
+            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                head.truncate(from + i + 2);
+                return head;
+            }
+            if head.len() >= MAX {
+                return head;
+            }
+        }
+    }
+    head
 }
 
 /// Where the pool's source is chosen: per core (deterministic smooth weighted round robin).

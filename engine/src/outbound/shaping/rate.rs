@@ -41,6 +41,14 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// True when the bucket is full at `now_us` (no event is owed): a limiter made afresh
+    /// would behave exactly the same, so it may be dropped.
+    pub fn is_full(&self, now_us: u64) -> bool {
+        self.tat_us.load(Ordering::Acquire) <= now_us
+    }
+}
+
 /// What the cluster-wide limiter (`[cluster]`, item 8) answers about a `shared = true` limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedVerdict {
@@ -58,6 +66,12 @@ pub enum SharedVerdict {
 pub trait SharedLimiter: Send + Sync {
     /// One event of limit `key` (`"msg:<path>"` or `"conn:<path>"`) at `now_us` under `rate`.
     fn acquire(&self, key: &str, rate: RateSpec, now_us: u64) -> SharedVerdict;
+
+    /// Forget the state of limits idle at `now_us` (the caller's clock); returns how many
+    /// entries are left. Called about once a minute.
+    fn prune(&self, _now_us: u64) -> usize {
+        0
+    }
 }
 
 #[cfg(test)]

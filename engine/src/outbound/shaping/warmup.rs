@@ -13,7 +13,6 @@
 //! covered on disk waits a moment instead.
 use crate::config::{days_from_date, WarmupConfig, WarmupOverflow, WarmupScope};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -198,7 +197,7 @@ fn load(path: &PathBuf) -> HashMap<String, Counter> {
         .collect()
 }
 
-/// Write the allowances durably: temporary file, fsync, rename, fsync the directory.
+/// Write the allowances durably (`crate::durable_file`).
 fn save(path: &Path, all: &HashMap<String, Counter>) -> std::io::Result<()> {
     let lines: String = all.iter().map(|(k, c)| format!("{k}\t{}\t{}\n", c.day, c.reserved)).collect();
     save_lines(path, &lines)
@@ -206,15 +205,7 @@ fn save(path: &Path, all: &HashMap<String, Counter>) -> std::io::Result<()> {
 
 /// Replace `path` with `lines`, durably.
 fn save_lines(path: &Path, lines: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(lines.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable_file::replace_bytes(path, lines.as_bytes())
 }
 
 #[cfg(test)]
