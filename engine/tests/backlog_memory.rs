@@ -11,6 +11,7 @@
 //!   cargo test --release -p ringpost --test backlog_memory -- --nocapture
 use ringpost_engine::config::Config;
 use ringpost_engine::message::SpooledMessage;
+use ringpost_engine::outbound::intern::Name;
 use ringpost_engine::outbound::queue::{Delivery, QueueManager, Rcpts};
 use ringpost_engine::outbound::retry::RetryPolicy;
 use ringpost_engine::outbound::shaping::site::Site;
@@ -24,7 +25,6 @@ use ringpost_spool::record::{encode_frame, encode_message, FRAME_HEADER_LEN};
 use ringpost_spool::{Extent, MessageRecord, MsgRef, RecordKind, SegmentMap};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +126,7 @@ fn a_queued_recipient_stays_compact() {
     let mut history = History::new(60_000, 100_000);
     let history_b = measure(|| msgs.iter().for_each(|m| history.admit(m)));
     let mut q = queue_manager();
-    let domains: Vec<Rc<str>> = (0..DOMAINS).map(|d| q.intern(&format!("d{d}.test"))).collect();
+    let domains: Vec<Name> = (0..DOMAINS).map(|d| q.intern(&format!("d{d}.test"))).collect();
     let refused = Reply::new(451, (4, 4, 1), "connect to 127.0.0.1:2929: Connection refused (os error 111)");
     let queue_b = measure(|| {
         for (i, m) in msgs.iter().enumerate() {

@@ -21,7 +21,7 @@
 //! sit in a binary heap keyed by (due time, arrival order): O(log n) to schedule or release
 //! one, whatever the backlog.
 use crate::message::SpooledMessage;
-use crate::outbound::intern::Interner;
+use crate::outbound::intern::{Interner, Name};
 use crate::outbound::retry::{RetryDecision, RetryPolicy};
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::warmup::SAVE_WAIT_MS;
@@ -57,9 +57,9 @@ pub struct Delivery {
     pub attempts: u32,
     /// The last transient reply about these recipients (none before the first attempt),
     /// shared with every delivery that got the same one.
-    pub last_response: Option<Rc<str>>,
+    pub last_response: Option<Name>,
     /// The recipients' domain.
-    pub domain: Rc<str>,
+    pub domain: Name,
     /// The message's pool (none: `default`).
     pub pool: Option<u16>,
 }
@@ -240,7 +240,7 @@ pub struct QueueManager {
     /// Paths to dispatch again at a time (a rate, a suspension, a cap held elsewhere).
     wakeups: BTreeMap<(u64, u64), Rc<str>>,
     /// Recipients on a connection, by domain.
-    in_flight: HashMap<Rc<str>, usize>,
+    in_flight: HashMap<Name, usize>,
     chooser: Chooser,
     shaping: Arc<Shaping>,
     seq: u64,
@@ -291,7 +291,7 @@ impl QueueManager {
     }
 
     /// The shared copy of a domain or reply text that deliveries carry.
-    pub fn intern(&mut self, s: &str) -> Rc<str> {
+    pub fn intern(&mut self, s: &str) -> Name {
         self.strings.get(s)
     }
 
@@ -329,7 +329,7 @@ impl QueueManager {
 
     /// Queue a delivery as ready now; `may_open` is false while shutting down.
     pub fn enqueue(&mut self, d: Delivery, now_ms: u64, may_open: bool) -> Dispatch {
-        let site = match self.sites.get(&d.domain) {
+        let site = match self.sites.get(&*d.domain) {
             Some(e) if e.expires_ms > now_ms => e.site.clone(),
             _ => {
                 let first = !self.resolving.contains_key(&*d.domain);
@@ -392,7 +392,7 @@ impl QueueManager {
     }
 
     /// The key of path (`src`, site of `domain`), making the path on first use.
-    fn path_key(&mut self, src: usize, domain: &Rc<str>, site: &Rc<Site>) -> Rc<str> {
+    fn path_key(&mut self, src: usize, domain: &str, site: &Rc<Site>) -> Rc<str> {
         let entry = self.sites.get_mut(domain).expect("site known");
         if let Some((_, k)) = entry.paths.iter().find(|(s, _)| *s == src) {
             if self.paths.contains_key(k) {
@@ -651,10 +651,10 @@ impl QueueManager {
     /// or, past the lifetime, expire.
     pub fn settle(&mut self, now_ms: u64, d: Delivery, results: Vec<RcptResult>, retry_in: Option<Duration>) -> Settlement {
         let attempts = d.attempts + 1;
-        if let Some(n) = self.in_flight.get_mut(&d.domain) {
+        if let Some(n) = self.in_flight.get_mut(&*d.domain) {
             *n = n.saturating_sub(d.rcpts.len());
             if *n == 0 {
-                self.in_flight.remove(&d.domain);
+                self.in_flight.remove(&*d.domain);
             }
         }
         let mut out = Settlement { attempts, ..Default::default() };
@@ -715,8 +715,8 @@ mod size_tests {
     fn a_queued_delivery_is_small() {
         // Handle, inline recipient, shared domain and reply, attempts, pool (issue 9 item 4).
         assert_eq!(std::mem::size_of::<Rcpts>(), 16);
-        assert_eq!(std::mem::size_of::<Delivery>(), 64);
-        assert_eq!(std::mem::size_of::<Scheduled>(), 80);
+        assert_eq!(std::mem::size_of::<Delivery>(), 48);
+        assert_eq!(std::mem::size_of::<Scheduled>(), 64);
         assert_eq!(Rcpts::from(vec![7]), Rcpts::One(7));
         assert_eq!(&*Rcpts::from(vec![1, 2]), &[1, 2]);
     }
