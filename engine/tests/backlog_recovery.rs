@@ -134,9 +134,10 @@ fn a_recovered_backlog_stays_compact() {
     assert!(resident <= RESIDENT_BUDGET, "{resident:.0} bytes per recovered recipient resident, budget {RESIDENT_BUDGET}");
 }
 
-/// What the recovered state may keep: 414 measured, as the running path's (backlog_memory).
-const KEPT_BUDGET: f64 = 450.0;
-/// What it may hold resident: 412 measured. With each message's handle made as its record
+/// What the recovered state may keep: 378 measured, about the running path's (backlog_memory);
+/// 394 before the 16-byte local body fails it.
+const KEPT_BUDGET: f64 = 390.0;
+/// What it may hold resident: 375 measured. With each message's handle made as its record
 /// was dropped (the requeue before this test) it was 1,001 here and 1,067 on the daemon
 /// (`N=200000 bench/backlog.sh`), which fails it.
-const RESIDENT_BUDGET: f64 = 500.0;
+const RESIDENT_BUDGET: f64 = 420.0;
