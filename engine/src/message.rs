@@ -246,6 +246,29 @@ impl<'a> Iterator for Recipients<'a> {
         }
     }
 
+    /// Skips `n` entries by their length prefixes alone (no UTF-8 check of what is skipped):
+    /// [`SpooledMessage::recipient`] is one pointer hop per skipped recipient.
+    fn nth(&mut self, n: usize) -> Option<&'a str> {
+        if n >= self.left {
+            self.left = 0;
+            return None;
+        }
+        match &mut self.from {
+            Source::Mapped(rest) => {
+                for _ in 0..n {
+                    *rest = length_prefixed(rest).1;
+                }
+            }
+            Source::Owned(it) => {
+                if n > 0 {
+                    it.nth(n - 1);
+                }
+            }
+        }
+        self.left -= n;
+        self.next()
+    }
+
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.left, Some(self.left))
     }
@@ -267,6 +290,37 @@ fn text(b: &[u8]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prefixed(entries: &[&[u8]]) -> Vec<u8> {
+        entries.iter().flat_map(|e| (e.len() as u32).to_le_bytes().into_iter().chain(e.iter().copied())).collect()
+    }
+
+    #[test]
+    fn nth_hops_over_recipients_without_reading_them() {
+        // Entry 1 is not UTF-8: reading it would panic, so nth(2) shows it was hopped over
+        // (the default nth calls next, which decodes every skipped entry: O(i) work per lookup,
+        // O(n²) over a message's recipients).
+        let bytes = prefixed(&[b"a@x.test", b"\xff\xfe", b"c@x.test", b"d@x.test"]);
+        let mut it = Recipients { from: Source::Mapped(&bytes), left: 4 };
+        assert_eq!(it.nth(2), Some("c@x.test"));
+        assert_eq!((it.next(), it.next()), (Some("d@x.test"), None));
+    }
+
+    #[test]
+    fn nth_agrees_with_walking_for_mapped_and_owned_recipients() {
+        let names = ["a@x.test", "bb@y.test", "ccc@z.test"];
+        let bytes = prefixed(&names.map(str::as_bytes));
+        let owned: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        for n in 0..5 {
+            let want = names.get(n).copied();
+            let mut m = Recipients { from: Source::Mapped(&bytes), left: 3 };
+            let mut o = Recipients { from: Source::Owned(owned.iter()), left: 3 };
+            assert_eq!((m.nth(n), o.nth(n)), (want, want), "nth({n})");
+            let rest: Vec<_> = names.iter().skip(n + 1).copied().collect();
+            assert_eq!((m.len(), o.len()), (rest.len(), rest.len()), "left after nth({n})");
+            assert_eq!((m.collect::<Vec<_>>(), o.collect::<Vec<_>>()), (rest.clone(), rest), "after nth({n})");
+        }
+    }
 
     #[test]
     fn a_message_handle_is_small() {

@@ -81,6 +81,7 @@ pub fn admit(ledger: &mut Ledger, history: &mut History, classifier: &Classifier
 
 /// The recovered failures of `m`, as its DSN will list them.
 fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier) -> Vec<FailedRecipient> {
+    let names: Vec<&str> = msg.recipients().collect();
     m.failed
         .iter()
         .map(|d| {
@@ -89,7 +90,7 @@ fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier)
             // Not persisted: the category is a function of what is (status and diagnostic).
             let category = if expired { BounceCategory::MessageExpired } else { classifier.classify(&detail.status, &detail.diagnostic) };
             FailedRecipient {
-                recipient: msg.recipient(d.rcpt).to_string(),
+                recipient: names[d.rcpt as usize].to_string(),
                 status: if detail.status.is_empty() { "5.0.0".into() } else { detail.status },
                 remote: detail.remote,
                 diagnostic: detail.diagnostic,
@@ -104,11 +105,13 @@ fn failures(msg: &SpooledMessage, m: &RecoveredMessage, classifier: &Classifier)
 pub fn groups(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<Group> {
     type Key = (String, u32, u64, Option<String>);
     let mut by_key: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
+    // Read once: a lookup by index walks the spooled envelope from its start.
+    let names: Vec<&str> = msg.recipients().collect();
     for &i in &m.pending {
         let state = m.states.iter().find(|s| s.rcpt == i);
         let (attempts, next) = state.map_or((0, 0), |s| (s.attempts, s.next_attempt_ms));
         let response = state.map(|s| s.last_response.clone()).filter(|r| !r.is_empty());
-        by_key.entry((domain_of(msg.recipient(i)), attempts, next, response)).or_default().push(i);
+        by_key.entry((domain_of(names[i as usize]), attempts, next, response)).or_default().push(i);
     }
     by_key
         .into_iter()

@@ -170,19 +170,24 @@ impl Core {
     pub(crate) async fn apply(self: &Rc<Self>, msg: &Arc<SpooledMessage>, s: Settlement, peer: Option<Peer>) {
         let remote = peer.as_ref().map(|p| p.remote.clone());
         self.admin.count_settlement(&s);
+        // Every recipient's address, read from the spooled envelope in one pass: a settlement
+        // can cover thousands of recipients of one message, and a lookup by index walks the
+        // envelope from its start.
+        let names: Vec<&str> = msg.recipients().collect();
         for f in s.finals {
+            let name = names[f.rcpt as usize];
             let response = one_line(&f.reply);
             let kind = match f.outcome {
                 Outcome::Delivered => EventKind::Delivery,
                 Outcome::Bounced => EventKind::Bounce,
                 Outcome::Expired => EventKind::Expiration,
             };
-            let failure = failure_of(msg, &f, remote.clone(), response.clone(), &self.shared.classifier);
+            let failure = failure_of(name, &f, remote.clone(), response.clone(), &self.shared.classifier);
             let category = failure.as_ref().map(|x| x.category);
             if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
-                self.auto_suppress(msg.recipient(f.rcpt), c, &response);
+                self.auto_suppress(name, c, &response);
             }
-            self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response.clone()), category), s.attempts);
+            self.log_classified(kind, msg, Some(name), peer.as_ref(), (Some(response.clone()), category), s.attempts);
             let r = FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure, attempts: s.attempts, response };
             self.report_final(r).await;
         }
@@ -190,7 +195,14 @@ impl Core {
             let response = one_line(&d.reply);
             let category = self.shared.classifier.classify(&status_of(&d.reply, ""), &response);
             for &i in &d.rcpts {
-                self.log_classified(EventKind::TransientFailure, msg, Some(i), peer.as_ref(), (Some(response.clone()), Some(category)), d.attempts);
+                self.log_classified(
+                    EventKind::TransientFailure,
+                    msg,
+                    Some(names[i as usize]),
+                    peer.as_ref(),
+                    (Some(response.clone()), Some(category)),
+                    d.attempts,
+                );
             }
             self.retry_wake.notify(1);
             let deferral = Deferral { msg: msg.id, rcpts: d.rcpts, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, response };
@@ -229,8 +241,8 @@ fn status_of(r: &Reply, default: &str) -> String {
 }
 
 /// The DSN entry of a recipient that failed for good (none for a delivery).
-fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
-    let recipient = msg.recipient(f.rcpt).to_string();
+fn failure_of(recipient: &str, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
+    let recipient = recipient.to_string();
     match f.outcome {
         Outcome::Delivered => None,
         Outcome::Bounced => {

@@ -142,21 +142,21 @@ impl Core {
     /// their indexes.
     async fn bounce_suppressed(self: &Rc<Self>, msg: &Arc<SpooledMessage>) -> Vec<u32> {
         let Some(s) = self.shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::AcceptAndBounce) else { return Vec::new() };
-        let hits: Vec<(u32, Suppressed)> = msg.recipients().enumerate().filter_map(|(i, r)| Some((i as u32, s.list.check(r)?))).collect();
-        for &(rcpt, hit) in &hits {
+        let hits: Vec<(u32, &str, Suppressed)> = msg.recipients().enumerate().filter_map(|(i, r)| Some((i as u32, r, s.list.check(r)?))).collect();
+        for &(rcpt, name, hit) in &hits {
             let diagnostic = format!("550 5.1.1 recipient suppressed ({} since {})", hit.category.as_str(), rfc5322(hit.since_s * 1000));
             let failure = FailedRecipient {
-                recipient: msg.recipient(rcpt).to_string(),
+                recipient: name.to_string(),
                 status: "5.1.1".into(),
                 remote: None,
                 diagnostic: diagnostic.clone(),
                 expired: false,
                 category: hit.category,
             };
-            self.log_classified(EventKind::Bounce, msg, Some(rcpt), None, (Some(diagnostic.clone()), Some(hit.category)), 0);
+            self.log_classified(EventKind::Bounce, msg, Some(name), None, (Some(diagnostic.clone()), Some(hit.category)), 0);
             let r = FinalReport { msg: msg.id, rcpt, outcome: Outcome::Bounced, failure: Some(failure), attempts: 0, response: diagnostic };
             self.report_final(r).await;
         }
-        hits.into_iter().map(|(i, _)| i).collect()
+        hits.into_iter().map(|(i, _, _)| i).collect()
     }
 }
