@@ -3,8 +3,9 @@
 # then report what a large queue costs and how it comes back:
 #   1. RSS (and heap, RssAnon) per queued recipient, spool size, once every message had its
 #      first (failed) attempt and sits waiting for its retry;
-#   2. SIGKILL and restart with the backlog: time until the daemon greets again (recovery
-#      scan + requeue) and RSS after recovery;
+#   2. SIGKILL and restart with the backlog: time until the daemon greets again and until every
+#      core has recovered (its spool scan and requeue, timed by ringpost itself), heap and RSS
+#      after recovery;
 #   3. the destination comes up: drain rate (first to last Delivery in the delivery log)
 #      against the empty-queue relay rate measured right after, same sitting.
 # ringpost runs its shipped defaults except the retry timing (first and max retry 120 s, so the
@@ -26,11 +27,12 @@ trap 'stop_all; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXI
 count() { cat "$WORK"/delivery.jsonl* 2>/dev/null | grep -c "\"$1\"" || true; }
 wait_count() { # wait_count TYPE TARGET TIMEOUT_S
   local deadline=$(( $(date +%s) + $3 ))
-  while [ "$(count "$1")" -lt "$2" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
+  while [ "$(count "$1")" -lt "$2" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 5; done
 }
 kib() { echo "$(rss_parts_kib "$RP_PID") $(du -sk "$WORK/spool" | cut -f1)"; }
 
 raise_fd_limit
+export GREET_TIMEOUT_S=${GREET_TIMEOUT_S:-900}
 echo "machine: $(nproc) cores, $(uname -r); backlog N=$N; $(load_avg)"
 export DELIVERY_EXTRA='retry_first_s = 120
 retry_max_s = 120'
@@ -52,10 +54,19 @@ kill -9 "$RP_PID"; wait "$RP_PID" 2>/dev/null || true; RP_PID=
 t2=$(date +%s.%N)
 start_ringpost
 t3=$(date +%s.%N)
+# A core serves once its own recovery is done: wait for every core's "recovery of" line.
+recovered_all() {
+  local cores; cores=$(grep -o '[0-9]* cores serving' "$WORK/ringpost.err" | head -1 | cut -d' ' -f1)
+  [ -n "$cores" ] && [ "$(grep -c 'recovery of' "$WORK/ringpost.err" || true)" -ge "$cores" ]
+}
+deadline=$(( $(date +%s) + GREET_TIMEOUT_S ))
+until recovered_all || [ "$(date +%s)" -ge "$deadline" ]; do sleep 0.2; done
+t4=$(date +%s.%N)
 sleep 2
 read -r rss2 anon2 file2 _ <<<"$(kib)"
-echo "restart with the backlog: greeting after $(python3 -c "print(round($t3-$t2,2))") s; RSS $rss2 KiB (heap $anon2 KiB, mapped $file2 KiB); $(grep -c 'requeued\|recovered' "$WORK/ringpost.err" || true) recovery lines:"
-grep -i 'recover\|requeue' "$WORK/ringpost.err" | tail -3 || true
+echo "restart with the backlog: greeting after $(python3 -c "print(round($t3-$t2,2))") s, every core recovered after $(python3 -c "print(round($t4-$t2,2))") s; RSS $rss2 KiB (heap $anon2 KiB, mapped $file2 KiB)"
+python3 -c "print(f'resident heap per queued recipient after the restart: {($anon2 - $anon0) * 1024 / $accepted:.0f} bytes')"
+grep -i 'recover\|requeue' "$WORK/ringpost.err" | tail -6 || true
 
 start_sink
 wait_count Delivery "$accepted" 1800

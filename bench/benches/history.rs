@@ -3,7 +3,7 @@
 //! `cargo bench -p blaster --bench history`.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ringpost_admin_proto::RcptState;
-use ringpost_engine::message::{SpooledMessage, Trace};
+use ringpost_engine::message::SpooledMessage;
 use ringpost_engine::shard::history::{find_message_id, FinalNote, History};
 use ringpost_spool::MsgRef;
 
@@ -20,15 +20,15 @@ fn header_and_body() -> Vec<u8> {
 }
 
 fn message(offset: u64) -> SpooledMessage {
-    SpooledMessage {
-        id: MsgRef { core: 0, segment: 1, offset },
-        sender: "orders@shop.example".into(),
-        recipients: vec!["r0@example.org".into(), "r1@example.org".into()],
-        trace: Trace::Owned(Vec::new()),
-        body: Vec::new(),
-        received_ms: 5,
-        flags: 0,
-    }
+    SpooledMessage::owned(
+        MsgRef { core: 0, segment: 1, offset },
+        "orders@shop.example".into(),
+        vec!["r0@example.org".into(), "r1@example.org".into()],
+        Vec::new(),
+        Vec::new(),
+        5,
+        0,
+    )
 }
 
 fn delivered(rcpt: u32) -> FinalNote {
@@ -49,7 +49,7 @@ fn history(c: &mut Criterion) {
                 let mut h = History::new(3_600_000, 100_000);
                 for i in 0..100_000u64 {
                     let m = message(i);
-                    h.admit_parsed(&m, Some(format!("{i}.warm@shop.example").into()));
+                    h.admit_parsed(&m, Some(&format!("{i}.warm@shop.example")));
                     h.finish(&m, 0);
                 }
                 let fresh: Vec<(SpooledMessage, Box<str>)> =
@@ -58,7 +58,7 @@ fn history(c: &mut Criterion) {
             },
             |(mut h, fresh)| {
                 for (m, mid) in fresh {
-                    h.admit_parsed(&m, Some(mid));
+                    h.admit_parsed(&m, Some(&mid));
                     h.record(m.id, delivered(0));
                     h.record(m.id, delivered(1));
                     h.finish(&m, 1);

@@ -38,13 +38,14 @@ hosts = ["127.0.0.1:$SINK_PORT"]
 TOML
 }
 
-# start_ringpost: start it in the background (RP_PID) and wait until it greets.
+# start_ringpost: start it in the background (RP_PID) and wait until it greets (GREET_TIMEOUT_S,
+# default 20: a restart with a large backlog recovers before it serves).
 start_ringpost() {
   "$BIN" --config "$WORK/ringpost.toml" 2>"$WORK/ringpost.err" &
   RP_PID=$!
-  python3 - "$RP_PORT" <<'PY' || { echo "ringpost did not greet:"; cat "$WORK/ringpost.err"; exit 1; }
+  python3 - "$RP_PORT" "${GREET_TIMEOUT_S:-20}" <<'PY' || { echo "ringpost did not greet:"; cat "$WORK/ringpost.err"; exit 1; }
 import socket, sys, time
-deadline = time.time() + 20
+deadline = time.time() + float(sys.argv[2])
 while time.time() < deadline:
     try:
         with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1) as s:

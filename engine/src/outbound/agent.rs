@@ -410,7 +410,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
     for group in d.rcpts.chunks(per_txn) {
         let part = Delivery {
             msg: d.msg.clone(),
-            rcpts: group.to_vec(),
+            rcpts: group.into(),
             attempts: d.attempts,
             last_response: d.last_response.clone(),
             domain: d.domain.clone(),
@@ -437,12 +437,13 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
 
 async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, bool), ConnError> {
     let m = &d.msg;
-    let rcpts = d.rcpts.iter().map(|&i| m.recipients[i as usize].clone()).collect();
+    let all: Vec<&str> = m.recipients().collect();
+    let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
     // The pool header is ours: every occurrence is left out of what is sent (skipped, not copied).
     let strip: Vec<_> = find_headers(m.body_pieces(), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
-    let trace_strip: Vec<_> = find_headers(std::iter::once(m.trace.bytes()), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
+    let trace_strip: Vec<_> = find_headers(std::iter::once(m.trace()), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
-    let mut t = ClientTransaction::new(&conn.caps, &m.sender, rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
+    let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
     loop {
         step = match step {
@@ -454,8 +455,8 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
                 conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body.len() + 2);
-                pieces.extend(skip_ranges(std::iter::once(m.trace.bytes()), &trace_strip));
+                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 2);
+                pieces.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
                 pieces.extend(skip_ranges(m.body_pieces(), &strip));
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;

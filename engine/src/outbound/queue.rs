@@ -14,7 +14,14 @@
 //! [`Dispatch`] (what the caller should do about connections) and [`Settlement`] (what became
 //! final, what waits). That keeps it testable by driving time (Postfix's qmgr apart from its
 //! smtp agents). The shard owns one and touches it only from its own core.
+//!
+//! A queued delivery is small and fixed (issue 9 item 4: a million queued messages): a shared
+//! message handle (whose envelope stays in the spool), one recipient inline, the domain and
+//! the last reply as shared strings ([`Interner`]). Deliveries waiting for their next attempt
+//! sit in a binary heap keyed by (due time, arrival order): O(log n) to schedule or release
+//! one, whatever the backlog.
 use crate::message::SpooledMessage;
+use crate::outbound::intern::{Interner, Name};
 use crate::outbound::retry::{RetryDecision, RetryPolicy};
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::warmup::SAVE_WAIT_MS;
@@ -23,7 +30,7 @@ use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use event_listener::Event;
 use ringpost_spool::Outcome;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,15 +58,86 @@ pub struct Delivery {
     /// The message.
     pub msg: Arc<SpooledMessage>,
     /// Recipient indexes.
-    pub rcpts: Vec<u32>,
+    pub rcpts: Rcpts,
     /// Attempts made so far.
     pub attempts: u32,
-    /// The last transient reply about these recipients (none before the first attempt).
-    pub last_response: Option<String>,
+    /// The last transient reply about these recipients (none before the first attempt),
+    /// shared with every delivery that got the same one.
+    pub last_response: Option<Name>,
     /// The recipients' domain.
-    pub domain: Rc<str>,
+    pub domain: Name,
     /// The message's pool (none: `default`).
-    pub pool: Option<usize>,
+    pub pool: Option<u16>,
+}
+
+/// The recipient indexes of a delivery: one inline (the common case), more on the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rcpts {
+    /// A single recipient.
+    One(u32),
+    /// Several (or none).
+    Many(Box<[u32]>),
+}
+
+impl std::ops::Deref for Rcpts {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        match self {
+            Rcpts::One(i) => std::slice::from_ref(i),
+            Rcpts::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u32>> for Rcpts {
+    fn from(v: Vec<u32>) -> Self {
+        match v.as_slice() {
+            [i] => Rcpts::One(*i),
+            _ => Rcpts::Many(v.into()),
+        }
+    }
+}
+
+impl From<&[u32]> for Rcpts {
+    fn from(v: &[u32]) -> Self {
+        v.to_vec().into()
+    }
+}
+
+/// A delivery waiting for its next attempt, ordered so the heap's top is the earliest due
+/// (then the earliest scheduled).
+struct Scheduled {
+    at_ms: u64,
+    seq: u64,
+    d: Delivery,
+}
+
+impl Scheduled {
+    fn key(&self) -> (u64, u64) {
+        (self.at_ms, self.seq)
+    }
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    /// Reversed: [`BinaryHeap`] is a max-heap, and the earliest key must come out first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key())
+    }
 }
 
 /// What the caller should do about connections after a queue change.
@@ -164,11 +242,11 @@ pub struct QueueManager {
     sites: HashMap<Rc<str>, SiteEntry>,
     /// Deliveries whose domain's site is being resolved.
     resolving: HashMap<String, Vec<Delivery>>,
-    scheduled: BTreeMap<(u64, u64), Delivery>,
+    scheduled: BinaryHeap<Scheduled>,
     /// Paths to dispatch again at a time (a rate, a suspension, a cap held elsewhere).
     wakeups: BTreeMap<(u64, u64), Rc<str>>,
     /// Recipients on a connection, by domain.
-    in_flight: HashMap<Rc<str>, usize>,
+    in_flight: HashMap<Name, usize>,
     chooser: Chooser,
     shaping: Arc<Shaping>,
     seq: u64,
@@ -178,6 +256,8 @@ pub struct QueueManager {
     suspended: HashSet<String>,
     /// Every destination is suspended.
     all_suspended: bool,
+    /// Domains and replies shared by the deliveries that carry them.
+    strings: Interner,
     /// Queued recipients per destination, for the operator's views.
     stats: QueueStats,
     /// Outbound connections open on this core, all paths together.
@@ -198,7 +278,7 @@ impl QueueManager {
             paths: HashMap::new(),
             sites: HashMap::new(),
             resolving: HashMap::new(),
-            scheduled: BTreeMap::new(),
+            scheduled: BinaryHeap::new(),
             wakeups: BTreeMap::new(),
             in_flight: HashMap::new(),
             chooser: Chooser::default(),
@@ -208,11 +288,17 @@ impl QueueManager {
             connections_max: connections_max.max(1),
             suspended: HashSet::new(),
             all_suspended: false,
+            strings: Interner::default(),
             stats: QueueStats::default(),
             connections_total: 0,
             connections_total_max: usize::MAX,
             slot_waiters: VecDeque::new(),
         }
+    }
+
+    /// The shared copy of a domain or reply text that deliveries carry.
+    pub fn intern(&mut self, s: &str) -> Name {
+        self.strings.get(s)
     }
 
     /// New retry policy and connection limit (a reload); deliveries already scheduled keep
@@ -249,7 +335,7 @@ impl QueueManager {
 
     /// Queue a delivery as ready now; `may_open` is false while shutting down.
     pub fn enqueue(&mut self, d: Delivery, now_ms: u64, may_open: bool) -> Dispatch {
-        let site = match self.sites.get(&d.domain) {
+        let site = match self.sites.get(&*d.domain) {
             Some(e) if e.expires_ms > now_ms => e.site.clone(),
             _ => {
                 let first = !self.resolving.contains_key(&*d.domain);
@@ -298,7 +384,7 @@ impl QueueManager {
                 Err(t) => Offer::Wait(t),
             },
         };
-        let src = match self.chooser.pick(&shaping, d.pool, offer) {
+        let src = match self.chooser.pick(&shaping, d.pool.map(usize::from), offer) {
             Ok(src) => src,
             Err(next_day_ms) => {
                 self.schedule(d, next_day_ms);
@@ -312,7 +398,7 @@ impl QueueManager {
     }
 
     /// The key of path (`src`, site of `domain`), making the path on first use.
-    fn path_key(&mut self, src: usize, domain: &Rc<str>, site: &Rc<Site>) -> Rc<str> {
+    fn path_key(&mut self, src: usize, domain: &str, site: &Rc<Site>) -> Rc<str> {
         let entry = self.sites.get_mut(domain).expect("site known");
         if let Some((_, k)) = entry.paths.iter().find(|(s, _)| *s == src) {
             if self.paths.contains_key(k) {
@@ -342,12 +428,12 @@ impl QueueManager {
     pub fn schedule(&mut self, d: Delivery, at_ms: u64) {
         self.seq += 1;
         self.stats.add(&d, Bucket::Waiting);
-        self.scheduled.insert((at_ms, self.seq), d);
+        self.scheduled.push(Scheduled { at_ms, seq: self.seq, d });
     }
 
     /// When the earliest scheduled delivery or path wake-up is due (Unix ms).
     pub fn next_due_ms(&self) -> Option<u64> {
-        let a = self.scheduled.keys().next().map(|(t, _)| *t);
+        let a = self.scheduled.peek().map(|s| s.at_ms);
         let b = self.wakeups.keys().next().map(|(t, _)| *t);
         a.into_iter().chain(b).min()
     }
@@ -355,10 +441,12 @@ impl QueueManager {
     /// Move every delivery due at `now_ms` to its path and look again at paths whose wake-up
     /// is due; one dispatch each.
     pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
-        let later = self.scheduled.split_off(&(now_ms + 1, 0));
-        let due = std::mem::replace(&mut self.scheduled, later);
-        due.values().for_each(|d| self.stats.remove(d, Bucket::Waiting));
-        let mut out: Vec<Dispatch> = due.into_values().map(|d| self.enqueue(d, now_ms, may_open)).collect();
+        let mut out = Vec::new();
+        while self.scheduled.peek().is_some_and(|s| s.at_ms <= now_ms) {
+            let d = self.scheduled.pop().expect("peeked").d;
+            self.stats.remove(&d, Bucket::Waiting);
+            out.push(self.enqueue(d, now_ms, may_open));
+        }
         let later = self.wakeups.split_off(&(now_ms + 1, 0));
         let woken = std::mem::replace(&mut self.wakeups, later);
         for key in woken.into_values() {
@@ -569,10 +657,10 @@ impl QueueManager {
     /// or, past the lifetime, expire.
     pub fn settle(&mut self, now_ms: u64, d: Delivery, results: Vec<RcptResult>, retry_in: Option<Duration>) -> Settlement {
         let attempts = d.attempts + 1;
-        if let Some(n) = self.in_flight.get_mut(&d.domain) {
+        if let Some(n) = self.in_flight.get_mut(&*d.domain) {
             *n = n.saturating_sub(d.rcpts.len());
             if *n == 0 {
-                self.in_flight.remove(&d.domain);
+                self.in_flight.remove(&*d.domain);
             }
         }
         let mut out = Settlement { attempts, ..Default::default() };
@@ -598,9 +686,9 @@ impl QueueManager {
         match decision {
             RetryDecision::RetryIn(after) => {
                 let next_attempt_ms = now_ms + after.as_millis() as u64;
-                let last_response = Some(reply.to_wire().trim_end().replace("\r\n", " "));
-                out.deferred = Some(Deferred { rcpts: retry.clone(), attempts, next_attempt_ms, reply });
-                let again = Delivery { msg: d.msg, rcpts: retry, attempts, last_response, domain: d.domain, pool: d.pool };
+                let last_response = Some(self.strings.get(&reply.to_wire().trim_end().replace("\r\n", " ")));
+                let again = Delivery { msg: d.msg, rcpts: retry.as_slice().into(), attempts, last_response, domain: d.domain, pool: d.pool };
+                out.deferred = Some(Deferred { rcpts: retry, attempts, next_attempt_ms, reply });
                 self.schedule(again, next_attempt_ms);
             }
             RetryDecision::Expire => {
@@ -624,3 +712,18 @@ mod stats;
 mod prune;
 pub use admin::{DestView, Place, QueuedRcpt};
 use stats::{Bucket, QueueStats};
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_delivery_is_small() {
+        // Handle, inline recipient, shared domain and reply, attempts, pool (issue 9 item 4).
+        assert_eq!(std::mem::size_of::<Rcpts>(), 16);
+        assert_eq!(std::mem::size_of::<Delivery>(), 48);
+        assert_eq!(std::mem::size_of::<Scheduled>(), 64);
+        assert_eq!(Rcpts::from(vec![7]), Rcpts::One(7));
+        assert_eq!(&*Rcpts::from(vec![1, 2]), &[1, 2]);
+    }
+}

@@ -4,7 +4,7 @@
 //! Like the rest of the queue manager it decides and never acts: callers act on the
 //! [`Dispatch`]es returned and settle what is taken out. Views scan the queues (control plane,
 //! on request only); nothing here runs on the delivery path.
-use super::{Bucket, Delivery, Dispatch, QueueManager};
+use super::{Bucket, Delivery, Dispatch, QueueManager, Scheduled};
 use ringpost_spool::MsgRef;
 use std::collections::{HashMap, VecDeque};
 
@@ -100,14 +100,19 @@ impl QueueManager {
 
     /// Move the waiting deliveries of `domain` (`None`: all) to their ready queues now.
     pub fn release_now(&mut self, domain: Option<&str>, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
-        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, d)| domain.is_none_or(|x| x == &*d.domain)).map(|(k, _)| *k).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let d = self.scheduled.remove(&k).expect("key just listed");
-            self.stats.remove(&d, Bucket::Waiting);
-            out.push(self.enqueue(d, now_ms, may_open));
-        }
-        out
+        let taken = self.take_scheduled(|d| domain.is_none_or(|x| x == &*d.domain));
+        taken.into_iter().map(|d| self.enqueue(d, now_ms, may_open)).collect()
+    }
+
+    /// Take the waiting deliveries `pick` chooses out of the schedule, earliest due first
+    /// (a scan and a rebuild: operator commands only). They leave the waiting counts.
+    fn take_scheduled(&mut self, pick: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
+        let all = std::mem::take(&mut self.scheduled).into_vec();
+        let (mut taken, kept): (Vec<Scheduled>, Vec<Scheduled>) = all.into_iter().partition(|s| pick(&s.d));
+        self.scheduled = kept.into();
+        taken.sort_by_key(Scheduled::key);
+        taken.iter().for_each(|s| self.stats.remove(&s.d, Bucket::Waiting));
+        taken.into_iter().map(|s| s.d).collect()
     }
 
     /// Take out every queued delivery (ready, waiting or waiting for its site; not in flight)
@@ -122,11 +127,7 @@ impl QueueManager {
             out.extend(v.take(&pick));
         }
         out.iter().for_each(|(_, d)| self.stats.remove(d, Bucket::Ready));
-        let keys: Vec<(u64, u64)> = self.scheduled.iter().filter(|(_, d)| pick(&d.domain, d)).map(|(k, _)| *k).collect();
-        for d in keys.into_iter().map(|k| self.scheduled.remove(&k).expect("key just listed")) {
-            self.stats.remove(&d, Bucket::Waiting);
-            out.push((d.domain.to_string(), d));
-        }
+        out.extend(self.take_scheduled(|d| pick(&d.domain, d)).into_iter().map(|d| (d.domain.to_string(), d)));
         out
     }
 
@@ -176,14 +177,17 @@ impl QueueManager {
     pub fn find(&self, id: MsgRef) -> Vec<QueuedRcpt> {
         let mut out = Vec::new();
         fn rcpts(d: &Delivery, place: Place) -> Vec<QueuedRcpt> {
-            let at = |rcpt| QueuedRcpt { domain: d.domain.to_string(), rcpt, place, attempts: d.attempts, last_response: d.last_response.clone() };
+            let last_response = d.last_response.as_deref().map(String::from);
+            let at = |rcpt| QueuedRcpt { domain: d.domain.to_string(), rcpt, place, attempts: d.attempts, last_response: last_response.clone() };
             d.rcpts.iter().map(|&r| at(r)).collect()
         }
         for d in self.paths.values().flat_map(|p| p.ready.iter()).chain(self.resolving.values().flatten()).filter(|d| d.msg.id == id) {
             out.extend(rcpts(d, Place::Ready));
         }
-        for ((at, _), d) in self.scheduled.iter().filter(|(_, d)| d.msg.id == id) {
-            out.extend(rcpts(d, Place::Waiting(*at)));
+        let mut waiting: Vec<&Scheduled> = self.scheduled.iter().filter(|s| s.d.msg.id == id).collect();
+        waiting.sort_by_key(|s| s.key());
+        for s in waiting {
+            out.extend(rcpts(&s.d, Place::Waiting(s.at_ms)));
         }
         out
     }
@@ -249,19 +253,19 @@ mod tests {
     }
 
     fn message(rcpts: usize) -> Arc<SpooledMessage> {
-        Arc::new(SpooledMessage {
-            id: MsgRef { core: 0, segment: 1, offset: 64 },
-            sender: "s@a.test".into(),
-            recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-            trace: crate::message::Trace::Owned(Vec::new()),
-            body: Vec::new(),
-            received_ms: 1_800_000_000_000,
-            flags: 0,
-        })
+        Arc::new(SpooledMessage::owned(
+            MsgRef { core: 0, segment: 1, offset: 64 },
+            "s@a.test".into(),
+            (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
+            Vec::new(),
+            Vec::new(),
+            1_800_000_000_000,
+            0,
+        ))
     }
 
     fn delivery(domain: &str, msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
-        Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None, domain: domain.into(), pool: None }
+        Delivery { msg: msg.clone(), rcpts: rcpts.into(), attempts, last_response: None, domain: domain.into(), pool: None }
     }
 
     fn popped(q: &mut QueueManager, domain: &str) -> Option<Delivery> {
@@ -283,7 +287,7 @@ mod tests {
         let again = q.resume(Some("a.test"), T0, true);
         assert_eq!(again.len(), 1);
         assert!(matches!(again[0], Dispatch::Open(_)));
-        assert_eq!(popped(&mut q, "a.test").unwrap().rcpts, [0]);
+        assert_eq!(&*popped(&mut q, "a.test").unwrap().rcpts, [0]);
     }
 
     #[test]
@@ -325,7 +329,7 @@ mod tests {
         let found = q.find(m.id);
         assert_eq!(found.iter().map(|r| (r.rcpt, r.place)).collect::<Vec<_>>(), [(3, Place::Ready), (2, Place::Waiting(9_000_000))]);
         let taken = q.take_queued(|d, _| d == "a.test");
-        assert_eq!(taken.iter().map(|(_, d)| d.rcpts.clone()).collect::<Vec<_>>(), [vec![3], vec![2]]);
+        assert_eq!(taken.iter().map(|(_, d)| d.rcpts.to_vec()).collect::<Vec<_>>(), [vec![3], vec![2]]);
         let v = q.views(T0);
         assert_eq!((v[0].ready, v[0].waiting, v[0].in_flight), (0, 0, 2), "in-flight mail is not taken");
     }
@@ -354,7 +358,7 @@ mod tests {
             e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms));
         };
         q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
-        q.scheduled.values().for_each(|d| add(d, false));
+        q.scheduled.iter().for_each(|s| add(&s.d, false));
         v
     }
 

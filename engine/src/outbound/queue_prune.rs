@@ -31,19 +31,19 @@ mod tests {
     const MIN: u64 = 60_000;
 
     fn message() -> Arc<SpooledMessage> {
-        Arc::new(SpooledMessage {
-            id: MsgRef { core: 0, segment: 1, offset: 64 },
-            sender: "s@a.test".into(),
-            recipients: vec!["r@x.test".into()],
-            trace: crate::message::Trace::Owned(Vec::new()),
-            body: Vec::new(),
-            received_ms: T0,
-            flags: 0,
-        })
+        Arc::new(SpooledMessage::owned(
+            MsgRef { core: 0, segment: 1, offset: 64 },
+            "s@a.test".into(),
+            vec!["r@x.test".into()],
+            Vec::new(),
+            Vec::new(),
+            T0,
+            0,
+        ))
     }
 
     fn to(domain: &str) -> Delivery {
-        Delivery { msg: message(), rcpts: vec![0], attempts: 0, last_response: None, domain: domain.into(), pool: None }
+        Delivery { msg: message(), rcpts: Rcpts::One(0), attempts: 0, last_response: None, domain: domain.into(), pool: None }
     }
 
     fn delivered() -> Vec<RcptResult> {

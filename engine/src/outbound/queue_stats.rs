@@ -7,8 +7,8 @@
 //! (perf/RESULTS.md, fourth session). Counting costs one hash look-up and one ordered-map
 //! update per queue move on the delivery path.
 use super::Delivery;
+use crate::outbound::intern::Name;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 
 /// Where a queued delivery sits, as the operator counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub(super) struct Counted {
 /// The counts of every destination with queued mail (on one core).
 #[derive(Debug, Default)]
 pub(super) struct QueueStats {
-    by_domain: HashMap<Rc<str>, DomainCount>,
+    by_domain: HashMap<Name, DomainCount>,
 }
 
 impl QueueStats {
@@ -56,7 +56,7 @@ impl QueueStats {
     /// `d` left bucket `b` (it was added there before). A destination with nothing left is
     /// forgotten, so the map holds only destinations with queued mail.
     pub fn remove(&mut self, d: &Delivery, b: Bucket) {
-        let Some(c) = self.by_domain.get_mut(&d.domain) else {
+        let Some(c) = self.by_domain.get_mut(&*d.domain) else {
             debug_assert!(false, "{} removed but never counted", d.domain);
             return;
         };
@@ -73,12 +73,12 @@ impl QueueStats {
         }
         if c.received.is_empty() {
             debug_assert!(c.ready == 0 && c.waiting == 0, "{}: recipients counted without deliveries", d.domain);
-            self.by_domain.remove(&d.domain);
+            self.by_domain.remove(&*d.domain);
         }
     }
 
     /// Every destination with queued mail and its counts.
-    pub fn iter(&self) -> impl Iterator<Item = (&Rc<str>, Counted)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Name, Counted)> {
         self.by_domain.iter().map(|(d, c)| (d, Counted { ready: c.ready, waiting: c.waiting, oldest_received_ms: c.received.keys().next().copied() }))
     }
 }

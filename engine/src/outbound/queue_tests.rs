@@ -25,19 +25,19 @@ fn qm(max: usize, extra: &str) -> QueueManager {
 }
 
 fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
-    Arc::new(SpooledMessage {
-        id: MsgRef { core: 0, segment: 1, offset: 64 },
-        sender: "s@a.test".into(),
-        recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-        trace: crate::message::Trace::Owned(Vec::new()),
-        body: Vec::new(),
+    Arc::new(SpooledMessage::owned(
+        MsgRef { core: 0, segment: 1, offset: 64 },
+        "s@a.test".into(),
+        (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
+        Vec::new(),
+        Vec::new(),
         received_ms,
-        flags: 0,
-    })
+        0,
+    ))
 }
 
 fn to(domain: &str, msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
-    Delivery { msg: msg.clone(), rcpts: rcpts.to_vec(), attempts, last_response: None, domain: domain.into(), pool: None }
+    Delivery { msg: msg.clone(), rcpts: rcpts.into(), attempts, last_response: None, domain: domain.into(), pool: None }
 }
 
 fn delivery(msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {
@@ -235,7 +235,7 @@ fn mixed_results_give_finals_and_one_deferral_due_after_the_backoff() {
     assert_eq!(dispatched.len(), 1);
     let k = opened(dispatched.into_iter().next().unwrap());
     let again = ready(q.pop(&k, clock.now_ms()));
-    assert_eq!((again.rcpts.as_slice(), again.attempts), (&[2u32][..], 1));
+    assert_eq!((&*again.rcpts, again.attempts), (&[2u32][..], 1));
 }
 
 #[test]
@@ -295,6 +295,29 @@ fn a_missing_result_is_a_bug_not_a_silent_drop() {
 }
 
 #[test]
+fn the_schedule_releases_due_deliveries_earliest_first() {
+    let mut q = qm(1, "");
+    let m = message(T0, 8);
+    // Scheduled out of order; two share a due time: the one scheduled first goes first.
+    for (rcpt, at) in [(0, 50), (1, 10), (2, 30), (3, 10), (4, 70), (5, 20), (6, 31)] {
+        q.schedule(delivery(&m, &[rcpt], 1), T0 + at);
+    }
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (7, Some(T0 + 10)));
+    assert!(q.release_due(T0 + 9, true).is_empty(), "nothing due yet");
+    q.release_due(T0 + 30, true);
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (3, Some(T0 + 31)));
+    let key = q.path_key_of("b.test").expect("path made on release");
+    let order: Vec<u32> = std::iter::from_fn(|| match q.pop(&key, T0 + 30) {
+        Pop::Ready(d) => Some(d.rcpts[0]),
+        _ => None,
+    })
+    .collect();
+    assert_eq!(order, [1, 3, 5, 2]);
+    q.release_due(T0 + 100, true);
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (0, None));
+}
+
+#[test]
 fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served() {
     let mut q = qm(32, "");
     q.set_total_connections(1, T0, true);
@@ -303,16 +326,16 @@ fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served
     assert!(matches!(q.enqueue(to("d.test", &m, &[1], 0), T0, true), Dispatch::Nothing), "at the cap: d.test waits");
     assert!(matches!(q.enqueue(to("b.test", &m, &[2], 0), T0, true), Dispatch::Nothing), "b.test's own second connection waits too");
     assert_eq!(q.connections_total(), 1);
-    assert_eq!(ready(q.pop(&kb, T0)).rcpts, [0]);
+    assert_eq!(&*ready(q.pop(&kb, T0)).rcpts, [0]);
     // b.test still has mail, but d.test asked first: the freed connection goes to d.test and
     // b.test goes to the back of the line.
     let kd = opened(q.connection_closed(&kb, T0, true));
     assert_ne!(kd, kb);
     assert_eq!(q.connections_total(), 1);
-    assert_eq!(ready(q.pop(&kd, T0)).rcpts, [1]);
+    assert_eq!(&*ready(q.pop(&kd, T0)).rcpts, [1]);
     assert!(matches!(q.pop(&kd, T0), Pop::Close), "with b.test waiting, an empty connection gives its slot away instead of idling");
     assert_eq!(opened(q.connection_closed(&kd, T0, true)), kb, "then b.test's turn");
-    assert_eq!(ready(q.pop(&kb, T0)).rcpts, [2]);
+    assert_eq!(&*ready(q.pop(&kb, T0)).rcpts, [2]);
     assert!(matches!(q.connection_closed(&kb, T0, true), Dispatch::Nothing), "nobody waits");
     assert_eq!(q.connections_total(), 0);
     // A raised cap opens at once again.

@@ -1,6 +1,6 @@
 //! Start-up and shutdown: one pinned glommio executor per core, the channel mesh between
 //! them, recovery before serving, listeners with SO_REUSEPORT, and a clean stop on SIGTERM.
-mod recovery;
+pub mod recovery;
 mod start;
 
 use crate::config::Config;

@@ -246,7 +246,7 @@ impl Core {
             }
             CoreOp::Reload(config, apply) => CoreAnswer::Reload(self.admin_reload(&config, apply)),
             CoreOp::Metrics => CoreAnswer::Metrics(Box::new(self.metrics_sample())),
-            CoreOp::FindMessageId(mid) => CoreAnswer::Found(self.admin.history.borrow().find(&mid)),
+            CoreOp::FindMessageId(mid) => CoreAnswer::Found(self.find_message_id(&mid)),
             CoreOp::TraceOn(sub) => {
                 self.tracer.subscribe(sub);
                 CoreAnswer::Count(1)
@@ -347,19 +347,17 @@ impl Core {
         if id.core as usize == self.id {
             let mut history = self.admin.history.borrow_mut();
             history.evict(self.clock.now_ms());
-            if let Some((mid, finals)) = history.live(id) {
-                answer.message_id = mid.map(String::from);
-                answer.finals = finals.to_vec();
-            }
+            answer.finals = history.finals(id).to_vec();
             answer.done = history.done(id).cloned();
         }
         if let Some((msg, open, failed)) = self.ledger.borrow().lookup(id) {
+            answer.message_id = crate::shard::history::message_id(msg);
             answer.owned = Some(OwnedMsg {
-                sender: msg.sender.clone(),
-                recipients: msg.recipients.clone(),
+                sender: msg.sender().to_string(),
+                recipients: msg.recipients().map(String::from).collect(),
                 size: msg.wire_len(),
                 received_ms: msg.received_ms,
-                open: open.iter().copied().collect(),
+                open: open.iter().collect(),
                 failed: failed.iter().map(|f| (f.recipient.clone(), f.expired, f.diagnostic.clone())).collect(),
             });
         }
@@ -373,6 +371,14 @@ impl Core {
             answer.queued.push(QueuedAnswer { rcpt: q.rcpt, state, attempts: q.attempts, next_attempt_ms: next, last_response: q.last_response });
         }
         answer
+    }
+
+    /// The message of this core that carried `mid`, live (its id read from the ledger's
+    /// message) or finished.
+    fn find_message_id(&self, mid: &str) -> Option<MsgRef> {
+        let ledger = self.ledger.borrow();
+        let live_mid = |id| ledger.lookup(id).and_then(|(msg, _, _)| crate::shard::history::message_id(msg));
+        self.admin.history.borrow().find(mid, live_mid)
     }
 
     fn admin_suspend(self: &Rc<Self>, domain: Option<String>, for_s: Option<u64>) -> u64 {

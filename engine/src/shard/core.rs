@@ -298,15 +298,18 @@ impl Core {
 
     /// Write a log event about recipient `rcpt` of `msg` (or all recipients when `None`).
     pub fn log_event(&self, kind: EventKind, msg: &SpooledMessage, rcpt: Option<u32>, peer: Option<&Peer>, response: Option<String>, attempts: u32) {
-        self.log_classified(kind, msg, rcpt, peer, (response, None), attempts);
+        let name = rcpt.map(|i| msg.recipient(i));
+        self.log_classified(kind, msg, name, peer, (response, None), attempts);
     }
 
-    /// [`Self::log_event`] for a failure: the response with its bounce category.
+    /// [`Self::log_event`] for a failure: the response with its bounce category. The recipient
+    /// comes by name (none: all of them), looked up once by the caller: a loop over many
+    /// recipients must not look each one up by index in the spooled envelope.
     pub fn log_classified(
         &self,
         kind: EventKind,
         msg: &SpooledMessage,
-        rcpt: Option<u32>,
+        rcpt: Option<&str>,
         peer: Option<&Peer>,
         (response, category): (Option<String>, Option<BounceCategory>),
         attempts: u32,
@@ -314,9 +317,9 @@ impl Core {
         let id = msg.id.to_string();
         let all;
         let recipient = match rcpt {
-            Some(i) => msg.recipients[i as usize].as_str(),
+            Some(r) => r,
             None => {
-                all = msg.recipients.join(",");
+                all = msg.recipients().collect::<Vec<_>>().join(",");
                 all.as_str()
             }
         };
@@ -326,7 +329,7 @@ impl Core {
             kind,
             time_ms: now,
             id: &id,
-            sender: &msg.sender,
+            sender: msg.sender(),
             recipient,
             remote: peer.map(|p| p.remote.clone()),
             response,

@@ -31,8 +31,11 @@ impl Core {
     /// Queue one group of a message on this core (which owns its destination): ready now, or
     /// scheduled when a recovered recipient's next attempt is still ahead.
     pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
-        let pool = self.pool_of(msg);
-        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts, attempts: g.attempts, last_response: g.last_response, domain: g.domain.into(), pool };
+        let pool = self.pool_of(msg).and_then(|p| u16::try_from(p).ok());
+        let mut q = self.queues.borrow_mut();
+        let (domain, last_response) = (q.intern(&g.domain), g.last_response.map(|r| q.intern(&r)));
+        drop(q);
+        let d = Delivery { msg: msg.clone(), rcpts: g.rcpts.into(), attempts: g.attempts, last_response, domain, pool };
         let now = self.clock.now_ms();
         if g.not_before_ms > now {
             self.queues.borrow_mut().schedule(d, g.not_before_ms);
@@ -50,7 +53,7 @@ impl Core {
         if shaping.pools.is_empty() {
             return None;
         }
-        let found = find_header(std::iter::once(msg.trace.bytes()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
+        let found = find_header(std::iter::once(msg.trace()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
         shaping.pool_index(&found?.0)
     }
 
@@ -167,19 +170,24 @@ impl Core {
     pub(crate) async fn apply(self: &Rc<Self>, msg: &Arc<SpooledMessage>, s: Settlement, peer: Option<Peer>) {
         let remote = peer.as_ref().map(|p| p.remote.clone());
         self.admin.count_settlement(&s);
+        // Every recipient's address, read from the spooled envelope in one pass: a settlement
+        // can cover thousands of recipients of one message, and a lookup by index walks the
+        // envelope from its start.
+        let names: Vec<&str> = msg.recipients().collect();
         for f in s.finals {
+            let name = names[f.rcpt as usize];
             let response = one_line(&f.reply);
             let kind = match f.outcome {
                 Outcome::Delivered => EventKind::Delivery,
                 Outcome::Bounced => EventKind::Bounce,
                 Outcome::Expired => EventKind::Expiration,
             };
-            let failure = failure_of(msg, &f, remote.clone(), response.clone(), &self.shared.classifier);
+            let failure = failure_of(name, &f, remote.clone(), response.clone(), &self.shared.classifier);
             let category = failure.as_ref().map(|x| x.category);
             if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
-                self.auto_suppress(&msg.recipients[f.rcpt as usize], c, &response);
+                self.auto_suppress(name, c, &response);
             }
-            self.log_classified(kind, msg, Some(f.rcpt), peer.as_ref(), (Some(response.clone()), category), s.attempts);
+            self.log_classified(kind, msg, Some(name), peer.as_ref(), (Some(response.clone()), category), s.attempts);
             let r = FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure, attempts: s.attempts, response };
             self.report_final(r).await;
         }
@@ -187,7 +195,14 @@ impl Core {
             let response = one_line(&d.reply);
             let category = self.shared.classifier.classify(&status_of(&d.reply, ""), &response);
             for &i in &d.rcpts {
-                self.log_classified(EventKind::TransientFailure, msg, Some(i), peer.as_ref(), (Some(response.clone()), Some(category)), d.attempts);
+                self.log_classified(
+                    EventKind::TransientFailure,
+                    msg,
+                    Some(names[i as usize]),
+                    peer.as_ref(),
+                    (Some(response.clone()), Some(category)),
+                    d.attempts,
+                );
             }
             self.retry_wake.notify(1);
             let deferral = Deferral { msg: msg.id, rcpts: d.rcpts, attempts: d.attempts, next_attempt_ms: d.next_attempt_ms, response };
@@ -226,8 +241,8 @@ fn status_of(r: &Reply, default: &str) -> String {
 }
 
 /// The DSN entry of a recipient that failed for good (none for a delivery).
-fn failure_of(msg: &SpooledMessage, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
-    let recipient = msg.recipients[f.rcpt as usize].clone();
+fn failure_of(recipient: &str, f: &Final, remote: Option<String>, response: String, classifier: &Classifier) -> Option<FailedRecipient> {
+    let recipient = recipient.to_string();
     match f.outcome {
         Outcome::Delivered => None,
         Outcome::Bounced => {

@@ -38,7 +38,11 @@ impl Core {
         if let Err(e) = self.spool.append_disposition(&d) {
             tracing::error!("core {}: cannot record disposition of {}: {e}", self.id, r.msg);
         }
-        self.note_final(&r);
+        // Only an open recipient's outcome is noted: the history keeps outcomes of live
+        // messages, and a duplicate or stray report must not leave a note behind.
+        if self.ledger.borrow().is_open(r.msg, r.rcpt) {
+            self.note_final(&r);
+        }
         let progress = self.ledger.borrow_mut().record(r.msg, r.rcpt, r.failure);
         match progress {
             Progress::Open | Progress::Duplicate => {}
@@ -121,9 +125,9 @@ impl Core {
         let headers = orig.headers(32 * 1024);
         let id = orig.id.to_string();
         let now = self.clock.now_ms();
-        let original = Original { id: &id, sender: &orig.sender, received_ms: orig.received_ms, headers: &headers };
+        let original = Original { id: &id, sender: orig.sender(), received_ms: orig.received_ms, headers: &headers };
         let body = dsn::build(&self.limits.hostname, now, &original, &f.failed);
-        self.spool_local_message(b"", vec![orig.sender.clone().into_bytes()], &body, now).await
+        self.spool_local_message(b"", vec![orig.sender().as_bytes().to_vec()], &body, now).await
     }
 
     /// Spool a locally generated message durably and return its shared view. The body goes in

@@ -3,6 +3,11 @@
 //! final outcome as it comes (attempts, last reply, bounce category), and finished messages
 //! for `[admin] history` after their last recipient is final.
 //!
+//! A queued message costs the history nothing but its Message-ID index entry: a 64-bit hash
+//! of the id and the message's spool reference (no copy of the id, which is read again from
+//! the mapped body when needed), and outcomes only once a recipient is final. A backlog of a
+//! million messages therefore holds no million id strings (issue 9 item 4).
+//!
 //! Why here and bounded: the ledger forgets a message when it is finished (its spool space is
 //! released), so a platform asking "what happened to X" a minute later would get nothing. A
 //! finished entry is a few hundred bytes (envelope, one short line per recipient, no body);
@@ -52,23 +57,19 @@ pub struct DoneMsg {
     pub finals: Vec<FinalNote>,
 }
 
-#[derive(Debug, Default)]
-struct LiveNote {
-    message_id: Option<Box<str>>,
-    finals: Vec<FinalNote>,
-}
-
 /// Message-IDs and outcomes of one core's messages, live and recently finished.
 #[derive(Debug)]
 pub struct History {
     keep_ms: u64,
     max: usize,
-    live: HashMap<MsgRef, LiveNote>,
+    /// Final outcomes of live messages that have some.
+    live: HashMap<MsgRef, Vec<FinalNote>>,
     done: HashMap<MsgRef, DoneMsg>,
     /// Finish order, for eviction by age and by count.
     order: VecDeque<(u64, MsgRef)>,
-    /// Message-ID → the latest message that carried it (live or finished).
-    by_mid: HashMap<Box<str>, MsgRef>,
+    /// Message-ID hash ([`mid_key`]) → the latest message that carried it (live or finished).
+    /// A hit is checked against the message's real Message-ID before it is believed.
+    by_mid: HashMap<u64, MsgRef>,
 }
 
 impl History {
@@ -84,40 +85,38 @@ impl History {
 
     /// A message this core now owns (accepted or recovered): index its Message-ID.
     pub fn admit(&mut self, msg: &SpooledMessage) {
-        self.admit_parsed(msg, message_id(msg).map(String::into_boxed_str));
+        self.admit_parsed(msg, message_id(msg).as_deref());
     }
 
     /// [`History::admit`] with the Message-ID already read from the header block.
-    pub fn admit_parsed(&mut self, msg: &SpooledMessage, message_id: Option<Box<str>>) {
-        if let Some(m) = &message_id {
-            self.by_mid.insert(m.clone(), msg.id);
+    pub fn admit_parsed(&mut self, msg: &SpooledMessage, message_id: Option<&str>) {
+        if let Some(m) = message_id {
+            self.by_mid.insert(mid_key(m), msg.id);
         }
-        self.live.insert(msg.id, LiveNote { message_id, finals: Vec::new() });
     }
 
-    /// A recipient of a live message is final.
+    /// A recipient of a live message is final (the caller saw the ledger take it).
     pub fn record(&mut self, msg: MsgRef, mut note: FinalNote) {
-        if let Some(l) = self.live.get_mut(&msg) {
-            cut(&mut note.response);
-            l.finals.push(note);
-        }
+        cut(&mut note.response);
+        self.live.entry(msg).or_default().push(note);
     }
 
     /// The message is finished: keep it for the history window.
     pub fn finish(&mut self, msg: &SpooledMessage, now_ms: u64) {
-        let note = self.live.remove(&msg.id).unwrap_or_default();
+        let finals = self.live.remove(&msg.id).unwrap_or_default();
+        let message_id = message_id(msg).map(String::into_boxed_str);
         if self.max == 0 || self.keep_ms == 0 {
-            self.forget_mid(note.message_id.as_deref(), msg.id);
+            self.forget_mid(message_id.as_deref(), msg.id);
             return;
         }
         let done = DoneMsg {
-            message_id: note.message_id,
-            sender: msg.sender.as_str().into(),
-            recipients: msg.recipients.iter().map(|r| r.as_str().into()).collect(),
+            message_id,
+            sender: msg.sender().into(),
+            recipients: msg.recipients().map(Box::from).collect(),
             size: msg.wire_len(),
             received_ms: msg.received_ms,
             finished_ms: now_ms,
-            finals: note.finals,
+            finals,
         };
         self.done.insert(msg.id, done);
         self.order.push_back((now_ms, msg.id));
@@ -139,20 +138,29 @@ impl History {
 
     fn forget_mid(&mut self, mid: Option<&str>, id: MsgRef) {
         if let Some(m) = mid {
-            if self.by_mid.get(m) == Some(&id) {
-                self.by_mid.remove(m);
+            let key = mid_key(m);
+            if self.by_mid.get(&key) == Some(&id) {
+                self.by_mid.remove(&key);
             }
         }
     }
 
     /// The message that carried this Message-ID (brackets optional), live or finished.
-    pub fn find(&self, message_id: &str) -> Option<MsgRef> {
-        self.by_mid.get(strip(message_id)).copied()
+    /// `live_mid` reads a live message's Message-ID (from the ledger's message): the index
+    /// keeps only a hash, so a hit is believed only when the real id matches.
+    pub fn find(&self, message_id: &str, live_mid: impl Fn(MsgRef) -> Option<String>) -> Option<MsgRef> {
+        let wanted = strip(message_id);
+        let id = *self.by_mid.get(&mid_key(wanted))?;
+        let real = match self.done.get(&id) {
+            Some(d) => d.message_id.as_deref().map(String::from),
+            None => live_mid(id),
+        };
+        (real.as_deref() == Some(wanted)).then_some(id)
     }
 
-    /// A live message's Message-ID and the outcomes of its final recipients so far.
-    pub fn live(&self, msg: MsgRef) -> Option<(Option<&str>, &[FinalNote])> {
-        self.live.get(&msg).map(|l| (l.message_id.as_deref(), l.finals.as_slice()))
+    /// The outcomes of a live message's final recipients so far.
+    pub fn finals(&self, msg: MsgRef) -> &[FinalNote] {
+        self.live.get(&msg).map_or(&[], Vec::as_slice)
     }
 
     /// A finished message still in the window.
@@ -171,6 +179,14 @@ fn cut(s: &mut Box<str>) {
         let end = (0..=RESPONSE_MAX).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
         *s = s[..end].into();
     }
+}
+
+/// The index key of a Message-ID (without brackets): a 64-bit hash (in memory only).
+fn mid_key(mid: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mid.hash(&mut h);
+    h.finish()
 }
 
 /// A Message-ID without its angle brackets and surrounding space.

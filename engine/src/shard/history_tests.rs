@@ -1,16 +1,28 @@
 use super::*;
+use ringpost_spool::{Extent, SegmentMap};
+use std::io::Write;
 use std::sync::Arc;
 
 fn message(offset: u64, rcpts: usize) -> Arc<SpooledMessage> {
-    Arc::new(SpooledMessage {
-        id: MsgRef { core: 0, segment: 1, offset },
-        sender: "s@a.test".into(),
-        recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-        trace: crate::message::Trace::Owned(Vec::new()),
-        body: Vec::new(),
-        received_ms: 5,
-        flags: 0,
-    })
+    Arc::new(SpooledMessage::owned(
+        MsgRef { core: 0, segment: 1, offset },
+        "s@a.test".into(),
+        (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
+        Vec::new(),
+        Vec::new(),
+        5,
+        0,
+    ))
+}
+
+/// A message whose body (in a mapped file, as in the spool) is `body`.
+fn with_body(offset: u64, rcpts: usize, body: &str) -> Arc<SpooledMessage> {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    let map = Arc::new(SegmentMap::map(9, "body".into(), &f).unwrap());
+    let pieces = vec![(map, Extent { segment: 9, offset: 0, len: body.len() as u32 })];
+    let rcpts = (0..rcpts).map(|i| format!("r{i}@b.test")).collect();
+    Arc::new(SpooledMessage::owned(MsgRef { core: 0, segment: 1, offset }, "s@a.test".into(), rcpts, Vec::new(), pieces, 5, 0))
 }
 
 fn delivered(rcpt: u32) -> FinalNote {
@@ -31,24 +43,36 @@ fn the_message_id_is_found_in_the_header_block_only() {
 #[test]
 fn finished_messages_are_kept_for_the_window_then_evicted_by_time() {
     let mut h = History::new(1000, 10);
-    let m = message(64, 2);
+    let m = with_body(64, 2, "Subject: s\r\nMessage-ID: <mid@x>\r\n\r\nhello\r\n");
     h.admit(&m);
-    h.by_mid.insert("mid@x".into(), m.id); // as admit does for a body with a Message-ID
-    h.live.get_mut(&m.id).unwrap().message_id = Some("mid@x".into());
     h.record(m.id, delivered(0));
     h.record(m.id, FinalNote { response: "5".repeat(500).into(), state: RcptState::Bounced, category: Some("bad-mailbox"), ..delivered(1) });
-    assert_eq!(h.live(m.id).unwrap().1.len(), 2);
+    assert_eq!(h.finals(m.id).len(), 2);
     h.finish(&m, 100);
-    assert!(h.live(m.id).is_none());
+    assert!(h.finals(m.id).is_empty());
     let d = h.done(m.id).expect("kept after finishing");
     assert_eq!(d.finals.len(), 2);
     assert_eq!(d.finals[1].response.len(), RESPONSE_MAX, "responses are cut");
-    assert_eq!(h.find("<mid@x>"), Some(m.id));
+    assert_eq!(d.message_id.as_deref(), Some("mid@x"), "read from the body at the finish");
+    assert_eq!(h.find("<mid@x>", |_| None), Some(m.id));
     h.evict(1099);
     assert!(h.done(m.id).is_some(), "still inside the window");
     h.evict(1100);
     assert!(h.done(m.id).is_none(), "evicted once the window passed");
-    assert_eq!(h.find("mid@x"), None, "its Message-ID goes with it");
+    assert_eq!(h.find("mid@x", |_| None), None, "its Message-ID goes with it");
+}
+
+#[test]
+fn a_live_message_is_found_by_its_id_and_a_hash_hit_is_checked() {
+    let mut h = History::new(1000, 10);
+    let m = with_body(64, 1, "Message-ID: <live@x>\r\n\r\n");
+    h.admit(&m);
+    assert!(h.live.is_empty(), "a queued message without outcomes keeps no note");
+    let real = |id: MsgRef| (id == m.id).then(|| message_id(&m)).flatten();
+    assert_eq!(h.find("<live@x>", real), Some(m.id));
+    // The index keeps a hash only: a hit whose message reads another id is not believed.
+    assert_eq!(h.find("live@x", |_| Some("other@x".to_string())), None);
+    assert_eq!(h.find("nope@x", |_| Some("nope@x".to_string())), None);
 }
 
 #[test]

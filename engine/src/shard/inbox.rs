@@ -89,13 +89,13 @@ impl Core {
     /// Take ownership of a durable message: track it in the ledger, then hand its recipients,
     /// grouped once by destination, to the cores owning them.
     pub async fn accept_message(self: &Rc<Self>, msg: Arc<SpooledMessage>) {
-        let all: Vec<u32> = (0..msg.recipients.len() as u32).collect();
+        let all: Vec<u32> = (0..msg.rcpt_count() as u32).collect();
         self.admin.accepted.set(self.admin.accepted.get() + 1);
         let finished = self.ledger.borrow_mut().admit(msg.clone(), &all, Vec::new());
         self.admin.history.borrow_mut().admit(&msg);
         debug_assert!(finished.is_none(), "a new message has recipients");
         let suppressed = self.bounce_suppressed(&msg).await;
-        let rcpts = msg.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str())).filter(|(i, _)| !suppressed.contains(i));
+        let rcpts = msg.recipients().enumerate().map(|(i, r)| (i as u32, r)).filter(|(i, _)| !suppressed.contains(i));
         for (core, groups) in group_by_owner(rcpts, self.ncores) {
             let groups =
                 groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None }).collect();
@@ -142,21 +142,21 @@ impl Core {
     /// their indexes.
     async fn bounce_suppressed(self: &Rc<Self>, msg: &Arc<SpooledMessage>) -> Vec<u32> {
         let Some(s) = self.shared.suppression.as_ref().filter(|s| s.mode == SuppressionMode::AcceptAndBounce) else { return Vec::new() };
-        let hits: Vec<(u32, Suppressed)> = msg.recipients.iter().enumerate().filter_map(|(i, r)| Some((i as u32, s.list.check(r)?))).collect();
-        for &(rcpt, hit) in &hits {
+        let hits: Vec<(u32, &str, Suppressed)> = msg.recipients().enumerate().filter_map(|(i, r)| Some((i as u32, r, s.list.check(r)?))).collect();
+        for &(rcpt, name, hit) in &hits {
             let diagnostic = format!("550 5.1.1 recipient suppressed ({} since {})", hit.category.as_str(), rfc5322(hit.since_s * 1000));
             let failure = FailedRecipient {
-                recipient: msg.recipients[rcpt as usize].clone(),
+                recipient: name.to_string(),
                 status: "5.1.1".into(),
                 remote: None,
                 diagnostic: diagnostic.clone(),
                 expired: false,
                 category: hit.category,
             };
-            self.log_classified(EventKind::Bounce, msg, Some(rcpt), None, (Some(diagnostic.clone()), Some(hit.category)), 0);
+            self.log_classified(EventKind::Bounce, msg, Some(name), None, (Some(diagnostic.clone()), Some(hit.category)), 0);
             let r = FinalReport { msg: msg.id, rcpt, outcome: Outcome::Bounced, failure: Some(failure), attempts: 0, response: diagnostic };
             self.report_final(r).await;
         }
-        hits.into_iter().map(|(i, _)| i).collect()
+        hits.into_iter().map(|(i, _, _)| i).collect()
     }
 }

@@ -5,10 +5,14 @@
 //! last recipient of a message is final the ledger hands the message back as [`Finished`], with
 //! whether a DSN is owed, and forgets it. The caller then makes the DSN durable (if owed) and only
 //! then releases the message's spool space.
+//!
+//! An entry is small and fixed (issue 9 item 4: a million queued messages): the shared message
+//! handle, the open recipients as a bit set (inline up to 64 recipients), and failures only
+//! once there are some.
 use crate::account::dsn::FailedRecipient;
 use crate::message::SpooledMessage;
 use ringpost_spool::MsgRef;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A message whose recipients are all final.
@@ -23,7 +27,7 @@ pub struct Finished {
 impl Finished {
     /// A DSN is owed: something failed and the sender is not the null sender (RFC 5321 6.1).
     pub fn owes_dsn(&self) -> bool {
-        !self.failed.is_empty() && !self.msg.sender.is_empty()
+        !self.failed.is_empty() && !self.msg.sender().is_empty()
     }
 }
 
@@ -42,8 +46,69 @@ pub enum Progress {
 
 struct Entry {
     msg: Arc<SpooledMessage>,
-    open: BTreeSet<u32>,
-    failed: Vec<FailedRecipient>,
+    open: Open,
+    /// Failures so far; boxed, since most messages never have one: 8 bytes per queued
+    /// message instead of the 24 of an empty `Vec`.
+    #[allow(clippy::box_collection)]
+    failed: Option<Box<Vec<FailedRecipient>>>,
+}
+
+/// The open recipients of a message, as a bit set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Open {
+    /// Recipients 0..64.
+    Small(u64),
+    /// Any number: bit `i % 64` of word `i / 64`.
+    Large(Box<[u64]>),
+}
+
+impl Open {
+    /// The set of `rcpts`.
+    pub fn of(rcpts: &[u32]) -> Self {
+        let top = rcpts.iter().copied().max().unwrap_or(0) as usize;
+        let mut words = vec![0u64; top / 64 + 1];
+        for &i in rcpts {
+            words[i as usize / 64] |= 1 << (i % 64);
+        }
+        match words.as_slice() {
+            [w] => Open::Small(*w),
+            _ => Open::Large(words.into()),
+        }
+    }
+
+    fn words(&self) -> &[u64] {
+        match self {
+            Open::Small(w) => std::slice::from_ref(w),
+            Open::Large(w) => w,
+        }
+    }
+
+    /// Whether recipient `i` is open.
+    pub fn contains(&self, i: u32) -> bool {
+        self.words().get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Close recipient `i`; false when it was not open.
+    fn remove(&mut self, i: u32) -> bool {
+        let words = match self {
+            Open::Small(w) => std::slice::from_mut(w),
+            Open::Large(w) => &mut w[..],
+        };
+        let Some(w) = words.get_mut(i as usize / 64) else { return false };
+        let was = *w & (1 << (i % 64)) != 0;
+        *w &= !(1 << (i % 64));
+        was
+    }
+
+    /// No recipient is open.
+    pub fn is_empty(&self) -> bool {
+        self.words().iter().all(|w| *w == 0)
+    }
+
+    /// The open recipients, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words().iter().enumerate().flat_map(|(k, &w)| (0..64usize).filter(move |b| w & (1u64 << b) != 0).map(move |b| (k * 64 + b) as u32))
+    }
 }
 
 /// Live messages of one core.
@@ -64,7 +129,8 @@ impl Ledger {
         if open.is_empty() {
             return Some(Finished { msg, failed });
         }
-        let entry = Entry { msg: msg.clone(), open: open.iter().copied().collect(), failed };
+        let failed = (!failed.is_empty()).then(|| Box::new(failed));
+        let entry = Entry { msg: msg.clone(), open: Open::of(open), failed };
         let previous = self.live.insert(msg.id, entry);
         assert!(previous.is_none(), "message {} admitted twice", msg.id);
         None
@@ -73,20 +139,27 @@ impl Ledger {
     /// Record that recipient `rcpt` of `msg` is final, with its failure if it failed.
     pub fn record(&mut self, msg: MsgRef, rcpt: u32, failure: Option<FailedRecipient>) -> Progress {
         let Some(entry) = self.live.get_mut(&msg) else { return Progress::Unknown };
-        if !entry.open.remove(&rcpt) {
+        if !entry.open.remove(rcpt) {
             return Progress::Duplicate;
         }
-        entry.failed.extend(failure);
+        if let Some(f) = failure {
+            entry.failed.get_or_insert_default().push(f);
+        }
         if !entry.open.is_empty() {
             return Progress::Open;
         }
         let Entry { msg, failed, .. } = self.live.remove(&msg).expect("entry just seen");
-        Progress::Finished(Finished { msg, failed })
+        Progress::Finished(Finished { msg, failed: failed.map_or_else(Vec::new, |f| *f) })
+    }
+
+    /// Whether recipient `rcpt` of `msg` is live and not yet final.
+    pub fn is_open(&self, msg: MsgRef, rcpt: u32) -> bool {
+        self.live.get(&msg).is_some_and(|e| e.open.contains(rcpt))
     }
 
     /// A live message, its open recipients and its failures so far (for `ringctl msg`).
-    pub fn lookup(&self, msg: MsgRef) -> Option<(&Arc<SpooledMessage>, &BTreeSet<u32>, &[FailedRecipient])> {
-        self.live.get(&msg).map(|e| (&e.msg, &e.open, e.failed.as_slice()))
+    pub fn lookup(&self, msg: MsgRef) -> Option<(&Arc<SpooledMessage>, &Open, &[FailedRecipient])> {
+        self.live.get(&msg).map(|e| (&e.msg, &e.open, e.failed.as_deref().map_or(&[][..], Vec::as_slice)))
     }
 
     /// Messages still live.
@@ -105,15 +178,15 @@ mod tests {
     use super::*;
 
     fn message(sender: &str, rcpts: usize) -> Arc<SpooledMessage> {
-        Arc::new(SpooledMessage {
-            id: MsgRef { core: 0, segment: 1, offset: 64 },
-            sender: sender.into(),
-            recipients: (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-            trace: crate::message::Trace::Owned(Vec::new()),
-            body: Vec::new(),
-            received_ms: 0,
-            flags: 0,
-        })
+        Arc::new(SpooledMessage::owned(
+            MsgRef { core: 0, segment: 1, offset: 64 },
+            sender.into(),
+            (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
+            Vec::new(),
+            Vec::new(),
+            0,
+            0,
+        ))
     }
 
     fn failure(i: u32) -> FailedRecipient {
@@ -139,6 +212,24 @@ mod tests {
         assert!(f.owes_dsn());
         assert!(l.is_empty());
         assert!(matches!(l.record(m.id, 2, None), Progress::Unknown));
+    }
+
+    #[test]
+    fn an_entry_is_small_and_its_open_set_exact() {
+        // The per-message entry: handle, inline bit set, boxed failures (issue 9 item 4).
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<Open>(), 16);
+        let mut big = Open::of(&[0, 63, 64, 200]);
+        assert!(matches!(big, Open::Large(_)));
+        assert_eq!(big.iter().collect::<Vec<_>>(), [0, 63, 64, 200]);
+        assert!(!big.remove(1) && !big.remove(9999), "never open");
+        for i in [64, 0, 200] {
+            assert!(big.remove(i));
+            assert!(!big.is_empty());
+        }
+        assert!(big.remove(63) && big.is_empty());
+        let small = Open::of(&[2, 5]);
+        assert_eq!((small.contains(2), small.contains(3), small.iter().collect::<Vec<_>>()), (true, false, vec![2, 5]));
     }
 
     #[test]
