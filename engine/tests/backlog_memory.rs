@@ -9,6 +9,8 @@
 //! fails when a change makes the state fat again.
 //!
 //!   cargo test --release -p ringpost --test backlog_memory -- --nocapture
+mod common;
+
 use ringpost_engine::config::Config;
 use ringpost_engine::message::SpooledMessage;
 use ringpost_engine::outbound::intern::Name;
@@ -23,40 +25,12 @@ use ringpost_engine::smtp::reply::Reply;
 use ringpost_spool::liveness::{state_key, Liveness};
 use ringpost_spool::record::{encode_frame, encode_message, FRAME_HEADER_LEN};
 use ringpost_spool::{Extent, MessageRecord, MsgRef, RecordKind, SegmentMap};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes malloc holds for the live allocations of this process.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-/// A glibc malloc chunk: the request plus an 8-byte header, rounded to 16, at least 32.
-fn chunk(size: usize) -> isize {
-    ((size + 8 + 15) & !15).max(32) as isize
-}
-
-struct Counting;
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is kept.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(chunk(l.size()), Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(chunk(l.size()), Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(chunk(new) - chunk(l.size()), Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::Counting = common::Counting;
 
 /// One core's share of `N=200000 bench/backlog.sh` (two cores).
 const N: usize = 100_000;
@@ -107,9 +81,9 @@ fn queue_manager() -> QueueManager {
 
 /// Bytes per recipient that `step` leaves allocated.
 fn measure(step: impl FnOnce()) -> f64 {
-    let before = LIVE.load(Relaxed);
+    let before = common::live();
     step();
-    (LIVE.load(Relaxed) - before) as f64 / N as f64
+    (common::live() - before) as f64 / N as f64
 }
 
 #[test]
