@@ -1,4 +1,5 @@
 """Hostile and broken clients against the real daemon over real sockets."""
+import os
 import signal
 import socket
 import subprocess
@@ -226,4 +227,46 @@ def test_raises_its_open_file_limit_and_warns_when_the_hard_limit_is_too_low(tmp
         p.terminate()
         p.wait(timeout=20)
     assert "WARNING: open-file limit 512" in p.stderr.read()
+
+
+def test_out_of_descriptors_the_accept_loop_pauses_instead_of_spinning(tmp_path):
+    p = subprocess.Popen(["prlimit", "--nofile=160:160", str(BINARY)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    clients = []
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", 2525), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and p.poll() is None, "did not start"
+                time.sleep(0.1)
+        # More connections than the daemon has descriptors left: the rest wait in the backlog
+        # and every accept fails with EMFILE.
+        for _ in range(200):
+            clients.append(socket.create_connection(("127.0.0.1", 2525), timeout=2))
+        time.sleep(1)
+        ticks = lambda: sum(int(x) for x in open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
+        t0 = ticks()
+        time.sleep(3)
+        cpu_s = (ticks() - t0) / os.sysconf("SC_CLK_TCK")
+        assert cpu_s < 0.5, f"the daemon used {cpu_s:.2f} s of CPU in 3 s while out of descriptors"
+        for c in clients:
+            c.close()
+        clients = []
+        deadline = time.time() + 10
+        while True:  # descriptors free again: new clients are served
+            try:
+                with socket.create_connection(("127.0.0.1", 2525), timeout=2) as s:
+                    if s.recv(100).startswith(b"220 "):
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "not served once descriptors were free"
+            time.sleep(0.2)
+    finally:
+        for c in clients:
+            c.close()
+        p.terminate()
+        p.wait(timeout=20)
 

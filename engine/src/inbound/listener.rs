@@ -98,7 +98,17 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerI
         })
         .await;
         let Some(accepted) = accepted else { return };
-        let Ok(stream) = accepted else { continue };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors (EMFILE/ENFILE) or memory: the connection stays in the
+                // backlog and accept fails again at once, so retrying without a pause would
+                // spin the core. Pause briefly; sessions and deliveries go on meanwhile.
+                tracing::warn!("accept failed: {e}; pausing 50 ms");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(peer) = stream.peer_addr() else { continue };
         let live = core.live();
         let limits = &live.config.server;
