@@ -20,7 +20,7 @@ hostname = "bench.test"
 relay_networks = ["127.0.0.0/8"]
 $1
 [spool]
-dir = "$WORK/spool"
+dir = "${SPOOL_DIR:-$WORK/spool}"
 durability = "fsync"
 [engine]
 cores = ${CORES:-\"all\"}

@@ -142,6 +142,10 @@ struct SinkArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write `UNIX_SECOND TOTAL_RECEIVED` at every whole second to this file (from a thread of
+    /// its own, so the counts survive a sink that never gets to its report).
+    #[arg(long)]
+    count_log: Option<PathBuf>,
 }
 
 fn cores(n: Option<usize>) -> usize {
@@ -233,7 +237,14 @@ fn run_sink(a: SinkArgs) -> ExitCode {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, shared.stop.clone());
     }
+    let counts = match a.count_log.as_deref().map(|p| blaster::count_log::CountLog::start(p, shared.clone())).transpose() {
+        Ok(c) => c,
+        Err(e) => return usage(&format!("--count-log: {e}")),
+    };
     let report = sink::run(opts, shared);
+    if let Some(c) = counts {
+        c.finish();
+    }
     let json = serde_json::to_string_pretty(&report).unwrap();
     if let Some(p) = &a.report {
         let _ = std::fs::write(p, &json);
