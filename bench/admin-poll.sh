@@ -44,11 +44,17 @@ POLL_PID=
 cleanup() {
   if [ "$POLL_PID" = watchers ]; then kill -TERM $WATCH_PIDS 2>/dev/null || true
   elif [ -n "$POLL_PID" ]; then kill -TERM "$POLL_PID" 2>/dev/null || true; fi
+  # stopped watchers keep a TERM pending: thaw them so they can exit
+  if [ "$POLL_PID" = watchers ]; then kill -CONT $WATCH_PIDS 2>/dev/null || true; fi
+  if [ -n "${SEND_PID:-}" ]; then kill -TERM "$SEND_PID" 2>/dev/null || true; fi
   stop_all
   rm -rf "$WORK" ${SPOOL_DIR:+"$SPOOL_DIR"}
 }
 trap cleanup EXIT
 
+# SPOOL_DIR=DIR puts the spool in a fresh directory of this script's own inside DIR (e.g. a
+# tmpfs), removed at the end; nothing else in DIR is touched.
+if [ -n "${SPOOL_DIR:-}" ]; then SPOOL_DIR=$(mktemp -d "$SPOOL_DIR/adminpoll-spool.XXXXXX"); fi
 write_config ""
 printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$WORK/ringpost.toml"
 
@@ -142,7 +148,7 @@ stop_poller() {
 # run_one MODE: fresh spool, fresh ringpost, a sink that exits after N messages; prints msg/s.
 run_one() {
   local mode=$1 t0 t1 sink
-  rm -rf "$WORK/spool" "$WORK/delivery.jsonl" "$WORK/polls" "$WORK/polls.ready"
+  rm -rf "${SPOOL_DIR:-$WORK/spool}" "$WORK/delivery.jsonl" "$WORK/polls" "$WORK/polls.ready"
   start_ringpost
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --exit-after "$N" --json > "$WORK/sink.json" 2>/dev/null &
   sink=$!
@@ -177,7 +183,7 @@ run_one() {
 # window, so the difference in ringpost's CPU per second is what answering the polls costs the
 # daemon, with far less noise than comparing throughput between separate runs.
 cpu_windows() {
-  rm -rf "$WORK/spool" "$WORK/delivery.jsonl"
+  rm -rf "${SPOOL_DIR:-$WORK/spool}" "$WORK/delivery.jsonl"
   start_ringpost
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT -q > /dev/null 2>&1 &
   local sink=$!
@@ -236,7 +242,7 @@ PY
 # interval are printed. One daemon, one load, one sitting: no start-up, spool or page-cache
 # differences between the two modes, which is what made separate runs vary by ±4 %.
 rate_windows() {
-  rm -rf "$WORK/spool" "$WORK/delivery.jsonl"
+  rm -rf "${SPOOL_DIR:-$WORK/spool}" "$WORK/delivery.jsonl"
   local total=$(( (2 * RATE_PAIRS + 1) * WINDOW_S ))
   start_ringpost
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --duration $((total + 10))s --json > "$WORK/sink.json" 2>/dev/null &
@@ -314,14 +320,18 @@ PY
 # which must come out near 0.
 interleave() {
   rm -rf "${SPOOL_DIR:-$WORK/spool}" "$WORK/delivery.jsonl"
-  local total=$(( (2 * PAIRS_I * BLOCK_S) + 4 ))
+  # The sender gets far more time than the blocks need and is stopped after the last block:
+  # blocks measured after the load ended would measure the queue draining instead.
+  local total=$(( (2 * PAIRS_I * BLOCK_S) * 2 + 60 ))
   start_ringpost
   "$BLASTER" sink --listen 127.0.0.1:$SINK_PORT --count-log "$WORK/counts" > /dev/null 2>&1 &
   local sink=$!
+  SINK_PID=$sink
   sleep 0.5
   "$BLASTER" send --to 127.0.0.1:$RP_PORT --duration ${total}s \
     -c "$SESSIONS" --size "$SIZE" --domains 1 -q --json > "$WORK/send.json" &
   local send=$! i mode order pids now start
+  SEND_PID=$send
   start_polling
   if [ "$POLL_PID" = watchers ]; then
     pids=$WATCH_PIDS
@@ -351,12 +361,15 @@ interleave() {
     done
   done
   echo "end - 0 $(polls_so_far)" >> "$WORK/blocks"
+  kill -0 "$send" 2>/dev/null || { echo "the sender ended before the last block: the load was not steady"; exit 1; }
+  kill -TERM "$send"
   # shellcheck disable=SC2086
   kill -CONT $pids
   stop_poller
   read -r p f < "$WORK/polls"
   [ "$f" = 0 ] || { echo "$f of $p polls failed"; cat "$WORK/poller.err"; exit 1; }
   wait "$send" || { echo "the sender failed"; exit 1; }
+  SEND_PID=
   # The counts come from the sink's count log (a line per whole second, written by a thread of
   # its own), so the sink's final report is not needed: a long run once left its executors
   # parked for good after the load stopped (a lost wake-up inside glommio, not understood).
@@ -368,7 +381,7 @@ interleave() {
   # keep the raw data (block edges and poll counts, the sink's counts) for a second look
   if [ -n "${KEEP:-}" ]; then cp "$WORK/blocks" "$KEEP.blocks"; cp "$WORK/counts" "$KEEP.counts"; fi
   python3 - "$WORK/blocks" "$WORK/counts" "$BLOCK_S" "$INTERVAL_MS" "${AA:-0}" <<'PY'
-import random, statistics, sys
+import math, random, statistics, sys
 block_s, interval_ms, aa = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 total_at = {int(sec): int(n) for sec, n in (l.split() for l in open(sys.argv[2]))}
 rows = [l.split() for l in open(sys.argv[1])]
@@ -386,37 +399,52 @@ if min(off + on) == 0:
 expect = block_s * 1000 // interval_ms
 if aa:
     assert max(polls_on + polls_off) == 0, "AA: the poller ran"
-elif max(polls_off) > 1 or min(polls_on) < expect // 2:
+elif max(polls_off) > 1 or min(polls_on) < expect * 3 // 4:
     # a frozen poller must not poll; a thawed one polls every interval unless a reply is slow
     # (polls never stack up), so a block may see a few fewer than BLOCK_S / interval
     sys.exit(f"polls per block off {min(polls_off)}..{max(polls_off)}, on {min(polls_on)}..{max(polls_on)} (expected {expect})")
-cost = [(a - b) / a * 100 for a, b in zip(off, on)]
+# Estimators: the total (sum off vs sum on) and the mean log ratio, which is symmetric in the
+# two blocks of a pair ((off - on) / off is not: with noisy pairs it leans towards 0).
+cost = [math.log(a / b) * 100 for a, b in zip(off, on)]
 ratio = (sum(off) - sum(on)) / sum(off) * 100
 rnd = random.Random(1)
-means = sorted(statistics.mean(rnd.choices(cost, k=len(cost))) for _ in range(4000))
-ratios = []
-for _ in range(4000):
-    idx = rnd.choices(range(len(cost)), k=len(cost))
-    a, b = sum(off[j] for j in idx), sum(on[j] for j in idx)
-    ratios.append((a - b) / a * 100)
-ratios.sort()
+def block_boot(stat, block=5, n=4000):
+    # moving-block bootstrap: neighbouring pairs are correlated (the machine's state drifts)
+    k, out = len(cost), []
+    for _ in range(n):
+        idx = []
+        while len(idx) < k:
+            s = rnd.randrange(max(1, k - block + 1))
+            idx += range(s, min(k, s + block))
+        out.append(stat(idx[:k]))
+    out.sort()
+    return out[n // 40], out[n - 1 - n // 40]
+ratios = block_boot(lambda idx: (sum(off[j] for j in idx) - sum(on[j] for j in idx)) / sum(off[j] for j in idx) * 100)
+means = block_boot(lambda idx: statistics.mean(cost[j] for j in idx))
 print(f"{len(cost)} pairs of {block_s} s blocks; polls per 'on' block {min(polls_on)}..{max(polls_on)}, per 'off' block {max(polls_off)} at most" + (" (AA: poller frozen in every block)" if aa else ""))
 print(f"msg/s: median {statistics.median(off):.0f} without polling ({min(off):.0f}..{max(off):.0f}), {statistics.median(on):.0f} with ({min(on):.0f}..{max(on):.0f})")
-print(f"throughput cost, total delivered: {ratio:+.2f} % (95 % bootstrap CI {ratios[100]:+.2f} .. {ratios[3899]:+.2f})")
-print(f"throughput cost, mean of pairs:   {statistics.mean(cost):+.2f} % (95 % bootstrap CI {means[100]:+.2f} .. {means[3899]:+.2f}); median {statistics.median(cost):+.2f} %")
+print(f"throughput cost, total delivered: {ratio:+.2f} % (95 % block-bootstrap CI {ratios[0]:+.2f} .. {ratios[1]:+.2f})")
+print(f"throughput cost, mean log ratio:  {statistics.mean(cost):+.2f} % (95 % block-bootstrap CI {means[0]:+.2f} .. {means[1]:+.2f}); median {statistics.median(cost):+.2f} %")
 PY
 }
 
-# polls_so_far: replies the poller has produced so far (POLLER=every: the status watcher's JSON
-# lines; exec: not counted per block, prints 0).
+# polls_so_far: replies the poller has produced so far (the fewer of the status and queue
+# watchers' JSON lines).
 polls_so_far() {
-  if [ "$POLL_PID" = watchers ]; then wc -l < "$WORK/watch.status"; else echo 0; fi
+  if [ "$POLL_PID" = watchers ]; then
+    local a b
+    a=$(wc -l < "$WORK/watch.status"); b=$(wc -l < "$WORK/watch.queue")
+    echo $((a < b ? a : b))
+  else echo 0; fi
 }
 
 if [ "${MODE:-rate}" = interleave ]; then
   PAIRS_I=${PAIRS_I:-200}
   BLOCK_S=${BLOCK_S:-2}
   POLLER=${POLLER:-every}
+  # a frozen process-per-poll loop cannot be counted per block, and SIGSTOP does not reach a
+  # ringctl it already started
+  [ "$POLLER" = every ] || { echo "MODE=interleave needs POLLER=every"; exit 2; }
   echo "machine: $(nproc) cores, $(uname -r), $(load_avg); closed loop, $SESSIONS sessions, $PAIRS_I ABBA pairs of ${BLOCK_S} s blocks, poll every ${INTERVAL_MS} ms, poller $POLLER"
   interleave
   exit 0

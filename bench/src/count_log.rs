@@ -34,7 +34,8 @@ impl CountLog {
                 let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
                 if after.as_secs() > now.as_secs() {
                     let total = shared.received.load(Ordering::Relaxed);
-                    let _ = writeln!(file, "{} {}", after.as_secs(), total);
+                    // one write per line: a killed sink leaves no half line behind
+                    let _ = file.write_all(format!("{} {}\n", after.as_secs(), total).as_bytes());
                 }
             }
         })?;
