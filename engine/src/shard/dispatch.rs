@@ -61,9 +61,10 @@ impl Core {
     pub(crate) fn act(self: &Rc<Self>, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
-            Dispatch::WakeIdle(event) => {
+            Dispatch::WakeIdle(event) | Dispatch::CloseIdle(event) => {
                 event.notify(1);
             }
+            Dispatch::AskIdleQuit(limits) => limits.ask_idle_quit(),
             Dispatch::Open(path) => self.spawn_agent(path),
             Dispatch::Resolve(domain) => self.spawn_resolve(domain),
         }
@@ -89,7 +90,8 @@ impl Core {
             let info = core.queues.borrow().path_info(&path);
             if let Some(info) = info {
                 let slot = core.shared_connection_slot(&path).await;
-                run_connection(&ctx, &ShardWork(&core, &ctx), &path, &info).await;
+                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()));
+                run_connection(&ctx, &work, &path, &info).await;
                 drop(slot);
             }
             let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
@@ -274,8 +276,10 @@ impl Core {
     }
 }
 
-/// The queue manager as seen by one delivery agent, with the context it connected with.
-struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
+/// The queue manager as seen by one delivery agent, with the context it connected with and
+/// the connection's own event, notified when it is told to QUIT while idle
+/// ([`Dispatch::CloseIdle`]).
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>);
 
 impl ShardWork<'_> {
     /// A reload changed routes or delivery settings: close, so a new connection uses them.
@@ -286,6 +290,30 @@ impl ShardWork<'_> {
     fn pop(&self, path: &str) -> Pop {
         let now = self.0.clock.now_ms();
         self.0.queues.borrow_mut().pop(path, now)
+    }
+
+    /// Wait idle for work (`work`: the path's wake listener) up to `idle`; false when told to
+    /// QUIT meanwhile: by this core for a path waiting at its cap, or by another core for
+    /// deliveries waiting at the path's host-wide `max_connections`.
+    async fn idle_wait(&self, path: &str, work: event_listener::EventListener, idle: Duration) -> bool {
+        let core = self.0;
+        let quit = self.2.listen();
+        let asked = core.queues.borrow().path_limits(path).and_then(|(_, l)| l.listen_idle_quit());
+        let Some(ticket) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
+        let woke_for_work = async {
+            futures_lite::future::or(work, glommio::timer::sleep(idle)).await;
+            true
+        };
+        let told_to_quit = async {
+            match asked {
+                Some(asked) => futures_lite::future::or(quit, asked).await,
+                None => quit.await,
+            }
+            false
+        };
+        let carry_on = futures_lite::future::or(woke_for_work, told_to_quit).await;
+        let reclaimed = core.queues.borrow_mut().idle_end(path, ticket);
+        carry_on && !reclaimed
     }
 
     /// Sleep until Unix ms `t` (a rate's next turn); false once stopping.
@@ -324,9 +352,9 @@ impl WorkSource for ShardWork<'_> {
                 Pop::Wait(_) => continue,
                 Pop::Empty => {}
             }
-            core.queues.borrow_mut().set_idle(path, 1);
-            futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
-            core.queues.borrow_mut().set_idle(path, -1);
+            if !self.idle_wait(path, listener, idle).await {
+                return None;
+            }
             idled = true;
         }
     }
