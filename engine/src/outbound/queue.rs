@@ -144,7 +144,8 @@ impl Ord for Scheduled {
 pub enum Dispatch {
     /// Nothing: no work, or a limit holds.
     Nothing,
-    /// Wake an idle connection of the path (notify this event).
+    /// Wake an idle connection of the path (notify this event: the own event of its newest
+    /// idle connection, so the oldest ones are the first to time out or give their slot).
     WakeIdle(Rc<Event>),
     /// Tell one idle connection to QUIT now (notify this event, the connection's own): a path
     /// waits for a connection at the core's cap, and the slot goes to the line when it closes.
@@ -227,11 +228,10 @@ pub struct IdleTicket(u64, u64);
 struct Path {
     ready: VecDeque<Delivery>,
     connections: usize,
-    /// Connections idling for work, not told to quit.
-    idle: usize,
+    /// Its connections idling for work on this core, not told to quit, oldest first.
+    idle: Vec<IdleTicket>,
     /// Idle connections told to QUIT to free a slot under the core's cap, not yet closed.
     quitting: usize,
-    wake: Rc<Event>,
     limits: Arc<PathLimits>,
     site: Rc<Site>,
     source: usize,
@@ -434,9 +434,8 @@ impl QueueManager {
         self.paths.entry(key.clone()).or_insert_with(|| Path {
             ready: VecDeque::new(),
             connections: 0,
-            idle: 0,
+            idle: Vec::new(),
             quitting: 0,
-            wake: Rc::new(Event::new()),
             limits,
             site: site.clone(),
             source: src,
@@ -502,8 +501,8 @@ impl QueueManager {
             self.wake_path_at(key, until);
             return Dispatch::Nothing;
         }
-        if p.idle > 0 {
-            return Dispatch::WakeIdle(p.wake.clone());
+        if let Some(newest) = p.idle.last() {
+            return Dispatch::WakeIdle(self.idle_order[newest].1.clone());
         }
         // A connection told to quit takes no more work: it is not one at work for slow start.
         if !may_open || p.ready.len() <= (p.connections - p.quitting) * SLOW_START_BACKLOG {
@@ -555,7 +554,7 @@ impl QueueManager {
         let Some(ticket) = self.idle_order.iter().find(|(_, (k, _))| &**k != waiting).map(|(t, _)| *t) else { return Dispatch::Nothing };
         let (key, quit) = self.idle_order.remove(&ticket).expect("just found");
         let p = self.paths.get_mut(&key).expect("an idle connection's path stays");
-        p.idle = p.idle.saturating_sub(1);
+        p.idle.retain(|t| *t != ticket);
         p.quitting += 1;
         p.limits.note_idle(false);
         self.reclaiming += 1;
@@ -633,22 +632,20 @@ impl QueueManager {
         taken
     }
 
-    /// The event that wakes idle connections of path `key`.
-    pub fn wake_event(&self, key: &str) -> Option<Rc<Event>> {
-        self.paths.get(key).map(|p| p.wake.clone())
-    }
-
-    /// A connection of path `key` starts waiting idle for work at `now_ms`; `quit` is its own
-    /// event, notified when its slot is wanted ([`Dispatch::CloseIdle`]). None: no such path.
-    pub fn idle_begin(&mut self, key: &str, now_ms: u64, quit: Rc<Event>) -> Option<IdleTicket> {
+    /// A connection of path `key` starts waiting idle for work at `now_ms`; `own` is its own
+    /// event, notified when work comes ([`Dispatch::WakeIdle`]) or its slot is wanted
+    /// ([`Dispatch::CloseIdle`]). Returns its ticket and, when the path has a host-wide
+    /// connection cap, a listener for another core's ask to QUIT. None: no such path.
+    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<Event>) -> Option<(IdleTicket, Option<event_listener::EventListener>)> {
         let (k, p) = self.paths.get_key_value(key)?;
         let k = k.clone();
         p.limits.note_idle(true);
+        let asked = p.limits.listen_idle_quit();
         self.seq += 1;
         let ticket = IdleTicket(now_ms, self.seq);
-        self.idle_order.insert(ticket, (k, quit));
-        self.paths.get_mut(key).expect("just found").idle += 1;
-        Some(ticket)
+        self.idle_order.insert(ticket, (k, own));
+        self.paths.get_mut(key).expect("just found").idle.push(ticket);
+        Some((ticket, asked))
     }
 
     /// The idle connection with `ticket` woke (work, its timeout, or told to quit). True: it
@@ -658,7 +655,7 @@ impl QueueManager {
             return true;
         }
         if let Some(p) = self.paths.get_mut(key) {
-            p.idle = p.idle.saturating_sub(1);
+            p.idle.retain(|t| *t != ticket);
             p.limits.note_idle(false);
         }
         false

@@ -401,7 +401,7 @@ fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, 
     ready(q.pop(&k, at));
     assert!(matches!(q.pop(&k, at), Pop::Empty), "nobody waits: it may idle");
     let quit = Rc::new(Event::new());
-    let t = q.idle_begin(&k, at, quit.clone()).unwrap();
+    let (t, _) = q.idle_begin(&k, at, quit.clone()).unwrap();
     (k, t, quit)
 }
 
@@ -426,7 +426,7 @@ fn at_the_cap_the_longest_idle_connection_of_another_path_quits_and_its_slot_goe
     assert!(Rc::ptr_eq(&told, &quit_b), "the longest idle (b.test), not d.test");
     assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true), Dispatch::Nothing), "one quit per waiting path");
     // d.test's idle connection is still there for its own mail; b's is not woken for work.
-    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 30, true), Dispatch::WakeIdle(ref e) if !Rc::ptr_eq(e, &quit_d)));
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 30, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &quit_d)), "d's own connection");
     assert!(!q.idle_end(&kd, td), "woken for work, not told to quit");
     ready(q.pop(&kd, T0 + 30));
     assert!(q.idle_end(&kb, tb), "b's connection learns it must QUIT");
@@ -526,7 +526,8 @@ fn a_site_cap_held_by_an_idle_connection_on_another_core_asks_it_to_quit_once_pe
     ready(b.pop(&kb, T0));
     assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "the site's one connection is at work");
     // Now it idles: core a asks it to quit, at most once per interval.
-    let tb = b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    let (tb, asked) = b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    assert!(asked.is_some(), "a capped path's idle connection listens for asks");
     let Dispatch::AskIdleQuit(limits) = a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true) else { panic!("expected AskIdleQuit") };
     assert_eq!(limits.idle_connections(), 1);
     assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "asked already");

@@ -277,8 +277,8 @@ impl Core {
 }
 
 /// The queue manager as seen by one delivery agent, with the context it connected with and
-/// the connection's own event, notified when it is told to QUIT while idle
-/// ([`Dispatch::CloseIdle`]).
+/// the connection's own event, notified while it idles when work comes for it
+/// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]).
 struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>);
 
 impl ShardWork<'_> {
@@ -292,26 +292,26 @@ impl ShardWork<'_> {
         self.0.queues.borrow_mut().pop(path, now)
     }
 
-    /// Wait idle for work (`work`: the path's wake listener) up to `idle`; false when told to
-    /// QUIT meanwhile: by this core for a path waiting at its cap, or by another core for
-    /// deliveries waiting at the path's host-wide `max_connections`.
-    async fn idle_wait(&self, path: &str, work: event_listener::EventListener, idle: Duration) -> bool {
+    /// Wait idle up to `idle` for the connection's own event (work for it, or told to QUIT
+    /// by this core for a path waiting at its cap); false when told to QUIT, by this core or
+    /// by another whose deliveries wait at the path's host-wide `max_connections`. Nothing
+    /// awaits between the caller's empty pop and `idle_begin`, so no wake-up is lost.
+    async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
         let core = self.0;
-        let quit = self.2.listen();
-        let asked = core.queues.borrow().path_limits(path).and_then(|(_, l)| l.listen_idle_quit());
-        let Some(ticket) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
-        let woke_for_work = async {
-            futures_lite::future::or(work, glommio::timer::sleep(idle)).await;
+        let own = self.2.listen();
+        let Some((ticket, asked)) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
+        let woke = async {
+            futures_lite::future::or(own, glommio::timer::sleep(idle)).await;
             true
         };
-        let told_to_quit = async {
+        let asked = async {
             match asked {
-                Some(asked) => futures_lite::future::or(quit, asked).await,
-                None => quit.await,
+                Some(asked) => asked.await,
+                None => std::future::pending().await,
             }
             false
         };
-        let carry_on = futures_lite::future::or(woke_for_work, told_to_quit).await;
+        let carry_on = futures_lite::future::or(woke, asked).await;
         let reclaimed = core.queues.borrow_mut().idle_end(path, ticket);
         carry_on && !reclaimed
     }
@@ -326,7 +326,6 @@ impl ShardWork<'_> {
 
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, path: &str, idle: Duration) -> Option<Delivery> {
-        let core = self.0;
         let mut idled = false;
         loop {
             if self.stale() {
@@ -344,15 +343,7 @@ impl WorkSource for ShardWork<'_> {
                 Pop::Empty if idled => return None,
                 Pop::Empty => {}
             }
-            let wake = core.queues.borrow().wake_event(path)?;
-            let listener = wake.listen();
-            match self.pop(path) {
-                Pop::Ready(d) => return Some(d),
-                Pop::Close => return None,
-                Pop::Wait(_) => continue,
-                Pop::Empty => {}
-            }
-            if !self.idle_wait(path, listener, idle).await {
+            if !self.idle_wait(path, idle).await {
                 return None;
             }
             idled = true;
