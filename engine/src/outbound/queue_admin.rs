@@ -252,16 +252,11 @@ mod tests {
         q
     }
 
+    /// When the test messages were received.
+    const RECEIVED_MS: u64 = 1_800_000_000_000;
+
     fn message(rcpts: usize) -> Arc<SpooledMessage> {
-        Arc::new(SpooledMessage::owned(
-            MsgRef { core: 0, segment: 1, offset: 64 },
-            "s@a.test".into(),
-            (0..rcpts).map(|i| format!("r{i}@b.test")).collect(),
-            Vec::new(),
-            Vec::new(),
-            1_800_000_000_000,
-            0,
-        ))
+        super::super::tests::message(RECEIVED_MS, rcpts)
     }
 
     fn delivery(domain: &str, msg: &Arc<SpooledMessage>, rcpts: &[u32], attempts: u32) -> Delivery {

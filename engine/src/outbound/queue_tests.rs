@@ -24,7 +24,8 @@ fn qm(max: usize, extra: &str) -> QueueManager {
     q
 }
 
-fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
+/// An owned message with `rcpts` recipients r0@b.test.. (also used by queue_admin's tests).
+pub(super) fn message(received_ms: u64, rcpts: usize) -> Arc<SpooledMessage> {
     Arc::new(SpooledMessage::owned(
         MsgRef { core: 0, segment: 1, offset: 64 },
         "s@a.test".into(),
