@@ -308,9 +308,9 @@ PY
 }
 
 # interleave: one ringpost under blaster's closed-loop load for the whole sitting, and one
-# poller (POLLER=every: two `ringctl --every` processes; exec: the process-per-poll loop) that
-# runs for the whole sitting too but is frozen (SIGSTOP) in the "off" blocks and thawed
-# (SIGCONT) in the "on" ones. Blocks last BLOCK_S whole wall-clock seconds and come in ABBA
+# poller (two `ringctl --every` processes, status and queue; POLLER=every only) that runs for
+# the whole sitting too but is frozen (SIGSTOP) in the "off" blocks and thawed (SIGCONT) in the
+# "on" ones. Blocks last BLOCK_S whole wall-clock seconds and come in ABBA
 # order, so each pair is two adjacent blocks. Why: this VM's fsync latency moves full-load
 # throughput in steps of ±25 % that last tens of seconds; 6 s windows with a poller started and
 # stopped each time could only bound the cost to about ±5 %. Adjacent 2 s blocks share the
@@ -371,8 +371,9 @@ interleave() {
   wait "$send" || { echo "the sender failed"; exit 1; }
   SEND_PID=
   # The counts come from the sink's count log (a line per whole second, written by a thread of
-  # its own), so the sink's final report is not needed: a long run once left its executors
-  # parked for good after the load stopped (a lost wake-up inside glommio, not understood).
+  # its own), so the sink's final report is not needed: a long run twice left its executors
+  # parked for good after the load stopped (glommio 0.9.0 parks an executor that was preempted
+  # before it ran anything, runnable tasks and all: executor/mod.rs run_task_queues).
   sleep 1.5
   kill -TERM "$sink" 2>/dev/null || true
   timeout 10 tail --pid="$sink" -f /dev/null || kill -9 "$sink" 2>/dev/null || true
