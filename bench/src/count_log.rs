@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The running writer; [`CountLog::finish`] writes a last line and stops it.
+/// The running writer; [`CountLog::finish`] stops it (no extra line is written at the end).
 pub struct CountLog {
     done: Arc<AtomicBool>,
     thread: JoinHandle<()>,
