@@ -100,7 +100,10 @@ def redis():
     port = free_port()
     proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)
-    wait_for(lambda: _connects(port), "redis-server to listen")
+    # PING/+PONG, not a bare connect: a connect to a port nobody listens on yet can
+    # self-connect (source port = destination port), which a bare connect takes for redis.
+    wait_for(lambda: proc.poll() is not None or _pongs(port), "redis-server to answer PING")
+    assert proc.poll() is None, f"redis-server exited at start-up (port {port} taken?)"
     proc.port = port
     yield proc
     if proc.poll() is None:
@@ -108,11 +111,12 @@ def redis():
         proc.wait()
 
 
-def _connects(port):
+def _pongs(port):
     import socket
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(7) == b"+PONG\r\n"
     except OSError:
         return False
 

@@ -14,19 +14,39 @@ struct Redis {
 }
 
 impl Redis {
+    /// Starts redis on a free port and waits until it answers PING with +PONG. A bare TCP
+    /// connect is not proof: a connect to a port nobody listens on yet can self-connect (source
+    /// port = destination port, both in the ephemeral range), and the port picked can be taken
+    /// by another process before redis binds it, in which case redis exits: start again on a
+    /// new port (up to 5 times).
     fn start() -> Redis {
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start in 5 tries");
+    }
+
+    fn try_start() -> Option<Redis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
+        let mut redis = Redis { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        while Instant::now() < deadline {
+            if redis.child.try_wait().unwrap().is_some() {
+                return None; // exited: most likely the port was taken; Drop reaps it
+            }
+            if pings(port) {
+                return Some(redis);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        panic!("redis-server on port {port} did not answer PING in 10 s");
     }
 
     fn addr(&self) -> RedisAddr {
@@ -39,6 +59,15 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True when a server on `port` answers `PING` with `+PONG` within a second.
+fn pings(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 fn on_glommio<T: Send + 'static>(f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static) -> T {
