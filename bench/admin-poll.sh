@@ -381,52 +381,8 @@ interleave() {
   stop_all
   # keep the raw data (block edges and poll counts, the sink's counts) for a second look
   if [ -n "${KEEP:-}" ]; then cp "$WORK/blocks" "$KEEP.blocks"; cp "$WORK/counts" "$KEEP.counts"; fi
-  python3 - "$WORK/blocks" "$WORK/counts" "$BLOCK_S" "$INTERVAL_MS" "${AA:-0}" <<'PY'
-import math, random, statistics, sys
-block_s, interval_ms, aa = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
-total_at = {int(sec): int(n) for sec, n in (l.split() for l in open(sys.argv[2]))}
-rows = [l.split() for l in open(sys.argv[1])]
-blocks = {}
-for (i, mode, start, polls), nxt in zip(rows, rows[1:]):
-    rate = (total_at[int(start) + block_s] - total_at[int(start)]) / block_s
-    blocks[(int(i), mode)] = (rate, int(nxt[3]) - int(polls))
-pairs = sorted({i for i, _ in blocks})
-off = [blocks[(i, "off")][0] for i in pairs]
-on = [blocks[(i, "on")][0] for i in pairs]
-polls_on = [blocks[(i, "on")][1] for i in pairs]
-polls_off = [blocks[(i, "off")][1] for i in pairs]
-if min(off + on) == 0:
-    sys.exit("a block with no delivery: the load stopped")
-expect = block_s * 1000 // interval_ms
-if aa:
-    assert max(polls_on + polls_off) == 0, "AA: the poller ran"
-elif max(polls_off) > 1 or min(polls_on) < expect * 3 // 4:
-    # a frozen poller must not poll; a thawed one polls every interval unless a reply is slow
-    # (polls never stack up), so a block may see a few fewer than BLOCK_S / interval
-    sys.exit(f"polls per block off {min(polls_off)}..{max(polls_off)}, on {min(polls_on)}..{max(polls_on)} (expected {expect})")
-# Estimators: the total (sum off vs sum on) and the mean log ratio, which is symmetric in the
-# two blocks of a pair ((off - on) / off is not: with noisy pairs it leans towards 0).
-cost = [math.log(a / b) * 100 for a, b in zip(off, on)]
-ratio = (sum(off) - sum(on)) / sum(off) * 100
-rnd = random.Random(1)
-def block_boot(stat, block=5, n=4000):
-    # moving-block bootstrap: neighbouring pairs are correlated (the machine's state drifts)
-    k, out = len(cost), []
-    for _ in range(n):
-        idx = []
-        while len(idx) < k:
-            s = rnd.randrange(max(1, k - block + 1))
-            idx += range(s, min(k, s + block))
-        out.append(stat(idx[:k]))
-    out.sort()
-    return out[n // 40], out[n - 1 - n // 40]
-ratios = block_boot(lambda idx: (sum(off[j] for j in idx) - sum(on[j] for j in idx)) / sum(off[j] for j in idx) * 100)
-means = block_boot(lambda idx: statistics.mean(cost[j] for j in idx))
-print(f"{len(cost)} pairs of {block_s} s blocks; polls per 'on' block {min(polls_on)}..{max(polls_on)}, per 'off' block {max(polls_off)} at most" + (" (AA: poller frozen in every block)" if aa else ""))
-print(f"msg/s: median {statistics.median(off):.0f} without polling ({min(off):.0f}..{max(off):.0f}), {statistics.median(on):.0f} with ({min(on):.0f}..{max(on):.0f})")
-print(f"throughput cost, total delivered: {ratio:+.2f} % (95 % block-bootstrap CI {ratios[0]:+.2f} .. {ratios[1]:+.2f})")
-print(f"throughput cost, mean log ratio:  {statistics.mean(cost):+.2f} % (95 % block-bootstrap CI {means[0]:+.2f} .. {means[1]:+.2f}); median {statistics.median(cost):+.2f} %")
-PY
+  # several sittings kept with KEEP= can be pooled: bench/lib/interleave_stats.py BLOCK_S INTERVAL_MS AA B1 C1 B2 C2 ...
+  python3 "$ROOT/bench/lib/interleave_stats.py" "$BLOCK_S" "$INTERVAL_MS" "${AA:-0}" "$WORK/blocks" "$WORK/counts"
 }
 
 # polls_so_far: replies the poller has produced so far (the fewer of the status and queue
