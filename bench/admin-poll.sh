@@ -372,8 +372,9 @@ interleave() {
   SEND_PID=
   # The counts come from the sink's count log (a line per whole second, written by a thread of
   # its own), so the sink's final report is not needed: a long run twice left its executors
-  # parked for good after the load stopped (glommio 0.9.0 parks an executor that was preempted
-  # before it ran anything, runnable tasks and all: executor/mod.rs run_task_queues).
+  # parked for good after the load stopped, which matches a bug of the published glommio 0.9.0
+  # (an executor preempted before it ran anything parked, runnable tasks and all), fixed in
+  # vendor/glommio since.
   sleep 1.5
   kill -TERM "$sink" 2>/dev/null || true
   timeout 10 tail --pid="$sink" -f /dev/null || kill -9 "$sink" 2>/dev/null || true

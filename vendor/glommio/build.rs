@@ -9,6 +9,9 @@ fn main() {
 
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
+        // ringpost patch (PATCHED.md, 3): liburing is vendored with the crate, so no
+        // `git submodule update` (which would act on ringpost's own repository) is run.
+        Err(_) if project.join("liburing/src").is_dir() => project.join("liburing"),
         Err(_) => {
             Command::new("git")
                 .arg("submodule")
