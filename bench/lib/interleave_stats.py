@@ -69,12 +69,14 @@ def main():
         sys.exit(f"polls per block off {min(polls_off)}..{max(polls_off)}, on mean {statistics.mean(polls_on):.1f} (expected {expect})")
     total, mean_log = estimates(sittings)
     rnd = random.Random(1)
-    boots = [estimates([resample(s, rnd) for s in sittings]) for _ in range(4000)]
-    lo, hi = 100, 3899  # the 2.5th and 97.5th percentiles of 4000
+    n = 4000
+    boots = [estimates([resample(s, rnd) for s in sittings]) for _ in range(n)]
+    # the 2.5th, 97.5th and 95th percentiles of the n resamples
+    lo, hi, upper = n // 40, n - 1 - n // 40, n * 19 // 20 - 1
 
     def interval(k):
         v = sorted(b[k] for b in boots)
-        return f"95 % block-bootstrap CI {v[lo]:+.2f} .. {v[hi]:+.2f}, one-sided 95 % upper bound {v[3799]:+.2f}"
+        return f"95 % block-bootstrap CI {v[lo]:+.2f} .. {v[hi]:+.2f}, one-sided 95 % upper bound {v[upper]:+.2f}"
 
     logs = [math.log(p[0] / p[1]) * 100 for p in every]
     print(f"{len(every)} pairs of {block_s} s blocks in {len(sittings)} sitting(s); polls per 'on' block "
