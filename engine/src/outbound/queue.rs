@@ -144,8 +144,16 @@ impl Ord for Scheduled {
 pub enum Dispatch {
     /// Nothing: no work, or a limit holds.
     Nothing,
-    /// Wake an idle connection of the path (notify this event).
+    /// Wake an idle connection of the path (notify this event: the own event of its newest
+    /// idle connection, so the oldest ones are the first to time out or give their slot).
     WakeIdle(Rc<Event>),
+    /// Tell one idle connection to QUIT now (notify this event, the connection's own): a path
+    /// waits for a connection at the core's cap, and the slot goes to the line when it closes.
+    CloseIdle(Rc<Event>),
+    /// The path's `max_connections` is held host-wide and one of its connections idles on
+    /// another core: ask one idle connection of the path to QUIT
+    /// ([`PathLimits::ask_idle_quit`]), so the waiting deliveries get its place.
+    AskIdleQuit(Arc<PathLimits>),
     /// Open a new connection on this path (already counted against its limits).
     Open(Rc<str>),
     /// Find the site of this domain and hand it to [`QueueManager::site_resolved`].
@@ -212,11 +220,18 @@ pub struct PathInfo {
     pub idle_timeout_s: Option<f64>,
 }
 
+/// An idle connection's place in its core's reclaim order ([`QueueManager::idle_begin`]):
+/// since when it idles, then a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IdleTicket(u64, u64);
+
 struct Path {
     ready: VecDeque<Delivery>,
     connections: usize,
-    idle: usize,
-    wake: Rc<Event>,
+    /// Its connections idling for work on this core, not told to quit, oldest first.
+    idle: Vec<IdleTicket>,
+    /// Idle connections told to QUIT to free a slot under the core's cap, not yet closed.
+    quitting: usize,
     limits: Arc<PathLimits>,
     site: Rc<Site>,
     source: usize,
@@ -268,6 +283,11 @@ pub struct QueueManager {
     /// each freed connection goes to the first of them, so a thousand destinations take turns
     /// instead of opening a thousand connections each.
     slot_waiters: VecDeque<Rc<str>>,
+    /// This core's idle connections, longest idle first, with the event that makes each QUIT:
+    /// when a path waits at the cap, the first of another path gives its slot back.
+    idle_order: BTreeMap<IdleTicket, (Rc<str>, Rc<Event>)>,
+    /// Connections told to QUIT for the line and not closed yet (at most one per waiting path).
+    reclaiming: usize,
 }
 
 impl QueueManager {
@@ -293,6 +313,8 @@ impl QueueManager {
             connections_total: 0,
             connections_total_max: usize::MAX,
             slot_waiters: VecDeque::new(),
+            idle_order: BTreeMap::new(),
+            reclaiming: 0,
         }
     }
 
@@ -412,8 +434,8 @@ impl QueueManager {
         self.paths.entry(key.clone()).or_insert_with(|| Path {
             ready: VecDeque::new(),
             connections: 0,
-            idle: 0,
-            wake: Rc::new(Event::new()),
+            idle: Vec::new(),
+            quitting: 0,
             limits,
             site: site.clone(),
             source: src,
@@ -479,18 +501,25 @@ impl QueueManager {
             self.wake_path_at(key, until);
             return Dispatch::Nothing;
         }
-        if p.idle > 0 {
-            return Dispatch::WakeIdle(p.wake.clone());
+        if let Some(newest) = p.idle.last() {
+            return Dispatch::WakeIdle(self.idle_order[newest].1.clone());
         }
-        if !may_open || p.ready.len() <= p.connections * SLOW_START_BACKLOG {
+        // A connection told to quit takes no more work: it is not one at work for slow start.
+        if !may_open || p.ready.len() <= (p.connections - p.quitting) * SLOW_START_BACKLOG {
             return Dispatch::Nothing;
         }
-        if self.connections_total >= self.connections_total_max {
+        // At its own limit a slot of the core's would not help it: it does not queue for one
+        // (nor has an idle connection of another path closed for it).
+        let own_limit = match p.limits.params.max_connections {
+            Some(max) => p.limits.open_connections() >= max,
+            None => p.connections >= self.connections_max,
+        };
+        if self.connections_total >= self.connections_total_max && !own_limit {
             if !p.wants_slot {
                 p.wants_slot = true;
                 self.slot_waiters.push_back(key.clone());
             }
-            return Dispatch::Nothing;
+            return self.reclaim_idle(key);
         }
         match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
             Ok(()) => {
@@ -504,12 +533,32 @@ impl QueueManager {
                 Dispatch::Nothing
             }
             Err(Hold::Connections) => {
+                // No connection of its own idles here (it would have been woken): when one
+                // idles on another core, it is asked to give its place back.
+                let ask = p.limits.should_ask_idle_quit(now_ms).then(|| Dispatch::AskIdleQuit(p.limits.clone()));
                 if p.connections == 0 {
                     self.wake_path_at(key, now_ms + CAP_POLL_MS);
                 }
-                Dispatch::Nothing
+                ask.unwrap_or(Dispatch::Nothing)
             }
         }
+    }
+
+    /// Path `waiting` waits at the core's cap: unless enough connections are already quitting
+    /// for the line, the longest-idle connection of another path is told to QUIT (idle
+    /// connections keep their slot for `idle_timeout_s` only while nobody needs it).
+    fn reclaim_idle(&mut self, waiting: &str) -> Dispatch {
+        if self.reclaiming >= self.slot_waiters.len() {
+            return Dispatch::Nothing;
+        }
+        let Some(ticket) = self.idle_order.iter().find(|(_, (k, _))| &**k != waiting).map(|(t, _)| *t) else { return Dispatch::Nothing };
+        let (key, quit) = self.idle_order.remove(&ticket).expect("just found");
+        let p = self.paths.get_mut(&key).expect("an idle connection's path stays");
+        p.idle.retain(|t| *t != ticket);
+        p.quitting += 1;
+        p.limits.note_idle(false);
+        self.reclaiming += 1;
+        Dispatch::CloseIdle(quit)
     }
 
     /// Where and how a connection of path `key` goes.
@@ -561,6 +610,12 @@ impl QueueManager {
         }
         let d = p.ready.remove(at).expect("position found");
         p.turn += 1;
+        if p.ready.is_empty() && p.wants_slot {
+            // Its own connection took the last one: it no longer needs a slot, and a stale
+            // place in line would have an idle connection of another path closed for nothing.
+            p.wants_slot = false;
+            self.slot_waiters.retain(|w| &**w != key);
+        }
         self.stats.remove(&d, Bucket::Ready);
         *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         Pop::Ready(d)
@@ -577,16 +632,33 @@ impl QueueManager {
         taken
     }
 
-    /// The event that wakes idle connections of path `key`.
-    pub fn wake_event(&self, key: &str) -> Option<Rc<Event>> {
-        self.paths.get(key).map(|p| p.wake.clone())
+    /// A connection of path `key` starts waiting idle for work at `now_ms`; `own` is its own
+    /// event, notified when work comes ([`Dispatch::WakeIdle`]) or its slot is wanted
+    /// ([`Dispatch::CloseIdle`]). Returns its ticket and, when the path has a host-wide
+    /// connection cap, a listener for another core's ask to QUIT. None: no such path.
+    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<Event>) -> Option<(IdleTicket, Option<event_listener::EventListener>)> {
+        let (k, p) = self.paths.get_key_value(key)?;
+        let k = k.clone();
+        p.limits.note_idle(true);
+        let asked = p.limits.listen_idle_quit();
+        self.seq += 1;
+        let ticket = IdleTicket(now_ms, self.seq);
+        self.idle_order.insert(ticket, (k, own));
+        self.paths.get_mut(key).expect("just found").idle.push(ticket);
+        Some((ticket, asked))
     }
 
-    /// A connection of path `key` starts (`+1`) or stops (`-1`) waiting idle for work.
-    pub fn set_idle(&mut self, key: &str, delta: isize) {
-        if let Some(p) = self.paths.get_mut(key) {
-            p.idle = p.idle.saturating_add_signed(delta);
+    /// The idle connection with `ticket` woke (work, its timeout, or told to quit). True: it
+    /// was told to QUIT for a waiting path and must close now.
+    pub fn idle_end(&mut self, key: &str, ticket: IdleTicket) -> bool {
+        if self.idle_order.remove(&ticket).is_none() {
+            return true;
         }
+        if let Some(p) = self.paths.get_mut(key) {
+            p.idle.retain(|t| *t != ticket);
+            p.limits.note_idle(false);
+        }
+        false
     }
 
     /// A connection of path `key` ended; open another if work is still ready.
@@ -596,6 +668,12 @@ impl QueueManager {
         p.connections = p.connections.saturating_sub(1);
         self.connections_total = self.connections_total.saturating_sub(1);
         p.limits.closed();
+        if p.quitting > 0 {
+            // One of its connections was told to quit for the line: whichever closes first
+            // ends that count (the told one closes at once, so the totals agree).
+            p.quitting -= 1;
+            self.reclaiming = self.reclaiming.saturating_sub(1);
+        }
         if p.ready.is_empty() {
             if p.connections == 0 && !p.wants_slot {
                 self.paths.remove(key);

@@ -88,7 +88,7 @@ fn enqueue_opens_up_to_the_limit_then_wakes_idle_connections() {
     let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_)));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "limit of 2 reached");
-    q.set_idle(&k, 1);
+    q.idle_begin(&k, T0, Rc::new(Event::new())).unwrap();
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::WakeIdle(_)));
     assert_eq!(q.depth("b.test"), (4, 2));
 }
@@ -388,4 +388,155 @@ fn slow_start_a_path_opens_another_connection_only_while_its_backlog_outnumbers_
     // A closed connection is replaced only while the backlog still outnumbers what is left.
     assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Nothing), "2 ready for 2 connections");
     assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Open(_)), "2 ready for 1 connection");
+}
+
+/// A site of its own for `domain` (`mx.<domain>`).
+fn own_site(q: &mut QueueManager, domain: &str) {
+    assert!(q.site_resolved(domain, Site::of_mx(domain, [format!("mx.{domain}")]), T0, true).is_empty());
+}
+
+/// Opens a connection for one delivery to `domain`, hands it the delivery, and lets it idle
+/// at `at`: (path key, its idle ticket, its quit event).
+fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, at: u64) -> (Rc<str>, IdleTicket, Rc<Event>) {
+    let k = opened(q.enqueue(to(domain, m, &[0], 0), at, true));
+    ready(q.pop(&k, at));
+    assert!(matches!(q.pop(&k, at), Pop::Empty), "nobody waits: it may idle");
+    let quit = Rc::new(Event::new());
+    let (t, _) = q.idle_begin(&k, at, quit.clone()).unwrap();
+    (k, t, quit)
+}
+
+fn told_to_quit(d: Dispatch) -> Rc<Event> {
+    match d {
+        Dispatch::CloseIdle(e) => e,
+        _ => panic!("expected CloseIdle"),
+    }
+}
+
+#[test]
+fn at_the_cap_the_longest_idle_connection_of_another_path_quits_and_its_slot_goes_to_the_waiting_path() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    assert_eq!(q.connections_total(), 2);
+    // e.test needs a connection at the cap: b's connection, idle longest, is told to quit.
+    let told = told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true));
+    assert!(Rc::ptr_eq(&told, &quit_b), "the longest idle (b.test), not d.test");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true), Dispatch::Nothing), "one quit per waiting path");
+    // d.test's idle connection is still there for its own mail; b's is not woken for work.
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 30, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &quit_d)), "d's own connection");
+    assert!(!q.idle_end(&kd, td), "woken for work, not told to quit");
+    ready(q.pop(&kd, T0 + 30));
+    assert!(q.idle_end(&kb, tb), "b's connection learns it must QUIT");
+    let ke = opened(q.connection_closed(&kb, T0 + 31, true));
+    assert_ne!(ke, kb);
+    assert_eq!(&*ready(q.pop(&ke, T0 + 31)).domain, "e.test");
+    assert_eq!(q.connections_total(), 2, "the cap holds throughout");
+}
+
+#[test]
+fn a_path_whose_idle_connection_was_told_to_quit_waits_for_a_slot_and_another_idle_one_quits_for_it() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (_kd, _td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true)), &quit_b));
+    // b.test gets mail before its connection has quit: that connection is not woken for it,
+    // b.test joins the line and d.test's idle connection quits for it.
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("b.test", &m, &[0], 0), T0 + 21, true)), &quit_d));
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0 + 22, true), Dispatch::Nothing), "no idle connection left");
+    assert!(q.idle_end(&kb, tb));
+    let first = opened(q.connection_closed(&kb, T0 + 23, true));
+    assert_ne!(first, kb, "e.test asked first");
+}
+
+#[test]
+fn a_path_sent_to_the_back_of_the_line_after_its_turn_gets_an_idle_connection_quit_for_it() {
+    // b.test's site may have one connection: its backlog does not queue for a second slot.
+    let mut q = qm(32, "[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    for _ in 0..TURN_DELIVERIES + 5 {
+        q.enqueue(to("b.test", &m, &[0], 0), T0, true);
+    }
+    for _ in 0..TURN_DELIVERIES {
+        ready(q.pop(&kb, T0));
+    }
+    // e.test waits: d's idle connection quits for it, but b's turn is up too.
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 1, true)), &quit_d));
+    assert!(matches!(q.pop(&kb, T0 + 1), Pop::Close), "past its turn");
+    let ke = opened(q.connection_closed(&kb, T0 + 2, true));
+    assert_ne!(ke, kb, "e.test gets b's slot; b.test goes to the back of the line");
+    assert!(q.idle_end(&kd, td));
+    assert_eq!(opened(q.connection_closed(&kd, T0 + 3, true)), kb, "d's slot goes to b.test");
+}
+
+#[test]
+fn below_the_cap_or_with_nothing_idle_no_connection_is_told_to_quit() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(3, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, _) = idle_connection(&mut q, &m, "b.test", T0);
+    opened(q.enqueue(to("d.test", &m, &[0], 0), T0, true));
+    let ke = opened(q.enqueue(to("e.test", &m, &[0], 0), T0, true));
+    assert_eq!(q.connections_total(), 3, "below the cap paths open, the idle one stays");
+    ready(q.pop(&ke, T0));
+    assert!(!q.idle_end(&kb, tb), "its idle time ran out: it was never told to quit");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "slow start: 1 ready, 1 busy connection");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "at the cap with nothing idle: nobody quits");
+}
+
+#[test]
+fn a_waiting_path_served_by_its_own_connection_leaves_the_line() {
+    let mut q = qm(32, "");
+    q.set_total_connections(1, T0, true);
+    let m = message(T0, 1);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "a second connection waits at the cap");
+    assert_eq!(q.slot_waiters.len(), 1);
+    ready(q.pop(&kb, T0));
+    ready(q.pop(&kb, T0));
+    assert!(q.slot_waiters.is_empty(), "its own connection took the backlog: no place in line left behind");
+    assert!(matches!(q.pop(&kb, T0), Pop::Empty), "so its connection may idle");
+}
+
+#[test]
+fn a_site_cap_held_by_an_idle_connection_on_another_core_asks_it_to_quit_once_per_interval() {
+    use crate::outbound::shaping::IDLE_QUIT_ASK_MS;
+    let shaping = shaping("[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
+    let core = |s: &Arc<Shaping>| {
+        let mut q = QueueManager::new(policy(), 32, s.clone());
+        for d in ["b.test", "c.test"] {
+            assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
+        }
+        q
+    };
+    let (mut a, mut b) = (core(&shaping), core(&shaping));
+    let m = message(T0, 1);
+    // Core b's connection of the site is busy: core a's mail waits, nobody is asked.
+    let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    ready(b.pop(&kb, T0));
+    assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "the site's one connection is at work");
+    // Now it idles: core a asks it to quit, at most once per interval.
+    let (tb, asked) = b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    assert!(asked.is_some(), "a capped path's idle connection listens for asks");
+    let Dispatch::AskIdleQuit(limits) = a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true) else { panic!("expected AskIdleQuit") };
+    assert_eq!(limits.idle_connections(), 1);
+    assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "asked already");
+    assert!(release(&mut a, T0 + 10 + IDLE_QUIT_ASK_MS).iter().any(|d| matches!(d, Dispatch::AskIdleQuit(_))), "asked again");
+    // It quits (woken by the ask, not by its own core): core a's next poll opens.
+    assert!(!b.idle_end(&kb, tb));
+    assert!(matches!(b.connection_closed(&kb, T0 + 300, true), Dispatch::Nothing));
+    assert_eq!(limits.idle_connections(), 0);
+    let opened_now = release(&mut a, T0 + 300 + CAP_POLL_MS);
+    assert!(matches!(opened_now.as_slice(), [Dispatch::Open(_)]), "core a's mail gets the site's connection");
 }

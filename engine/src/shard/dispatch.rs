@@ -61,9 +61,10 @@ impl Core {
     pub(crate) fn act(self: &Rc<Self>, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
-            Dispatch::WakeIdle(event) => {
+            Dispatch::WakeIdle(event) | Dispatch::CloseIdle(event) => {
                 event.notify(1);
             }
+            Dispatch::AskIdleQuit(limits) => limits.ask_idle_quit(),
             Dispatch::Open(path) => self.spawn_agent(path),
             Dispatch::Resolve(domain) => self.spawn_resolve(domain),
         }
@@ -89,7 +90,8 @@ impl Core {
             let info = core.queues.borrow().path_info(&path);
             if let Some(info) = info {
                 let slot = core.shared_connection_slot(&path).await;
-                run_connection(&ctx, &ShardWork(&core, &ctx), &path, &info).await;
+                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()));
+                run_connection(&ctx, &work, &path, &info).await;
                 drop(slot);
             }
             let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
@@ -274,8 +276,10 @@ impl Core {
     }
 }
 
-/// The queue manager as seen by one delivery agent, with the context it connected with.
-struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
+/// The queue manager as seen by one delivery agent, with the context it connected with and
+/// the connection's own event, notified while it idles when work comes for it
+/// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]).
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>);
 
 impl ShardWork<'_> {
     /// A reload changed routes or delivery settings: close, so a new connection uses them.
@@ -288,6 +292,30 @@ impl ShardWork<'_> {
         self.0.queues.borrow_mut().pop(path, now)
     }
 
+    /// Wait idle up to `idle` for the connection's own event (work for it, or told to QUIT
+    /// by this core for a path waiting at its cap); false when told to QUIT, by this core or
+    /// by another whose deliveries wait at the path's host-wide `max_connections`. Nothing
+    /// awaits between the caller's empty pop and `idle_begin`, so no wake-up is lost.
+    async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
+        let core = self.0;
+        let own = self.2.listen();
+        let Some((ticket, asked)) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
+        let woke = async {
+            futures_lite::future::or(own, glommio::timer::sleep(idle)).await;
+            true
+        };
+        let asked = async {
+            match asked {
+                Some(asked) => asked.await,
+                None => std::future::pending().await,
+            }
+            false
+        };
+        let carry_on = futures_lite::future::or(woke, asked).await;
+        let reclaimed = core.queues.borrow_mut().idle_end(path, ticket);
+        carry_on && !reclaimed
+    }
+
     /// Sleep until Unix ms `t` (a rate's next turn); false once stopping.
     async fn wait_until(&self, t: u64) -> bool {
         let now = self.0.clock.now_ms();
@@ -298,7 +326,6 @@ impl ShardWork<'_> {
 
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, path: &str, idle: Duration) -> Option<Delivery> {
-        let core = self.0;
         let mut idled = false;
         loop {
             if self.stale() {
@@ -316,17 +343,9 @@ impl WorkSource for ShardWork<'_> {
                 Pop::Empty if idled => return None,
                 Pop::Empty => {}
             }
-            let wake = core.queues.borrow().wake_event(path)?;
-            let listener = wake.listen();
-            match self.pop(path) {
-                Pop::Ready(d) => return Some(d),
-                Pop::Close => return None,
-                Pop::Wait(_) => continue,
-                Pop::Empty => {}
+            if !self.idle_wait(path, idle).await {
+                return None;
             }
-            core.queues.borrow_mut().set_idle(path, 1);
-            futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
-            core.queues.borrow_mut().set_idle(path, -1);
             idled = true;
         }
     }
