@@ -11,7 +11,7 @@ use crate::config::RuleAction;
 use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
 use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
-use crate::outbound::queue::{Delivery, Dispatch, Final, Pop, Settlement};
+use crate::outbound::queue::{Delivery, Dispatch, Final, IdleTicket, Pop, Settlement};
 use crate::outbound::shaping::prune::PRUNE_EVERY_MS;
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_header, POOL_HEADER};
@@ -20,6 +20,7 @@ use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use ringpost_spool::Outcome;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,13 +89,15 @@ impl Core {
         glommio::spawn_local(async move {
             let ctx = core.agent.borrow().clone();
             let info = core.queues.borrow().path_info(&path);
+            let mut told = None;
             if let Some(info) = info {
                 let slot = core.shared_connection_slot(&path).await;
-                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()));
+                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()), Cell::new(None));
                 run_connection(&ctx, &work, &path, &info).await;
                 drop(slot);
+                told = work.3.get();
             }
-            let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
+            let again = core.queues.borrow_mut().connection_ended(&path, told, core.clock.now_ms(), !core.is_stopping());
             core.act(again);
         })
         .detach();
@@ -276,10 +279,11 @@ impl Core {
     }
 }
 
-/// The queue manager as seen by one delivery agent, with the context it connected with and
+/// The queue manager as seen by one delivery agent, with the context it connected with,
 /// the connection's own event, notified while it idles when work comes for it
-/// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]).
-struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>);
+/// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]), and its idle
+/// ticket once it was told to QUIT (handed back when it closes).
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>, Cell<Option<IdleTicket>>);
 
 impl ShardWork<'_> {
     /// A reload changed routes or delivery settings: close, so a new connection uses them.
@@ -293,27 +297,28 @@ impl ShardWork<'_> {
     }
 
     /// Wait idle up to `idle` for the connection's own event (work for it, or told to QUIT
-    /// by this core for a path waiting at its cap); false when told to QUIT, by this core or
-    /// by another whose deliveries wait at the path's host-wide `max_connections`. Nothing
-    /// awaits between the caller's empty pop and `idle_begin`, so no wake-up is lost.
+    /// by this core: for a path waiting at its cap, an operator's suspension); false when
+    /// told to QUIT, by this core, by another whose deliveries wait at the path's host-wide
+    /// `max_connections`, by a rule's suspension of the path, or by shutdown. Nothing awaits
+    /// between the caller's empty pop and `idle_begin`, so no wake-up is lost.
     async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
         let core = self.0;
         let own = self.2.listen();
         let Some((ticket, asked)) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
         let woke = async {
             futures_lite::future::or(own, glommio::timer::sleep(idle)).await;
-            true
-        };
-        let asked = async {
-            match asked {
-                Some(asked) => asked.await,
-                None => std::future::pending().await,
-            }
             false
         };
-        let carry_on = futures_lite::future::or(woke, asked).await;
-        let reclaimed = core.queues.borrow_mut().idle_end(path, ticket);
-        carry_on && !reclaimed
+        let asked = async {
+            futures_lite::future::or(asked, core.stopped()).await;
+            true
+        };
+        let asked = futures_lite::future::or(woke, asked).await;
+        let quit = core.queues.borrow_mut().idle_end(path, ticket, asked);
+        if quit {
+            self.3.set(Some(ticket));
+        }
+        !quit
     }
 
     /// Sleep until Unix ms `t` (a rate's next turn); false once stopping.
@@ -352,6 +357,10 @@ impl WorkSource for ShardWork<'_> {
 
     fn take_ready(&self, path: &str) -> Vec<Delivery> {
         self.0.queues.borrow_mut().take_ready(path)
+    }
+
+    fn requeue_unsent(&self, path: &str, d: Delivery) -> Result<(), Delivery> {
+        self.0.queues.borrow_mut().requeue_unsent(path, d)
     }
 
     async fn report(&self, path: &str, d: Delivery, mut results: Vec<RcptResult>, peer: Option<Peer>) {

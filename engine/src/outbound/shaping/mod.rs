@@ -164,9 +164,19 @@ impl PathLimits {
         self.idle_quit.notify(1);
     }
 
-    /// Listen for [`Self::ask_idle_quit`] (an idle connection of a path with a host-wide cap).
-    pub fn listen_idle_quit(&self) -> Option<event_listener::EventListener> {
-        self.params.max_connections.map(|_| self.idle_quit.listen())
+    /// Listen for [`Self::ask_idle_quit`] and for a suspension ([`Self::suspend`]): every
+    /// idle connection of the path listens, on every core.
+    pub fn listen_idle_quit(&self) -> event_listener::EventListener {
+        self.idle_quit.listen()
+    }
+
+    /// Would the connection rate let a connection open at `now_ms`? Takes nothing (the
+    /// host's own limiter is asked, not the cluster's). `Err(t)`: not before Unix ms `t`.
+    /// A core checks it before it asks another core's idle connection to give its place
+    /// back: a place it could not use would only close a connection for nothing.
+    pub fn connection_rate_allows(&self, now_ms: u64) -> Result<(), u64> {
+        let Some(g) = &self.opens else { return Ok(()) };
+        g.peek(now_ms * 1000).map_err(|t| t.div_ceil(1000))
     }
 
     /// Note a use at `now_ms`; stored at most once a second, so cores sharing the path mostly
@@ -250,9 +260,12 @@ impl PathLimits {
     }
 
     /// Suspend until `until_ms` (a later suspension extends, an earlier one does not shorten).
+    /// Every idle connection of the path, on every core, is told to QUIT: a suspended path
+    /// takes no mail, and its connections must not stay open meanwhile.
     pub fn suspend(&self, until_ms: u64, why: &str) {
         self.suspended_until_ms.fetch_max(until_ms, Ordering::AcqRel);
         *self.note.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+        self.idle_quit.notify(usize::MAX);
     }
 
     /// Multiply the rates by `factor` until `until_ms`.
