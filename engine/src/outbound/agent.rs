@@ -48,6 +48,10 @@ pub trait WorkSource {
     async fn next(&self, path: &str, idle: Duration) -> Option<Delivery>;
     /// Every delivery ready for path `path` now (the connection could not be made).
     fn take_ready(&self, path: &str) -> Vec<Delivery>;
+    /// `d` was not sent: the reused connection it was given had been closed by the receiver
+    /// before its transaction began. Put it back for a fresh connection, uncounted, once;
+    /// `Err(d)`: it came back this way before, report it.
+    fn requeue_unsent(&self, path: &str, d: Delivery) -> Result<(), Delivery>;
     /// One result per recipient of `d`, in the order of `d.rcpts`.
     async fn report(&self, path: &str, d: Delivery, results: Vec<RcptResult>, peer: Option<Peer>);
     /// True once shutdown began: finish the current transaction and close.
@@ -78,6 +82,10 @@ pub enum ConnError {
     /// The TLS handshake failed (the connection is gone).
     #[error("{0}")]
     TlsHandshake(String),
+    /// A reused connection answered the first command of a transaction with end of stream, a
+    /// reset or 421: the receiver had closed it (while it idled) and nothing was begun.
+    #[error("connection closed by the receiver before the transaction: {0}")]
+    ClosedBeforeTransaction(Box<ConnError>),
 }
 
 struct Conn {
@@ -378,8 +386,9 @@ pub async fn run_connection(ctx: &AgentContext, work: &impl WorkSource, path: &s
             let mut carried = 0;
             while !work.stopping() && carried < info.max_deliveries {
                 let Some(d) = work.next(path, idle).await else { break };
+                let reused = carried > 0;
                 carried += 1;
-                if !deliver_one(ctx, work, path, &mut conn, d).await {
+                if !deliver_one(ctx, work, path, &mut conn, d, reused).await {
                     break;
                 }
             }
@@ -402,21 +411,36 @@ fn local_result(e: &ConnError) -> RcptResult {
     }
 }
 
+/// The recipients `rcpts` of delivery `d`, as a delivery of their own.
+fn part_of(d: &Delivery, rcpts: &[u32]) -> Delivery {
+    Delivery {
+        msg: d.msg.clone(),
+        rcpts: rcpts.into(),
+        attempts: d.attempts,
+        last_response: d.last_response.clone(),
+        domain: d.domain.clone(),
+        pool: d.pool,
+    }
+}
+
 /// Send one message's recipients (in transactions of at most the configured size) and report
-/// every result. Returns false when the connection is no longer usable.
-async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, conn: &mut Conn, d: Delivery) -> bool {
+/// every result. Returns false when the connection is no longer usable. On a `reused`
+/// connection that the receiver had closed before the first transaction began, nothing is
+/// reported: the whole delivery goes back once for a fresh connection ([`WorkSource::requeue_unsent`]).
+async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, conn: &mut Conn, d: Delivery, reused: bool) -> bool {
     let per_txn = ctx.config.delivery.max_recipients_per_transaction;
     let mut usable = true;
-    for group in d.rcpts.chunks(per_txn) {
-        let part = Delivery {
-            msg: d.msg.clone(),
-            rcpts: group.into(),
-            attempts: d.attempts,
-            last_response: d.last_response.clone(),
-            domain: d.domain.clone(),
-            pool: d.pool,
+    for (i, group) in d.rcpts.chunks(per_txn).enumerate() {
+        let part = part_of(&d, group);
+        let outcome =
+            if usable { transaction(conn, &part, reused && i == 0).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
+        let outcome = match outcome {
+            Err(ConnError::ClosedBeforeTransaction(e)) => match work.requeue_unsent(path, part_of(&d, &d.rcpts)) {
+                Ok(()) => return false,
+                Err(_) => Err(*e),
+            },
+            other => other,
         };
-        let outcome = if usable { transaction(conn, &part).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
         let results = match outcome {
             Ok((results, reset)) => {
                 if reset {
@@ -435,7 +459,39 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
     usable
 }
 
-async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, bool), ConnError> {
+/// True when the first reply of a transaction (or the failure to get one) says the receiver
+/// had closed the connection before the transaction began: end of stream, a reset, a broken
+/// pipe, or 421 (RFC 5321 3.8: the server is closing the channel). A timeout is not: the
+/// receiver may have taken the command.
+fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
+    use std::io::ErrorKind as K;
+    match first {
+        Ok(r) => r.code == 421,
+        Err(ConnError::Io(e)) => matches!(e.kind(), K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted),
+        Err(_) => false,
+    }
+}
+
+/// Write `bytes` and read the reply; `first` of a transaction on a reused connection: an
+/// answer that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
+async fn send_and_read(conn: &mut Conn, bytes: &[u8], first: bool) -> Result<Reply, ConnError> {
+    conn.trace(TraceKind::Command, || bytes.to_vec());
+    let sent = crate::wire_write::write_all_timeout(&mut conn.stream, bytes, conn.timeouts.command).await;
+    let got = match sent {
+        Ok(()) => conn.read_reply(conn.timeouts.batch).await,
+        Err(e) => Err(ConnError::Io(e)),
+    };
+    if first && closed_before_transaction(&got) {
+        let why = match got {
+            Ok(r) => ConnError::Refused(r.to_wire().trim_end().to_string()),
+            Err(e) => e,
+        };
+        return Err(ConnError::ClosedBeforeTransaction(Box::new(why)));
+    }
+    got
+}
+
+async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec<RcptResult>, bool), ConnError> {
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
@@ -445,12 +501,12 @@ async fn transaction(conn: &mut Conn, d: &Delivery) -> Result<(Vec<RcptResult>, 
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
+    let mut first = reused;
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                conn.trace(TraceKind::Command, || bytes.to_vec());
-                crate::wire_write::write_all_timeout(&mut conn.stream, &bytes, conn.timeouts.command).await?;
-                t.on_reply(conn.read_reply(conn.timeouts.batch).await?)
+                let r = send_and_read(conn, &bytes, std::mem::take(&mut first)).await?;
+                t.on_reply(r)
             }
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
@@ -492,7 +548,24 @@ fn skip_ranges<'a>(pieces: impl Iterator<Item = &'a [u8]>, skip: &[std::ops::Ran
 
 #[cfg(test)]
 mod tests {
-    use super::skip_ranges;
+    use super::{closed_before_transaction, skip_ranges, ConnError};
+    use crate::smtp::reply::Reply;
+    use std::io::ErrorKind as K;
+
+    /// What says a reused connection was closed by the receiver before the transaction began
+    /// (the delivery then goes back uncounted): end of stream, reset, broken pipe, 421.
+    #[test]
+    fn a_closed_connection_is_told_apart_from_a_refusal_or_a_slow_receiver() {
+        let io = |k: K| Err(ConnError::Io(k.into()));
+        for closed in [io(K::UnexpectedEof), io(K::ConnectionReset), io(K::BrokenPipe), Ok(Reply::new(421, (4, 4, 2), "closing"))] {
+            assert!(closed_before_transaction(&closed), "{closed:?}");
+        }
+        let open =
+            [io(K::TimedOut), Ok(Reply::new(451, (4, 3, 0), "later")), Ok(Reply::new(250, (2, 1, 0), "ok")), Err(ConnError::Protocol("x".into()))];
+        for answered in open {
+            assert!(!closed_before_transaction(&answered), "{answered:?}");
+        }
+    }
     use crate::outbound::shaping::{find_headers, POOL_HEADER};
 
     #[test]

@@ -29,7 +29,7 @@ use crate::outbound::shaping::{Chooser, Hold, Offer, PathLimits, Shaping, Source
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use event_listener::Event;
-use ringpost_spool::Outcome;
+use ringpost_spool::{MsgRef, Outcome};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -144,8 +144,16 @@ impl Ord for Scheduled {
 pub enum Dispatch {
     /// Nothing: no work, or a limit holds.
     Nothing,
-    /// Wake an idle connection of the path (notify this event).
+    /// Wake an idle connection of the path (notify this event: the own event of its newest
+    /// idle connection, so the oldest ones are the first to time out or give their slot).
     WakeIdle(Rc<Event>),
+    /// Tell one idle connection to QUIT now (notify this event, the connection's own): a path
+    /// waits for a connection at the core's cap, and the slot goes to the line when it closes.
+    CloseIdle(Rc<Event>),
+    /// The path's `max_connections` is held host-wide and one of its connections idles on
+    /// another core: ask one idle connection of the path to QUIT
+    /// ([`PathLimits::ask_idle_quit`]), so the waiting deliveries get its place.
+    AskIdleQuit(Arc<PathLimits>),
     /// Open a new connection on this path (already counted against its limits).
     Open(Rc<str>),
     /// Find the site of this domain and hand it to [`QueueManager::site_resolved`].
@@ -212,11 +220,21 @@ pub struct PathInfo {
     pub idle_timeout_s: Option<f64>,
 }
 
+/// An idle connection's place in its core's reclaim order ([`QueueManager::idle_begin`]):
+/// since when it idles, then a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdleTicket(u64, u64);
+
 struct Path {
     ready: VecDeque<Delivery>,
     connections: usize,
-    idle: usize,
-    wake: Rc<Event>,
+    /// Its connections idling for work on this core, not told to quit nor woken, oldest first
+    /// (exactly its tickets in [`QueueManager::idle_order`]).
+    idle: Vec<IdleTicket>,
+    /// Its idle connections told to QUIT (for the line, a suspension, another core's ask),
+    /// not closed yet: they take no more work. Each leaves by its own ticket when it closes
+    /// ([`QueueManager::connection_ended`]), so none is counted twice.
+    told: Vec<IdleTicket>,
     limits: Arc<PathLimits>,
     site: Rc<Site>,
     source: usize,
@@ -268,6 +286,16 @@ pub struct QueueManager {
     /// each freed connection goes to the first of them, so a thousand destinations take turns
     /// instead of opening a thousand connections each.
     slot_waiters: VecDeque<Rc<str>>,
+    /// This core's idle connections, longest idle first, with the event that makes each QUIT:
+    /// when a path waits at the cap, the first of another path gives its slot back.
+    idle_order: BTreeMap<IdleTicket, (Rc<str>, Rc<Event>)>,
+    /// Connections told to QUIT for the line and not closed yet (at most one per waiting
+    /// path), by ticket.
+    reclaiming: HashSet<IdleTicket>,
+    /// Deliveries put back once after a reused connection turned out dead before the
+    /// transaction began ([`QueueManager::requeue_unsent`]): by message and first recipient,
+    /// until they are settled. At most one such silent retry per delivery.
+    requeued: HashSet<(MsgRef, u32)>,
 }
 
 impl QueueManager {
@@ -293,6 +321,9 @@ impl QueueManager {
             connections_total: 0,
             connections_total_max: usize::MAX,
             slot_waiters: VecDeque::new(),
+            idle_order: BTreeMap::new(),
+            reclaiming: HashSet::new(),
+            requeued: HashSet::new(),
         }
     }
 
@@ -412,8 +443,8 @@ impl QueueManager {
         self.paths.entry(key.clone()).or_insert_with(|| Path {
             ready: VecDeque::new(),
             connections: 0,
-            idle: 0,
-            wake: Rc::new(Event::new()),
+            idle: Vec::new(),
+            told: Vec::new(),
             limits,
             site: site.clone(),
             source: src,
@@ -479,18 +510,37 @@ impl QueueManager {
             self.wake_path_at(key, until);
             return Dispatch::Nothing;
         }
-        if p.idle > 0 {
-            return Dispatch::WakeIdle(p.wake.clone());
+        if let Some(newest) = p.idle.pop() {
+            // Woken, it idles no more: it leaves the reclaim order now, so nothing in this
+            // pass tells it to QUIT for another path.
+            let (_, own) = self.idle_order.remove(&newest).expect("a path's idle tickets are in the order");
+            p.limits.note_idle(false);
+            return Dispatch::WakeIdle(own);
         }
-        if !may_open || p.ready.len() <= p.connections * SLOW_START_BACKLOG {
+        // A connection told to quit takes no more work: it is not one at work for slow start.
+        if !may_open || p.ready.len() <= p.connections.saturating_sub(p.told.len()) * SLOW_START_BACKLOG {
             return Dispatch::Nothing;
         }
         if self.connections_total >= self.connections_total_max {
+            // At the core's cap nothing opens, whatever the path's own limit says (another
+            // core may free a place of the site between two looks: a try here would open past
+            // the cap). At its own limit a slot of the core's would not help it: it does not
+            // queue for one (nor has an idle connection of another path closed for it).
+            let own_limit = match p.limits.params.max_connections {
+                Some(max) => p.limits.open_connections() >= max,
+                None => p.connections >= self.connections_max,
+            };
+            if own_limit {
+                if p.connections == 0 {
+                    self.wake_path_at(key, now_ms + CAP_POLL_MS);
+                }
+                return Dispatch::Nothing;
+            }
             if !p.wants_slot {
                 p.wants_slot = true;
                 self.slot_waiters.push_back(key.clone());
             }
-            return Dispatch::Nothing;
+            return self.reclaim_idle(key);
         }
         match p.limits.try_open(now_ms, p.connections, self.connections_max, shaping.shared()) {
             Ok(()) => {
@@ -504,12 +554,54 @@ impl QueueManager {
                 Dispatch::Nothing
             }
             Err(Hold::Connections) => {
+                // No connection of its own idles here (it would have been woken): when one
+                // idles on another core, it is asked to give its place back, but only when the
+                // connection rate would let this core open in its place (re-checked by
+                // `try_open` when the place is free).
+                let may_ask = p.limits.connection_rate_allows(now_ms).is_ok();
+                let ask = (may_ask && p.limits.should_ask_idle_quit(now_ms)).then(|| Dispatch::AskIdleQuit(p.limits.clone()));
                 if p.connections == 0 {
                     self.wake_path_at(key, now_ms + CAP_POLL_MS);
                 }
-                Dispatch::Nothing
+                ask.unwrap_or(Dispatch::Nothing)
             }
         }
+    }
+
+    /// Path `waiting` waits at the core's cap: unless enough connections are already quitting
+    /// for the line, the longest-idle connection of another path is told to QUIT (idle
+    /// connections keep their slot for `idle_timeout_s` only while nobody needs it).
+    fn reclaim_idle(&mut self, waiting: &str) -> Dispatch {
+        if self.reclaiming.len() >= self.slot_waiters.len() {
+            return Dispatch::Nothing;
+        }
+        let Some(ticket) = self.idle_order.iter().find(|(_, (k, _))| &**k != waiting).map(|(t, _)| *t) else { return Dispatch::Nothing };
+        self.reclaiming.insert(ticket);
+        Dispatch::CloseIdle(self.tell_quit(ticket))
+    }
+
+    /// The idle connection with `ticket` is told to QUIT: it leaves the reclaim order and the
+    /// host-wide idle count, and joins its path's `told` until it closes. Returns its event.
+    fn tell_quit(&mut self, ticket: IdleTicket) -> Rc<Event> {
+        let (key, quit) = self.idle_order.remove(&ticket).expect("only tickets in the order are told");
+        let p = self.paths.get_mut(&key).expect("an idle connection's path stays");
+        p.idle.retain(|t| *t != ticket);
+        p.told.push(ticket);
+        p.limits.note_idle(false);
+        quit
+    }
+
+    /// Tell every idle connection of this core (`None`) or of the paths of `domain`'s site to
+    /// QUIT: an operator's suspension or shutdown. Returns the events to notify.
+    pub fn quit_idle(&mut self, domain: Option<&str>) -> Vec<Dispatch> {
+        // The domain's site as last resolved: its paths are those of every source.
+        let site = domain.map(|d| self.sites.get(d).map(|e| e.site.key.clone()));
+        let of_site = |k: &Rc<str>| match &site {
+            None => true,
+            Some(site) => site.as_ref().is_some_and(|s| self.paths.get(k).is_some_and(|p| p.site.key == *s)),
+        };
+        let tickets: Vec<IdleTicket> = self.idle_order.iter().filter(|(_, (k, _))| of_site(k)).map(|(t, _)| *t).collect();
+        tickets.into_iter().map(|t| Dispatch::CloseIdle(self.tell_quit(t))).collect()
     }
 
     /// Where and how a connection of path `key` goes.
@@ -561,6 +653,12 @@ impl QueueManager {
         }
         let d = p.ready.remove(at).expect("position found");
         p.turn += 1;
+        if p.ready.is_empty() && p.wants_slot {
+            // Its own connection took the last one: it no longer needs a slot, and a stale
+            // place in line would have an idle connection of another path closed for nothing.
+            p.wants_slot = false;
+            self.slot_waiters.retain(|w| &**w != key);
+        }
         self.stats.remove(&d, Bucket::Ready);
         *self.in_flight.entry(d.domain.clone()).or_default() += d.rcpts.len();
         Pop::Ready(d)
@@ -577,25 +675,85 @@ impl QueueManager {
         taken
     }
 
-    /// The event that wakes idle connections of path `key`.
-    pub fn wake_event(&self, key: &str) -> Option<Rc<Event>> {
-        self.paths.get(key).map(|p| p.wake.clone())
+    /// A delivery popped for a reused connection of path `key` comes back unsent: the
+    /// receiver had closed that connection (EOF, reset or 421 before any reply of the
+    /// transaction), most likely while it idled. That is no attempt: the first time, the
+    /// delivery goes back to the front of the path's ready queue, uncounted, and a fresh
+    /// connection takes it (Postfix does the same with a dead cached connection).
+    /// `Err(d)`: it came back this way once already: the caller reports it as an attempt.
+    pub fn requeue_unsent(&mut self, key: &str, d: Delivery) -> Result<(), Delivery> {
+        let id = (d.msg.id, d.rcpts.first().copied().unwrap_or(0));
+        if !self.paths.contains_key(key) || !self.requeued.insert(id) {
+            return Err(d);
+        }
+        self.land(&d);
+        self.stats.add(&d, Bucket::Ready);
+        self.paths.get_mut(key).expect("just found").ready.push_front(d);
+        Ok(())
     }
 
-    /// A connection of path `key` starts (`+1`) or stops (`-1`) waiting idle for work.
-    pub fn set_idle(&mut self, key: &str, delta: isize) {
-        if let Some(p) = self.paths.get_mut(key) {
-            p.idle = p.idle.saturating_add_signed(delta);
+    /// Delivery `d` is off its connection: its recipients are no longer in flight.
+    fn land(&mut self, d: &Delivery) {
+        if let Some(n) = self.in_flight.get_mut(&*d.domain) {
+            *n = n.saturating_sub(d.rcpts.len());
+            if *n == 0 {
+                self.in_flight.remove(&*d.domain);
+            }
         }
     }
 
-    /// A connection of path `key` ended; open another if work is still ready.
+    /// A connection of path `key` starts waiting idle for work at `now_ms`; `own` is its own
+    /// event, notified when work comes ([`Dispatch::WakeIdle`]) or its slot is wanted
+    /// ([`Dispatch::CloseIdle`]). Returns its ticket and, when the path has a host-wide
+    /// connection cap, a listener for another core's ask to QUIT. None: no such path.
+    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<Event>) -> Option<(IdleTicket, event_listener::EventListener)> {
+        let (k, p) = self.paths.get_key_value(key)?;
+        let k = k.clone();
+        p.limits.note_idle(true);
+        let asked = p.limits.listen_idle_quit();
+        self.seq += 1;
+        let ticket = IdleTicket(now_ms, self.seq);
+        self.idle_order.insert(ticket, (k, own));
+        self.paths.get_mut(key).expect("just found").idle.push(ticket);
+        Some((ticket, asked))
+    }
+
+    /// The idle connection with `ticket` woke: work for it, its timeout, told to QUIT by this
+    /// core, or `asked` (another core's ask, a suspension of its path: it QUITs). True: it
+    /// must close now; its ticket stays told until [`Self::connection_ended`].
+    pub fn idle_end(&mut self, key: &str, ticket: IdleTicket, asked: bool) -> bool {
+        if asked && self.idle_order.contains_key(&ticket) {
+            self.tell_quit(ticket);
+        }
+        let Some(p) = self.paths.get_mut(key) else { return true };
+        if p.told.contains(&ticket) {
+            return true;
+        }
+        if self.idle_order.remove(&ticket).is_some() {
+            p.idle.retain(|t| *t != ticket);
+            p.limits.note_idle(false);
+        }
+        false
+    }
+
+    /// A connection of path `key`, never told to QUIT, ended; open another if work is still
+    /// ready.
     pub fn connection_closed(&mut self, key: &str, now_ms: u64, may_open: bool) -> Dispatch {
+        self.connection_ended(key, None, now_ms, may_open)
+    }
+
+    /// A connection of path `key` ended; `told` is its ticket when it was told to QUIT while
+    /// idle ([`Self::idle_end`] said so). Opens another if work is still ready.
+    pub fn connection_ended(&mut self, key: &str, told: Option<IdleTicket>, now_ms: u64, may_open: bool) -> Dispatch {
         let Some(k) = self.paths.get_key_value(key).map(|(k, _)| k.clone()) else { return Dispatch::Nothing };
         let p = self.paths.get_mut(key).expect("just found");
         p.connections = p.connections.saturating_sub(1);
         self.connections_total = self.connections_total.saturating_sub(1);
         p.limits.closed();
+        if let Some(t) = told {
+            p.told.retain(|x| *x != t);
+            self.reclaiming.remove(&t);
+        }
         if p.ready.is_empty() {
             if p.connections == 0 && !p.wants_slot {
                 self.paths.remove(key);
@@ -657,11 +815,10 @@ impl QueueManager {
     /// or, past the lifetime, expire.
     pub fn settle(&mut self, now_ms: u64, d: Delivery, results: Vec<RcptResult>, retry_in: Option<Duration>) -> Settlement {
         let attempts = d.attempts + 1;
-        if let Some(n) = self.in_flight.get_mut(&*d.domain) {
-            *n = n.saturating_sub(d.rcpts.len());
-            if *n == 0 {
-                self.in_flight.remove(&*d.domain);
-            }
+        self.land(&d);
+        if !self.requeued.is_empty() {
+            // Its one silent retry is spent (a part of it reports the first recipient).
+            self.requeued.remove(&(d.msg.id, d.rcpts.first().copied().unwrap_or(0)));
         }
         let mut out = Settlement { attempts, ..Default::default() };
         let mut retry = Vec::new();

@@ -62,14 +62,17 @@ impl QueueManager {
     }
 
     /// Suspend `domain`, or every destination when `None`. Queued mail stays; connections
-    /// finish the transaction they hold and close (or skip that domain's mail).
-    pub fn suspend(&mut self, domain: Option<&str>) {
+    /// finish the transaction they hold and close (or skip that domain's mail). Idle
+    /// connections of the domain's site (of every site for `None`) are told to QUIT: notify
+    /// the returned events.
+    pub fn suspend(&mut self, domain: Option<&str>) -> Vec<Dispatch> {
         match domain {
             Some(d) => {
                 self.suspended.insert(d.to_string());
             }
             None => self.all_suspended = true,
         }
+        self.quit_idle(domain)
     }
 
     /// Lift a suspension (`None`: every suspension); one dispatch per path with mail.

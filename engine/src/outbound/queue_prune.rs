@@ -11,7 +11,7 @@ use crate::outbound::shaping::prune::PRUNE_IDLE_MS;
 impl QueueManager {
     /// Drop idle paths and site entries at `now_ms`; returns (paths, sites) left.
     pub fn prune_idle(&mut self, now_ms: u64) -> (usize, usize) {
-        self.paths.retain(|_, p| !p.ready.is_empty() || p.connections > 0 || p.idle > 0);
+        self.paths.retain(|_, p| !p.ready.is_empty() || p.connections > 0 || !p.idle.is_empty());
         let paths = &self.paths;
         self.sites.retain(|_, e| e.expires_ms.saturating_add(PRUNE_IDLE_MS) > now_ms || e.paths.iter().any(|(_, k)| paths.contains_key(k)));
         let (keep_sites, keep_paths) = (self.sites.len() * 2, self.paths.len() * 2);

@@ -88,7 +88,7 @@ fn enqueue_opens_up_to_the_limit_then_wakes_idle_connections() {
     let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_)));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "limit of 2 reached");
-    q.set_idle(&k, 1);
+    q.idle_begin(&k, T0, Rc::new(Event::new())).unwrap();
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::WakeIdle(_)));
     assert_eq!(q.depth("b.test"), (4, 2));
 }
@@ -388,4 +388,299 @@ fn slow_start_a_path_opens_another_connection_only_while_its_backlog_outnumbers_
     // A closed connection is replaced only while the backlog still outnumbers what is left.
     assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Nothing), "2 ready for 2 connections");
     assert!(matches!(q.connection_closed(&k, T0, true), Dispatch::Open(_)), "2 ready for 1 connection");
+}
+
+/// A site of its own for `domain` (`mx.<domain>`).
+fn own_site(q: &mut QueueManager, domain: &str) {
+    assert!(q.site_resolved(domain, Site::of_mx(domain, [format!("mx.{domain}")]), T0, true).is_empty());
+}
+
+/// Opens a connection for one delivery to `domain`, hands it the delivery, and lets it idle
+/// at `at`: (path key, its idle ticket, its quit event).
+fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, at: u64) -> (Rc<str>, IdleTicket, Rc<Event>) {
+    let k = opened(q.enqueue(to(domain, m, &[0], 0), at, true));
+    ready(q.pop(&k, at));
+    assert!(matches!(q.pop(&k, at), Pop::Empty), "nobody waits: it may idle");
+    let quit = Rc::new(Event::new());
+    let (t, _) = q.idle_begin(&k, at, quit.clone()).unwrap();
+    (k, t, quit)
+}
+
+fn told_to_quit(d: Dispatch) -> Rc<Event> {
+    match d {
+        Dispatch::CloseIdle(e) => e,
+        _ => panic!("expected CloseIdle"),
+    }
+}
+
+#[test]
+fn at_the_cap_the_longest_idle_connection_of_another_path_quits_and_its_slot_goes_to_the_waiting_path() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    assert_eq!(q.connections_total(), 2);
+    // e.test needs a connection at the cap: b's connection, idle longest, is told to quit.
+    let told = told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true));
+    assert!(Rc::ptr_eq(&told, &quit_b), "the longest idle (b.test), not d.test");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true), Dispatch::Nothing), "one quit per waiting path");
+    // d.test's idle connection is still there for its own mail; b's is not woken for work.
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 30, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &quit_d)), "d's own connection");
+    assert!(!q.idle_end(&kd, td, false), "woken for work, not told to quit");
+    ready(q.pop(&kd, T0 + 30));
+    assert!(q.idle_end(&kb, tb, false), "b's connection learns it must QUIT");
+    let ke = opened(q.connection_ended(&kb, Some(tb), T0 + 31, true));
+    assert_ne!(ke, kb);
+    assert_eq!(&*ready(q.pop(&ke, T0 + 31)).domain, "e.test");
+    assert_eq!(q.connections_total(), 2, "the cap holds throughout");
+}
+
+#[test]
+fn a_path_whose_idle_connection_was_told_to_quit_waits_for_a_slot_and_another_idle_one_quits_for_it() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (_kd, _td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true)), &quit_b));
+    // b.test gets mail before its connection has quit: that connection is not woken for it,
+    // b.test joins the line and d.test's idle connection quits for it.
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("b.test", &m, &[0], 0), T0 + 21, true)), &quit_d));
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0 + 22, true), Dispatch::Nothing), "no idle connection left");
+    assert!(q.idle_end(&kb, tb, false));
+    let first = opened(q.connection_ended(&kb, Some(tb), T0 + 23, true));
+    assert_ne!(first, kb, "e.test asked first");
+}
+
+#[test]
+fn a_path_sent_to_the_back_of_the_line_after_its_turn_gets_an_idle_connection_quit_for_it() {
+    // b.test's site may have one connection: its backlog does not queue for a second slot.
+    let mut q = qm(32, "[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    for _ in 0..TURN_DELIVERIES + 5 {
+        q.enqueue(to("b.test", &m, &[0], 0), T0, true);
+    }
+    for _ in 0..TURN_DELIVERIES {
+        ready(q.pop(&kb, T0));
+    }
+    // e.test waits: d's idle connection quits for it, but b's turn is up too.
+    assert!(Rc::ptr_eq(&told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 1, true)), &quit_d));
+    assert!(matches!(q.pop(&kb, T0 + 1), Pop::Close), "past its turn");
+    let ke = opened(q.connection_closed(&kb, T0 + 2, true));
+    assert_ne!(ke, kb, "e.test gets b's slot; b.test goes to the back of the line");
+    assert!(q.idle_end(&kd, td, false));
+    assert_eq!(opened(q.connection_ended(&kd, Some(td), T0 + 3, true)), kb, "d's slot goes to b.test");
+}
+
+#[test]
+fn below_the_cap_or_with_nothing_idle_no_connection_is_told_to_quit() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(3, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, _) = idle_connection(&mut q, &m, "b.test", T0);
+    opened(q.enqueue(to("d.test", &m, &[0], 0), T0, true));
+    let ke = opened(q.enqueue(to("e.test", &m, &[0], 0), T0, true));
+    assert_eq!(q.connections_total(), 3, "below the cap paths open, the idle one stays");
+    ready(q.pop(&ke, T0));
+    assert!(!q.idle_end(&kb, tb, false), "its idle time ran out: it was never told to quit");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "slow start: 1 ready, 1 busy connection");
+    assert!(matches!(q.enqueue(to("e.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "at the cap with nothing idle: nobody quits");
+}
+
+#[test]
+fn a_waiting_path_served_by_its_own_connection_leaves_the_line() {
+    let mut q = qm(32, "");
+    q.set_total_connections(1, T0, true);
+    let m = message(T0, 1);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "a second connection waits at the cap");
+    assert_eq!(q.slot_waiters.len(), 1);
+    ready(q.pop(&kb, T0));
+    ready(q.pop(&kb, T0));
+    assert!(q.slot_waiters.is_empty(), "its own connection took the backlog: no place in line left behind");
+    assert!(matches!(q.pop(&kb, T0), Pop::Empty), "so its connection may idle");
+}
+
+#[test]
+fn a_site_cap_held_by_an_idle_connection_on_another_core_asks_it_to_quit_once_per_interval() {
+    use crate::outbound::shaping::IDLE_QUIT_ASK_MS;
+    let shaping = shaping("[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
+    let core = |s: &Arc<Shaping>| {
+        let mut q = QueueManager::new(policy(), 32, s.clone());
+        for d in ["b.test", "c.test"] {
+            assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
+        }
+        q
+    };
+    let (mut a, mut b) = (core(&shaping), core(&shaping));
+    let m = message(T0, 1);
+    // Core b's connection of the site is busy: core a's mail waits, nobody is asked.
+    let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    ready(b.pop(&kb, T0));
+    assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "the site's one connection is at work");
+    // Now it idles: core a asks it to quit, at most once per interval.
+    let (tb, _asked) = b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    let Dispatch::AskIdleQuit(limits) = a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true) else { panic!("expected AskIdleQuit") };
+    assert_eq!(limits.idle_connections(), 1);
+    assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "asked already");
+    assert!(release(&mut a, T0 + 10 + IDLE_QUIT_ASK_MS).iter().any(|d| matches!(d, Dispatch::AskIdleQuit(_))), "asked again");
+    // It quits (woken by the ask, not by its own core): core a's next poll opens.
+    assert!(b.idle_end(&kb, tb, true), "asked: it must QUIT");
+    assert!(matches!(b.connection_ended(&kb, Some(tb), T0 + 300, true), Dispatch::Nothing));
+    assert_eq!(limits.idle_connections(), 0);
+    let opened_now = release(&mut a, T0 + 300 + CAP_POLL_MS);
+    assert!(matches!(opened_now.as_slice(), [Dispatch::Open(_)]), "core a's mail gets the site's connection");
+}
+
+#[test]
+fn a_woken_idle_connection_is_not_told_to_quit_for_another_path_in_the_same_pass() {
+    let mut q = qm(32, "");
+    own_site(&mut q, "e.test");
+    q.set_total_connections(2, T0, true);
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (_kd, _td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    // b.test's mail wakes b's connection (idle longest); before it runs, e.test needs a slot.
+    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0 + 20, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &quit_b)));
+    let told = told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true));
+    assert!(Rc::ptr_eq(&told, &quit_d), "the woken connection has work: d's idle one quits instead");
+    assert!(!q.idle_end(&kb, tb, false), "b's connection carries on");
+    assert_eq!(&*ready(q.pop(&kb, T0 + 21)).domain, "b.test");
+}
+
+#[test]
+fn a_connection_told_to_quit_is_counted_by_its_ticket_not_by_whichever_connection_of_its_path_closes_first() {
+    let mut q = qm(32, "");
+    for d in ["e.test", "g.test"] {
+        own_site(&mut q, d);
+    }
+    q.set_total_connections(3, T0, true);
+    let m = message(T0, 1);
+    // b.test: two connections, one idles (b1), one stays busy (b2); d.test: one idle.
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    ready(q.pop(&kb, T0));
+    ready(q.pop(&kb, T0));
+    let (tb1, _) = q.idle_begin(&kb, T0, Rc::new(Event::new())).unwrap();
+    let (_kd, _td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    assert_eq!(q.connections_total(), 3);
+    // e.test waits at the cap: b1 (idle longest) is told to quit.
+    told_to_quit(q.enqueue(to("e.test", &m, &[0], 0), T0 + 20, true));
+    assert!(q.idle_end(&kb, tb1, false), "b1 told");
+    // b2 closes first, for its own reason: e.test gets its slot; b1 is still closing.
+    assert_eq!(opened(q.connection_closed(&kb, T0 + 21, true)), q.path_key_of("e.test").unwrap());
+    // g.test waits: b1's close is its slot, so d's idle connection is not told to quit too.
+    assert!(matches!(q.enqueue(to("g.test", &m, &[0], 0), T0 + 22, true), Dispatch::Nothing), "one quitting connection per waiting path");
+    assert_eq!(opened(q.connection_ended(&kb, Some(tb1), T0 + 23, true)), q.path_key_of("g.test").unwrap());
+    assert_eq!(q.connections_total(), 3);
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 24, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &quit_d)), "d's kept");
+}
+
+#[test]
+fn an_operator_suspension_tells_the_idle_connections_of_the_suspended_site_to_quit() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
+    // c.test shares b.test's site: b's connection goes, d's stays.
+    let told: Vec<Rc<Event>> = q.suspend(Some("c.test")).into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &quit_b)), "only the suspended site's idle connection");
+    assert!(q.idle_end(&kb, tb, false), "it QUITs");
+    assert!(matches!(q.connection_ended(&kb, Some(tb), T0 + 20, true), Dispatch::Nothing));
+    let told: Vec<Rc<Event>> = q.suspend(None).into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &quit_d)), "suspending everything: every idle connection");
+    assert!(q.idle_end(&kd, td, false));
+}
+
+#[test]
+fn a_delivery_back_from_a_dead_reused_connection_is_ready_again_uncounted_once() {
+    let mut q = qm(32, "");
+    let m = message(T0, 2);
+    let k = opened(q.enqueue(delivery(&m, &[0, 1], 2), T0, true));
+    let d = ready(q.pop(&k, T0));
+    assert!(q.requeue_unsent(&k, d).is_ok(), "the first time it goes back");
+    assert_eq!(q.depth("b.test"), (1, 1), "ready again, at the front");
+    assert_eq!(q.scheduled_len(), 0, "not scheduled for a retry");
+    let d = ready(q.pop(&k, T0));
+    assert_eq!((d.attempts, &*d.rcpts), (2, &[0, 1][..]), "no attempt counted");
+    let d = q.requeue_unsent(&k, d).expect_err("a second time it is reported");
+    let s = q.settle(T0, d, vec![temp(), temp()], None);
+    assert_eq!(s.attempts, 3, "reported, it counts");
+    // Settled, it may come back once on its next attempt.
+    let due = s.deferred.expect("deferred").next_attempt_ms;
+    release(&mut q, due);
+    let d = ready(q.pop(&k, due));
+    assert_eq!(d.attempts, 3);
+    assert!(q.requeue_unsent(&k, d).is_ok(), "one silent retry per attempt");
+}
+
+#[test]
+fn at_the_cores_cap_nothing_opens_while_other_cores_free_and_take_the_sites_place() {
+    // Core a is at its cap with one connection of another path; the site's one place is
+    // taken and freed by another thread (another core) all the time. At the cap core a must
+    // not open, whatever the site's count says when it looks.
+    let mut q = qm(32, "[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
+    q.set_total_connections(1, T0, true);
+    let m = message(T0, 1);
+    let kd = opened(q.enqueue(to("d.test", &m, &[0], 0), T0, true));
+    ready(q.pop(&kd, T0));
+    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0 + 1, true), Dispatch::Nothing), "at the cap");
+    let kb = q.path_key_of("b.test").unwrap();
+    let limits = q.path_limits(&kb).unwrap().1;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (limits, stop) = (limits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if limits.try_open(T0, 0, 1, None).is_ok() {
+                    limits.closed();
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut opens = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for _ in 0..1000 {
+            if let Dispatch::Open(k) = q.enqueue(to("b.test", &m, &[0], 0), T0 + 2, true) {
+                opens += 1;
+                q.connection_closed(&k, T0 + 2, false);
+            }
+            q.take_ready(&kb);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    other.join().unwrap();
+    assert_eq!(opens, 0, "opened past the core's cap of 1");
+}
+
+#[test]
+fn a_site_cap_held_on_another_core_is_asked_for_only_when_the_connection_rate_would_let_this_core_open() {
+    let shaping = shaping("[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\nmax_connection_rate = \"1/s\"\n");
+    let core = |s: &Arc<Shaping>| {
+        let mut q = QueueManager::new(policy(), 32, s.clone());
+        for d in ["b.test", "c.test"] {
+            assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
+        }
+        q
+    };
+    let (mut a, mut b) = (core(&shaping), core(&shaping));
+    let m = message(T0, 1);
+    // Core b opens the site's one connection (its connection turn for this second) and idles.
+    let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    ready(b.pop(&kb, T0));
+    b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    // Core a's mail waits; the rate would not let it open before T0 + 1000: nobody is asked.
+    assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true), Dispatch::Nothing), "no ask while the rate holds");
+    assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "still held by the rate");
+    let asked = release(&mut a, T0 + 1_000 + CAP_POLL_MS);
+    assert!(matches!(asked.as_slice(), [Dispatch::AskIdleQuit(_)]), "the rate allows: now b's idle connection is asked");
 }

@@ -22,6 +22,9 @@ use std::time::Duration;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long shutdown waits for open sessions to finish their transaction.
 const SESSION_DRAIN_MAX: Duration = Duration::from_secs(30);
+/// How long shutdown waits for outbound connections to close: idle ones QUIT at once (they
+/// watch for shutdown), busy ones after their transaction.
+const OUTBOUND_DRAIN_MAX: Duration = Duration::from_secs(3);
 
 /// Run core `id` of `n` until shutdown.
 pub async fn run_core(
@@ -69,6 +72,7 @@ pub async fn run_core(
         a.await;
     }
     drain_sessions(&core).await;
+    drain_outbound(&core).await;
     flusher.await;
     core.log.flush();
     spool.close();
@@ -176,6 +180,15 @@ async fn run_flusher(core: Rc<Core>) {
     while !core.is_stopping() {
         glommio::timer::sleep(FLUSH_INTERVAL).await;
         core.log.flush();
+    }
+}
+
+/// Let outbound connections say QUIT and close (up to [`OUTBOUND_DRAIN_MAX`]): a receiver
+/// should see a polite end, not a dropped connection.
+async fn drain_outbound(core: &Core) {
+    let start = std::time::Instant::now();
+    while core.queues.borrow().connections_total() > 0 && start.elapsed() < OUTBOUND_DRAIN_MAX {
+        glommio::timer::sleep(FLUSH_INTERVAL).await;
     }
 }
 

@@ -382,7 +382,8 @@ impl Core {
     }
 
     fn admin_suspend(self: &Rc<Self>, domain: Option<String>, for_s: Option<u64>) -> u64 {
-        self.queues.borrow_mut().suspend(domain.as_deref());
+        let quit = self.queues.borrow_mut().suspend(domain.as_deref());
+        quit.into_iter().for_each(|a| self.act(a));
         let key = domain.clone().unwrap_or_else(|| "*".into());
         self.keep_suspension(&key, for_s);
         let generation = self.admin.generation.get() + 1;

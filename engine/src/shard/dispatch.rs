@@ -11,7 +11,7 @@ use crate::config::RuleAction;
 use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
 use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
-use crate::outbound::queue::{Delivery, Dispatch, Final, Pop, Settlement};
+use crate::outbound::queue::{Delivery, Dispatch, Final, IdleTicket, Pop, Settlement};
 use crate::outbound::shaping::prune::PRUNE_EVERY_MS;
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_header, POOL_HEADER};
@@ -20,6 +20,7 @@ use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
 use ringpost_spool::Outcome;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +62,10 @@ impl Core {
     pub(crate) fn act(self: &Rc<Self>, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
-            Dispatch::WakeIdle(event) => {
+            Dispatch::WakeIdle(event) | Dispatch::CloseIdle(event) => {
                 event.notify(1);
             }
+            Dispatch::AskIdleQuit(limits) => limits.ask_idle_quit(),
             Dispatch::Open(path) => self.spawn_agent(path),
             Dispatch::Resolve(domain) => self.spawn_resolve(domain),
         }
@@ -87,12 +89,15 @@ impl Core {
         glommio::spawn_local(async move {
             let ctx = core.agent.borrow().clone();
             let info = core.queues.borrow().path_info(&path);
+            let mut told = None;
             if let Some(info) = info {
                 let slot = core.shared_connection_slot(&path).await;
-                run_connection(&ctx, &ShardWork(&core, &ctx), &path, &info).await;
+                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()), Cell::new(None));
+                run_connection(&ctx, &work, &path, &info).await;
                 drop(slot);
+                told = work.3.get();
             }
-            let again = core.queues.borrow_mut().connection_closed(&path, core.clock.now_ms(), !core.is_stopping());
+            let again = core.queues.borrow_mut().connection_ended(&path, told, core.clock.now_ms(), !core.is_stopping());
             core.act(again);
         })
         .detach();
@@ -274,8 +279,11 @@ impl Core {
     }
 }
 
-/// The queue manager as seen by one delivery agent, with the context it connected with.
-struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>);
+/// The queue manager as seen by one delivery agent, with the context it connected with,
+/// the connection's own event, notified while it idles when work comes for it
+/// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]), and its idle
+/// ticket once it was told to QUIT (handed back when it closes).
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>, Cell<Option<IdleTicket>>);
 
 impl ShardWork<'_> {
     /// A reload changed routes or delivery settings: close, so a new connection uses them.
@@ -288,6 +296,31 @@ impl ShardWork<'_> {
         self.0.queues.borrow_mut().pop(path, now)
     }
 
+    /// Wait idle up to `idle` for the connection's own event (work for it, or told to QUIT
+    /// by this core: for a path waiting at its cap, an operator's suspension); false when
+    /// told to QUIT, by this core, by another whose deliveries wait at the path's host-wide
+    /// `max_connections`, by a rule's suspension of the path, or by shutdown. Nothing awaits
+    /// between the caller's empty pop and `idle_begin`, so no wake-up is lost.
+    async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
+        let core = self.0;
+        let own = self.2.listen();
+        let Some((ticket, asked)) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
+        let woke = async {
+            futures_lite::future::or(own, glommio::timer::sleep(idle)).await;
+            false
+        };
+        let asked = async {
+            futures_lite::future::or(asked, core.stopped()).await;
+            true
+        };
+        let asked = futures_lite::future::or(woke, asked).await;
+        let quit = core.queues.borrow_mut().idle_end(path, ticket, asked);
+        if quit {
+            self.3.set(Some(ticket));
+        }
+        !quit
+    }
+
     /// Sleep until Unix ms `t` (a rate's next turn); false once stopping.
     async fn wait_until(&self, t: u64) -> bool {
         let now = self.0.clock.now_ms();
@@ -298,7 +331,6 @@ impl ShardWork<'_> {
 
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, path: &str, idle: Duration) -> Option<Delivery> {
-        let core = self.0;
         let mut idled = false;
         loop {
             if self.stale() {
@@ -316,23 +348,19 @@ impl WorkSource for ShardWork<'_> {
                 Pop::Empty if idled => return None,
                 Pop::Empty => {}
             }
-            let wake = core.queues.borrow().wake_event(path)?;
-            let listener = wake.listen();
-            match self.pop(path) {
-                Pop::Ready(d) => return Some(d),
-                Pop::Close => return None,
-                Pop::Wait(_) => continue,
-                Pop::Empty => {}
+            if !self.idle_wait(path, idle).await {
+                return None;
             }
-            core.queues.borrow_mut().set_idle(path, 1);
-            futures_lite::future::or(listener, glommio::timer::sleep(idle)).await;
-            core.queues.borrow_mut().set_idle(path, -1);
             idled = true;
         }
     }
 
     fn take_ready(&self, path: &str) -> Vec<Delivery> {
         self.0.queues.borrow_mut().take_ready(path)
+    }
+
+    fn requeue_unsent(&self, path: &str, d: Delivery) -> Result<(), Delivery> {
+        self.0.queues.borrow_mut().requeue_unsent(path, d)
     }
 
     async fn report(&self, path: &str, d: Delivery, mut results: Vec<RcptResult>, peer: Option<Peer>) {

@@ -98,7 +98,19 @@ pub struct PathLimits {
     last_used_ms: AtomicU64,
     /// Being pruned: a caller that finds it set takes a fresh entry (`prune.rs`).
     retired: AtomicBool,
+    /// Connections of this path idle on any core (they count against `max_connections`).
+    idle: AtomicUsize,
+    /// Idle connections of this path listen here on every core: a core whose deliveries wait
+    /// at the cap while another core's connections idle asks one of them to QUIT.
+    idle_quit: event_listener::Event,
+    /// When a core last asked (Unix ms): at most one ask per [`IDLE_QUIT_ASK_MS`].
+    idle_quit_asked_ms: AtomicU64,
 }
+
+/// How often, at most, the cores ask one idle connection of a path to give its place back
+/// under the path's `max_connections`: a quit takes a round trip, so asking on every poll
+/// would close more idle connections than the waiting core needs.
+pub const IDLE_QUIT_ASK_MS: u64 = 200;
 
 impl PathLimits {
     fn new(key: String, params: ShapeParams) -> Self {
@@ -114,7 +126,57 @@ impl PathLimits {
             note: Mutex::new(String::new()),
             last_used_ms: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            idle: AtomicUsize::new(0),
+            idle_quit: event_listener::Event::new(),
+            idle_quit_asked_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A connection of this path starts (`true`) or stops (`false`) idling, on any core.
+    pub fn note_idle(&self, idle: bool) {
+        if idle {
+            self.idle.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self.idle.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Connections of this path idle host-wide.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.load(Ordering::Acquire)
+    }
+
+    /// Deliveries of this path wait at its `max_connections` on a core with no idle
+    /// connection of its own: true when one idle elsewhere should be asked to QUIT now (there
+    /// is one, the path has a host-wide cap, and nobody asked in the last
+    /// [`IDLE_QUIT_ASK_MS`]). The caller then calls [`Self::ask_idle_quit`].
+    pub fn should_ask_idle_quit(&self, now_ms: u64) -> bool {
+        if self.params.max_connections.is_none() || self.idle_connections() == 0 {
+            return false;
+        }
+        let last = self.idle_quit_asked_ms.load(Ordering::Acquire);
+        now_ms >= last.saturating_add(IDLE_QUIT_ASK_MS)
+            && self.idle_quit_asked_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Wake one idle connection of this path, on whichever core it idles: it QUITs.
+    pub fn ask_idle_quit(&self) {
+        self.idle_quit.notify(1);
+    }
+
+    /// Listen for [`Self::ask_idle_quit`] and for a suspension ([`Self::suspend`]): every
+    /// idle connection of the path listens, on every core.
+    pub fn listen_idle_quit(&self) -> event_listener::EventListener {
+        self.idle_quit.listen()
+    }
+
+    /// Would the connection rate let a connection open at `now_ms`? Takes nothing (the
+    /// host's own limiter is asked, not the cluster's). `Err(t)`: not before Unix ms `t`.
+    /// A core checks it before it asks another core's idle connection to give its place
+    /// back: a place it could not use would only close a connection for nothing.
+    pub fn connection_rate_allows(&self, now_ms: u64) -> Result<(), u64> {
+        let Some(g) = &self.opens else { return Ok(()) };
+        g.peek(now_ms * 1000).map_err(|t| t.div_ceil(1000))
     }
 
     /// Note a use at `now_ms`; stored at most once a second, so cores sharing the path mostly
@@ -198,9 +260,12 @@ impl PathLimits {
     }
 
     /// Suspend until `until_ms` (a later suspension extends, an earlier one does not shorten).
+    /// Every idle connection of the path, on every core, is told to QUIT: a suspended path
+    /// takes no mail, and its connections must not stay open meanwhile.
     pub fn suspend(&self, until_ms: u64, why: &str) {
         self.suspended_until_ms.fetch_max(until_ms, Ordering::AcqRel);
         *self.note.lock().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+        self.idle_quit.notify(usize::MAX);
     }
 
     /// Multiply the rates by `factor` until `until_ms`.

@@ -47,6 +47,16 @@ impl Gcra {
     pub fn is_full(&self, now_us: u64) -> bool {
         self.tat_us.load(Ordering::Acquire) <= now_us
     }
+
+    /// Would [`Self::try_acquire`] allow one event at `now_us`? Takes nothing. `Err(t)`: not
+    /// before `t` µs.
+    pub fn peek(&self, now_us: u64) -> Result<(), u64> {
+        let base = self.tat_us.load(Ordering::Acquire).max(now_us);
+        if base > now_us + self.tolerance_us {
+            return Err(base - self.tolerance_us);
+        }
+        Ok(())
+    }
 }
 
 /// What the cluster-wide limiter (`[cluster]`, item 8) answers about a `shared = true` limit.

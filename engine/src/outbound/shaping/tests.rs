@@ -114,3 +114,26 @@ fn the_pool_header_is_found_with_its_folded_lines() {
     let none: [&[u8]; 1] = [b"Subject: x\r\n\r\nX-Ringpost-Pool: body\r\n"];
     assert!(find_header(none.iter().copied(), POOL_HEADER).is_none(), "only the header section");
 }
+
+#[test]
+fn a_rules_suspension_tells_every_idle_connection_of_the_path_to_quit() {
+    let s = Shaping::new(&config(""), None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    let idle: Vec<_> = (0..3).map(|_| p.listen_idle_quit()).collect();
+    p.suspend(5_000, "rule tss04");
+    for l in idle {
+        assert_eq!(futures_lite::future::block_on(futures_lite::future::poll_once(l)), Some(()), "every idle connection hears it");
+    }
+}
+
+#[test]
+fn the_connection_rate_can_be_looked_at_without_taking_a_turn() {
+    let c = config("[[shape]]\nsite = \"*\"\nmax_connection_rate = \"2/s\"\n");
+    let s = Shaping::new(&c, None);
+    let p = s.path(0, "a.test", &Site::of_mx("a.test", ["mx".into()]));
+    assert_eq!(p.connection_rate_allows(1_000), Ok(()));
+    assert_eq!(p.connection_rate_allows(1_000), Ok(()), "looking takes nothing");
+    assert!(p.try_open(1_000, 0, 9, None).is_ok());
+    assert_eq!(p.connection_rate_allows(1_000), Err(1_500));
+    assert_eq!(p.connection_rate_allows(1_500), Ok(()));
+}
