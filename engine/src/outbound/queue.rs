@@ -823,16 +823,11 @@ mod size_tests {
     #[test]
     fn a_packed_delivery_comes_back_whole_in_order() {
         let mut strings = Interner::default();
+        let (reply, domain) = (strings.get("451 later"), strings.get("a.test"));
         let msg =
             Arc::new(SpooledMessage::owned(ringpost_spool::MsgRef { core: 0, segment: 1, offset: 64 }, String::new(), vec![], vec![], vec![], 0, 0));
-        let d = |rcpts: Rcpts, pool| Delivery {
-            msg: msg.clone(),
-            rcpts,
-            attempts: 3,
-            last_response: Some(strings.get("451 later")),
-            domain: strings.get("a.test"),
-            pool,
-        };
+        let d =
+            |rcpts: Rcpts, pool| Delivery { msg: msg.clone(), rcpts, attempts: 3, last_response: Some(reply.clone()), domain: domain.clone(), pool };
         let mut parked = ParkedRcpts::default();
         let (a, b) =
             (parked.park(1_800_000_000_123, 7, d(Rcpts::One(5), None)), parked.park(1_800_000_000_123, 8, d(Rcpts::Many([1, 4].into()), Some(2))));
