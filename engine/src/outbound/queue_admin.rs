@@ -111,11 +111,12 @@ impl QueueManager {
     /// (a scan and a rebuild: operator commands only). They leave the waiting counts.
     fn take_scheduled(&mut self, pick: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
         let all = std::mem::take(&mut self.scheduled).into_vec();
-        let (mut taken, kept): (Vec<Scheduled>, Vec<Scheduled>) = all.into_iter().partition(|s| pick(&s.d));
+        let (mut taken, kept): (Vec<Scheduled>, Vec<Scheduled>) = all.into_iter().partition(|s| pick(&self.parked_rcpts.view(s)));
         self.scheduled = kept.into();
         taken.sort_by_key(Scheduled::key);
-        taken.iter().for_each(|s| self.stats.remove(&s.d, Bucket::Waiting));
-        taken.into_iter().map(|s| s.d).collect()
+        let taken: Vec<Delivery> = taken.into_iter().map(|s| self.parked_rcpts.unpark(s)).collect();
+        taken.iter().for_each(|d| self.stats.remove(d, Bucket::Waiting));
+        taken
     }
 
     /// Take out every queued delivery (ready, waiting or waiting for its site; not in flight)
@@ -187,10 +188,10 @@ impl QueueManager {
         for d in self.paths.values().flat_map(|p| p.ready.iter()).chain(self.resolving.values().flatten()).filter(|d| d.msg.id == id) {
             out.extend(rcpts(d, Place::Ready));
         }
-        let mut waiting: Vec<&Scheduled> = self.scheduled.iter().filter(|s| s.d.msg.id == id).collect();
+        let mut waiting: Vec<&Scheduled> = self.scheduled.iter().filter(|s| s.msg().id == id).collect();
         waiting.sort_by_key(|s| s.key());
         for s in waiting {
-            out.extend(rcpts(&s.d, Place::Waiting(s.at_ms)));
+            out.extend(rcpts(&self.parked_rcpts.view(s), Place::Waiting(s.at_ms())));
         }
         out
     }
@@ -356,7 +357,7 @@ mod tests {
             e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms));
         };
         q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
-        q.scheduled.iter().for_each(|s| add(&s.d, false));
+        q.scheduled.iter().for_each(|s| add(&q.parked_rcpts.view(s), false));
         v
     }
 
