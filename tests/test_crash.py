@@ -14,9 +14,12 @@ Exact claims checked:
 - every message whose 250 the client saw is delivered (none missing);
 - the only other messages delivered are the ones in flight at the kill: at most one per client
   connection, and exactly the next message number of that connection;
-- no message is delivered more than twice, and the duplicates (deliveries the sink accepted
-  before the kill whose disposition was not yet written) are printed and bounded by the number
-  of delivery transactions that can be open at once."""
+- no message is delivered more than twice, and every duplicate is a delivery the sink accepted
+  shortly before the kill (its disposition was appended but not yet written: dispositions are
+  written by the next commit round, nobody waits for them). How many that is depends on the
+  delivery rate times a round's time, so the check is on time, not on a count: a duplicate's
+  first copy reached the sink at most DUPLICATE_WINDOW_S before the kill. Deliveries older than
+  that must never come again (they would if dispositions were lost or never written)."""
 import signal
 import smtplib
 import threading
@@ -26,7 +29,10 @@ from conftest import strip_trace
 
 CONNECTIONS = 16
 DESTINATIONS = 5  # r@d0.test .. r@d4.test
-MAX_CONNECTIONS_PER_DESTINATION = 8  # conftest's [delivery] max_connections_per_destination
+# A disposition is written by the commit round after the one in flight when it was appended:
+# two rounds (p99 ~12 ms, worst seen ~250 ms on a loaded disk) plus the hop between cores.
+DUPLICATE_WINDOW_S = 1.5
+INJECT_BEFORE_KILL_S = 4.0
 
 
 def injector(port, tag, stop, accepted, lock):
@@ -53,7 +59,8 @@ def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
     threads = [threading.Thread(target=injector, args=(rp.port, f"c{i}", stop, accepted, lock)) for i in range(CONNECTIONS)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    time.sleep(INJECT_BEFORE_KILL_S)
+    killed_at = time.monotonic()
     rp.proc.send_signal(signal.SIGKILL)
     rp.proc.wait()
     stop.set()
@@ -88,11 +95,12 @@ def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
     assert len({m.rsplit("-", 1)[0] for m in unacked}) == len(unacked) <= CONNECTIONS
     duplicates = {m: c for m, c in got.items() if c > 1}
     extra = sum(c - 1 for c in duplicates.values())
-    # A duplicate is a message the sink accepted before the kill whose disposition was not yet
-    # written: at most one per delivery transaction open at the kill (one message per
-    # transaction, one transaction per connection), and each is redelivered once.
-    in_flight_bound = DESTINATIONS * MAX_CONNECTIONS_PER_DESTINATION
+    first_arrival = {}
+    for t, content in sink.timed_snapshot():
+        first_arrival.setdefault(strip_trace(content).split(b"\r\n\r\n", 1)[1].strip().decode(), t)
+    # (A first copy can reach the sink a few ms after the kill: bytes written before it.)
+    oldest = max((killed_at - first_arrival[m] for m in duplicates), default=0.0)
     print(f"accepted={len(accepted)} delivered_before_kill={before} unacked_delivered={len(unacked)} "
-          f"duplicated_messages={len(duplicates)} extra_deliveries={extra}")
+          f"duplicated_messages={len(duplicates)} extra_deliveries={extra} oldest_duplicate_s={oldest:.3f}")
     assert all(c == 2 for c in duplicates.values()), f"delivered more than twice: {duplicates}"
-    assert extra <= in_flight_bound, f"{extra} duplicates exceed the in-flight bound {in_flight_bound}"
+    assert oldest <= DUPLICATE_WINDOW_S, f"a message delivered {oldest:.3f} s before the kill was delivered again"

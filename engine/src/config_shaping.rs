@@ -205,6 +205,10 @@ impl super::Config {
             }
         }
         let known = |n: &str| self.source.iter().any(|s| s.name == n);
+        // A queued delivery keeps its pool as a u16 index with u16::MAX meaning `default`.
+        if self.pool.len() >= usize::from(u16::MAX) {
+            return bad("pool", format!("{} pools: at most {} are supported", self.pool.len(), u16::MAX - 1));
+        }
         for p in &self.pool {
             if p.sources.is_empty() || p.sources.values().any(|w| *w == 0) {
                 return bad("pool.sources", format!("pool {:?} needs sources with weights of at least 1", p.name));

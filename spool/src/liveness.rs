@@ -298,6 +298,22 @@ mod tests {
         assert!(l.is_live(&m(3, 64)), "a released slot can come back (recovery re-adds)");
     }
 
+    /// A slot revived after its release must count as live again: with the dead count left
+    /// one too high, releasing the others would drop the segment's entry while the revived
+    /// message still lives, and a relocation's checkpoint would leave it out.
+    #[test]
+    fn a_revived_slot_keeps_its_segment_entry_when_the_others_go() {
+        let mut l = Liveness::new(3);
+        // Two slots: compaction (more than half dead) would otherwise recount first.
+        l.add_message(m(3, 64));
+        l.add_message(m(3, 128));
+        l.release(&m(3, 128));
+        l.add_message(m(3, 128));
+        l.release(&m(3, 64));
+        assert!(l.is_live(&m(3, 128)));
+        assert_eq!(l.live_in(3), vec![128]);
+    }
+
     #[test]
     fn several_records_about_one_message_all_carry() {
         let mut l = Liveness::new(3);

@@ -137,3 +137,12 @@ fn the_connection_rate_can_be_looked_at_without_taking_a_turn() {
     assert_eq!(p.connection_rate_allows(1_000), Err(1_500));
     assert_eq!(p.connection_rate_allows(1_500), Ok(()));
 }
+
+#[test]
+fn more_pools_than_a_queued_delivery_can_name_are_refused() {
+    let pools = |n: usize| (0..n).map(|i| format!("[[pool]]\nname = \"p{i}\"\nsources = {{ ip2 = 1 }}\n")).collect::<String>();
+    let head = "[server]\n[[source]]\nname = \"ip2\"\nbind = \"127.0.0.2\"\n";
+    crate::config::Config::parse(&format!("{head}{}", pools(65534))).unwrap();
+    let e = crate::config::Config::parse(&format!("{head}{}", pools(65535))).unwrap_err().to_string();
+    assert!(e.contains("65535 pools: at most 65534"), "{e}");
+}
