@@ -44,7 +44,7 @@ def fnv1a(domain: str) -> int:
 class SinkHandler:
     def __init__(self):
         self.messages = []  # (mail_from, [rcpts], content bytes)
-        self.arrivals = []  # time.monotonic() of each message's 250, same order as messages
+        self.arrived_at = []  # time.monotonic() of each message's 250, same order as messages
         self.seen_tempfail = set()
         self.lock = threading.Lock()
 
@@ -66,7 +66,7 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-            self.arrivals.append(time.monotonic())
+            self.arrived_at.append(time.monotonic())
         return "250 2.0.0 OK stored"
 
     def snapshot(self):
@@ -76,7 +76,7 @@ class SinkHandler:
     def timed_snapshot(self):
         """(arrival time.monotonic(), content) of every message so far, in arrival order."""
         with self.lock:
-            return [(t, m[2]) for t, m in zip(self.arrivals, self.messages)]
+            return [(t, m[2]) for t, m in zip(self.arrived_at, self.messages)]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ seconds, so only the behaviour under test (never the idle timeout) can explain i
 import asyncio
 import signal
 import smtplib
+import threading
 import time
 
 import pytest
@@ -173,6 +174,60 @@ def test_a_reused_connection_the_receiver_dropped_while_idle_costs_no_deferral(t
         assert not [e for e in rp.events() if e["type"] == "TransientFailure"], "no deferral logged"
         assert sorted((e["recipient"], e["attempts"]) for e in finals) == [("u1@a.test", 1), ("u2@a.test", 1)]
         assert closing.ehlos == 2, "the second message went over a fresh connection"
+    finally:
+        rp.stop(signal.SIGKILL)
+
+
+class SlowClosesIdle(QuitRecorder):
+    """A receiver slow to answer DATA (0.3 s, so parallel messages spread over connections)
+    that drops a connection once it has idled 0.3 s after a message, without a word. Only an
+    idle connection is dropped: a MAIL in time keeps it (a transaction cut in the middle is a
+    counted deferral, rightly)."""
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        pending = getattr(session, "idle_close", None)
+        if pending is not None:
+            pending.cancel()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(0.3)
+        reply = await super().handle_DATA(server, session, envelope)
+        session.idle_close = asyncio.get_running_loop().call_later(0.3, server.transport.close)
+        return reply
+
+
+@pytest.fixture
+def slow_closing():
+    yield from serve_sink(SlowClosesIdle())
+
+
+def test_several_reused_connections_the_receiver_dropped_cost_no_deferral(tmp_path, slow_closing):
+    """Six connections idle on dead sockets: the one woken finds its receiver gone, and the
+    delivery must not be handed to the next dead one (that would spend its one silent retry
+    and count a deferral) but to a fresh connection."""
+    sink = slow_closing
+    rp = Ringpost(tmp_path, sink.port, cores=1, delivery_extra=f"idle_timeout_s = {IDLE}").start()
+    try:
+        senders = [threading.Thread(target=send, args=(rp, f"w{i}@a.test")) for i in range(6)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        wait_for(lambda: len(sink.snapshot()) == 6, "warm-up delivered", timeout=20)
+        time.sleep(1.5)  # every connection's receiver has gone; ours idle on them
+        warm_ehlos = sink.ehlos
+        print(f"connections idle on dropped sockets: {warm_ehlos}")
+        assert warm_ehlos >= 2, "the case needs several idle connections"
+        send(rp, "late@a.test")
+        wait_for(lambda: len(sink.snapshot()) == 7, "late delivered", timeout=IDLE / 2)
+        finals = rp.wait_final(7)
+        deferred = [{k: e.get(k) for k in ("recipient", "attempts", "response", "time_ms")} for e in rp.events() if e["type"] == "TransientFailure"]
+        assert not deferred, f"no deferral logged: {deferred}"
+        assert sorted(e["attempts"] for e in finals) == [1] * 7
+        assert sink.ehlos == warm_ehlos + 1, "late went over one fresh connection"
     finally:
         rp.stop(signal.SIGKILL)
 

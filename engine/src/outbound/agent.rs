@@ -461,12 +461,15 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
 
 /// True when the first reply of a transaction (or the failure to get one) says the receiver
 /// had closed the connection before the transaction began: end of stream, a reset, a broken
-/// pipe, or 421 (RFC 5321 3.8: the server is closing the channel). A timeout is not: the
-/// receiver may have taken the command.
+/// pipe, or a 421 that says only that the channel closes (RFC 5321 3.8): no enhanced status,
+/// or 4.4.x / 4.3.2 (an idle timeout, a shutdown). A 421 with a policy status (4.7.x: Yahoo's
+/// TSS04, Gmail's 4.7.28) is an answer about the sender: it is reported, so the `[[rule]]`s
+/// see it (suspend, throttle) instead of a fresh connection asking again at once. A timeout
+/// is not a close either: the receiver may have taken the command.
 fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
     use std::io::ErrorKind as K;
     match first {
-        Ok(r) => r.code == 421,
+        Ok(r) => r.code == 421 && matches!(r.enhanced, None | Some((4, 4, _)) | Some((4, 3, 2))),
         Err(ConnError::Io(e)) => matches!(e.kind(), K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted),
         Err(_) => false,
     }
@@ -553,15 +556,24 @@ mod tests {
     use std::io::ErrorKind as K;
 
     /// What says a reused connection was closed by the receiver before the transaction began
-    /// (the delivery then goes back uncounted): end of stream, reset, broken pipe, 421.
+    /// (the delivery then goes back uncounted): end of stream, reset, broken pipe, a 421 that
+    /// only closes; a policy 421 is an answer the rules must see.
     #[test]
     fn a_closed_connection_is_told_apart_from_a_refusal_or_a_slow_receiver() {
         let io = |k: K| Err(ConnError::Io(k.into()));
-        for closed in [io(K::UnexpectedEof), io(K::ConnectionReset), io(K::BrokenPipe), Ok(Reply::new(421, (4, 4, 2), "closing"))] {
+        let closing =
+            [Ok(Reply::new(421, (4, 4, 2), "timeout exceeded")), Ok(Reply::new(421, (4, 3, 2), "shutting down")), Ok(Reply::plain(421, "closing"))];
+        for closed in [io(K::UnexpectedEof), io(K::ConnectionReset), io(K::BrokenPipe)].into_iter().chain(closing) {
             assert!(closed_before_transaction(&closed), "{closed:?}");
         }
-        let open =
-            [io(K::TimedOut), Ok(Reply::new(451, (4, 3, 0), "later")), Ok(Reply::new(250, (2, 1, 0), "ok")), Err(ConnError::Protocol("x".into()))];
+        let open = [
+            io(K::TimedOut),
+            Ok(Reply::new(451, (4, 3, 0), "later")),
+            Ok(Reply::new(250, (2, 1, 0), "ok")),
+            Err(ConnError::Protocol("x".into())),
+            Ok(Reply::new(421, (4, 7, 0), "[TSS04] Messages from 127.0.0.2 temporarily deferred")),
+            Ok(Reply::new(421, (4, 7, 28), "unusual rate of unsolicited mail")),
+        ];
         for answered in open {
             assert!(!closed_before_transaction(&answered), "{answered:?}");
         }

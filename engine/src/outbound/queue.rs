@@ -774,15 +774,21 @@ impl QueueManager {
     /// delivery goes back to the front of the path's ready queue, uncounted, and a fresh
     /// connection takes it (Postfix does the same with a dead cached connection).
     /// `Err(d)`: it came back this way once already: the caller reports it as an attempt.
-    pub fn requeue_unsent(&mut self, key: &str, d: Delivery) -> Result<(), Delivery> {
+    /// `Ok`: the path's other idle connections, told to QUIT (returned to notify): each has
+    /// idled at least as long as the one found dead, so the receiver has most likely dropped
+    /// them too, and the next one woken would spend the delivery's one silent retry and turn
+    /// it into a counted deferral. With them gone, the path opens a fresh connection.
+    pub fn requeue_unsent(&mut self, key: &str, d: Delivery) -> Result<Vec<Dispatch>, Delivery> {
         let id = (d.msg.id, d.rcpts.first().copied().unwrap_or(0));
         if !self.paths.contains_key(key) || !self.requeued.insert(id) {
             return Err(d);
         }
         self.land(&d);
         self.stats.add(&d, Bucket::Ready);
-        self.paths.get_mut(key).expect("just found").ready.push_front(d);
-        Ok(())
+        let p = self.paths.get_mut(key).expect("just found");
+        p.ready.push_front(d);
+        let stale = p.idle.clone();
+        Ok(stale.into_iter().map(|t| Dispatch::CloseIdle(self.tell_quit(t))).collect())
     }
 
     /// Delivery `d` is off its connection: its recipients are no longer in flight.

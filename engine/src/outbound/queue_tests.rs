@@ -611,7 +611,7 @@ fn a_delivery_back_from_a_dead_reused_connection_is_ready_again_uncounted_once()
     assert_eq!(q.scheduled_len(), 0, "not scheduled for a retry");
     let d = ready(q.pop(&k, T0));
     assert_eq!((d.attempts, &*d.rcpts), (2, &[0, 1][..]), "no attempt counted");
-    let d = q.requeue_unsent(&k, d).expect_err("a second time it is reported");
+    let Err(d) = q.requeue_unsent(&k, d) else { panic!("a second time it is reported") };
     let s = q.settle(T0, d, vec![temp(), temp()], None);
     assert_eq!(s.attempts, 3, "reported, it counts");
     // Settled, it may come back once on its next attempt.
@@ -620,6 +620,34 @@ fn a_delivery_back_from_a_dead_reused_connection_is_ready_again_uncounted_once()
     let d = ready(q.pop(&k, due));
     assert_eq!(d.attempts, 3);
     assert!(q.requeue_unsent(&k, d).is_ok(), "one silent retry per attempt");
+}
+
+#[test]
+fn a_dead_reused_connection_sends_its_paths_older_idle_connections_away_so_the_retry_gets_a_fresh_one() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    // b.test: three connections; two idle (b1 since T0, b2 since T0 + 5), b3 idles last.
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    for _ in 0..2 {
+        opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    }
+    for _ in 0..3 {
+        ready(q.pop(&kb, T0));
+    }
+    let (q1, q2) = (Rc::new(Event::new()), Rc::new(Event::new()));
+    let (t1, _) = q.idle_begin(&kb, T0, q1.clone()).unwrap();
+    let (t2, _) = q.idle_begin(&kb, T0 + 5, q2.clone()).unwrap();
+    let (t3, _) = q.idle_begin(&kb, T0 + 10, Rc::new(Event::new())).unwrap();
+    // Mail comes: the newest idle connection (b3) wakes, takes it, and finds the receiver gone.
+    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0 + 20, true), Dispatch::WakeIdle(_)));
+    assert!(!q.idle_end(&kb, t3, false), "b3 works");
+    let d = ready(q.pop(&kb, T0 + 20));
+    let Ok(told) = q.requeue_unsent(&kb, d) else { panic!("silent the first time") };
+    let told: Vec<Rc<Event>> = told.into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [a, b] if Rc::ptr_eq(a, &q1) && Rc::ptr_eq(b, &q2)), "both older idle connections go");
+    assert!(q.idle_end(&kb, t1, false) && q.idle_end(&kb, t2, false), "they QUIT");
+    // b3 closes: the delivery waiting at the front gets a fresh connection, not a stale one.
+    assert_eq!(opened(q.connection_ended(&kb, None, T0 + 21, true)), kb);
 }
 
 #[test]

@@ -360,7 +360,11 @@ impl WorkSource for ShardWork<'_> {
     }
 
     fn requeue_unsent(&self, path: &str, d: Delivery) -> Result<(), Delivery> {
-        self.0.queues.borrow_mut().requeue_unsent(path, d)
+        let told = self.0.queues.borrow_mut().requeue_unsent(path, d)?;
+        for action in told {
+            self.0.act(action);
+        }
+        Ok(())
     }
 
     async fn report(&self, path: &str, d: Delivery, mut results: Vec<RcptResult>, peer: Option<Peer>) {
