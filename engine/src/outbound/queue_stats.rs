@@ -50,7 +50,7 @@ impl QueueStats {
             Bucket::Ready => c.ready += d.rcpts.len(),
             Bucket::Waiting => c.waiting += d.rcpts.len(),
         }
-        *c.received.entry(d.msg.received_ms).or_default() += 1;
+        *c.received.entry(d.msg.received_ms()).or_default() += 1;
     }
 
     /// `d` left bucket `b` (it was added there before). A destination with nothing left is
@@ -65,10 +65,10 @@ impl QueueStats {
             Bucket::Ready => c.ready = c.ready.checked_sub(n).unwrap_or_else(|| undercount(&d.domain)),
             Bucket::Waiting => c.waiting = c.waiting.checked_sub(n).unwrap_or_else(|| undercount(&d.domain)),
         }
-        if let Some(k) = c.received.get_mut(&d.msg.received_ms) {
+        if let Some(k) = c.received.get_mut(&d.msg.received_ms()) {
             *k -= 1;
             if *k == 0 {
-                c.received.remove(&d.msg.received_ms);
+                c.received.remove(&d.msg.received_ms());
             }
         }
         if c.received.is_empty() {

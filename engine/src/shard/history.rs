@@ -114,7 +114,7 @@ impl History {
             sender: msg.sender().into(),
             recipients: msg.recipients().map(Box::from).collect(),
             size: msg.wire_len(),
-            received_ms: msg.received_ms,
+            received_ms: msg.received_ms(),
             finished_ms: now_ms,
             finals,
         };
