@@ -49,7 +49,7 @@ fn segment() -> (Arc<SegmentMap>, Vec<(MsgRef, MessageRecord)>, tempfile::NamedT
         let body_at = out.len() as u64;
         out.extend_from_slice(body.as_bytes());
         let r = MessageRecord {
-            received_ms: T0,
+            received_ms: T0 + i as u64, // a message a millisecond, as a fed backlog has
             sender: b"bench@blaster.test".to_vec(),
             recipients: vec![format!("user{i}@d{}.test", i % DOMAINS).into_bytes()],
             trace: trace.clone().into_bytes(),

@@ -62,7 +62,7 @@ fn spool(root: &std::path::Path) -> Vec<MsgRef> {
             let chunk_at = written + buf.len() as u64;
             encode_frame(SEED, RecordKind::Chunk, body.as_bytes(), buf);
             let r = MessageRecord {
-                received_ms: T0,
+                received_ms: T0 + i as u64, // a message a millisecond, as a fed backlog has
                 sender: b"bench@blaster.test".to_vec(),
                 recipients: vec![format!("user{i}@d{}.test", i % DOMAINS).into_bytes()],
                 trace: trace.clone().into_bytes(),

@@ -320,7 +320,7 @@ mod tests {
         let v = q.views(T0);
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].ready, v[0].waiting, v[0].in_flight, v[0].connections), (1, 1, 2, 2), "two enqueues, two connections opened");
-        assert_eq!(v[0].oldest_received_ms, Some(m.received_ms()));
+        assert_eq!(v[0].oldest_received_ms, Some(m.received_ms() / 1000 * 1000), "to the second");
         assert_eq!(v[0].site.as_deref(), Some("mx.a.test"));
         let found = q.find(m.id);
         assert_eq!(found.iter().map(|r| (r.rcpt, r.place)).collect::<Vec<_>>(), [(3, Place::Ready), (2, Place::Waiting(9_000_000))]);
@@ -351,7 +351,8 @@ mod tests {
             } else {
                 e.1 += d.rcpts.len()
             }
-            e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms()));
+            e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms() / 1000 * 1000));
+            // counted to the second
         };
         q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
         q.scheduled.iter().for_each(|s| add(&q.parked_rcpts.view(s), false));
