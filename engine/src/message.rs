@@ -14,18 +14,15 @@ use std::sync::Arc;
 /// Where the envelope and trace bytes are.
 #[derive(Debug)]
 enum Envelope {
-    /// Inside the message record's frame in `map`; offsets count from the payload's start.
+    /// Inside the message record's frame in `map`. Only where the trace starts is kept (its
+    /// length prefix is just before it, the body's extents just after it); everything else
+    /// (reception time, flags, sender, recipients) sits at offsets the record's own length
+    /// prefixes give: 16 bytes, so the handle fits a 64-byte malloc chunk (issue 9 item 4).
     Mapped {
         /// The segment holding the message record.
         map: Arc<SegmentMap>,
-        /// First recipient's length prefix.
-        rcpts_at: u32,
-        /// Number of recipients.
-        rcpts: u32,
-        /// The trace bytes.
+        /// The trace bytes, from the payload's start.
         trace_at: u32,
-        /// Their length.
-        trace_len: u32,
     },
     /// Held in memory: messages built without a spool record (tests), or a record whose
     /// addresses are not UTF-8 (kept as the lossy text the engine always used for them).
@@ -37,40 +34,35 @@ struct OwnedEnvelope {
     sender: String,
     recipients: Vec<String>,
     trace: Vec<u8>,
+    received_ms: u64,
+    flags: u32,
 }
 
 /// One extent of body bytes and the segment it lies in.
 type Piece = (Arc<SegmentMap>, Extent);
 
-/// Where the body is.
-#[derive(Debug)]
-enum Body {
-    /// One extent in the segment of the message record (its map is the envelope's): the
-    /// common case, kept without an allocation and without repeating the segment (16 bytes
-    /// with the tag, not 24: the message handle fits a 96-byte malloc chunk instead of 112).
-    Local {
-        /// Offset of the body bytes in the segment.
-        offset: u64,
-        /// Their length.
-        len: u32,
-    },
-    /// Any other layout; behind one thin pointer, so that the enum stays 16 bytes.
-    #[allow(clippy::redundant_allocation)]
-    Pieces(Box<Box<[Piece]>>),
-}
-
-/// An accepted, durable message.
+/// An accepted, durable message: its id, where its record is, and the maps of its body's
+/// segments when they are not only the record's own (40 bytes; with the `Arc`'s counts one
+/// 64-byte malloc chunk: issue 9 item 4, a million queued).
 #[derive(Debug)]
 pub struct SpooledMessage {
     /// Spool identity and queue id.
     pub id: MsgRef,
     envelope: Envelope,
-    body: Body,
-    /// Reception time (Unix ms).
-    pub received_ms: u64,
-    /// Spool record flags (8BITMIME, SMTPUTF8).
-    pub flags: u32,
+    /// `None`: the body is the record's one extent, in the record's own segment (the common
+    /// case, read from the record). Otherwise every piece with its map, behind a thin pointer.
+    #[allow(clippy::redundant_allocation)]
+    pieces: Option<Box<Box<[Piece]>>>,
 }
+
+/// Payload offsets of a message record's fixed fields (`record::encode_message`).
+const RECEIVED_AT: usize = 0;
+/// Flags, after the reception time.
+const FLAGS_AT: usize = 8;
+/// The sender's length prefix.
+const SENDER_AT: usize = 12;
+/// Bytes of one encoded body extent (segment, offset, length).
+const EXTENT_LEN: usize = 16;
 
 impl SpooledMessage {
     /// Build from a record and the maps of the segments it and its body lie in.
@@ -83,21 +75,16 @@ impl SpooledMessage {
             let (sender, recipients) = (lossy(&r.sender), r.recipients.iter().map(|x| lossy(x)).collect());
             return Some(Self::owned(id, sender, recipients, r.trace.clone(), pieces, r.received_ms, r.flags));
         }
-        let body = match pieces.as_slice() {
-            [(_, e)] if e.segment == id.segment => Body::Local { offset: e.offset, len: e.len },
-            _ => Body::Pieces(Box::new(pieces.into())),
+        let pieces = match pieces.as_slice() {
+            [(_, e)] if e.segment == id.segment => None,
+            _ => Some(Box::new(pieces.into())),
         };
-        let envelope = Envelope::Mapped {
-            map: own,
-            rcpts_at: (8 + 4 + 4 + r.sender.len() + 4) as u32,
-            rcpts: r.recipients.len() as u32,
-            trace_at: trace_offset_in_payload(r) as u32,
-            trace_len: r.trace.len() as u32,
-        };
-        let msg = Self { id, envelope, body, received_ms: r.received_ms, flags: r.flags };
+        let envelope = Envelope::Mapped { map: own, trace_at: trace_offset_in_payload(r) as u32 };
+        let msg = Self { id, envelope, pieces };
         // The record codec and these offsets must agree: a mismatch is a bug, found here.
         assert!(msg.sender().as_bytes() == r.sender && msg.trace() == r.trace, "message record layout");
         assert!(msg.recipients().map(str::as_bytes).eq(r.recipients.iter().map(Vec::as_slice)), "message record layout");
+        assert!((msg.received_ms(), msg.flags(), msg.extents()) == (r.received_ms, r.flags, r.body.clone()), "message record layout");
         Some(msg)
     }
 
@@ -111,8 +98,8 @@ impl SpooledMessage {
         received_ms: u64,
         flags: u32,
     ) -> Self {
-        let envelope = Envelope::Owned(Box::new(OwnedEnvelope { sender, recipients, trace }));
-        Self { id, envelope, body: Body::Pieces(Box::new(body.into())), received_ms, flags }
+        let envelope = Envelope::Owned(Box::new(OwnedEnvelope { sender, recipients, trace, received_ms, flags }));
+        Self { id, envelope, pieces: Some(Box::new(body.into())) }
     }
 
     /// The message record's payload in its map.
@@ -120,10 +107,26 @@ impl SpooledMessage {
         &map.bytes()[id.offset as usize + FRAME_HEADER_LEN..]
     }
 
+    /// Reception time (Unix ms).
+    pub fn received_ms(&self) -> u64 {
+        match &self.envelope {
+            Envelope::Mapped { map, .. } => u64_at(Self::payload(map, self.id), RECEIVED_AT),
+            Envelope::Owned(o) => o.received_ms,
+        }
+    }
+
+    /// Spool record flags (8BITMIME, SMTPUTF8).
+    pub fn flags(&self) -> u32 {
+        match &self.envelope {
+            Envelope::Mapped { map, .. } => u32_at(Self::payload(map, self.id), FLAGS_AT),
+            Envelope::Owned(o) => o.flags,
+        }
+    }
+
     /// Reverse-path (empty: null sender).
     pub fn sender(&self) -> &str {
         match &self.envelope {
-            Envelope::Mapped { map, .. } => text(length_prefixed(&Self::payload(map, self.id)[12..]).0),
+            Envelope::Mapped { map, .. } => text(length_prefixed(&Self::payload(map, self.id)[SENDER_AT..]).0),
             Envelope::Owned(o) => &o.sender,
         }
     }
@@ -131,8 +134,10 @@ impl SpooledMessage {
     /// All forward-paths, in the order of the spool record (a recipient's index).
     pub fn recipients(&self) -> Recipients<'_> {
         match &self.envelope {
-            Envelope::Mapped { map, rcpts_at, rcpts, .. } => {
-                Recipients { from: Source::Mapped(&Self::payload(map, self.id)[*rcpts_at as usize..]), left: *rcpts as usize }
+            Envelope::Mapped { map, .. } => {
+                let p = Self::payload(map, self.id);
+                let count_at = SENDER_AT + 4 + u32_at(p, SENDER_AT) as usize;
+                Recipients { from: Source::Mapped(&p[count_at + 4..]), left: u32_at(p, count_at) as usize }
             }
             Envelope::Owned(o) => Recipients { from: Source::Owned(o.recipients.iter()), left: o.recipients.len() },
         }
@@ -151,9 +156,9 @@ impl SpooledMessage {
     /// Header bytes prepended on relay (Received, DKIM signatures).
     pub fn trace(&self) -> &[u8] {
         match &self.envelope {
-            Envelope::Mapped { map, trace_at, trace_len, .. } => {
-                let at = *trace_at as usize;
-                &Self::payload(map, self.id)[at..at + *trace_len as usize]
+            Envelope::Mapped { map, trace_at } => {
+                let (p, at) = (Self::payload(map, self.id), *trace_at as usize);
+                &p[at..at + u32_at(p, at - 4) as usize]
             }
             Envelope::Owned(o) => &o.trace,
         }
@@ -161,37 +166,40 @@ impl SpooledMessage {
 
     /// Body bytes in wire form, piece by piece.
     pub fn body_pieces(&self) -> impl Iterator<Item = &[u8]> {
-        let (local, pieces): (Option<&[u8]>, &[Piece]) = match (&self.body, &self.envelope) {
-            (Body::Local { .. }, Envelope::Mapped { map, .. }) => (Some(map.extent(&self.local_extent())), &[][..]),
-            (Body::Local { .. }, Envelope::Owned(_)) => unreachable!("a local body has a mapped envelope"),
-            (Body::Pieces(p), _) => (None, &p[..]),
+        let (local, pieces): (Option<&[u8]>, &[Piece]) = match (&self.pieces, &self.envelope) {
+            (None, Envelope::Mapped { map, .. }) => (Some(map.extent(&self.local_extent())), &[][..]),
+            (None, Envelope::Owned(_)) => unreachable!("a local body has a mapped envelope"),
+            (Some(p), _) => (None, &p[..]),
         };
         local.into_iter().chain(pieces.iter().map(|(m, e)| m.extent(e)))
     }
 
     /// Total size as relayed (trace plus body).
     pub fn wire_len(&self) -> u64 {
-        let body = match &self.body {
-            Body::Local { len, .. } => *len as u64,
-            Body::Pieces(p) => p.iter().map(|(_, e)| e.len as u64).sum(),
+        let body = match &self.pieces {
+            None => self.local_extent().len as u64,
+            Some(p) => p.iter().map(|(_, e)| e.len as u64).sum(),
         };
         self.trace().len() as u64 + body
     }
 
     /// The extents (for releasing spool references).
     pub fn extents(&self) -> Vec<Extent> {
-        match &self.body {
-            Body::Local { .. } => vec![self.local_extent()],
-            Body::Pieces(p) => p.iter().map(|(_, e)| *e).collect(),
+        match &self.pieces {
+            None => vec![self.local_extent()],
+            Some(p) => p.iter().map(|(_, e)| *e).collect(),
         }
     }
 
-    /// The extent of a [`Body::Local`] body (in the message record's segment).
+    /// The one body extent of a message without pieces: the record's first extent, just after
+    /// the trace and the extent count. Its segment is the record's own (checked when built).
     fn local_extent(&self) -> Extent {
-        match self.body {
-            Body::Local { offset, len } => Extent { segment: self.id.segment, offset, len },
-            Body::Pieces(_) => unreachable!("asked only of a local body"),
-        }
+        let Envelope::Mapped { map, trace_at } = &self.envelope else { unreachable!("asked only of a mapped record") };
+        let p = Self::payload(map, self.id);
+        let trace_at = *trace_at as usize;
+        let at = trace_at + u32_at(p, trace_at - 4) as usize + 4;
+        let e = &p[at..at + EXTENT_LEN];
+        Extent { segment: u32_at(e, 0), offset: u64_at(e, 4), len: u32_at(e, 12) }
     }
 
     /// The header block of the body (up to the blank line), capped at `max` bytes and cut at
@@ -276,6 +284,16 @@ impl<'a> Iterator for Recipients<'a> {
 
 impl ExactSizeIterator for Recipients<'_> {}
 
+/// The little-endian `u32` at `at` in a record payload.
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes"))
+}
+
+/// The little-endian `u64` at `at` in a record payload.
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"))
+}
+
 /// One `u32`-length-prefixed field of a record payload, and what follows it.
 fn length_prefixed(b: &[u8]) -> (&[u8], &[u8]) {
     let n = u32::from_le_bytes(b[..4].try_into().expect("four bytes")) as usize;
@@ -324,8 +342,8 @@ mod tests {
 
     #[test]
     fn a_message_handle_is_small() {
-        // Issue 9 item 4: with the Arc's counts, 88 bytes: one 96-byte malloc chunk.
-        assert_eq!(std::mem::size_of::<Body>(), 16);
-        assert_eq!(std::mem::size_of::<SpooledMessage>(), 72);
+        // Issue 9 item 4: with the Arc's counts, 56 bytes: one 64-byte malloc chunk.
+        assert_eq!(std::mem::size_of::<Envelope>(), 16);
+        assert_eq!(std::mem::size_of::<SpooledMessage>(), 40);
     }
 }

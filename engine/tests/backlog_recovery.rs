@@ -62,7 +62,7 @@ fn spool(root: &std::path::Path) -> Vec<MsgRef> {
             let chunk_at = written + buf.len() as u64;
             encode_frame(SEED, RecordKind::Chunk, body.as_bytes(), buf);
             let r = MessageRecord {
-                received_ms: T0,
+                received_ms: T0 + i as u64, // a message a millisecond, as a fed backlog has
                 sender: b"bench@blaster.test".to_vec(),
                 recipients: vec![format!("user{i}@d{}.test", i % DOMAINS).into_bytes()],
                 trace: trace.clone().into_bytes(),
@@ -134,11 +134,13 @@ fn a_recovered_backlog_stays_compact() {
     assert!(resident <= RESIDENT_BUDGET, "{resident:.0} bytes per recovered recipient resident, budget {RESIDENT_BUDGET}");
 }
 
-/// What the recovered state may keep: 245 measured, about the running path's (backlog_memory);
-/// 378 before the seventh session's dense liveness slots, id-keyed ledger and packed schedule
-/// entries.
-const KEPT_BUDGET: f64 = 250.0;
-/// What it may hold resident: 235 measured (375 before the seventh session). With each
-/// message's handle made as its record was dropped (the requeue before this test) it was
-/// 1,001 here and 1,067 on the daemon (`N=200000 bench/backlog.sh`), which fails it.
-const RESIDENT_BUDGET: f64 = 245.0;
+/// What the recovered state may keep: 193 measured, about the running path's (backlog_memory);
+/// 245 before the eighth session's 40-byte handle, one-word ledger entries and packed
+/// Message-ID index; 378 before the seventh session's. An 8-byte field more in a ledger entry
+/// fails it (203).
+const KEPT_BUDGET: f64 = 197.0;
+/// What it may hold resident: 182 measured (235 before the eighth session, 375 before the
+/// seventh). With each message's handle made as its record was dropped (the requeue before
+/// this test) it was 1,001 here and 1,067 on the daemon (`N=200000 bench/backlog.sh`), which
+/// fails it; so does an 8-byte field more in a ledger entry (193).
+const RESIDENT_BUDGET: f64 = 187.0;

@@ -502,7 +502,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
     let strip: Vec<_> = find_headers(m.body_pieces(), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
     let trace_strip: Vec<_> = find_headers(std::iter::once(m.trace()), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
-    let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags & FLAG_8BITMIME != 0, m.flags & FLAG_SMTPUTF8 != 0);
+    let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags() & FLAG_8BITMIME != 0, m.flags() & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();
     let mut first = reused;
     loop {

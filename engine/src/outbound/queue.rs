@@ -934,7 +934,7 @@ impl QueueManager {
             }
         }
         let Some(reply) = last_transient else { return out };
-        let age = Duration::from_millis(now_ms.saturating_sub(d.msg.received_ms));
+        let age = Duration::from_millis(now_ms.saturating_sub(d.msg.received_ms()));
         let decision = match (self.policy.decide(attempts, age), retry_in) {
             (RetryDecision::RetryIn(_), Some(after)) => RetryDecision::RetryIn(after),
             (decision, _) => decision,

@@ -323,7 +323,7 @@ mod tests {
         let v = q.views(T0);
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].ready, v[0].waiting, v[0].in_flight, v[0].connections), (1, 1, 2, 2), "two enqueues, two connections opened");
-        assert_eq!(v[0].oldest_received_ms, Some(m.received_ms));
+        assert_eq!(v[0].oldest_received_ms, Some(m.received_ms() / 1000 * 1000), "to the second");
         assert_eq!(v[0].site.as_deref(), Some("mx.a.test"));
         let found = q.find(m.id);
         assert_eq!(found.iter().map(|r| (r.rcpt, r.place)).collect::<Vec<_>>(), [(3, Place::Ready), (2, Place::Waiting(9_000_000))]);
@@ -354,7 +354,8 @@ mod tests {
             } else {
                 e.1 += d.rcpts.len()
             }
-            e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms));
+            e.2 = Some(e.2.unwrap_or(u64::MAX).min(d.msg.received_ms() / 1000 * 1000));
+            // counted to the second
         };
         q.paths.values().flat_map(|p| p.ready.iter()).chain(q.resolving.values().flatten()).for_each(|d| add(d, true));
         q.scheduled.iter().for_each(|s| add(&q.parked_rcpts.view(s), false));
@@ -370,8 +371,7 @@ mod tests {
         let domains = ["a.test", "b.test", "c.test"];
         for step in 0..5_000 {
             let dom = domains[rng.gen_range(0..3)];
-            let mut m = message(3);
-            Arc::get_mut(&mut m).expect("sole owner").received_ms = T0 - rng.gen_range(0..50u64);
+            let m = super::super::tests::message(T0 - rng.gen_range(0..50u64), 3);
             let rcpts: Vec<u32> = (0..rng.gen_range(1..4u32)).collect();
             match rng.gen_range(0..9) {
                 0 | 1 => drop(q.enqueue(delivery(dom, &m, &rcpts, 0), now, true)),
@@ -379,7 +379,7 @@ mod tests {
                 3 => drop(q.release_due(now, true)),
                 4 => drop(popped(&mut q, dom)),
                 5 => drop(q.path_key_of(dom).map(|k| q.take_ready(&k))),
-                6 => drop(q.take_queued(|d, x| d == dom && x.msg.received_ms % 2 == 0)),
+                6 => drop(q.take_queued(|d, x| d == dom && x.msg.received_ms() % 2 == 0)),
                 7 => drop(q.release_now(Some(dom), now, true)),
                 _ => drop(q.site_resolved(dom, Site::of_mx(dom, [format!("mx.{dom}")]), now, true)),
             }

@@ -356,7 +356,7 @@ impl Core {
                 sender: msg.sender().to_string(),
                 recipients: msg.recipients().map(String::from).collect(),
                 size: msg.wire_len(),
-                received_ms: msg.received_ms,
+                received_ms: msg.received_ms(),
                 open: open.iter().collect(),
                 failed: failed.iter().map(|f| (f.recipient.clone(), f.expired, f.diagnostic.clone())).collect(),
             });

@@ -336,7 +336,7 @@ impl Core {
             category: category.map(BounceCategory::as_str),
             tls: peer.and_then(|p| p.tls.clone()),
             attempts,
-            queue_time_ms: now.saturating_sub(msg.received_ms),
+            queue_time_ms: now.saturating_sub(msg.received_ms()),
             core: self.id,
             size: msg.wire_len(),
         });

@@ -125,7 +125,7 @@ impl Core {
         let headers = orig.headers(32 * 1024);
         let id = orig.id.to_string();
         let now = self.clock.now_ms();
-        let original = Original { id: &id, sender: orig.sender(), received_ms: orig.received_ms, headers: &headers };
+        let original = Original { id: &id, sender: orig.sender(), received_ms: orig.received_ms(), headers: &headers };
         let body = dsn::build(&self.limits.hostname, now, &original, &f.failed);
         self.spool_local_message(b"", vec![orig.sender().as_bytes().to_vec()], &body, now).await
     }

@@ -69,13 +69,61 @@ pub struct History {
     order: VecDeque<(u64, MsgRef)>,
     /// Message-ID hash ([`mid_key`]) → the latest message that carried it (live or finished).
     /// A hit is checked against the message's real Message-ID before it is believed.
-    by_mid: HashMap<u64, MsgRef>,
+    by_mid: MidIndex,
+}
+
+/// The Message-ID index: 16-byte entries with the message's id packed in one word
+/// ([`pack`]), not the 24 of a [`MsgRef`] beside the key (issue 9 item 4: 22 bytes per queued
+/// message with the table's slack, not 33). An id too large to pack (a core past 255, a
+/// segment sequence past 2^24, an offset past 4 GiB) goes to a second table, whole.
+#[derive(Debug, Default)]
+struct MidIndex {
+    packed: HashMap<u64, u64>,
+    whole: HashMap<u64, MsgRef>,
+}
+
+/// `id` in one word, when its fields fit: core in 8 bits, segment in 24, offset in 32.
+fn pack(id: MsgRef) -> Option<u64> {
+    let fits = id.core < 1 << 8 && id.segment < 1 << 24 && id.offset < 1 << 32;
+    fits.then(|| (u64::from(id.core) << 56) | (u64::from(id.segment) << 32) | id.offset)
+}
+
+/// The id [`pack`] packed.
+fn unpack(p: u64) -> MsgRef {
+    MsgRef { core: (p >> 56) as u16, segment: ((p >> 32) & 0xff_ffff) as u32, offset: p & 0xffff_ffff }
+}
+
+impl MidIndex {
+    fn insert(&mut self, key: u64, id: MsgRef) {
+        match pack(id) {
+            Some(p) => {
+                self.packed.insert(key, p);
+                self.whole.remove(&key);
+            }
+            None => {
+                self.whole.insert(key, id);
+                self.packed.remove(&key);
+            }
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<MsgRef> {
+        self.packed.get(&key).map(|p| unpack(*p)).or_else(|| self.whole.get(&key).copied())
+    }
+
+    /// Forget `key` if it still names `id` (a later message may have taken it over).
+    fn remove_if(&mut self, key: u64, id: MsgRef) {
+        if self.get(key) == Some(id) {
+            self.packed.remove(&key);
+            self.whole.remove(&key);
+        }
+    }
 }
 
 impl History {
     /// Keep finished messages `keep_ms`, at most `max` of them.
     pub fn new(keep_ms: u64, max: usize) -> Self {
-        Self { keep_ms, max, live: HashMap::new(), done: HashMap::new(), order: VecDeque::new(), by_mid: HashMap::new() }
+        Self { keep_ms, max, live: HashMap::new(), done: HashMap::new(), order: VecDeque::new(), by_mid: MidIndex::default() }
     }
 
     /// Change the bounds (a reload); the next eviction applies them.
@@ -114,7 +162,7 @@ impl History {
             sender: msg.sender().into(),
             recipients: msg.recipients().map(Box::from).collect(),
             size: msg.wire_len(),
-            received_ms: msg.received_ms,
+            received_ms: msg.received_ms(),
             finished_ms: now_ms,
             finals,
         };
@@ -138,10 +186,7 @@ impl History {
 
     fn forget_mid(&mut self, mid: Option<&str>, id: MsgRef) {
         if let Some(m) = mid {
-            let key = mid_key(m);
-            if self.by_mid.get(&key) == Some(&id) {
-                self.by_mid.remove(&key);
-            }
+            self.by_mid.remove_if(mid_key(m), id);
         }
     }
 
@@ -150,7 +195,7 @@ impl History {
     /// keeps only a hash, so a hit is believed only when the real id matches.
     pub fn find(&self, message_id: &str, live_mid: impl Fn(MsgRef) -> Option<String>) -> Option<MsgRef> {
         let wanted = strip(message_id);
-        let id = *self.by_mid.get(&mid_key(wanted))?;
+        let id = self.by_mid.get(mid_key(wanted))?;
         let real = match self.done.get(&id) {
             Some(d) => d.message_id.as_deref().map(String::from),
             None => live_mid(id),

@@ -7,9 +7,10 @@
 //! then releases the message's spool space.
 //!
 //! An entry is small and fixed (issue 9 item 4: a million queued messages): the shared message
-//! handle, the open recipients as a bit set (inline up to 64 recipients), and failures only
-//! once there are some. The set is keyed by the message id inside the handle: a map keyed by
-//! a copy of it paid 16 more bytes per message (21 with the table's slack).
+//! handle and one word of open recipients (a bit set of recipients 0..63), 16 bytes; a larger
+//! set, and failures, sit apart only for the messages that have them. The set is keyed by the
+//! message id inside the handle: a map keyed by a copy of it paid 16 more bytes per message
+//! (21 with the table's slack), an inline two-word set 8 more (11 with the slack).
 use crate::account::dsn::FailedRecipient;
 use crate::message::SpooledMessage;
 use ringpost_spool::MsgRef;
@@ -47,10 +48,16 @@ pub enum Progress {
     Duplicate,
 }
 
-/// A live message: 24 bytes (its failures, which most messages never have, sit apart).
+/// [`Entry::open`] with this bit set: the message's open set is in [`Ledger::large`] (it has
+/// a recipient past 62). Recipient 63 is never inline, so the bit is free.
+const LARGE: u64 = 1 << 63;
+
+/// A live message: 16 bytes (its failures, and an open set past recipient 62, which most
+/// messages never have, sit apart).
 struct Entry {
     msg: Arc<SpooledMessage>,
-    open: Open,
+    /// Open recipients 0..63 as bits, or [`LARGE`].
+    open: u64,
 }
 
 impl Borrow<MsgRef> for Entry {
@@ -136,6 +143,8 @@ impl Open {
 #[derive(Default)]
 pub struct Ledger {
     live: HashSet<Entry>,
+    /// The open sets of live messages with a recipient past 62.
+    large: HashMap<MsgRef, Open>,
     /// Failures so far of live messages that have some.
     failed: HashMap<MsgRef, Vec<FailedRecipient>>,
 }
@@ -155,7 +164,14 @@ impl Ledger {
         if !failed.is_empty() {
             self.failed.insert(msg.id, failed);
         }
-        let entry = Entry { msg: msg.clone(), open: Open::of(open) };
+        let open = match Open::of(open) {
+            Open::Small(w) if w & LARGE == 0 => w,
+            set => {
+                self.large.insert(msg.id, set);
+                LARGE
+            }
+        };
+        let entry = Entry { msg: msg.clone(), open };
         assert!(self.live.insert(entry), "message {} admitted twice", msg.id);
         None
     }
@@ -164,30 +180,54 @@ impl Ledger {
     pub fn record(&mut self, msg: MsgRef, rcpt: u32, failure: Option<FailedRecipient>) -> Progress {
         // A set has no `get_mut`: take the entry out and put it back while it stays open.
         let Some(mut entry) = self.live.take(&msg) else { return Progress::Unknown };
-        if !entry.open.remove(rcpt) {
+        let (removed, empty) = match &mut entry.open {
+            &mut LARGE => {
+                let set = self.large.get_mut(&msg).expect("a large open set");
+                (set.remove(rcpt), set.is_empty())
+            }
+            w => {
+                let bit = if rcpt < 63 { 1 << rcpt } else { 0 };
+                let was = *w & bit != 0;
+                *w &= !bit;
+                (was, *w == 0)
+            }
+        };
+        if !removed {
             self.live.insert(entry);
             return Progress::Duplicate;
         }
         if let Some(f) = failure {
             self.failed.entry(msg).or_default().push(f);
         }
-        if !entry.open.is_empty() {
+        if !empty {
             self.live.insert(entry);
             return Progress::Open;
         }
+        self.large.remove(&msg);
         let failed = self.failed.remove(&msg).unwrap_or_default();
         Progress::Finished(Finished { msg: entry.msg, failed })
     }
 
+    /// The open set of a live entry.
+    fn open_of(&self, e: &Entry) -> Open {
+        match e.open {
+            LARGE => self.large[&e.msg.id].clone(),
+            w => Open::Small(w),
+        }
+    }
+
     /// Whether recipient `rcpt` of `msg` is live and not yet final.
     pub fn is_open(&self, msg: MsgRef, rcpt: u32) -> bool {
-        self.live.get(&msg).is_some_and(|e| e.open.contains(rcpt))
+        self.live.get(&msg).is_some_and(|e| match e.open {
+            LARGE => self.large[&msg].contains(rcpt),
+            w => rcpt < 63 && w & (1 << rcpt) != 0,
+        })
     }
 
     /// A live message, its open recipients and its failures so far (for `ringctl msg`).
-    pub fn lookup(&self, msg: MsgRef) -> Option<(&Arc<SpooledMessage>, &Open, &[FailedRecipient])> {
+    pub fn lookup(&self, msg: MsgRef) -> Option<(&Arc<SpooledMessage>, Open, &[FailedRecipient])> {
         let failed = self.failed.get(&msg).map_or(&[][..], Vec::as_slice);
-        self.live.get(&msg).map(|e| (&e.msg, &e.open, failed))
+        self.live.get(&msg).map(|e| (&e.msg, self.open_of(e), failed))
     }
 
     /// Messages still live.
@@ -245,7 +285,7 @@ mod tests {
     #[test]
     fn an_entry_is_small_and_its_open_set_exact() {
         // The per-message entry: handle and inline bit set; failures sit apart (issue 9 item 4).
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
         assert_eq!(std::mem::size_of::<Open>(), 16);
         let mut big = Open::of(&[0, 63, 64, 200]);
         assert!(matches!(big, Open::Large(_)));
@@ -258,6 +298,35 @@ mod tests {
         assert!(big.remove(63) && big.is_empty());
         let small = Open::of(&[2, 5]);
         assert_eq!((small.contains(2), small.contains(3), small.iter().collect::<Vec<_>>()), (true, false, vec![2, 5]));
+    }
+
+    #[test]
+    fn recipient_63_and_beyond_live_apart_and_leave_with_the_message() {
+        // Inline word: recipients 0..62; bit 63 marks a set kept in the side table.
+        let mut l = Ledger::new();
+        let (inline, apart) = (message("s@a.test", 64), message("t@a.test", 64));
+        let apart = Arc::new(SpooledMessage::owned(
+            MsgRef { core: 0, segment: 2, offset: 64 },
+            apart.sender().into(),
+            apart.recipients().map(String::from).collect(),
+            Vec::new(),
+            Vec::new(),
+            0,
+            0,
+        ));
+        l.admit(inline.clone(), &[0, 62], Vec::new());
+        l.admit(apart.clone(), &[5, 63], Vec::new());
+        assert_eq!(l.large.len(), 1, "only the set with recipient 63 sits apart");
+        assert!(l.is_open(inline.id, 62) && !l.is_open(inline.id, 63) && !l.is_open(inline.id, 200));
+        assert!(l.is_open(apart.id, 63) && l.is_open(apart.id, 5) && !l.is_open(apart.id, 62));
+        assert_eq!(l.lookup(apart.id).unwrap().1.iter().collect::<Vec<_>>(), [5, 63]);
+        assert!(matches!(l.record(inline.id, 63, None), Progress::Duplicate), "never open");
+        assert!(matches!(l.record(apart.id, 63, None), Progress::Open));
+        assert!(matches!(l.record(apart.id, 63, None), Progress::Duplicate));
+        assert!(matches!(l.record(inline.id, 62, None), Progress::Open));
+        assert!(matches!(l.record(apart.id, 5, None), Progress::Finished(_)));
+        assert!(matches!(l.record(inline.id, 0, None), Progress::Finished(_)));
+        assert!(l.is_empty() && l.large.is_empty(), "nothing kept once finished");
     }
 
     #[test]
