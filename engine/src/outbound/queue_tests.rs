@@ -623,6 +623,18 @@ fn a_delivery_back_from_a_dead_reused_connection_is_ready_again_uncounted_once()
 }
 
 #[test]
+fn a_delivery_taken_by_an_operator_while_back_from_a_dead_connection_leaves_no_note_behind() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
+    let d = ready(q.pop(&k, T0));
+    assert!(q.requeue_unsent(&k, d).is_ok());
+    assert_eq!(q.requeued.len(), 1);
+    assert_eq!(q.take_queued(|_, _| true).len(), 1, "the operator bounces it");
+    assert!(q.requeued.is_empty(), "its silent-retry note goes with it");
+}
+
+#[test]
 fn a_dead_reused_connection_sends_its_paths_older_idle_connections_away_so_the_retry_gets_a_fresh_one() {
     let mut q = qm(32, "");
     let m = message(T0, 1);
