@@ -134,7 +134,9 @@ impl QueueManager {
         // A delivery back from a dead connection waits at the front of its ready queue with
         // its silent retry noted; taken away here it never settles, which would keep the note.
         if !self.requeued.is_empty() {
-            out.iter().for_each(|(_, d)| drop(self.requeued.remove(&(d.msg.id, d.rcpts.first().copied().unwrap_or(0)))));
+            for (_, d) in &out {
+                self.requeued.remove(&(d.msg.id, d.rcpts.first().copied().unwrap_or(0)));
+            }
         }
         out.extend(self.take_scheduled(|d| pick(&d.domain, d)).into_iter().map(|d| (d.domain.to_string(), d)));
         out
