@@ -126,6 +126,10 @@ def test_stalled_destination_does_not_freeze_its_core(tmp_path, sink, stall_core
             time.sleep(0.1)
         got = sorted(r for m in sink.snapshot() for r in m[1])
         assert got == sorted(f"u{i}@{flows[i % 2]}" for i in range(40)), "mail to other destinations keeps flowing"
+        # The sink has every message; their Delivery lines reach the log with the core's next
+        # flush of its delivery-log buffer (every ~50 ms, later on a loaded machine): wait for
+        # the 40 (a frozen core would never write them).
+        rp.wait_final(40, timeout=10)
         events = rp.events()
         cores_in = {e["core"] for e in events if e["type"] == "Reception" and e["recipient"].startswith("u")}
         assert cores_in == {0, 1}, f"fresh sessions must have landed on both cores, got {cores_in}"
