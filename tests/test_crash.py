@@ -52,6 +52,11 @@ def injector(port, tag, stop, accepted, lock):
             time.sleep(0.05)
 
 
+def message_id_of(content):
+    """The injector's id of a delivered message: its body, without the trace ringpost added."""
+    return strip_trace(content).split(b"\r\n\r\n", 1)[1].strip().decode()
+
+
 def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
     rp = ringpost()
     stop = threading.Event()
@@ -74,7 +79,7 @@ def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
     while time.time() < deadline:
         got = {}
         for _, _, content in sink.snapshot():
-            mid = strip_trace(content).split(b"\r\n\r\n", 1)[1].strip().decode()
+            mid = message_id_of(content)
             got[mid] = got.get(mid, 0) + 1
         if accepted <= set(got):
             break
@@ -97,7 +102,7 @@ def test_kill_9_mid_stream_loses_nothing_that_got_250(ringpost, sink):
     extra = sum(c - 1 for c in duplicates.values())
     first_arrival = {}
     for t, content in sink.timed_snapshot():
-        first_arrival.setdefault(strip_trace(content).split(b"\r\n\r\n", 1)[1].strip().decode(), t)
+        first_arrival.setdefault(message_id_of(content), t)
     # (A first copy can reach the sink a few ms after the kill: bytes written before it.)
     oldest = max((killed_at - first_arrival[m] for m in duplicates), default=0.0)
     print(f"accepted={len(accepted)} delivered_before_kill={before} unacked_delivered={len(unacked)} "

@@ -509,18 +509,21 @@ fn a_waiting_path_served_by_its_own_connection_leaves_the_line() {
     assert!(matches!(q.pop(&kb, T0), Pop::Empty), "so its connection may idle");
 }
 
+/// One core's queue manager sharing `shaping` (a host-wide site cap) with another, with b.test
+/// and c.test both resolved to the site of mx.p.test.
+fn site_core(shaping: &Arc<Shaping>) -> QueueManager {
+    let mut q = QueueManager::new(policy(), 32, shaping.clone());
+    for d in ["b.test", "c.test"] {
+        assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
+    }
+    q
+}
+
 #[test]
 fn a_site_cap_held_by_an_idle_connection_on_another_core_asks_it_to_quit_once_per_interval() {
     use crate::outbound::shaping::IDLE_QUIT_ASK_MS;
     let shaping = shaping("[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\n");
-    let core = |s: &Arc<Shaping>| {
-        let mut q = QueueManager::new(policy(), 32, s.clone());
-        for d in ["b.test", "c.test"] {
-            assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
-        }
-        q
-    };
-    let (mut a, mut b) = (core(&shaping), core(&shaping));
+    let (mut a, mut b) = (site_core(&shaping), site_core(&shaping));
     let m = message(T0, 1);
     // Core b's connection of the site is busy: core a's mail waits, nobody is asked.
     let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
@@ -705,14 +708,7 @@ fn at_the_cores_cap_nothing_opens_while_other_cores_free_and_take_the_sites_plac
 #[test]
 fn a_site_cap_held_on_another_core_is_asked_for_only_when_the_connection_rate_would_let_this_core_open() {
     let shaping = shaping("[[shape]]\nsite = \"*.p.test\"\nmax_connections = 1\nmax_connection_rate = \"1/s\"\n");
-    let core = |s: &Arc<Shaping>| {
-        let mut q = QueueManager::new(policy(), 32, s.clone());
-        for d in ["b.test", "c.test"] {
-            assert!(q.site_resolved(d, Site::of_mx(d, ["mx.p.test".to_string()]), T0, true).is_empty());
-        }
-        q
-    };
-    let (mut a, mut b) = (core(&shaping), core(&shaping));
+    let (mut a, mut b) = (site_core(&shaping), site_core(&shaping));
     let m = message(T0, 1);
     // Core b opens the site's one connection (its connection turn for this second) and idles.
     let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
