@@ -16,7 +16,9 @@
 #                                     # (reports in $PERF_DIR, default /tmp, as perf-MODE-ROUND.data)
 #
 # Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
-# /proc/PID/stat, whole run) and the connections the sink accepted, each divided by the messages.
+# /proc/PID/stat, whole run), the sink's CPU (the same host's receiving side, which shares the
+# two cores here and which remote receivers would pay in a real deployment) and the
+# connections the sink accepted, each divided by the messages.
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
@@ -66,28 +68,33 @@ run() {
   SINK_PID=$!
   sleep 0.3
   start_ringpost
-  local t0 t1 cpu0 cpu1 perf_pid=
+  local t0 t1 cpu0 cpu1 sink0 sink1 perf_pid=
   cpu0=$(cpu_ticks "$RP_PID")
+  sink0=$(cpu_ticks "$SINK_PID")
   if [ -n "${PERF:-}" ]; then
     (sleep 5; exec perf record -q -g -p "$RP_PID" -o "${PERF_DIR:-/tmp}/perf-$1-$ROUND.data" -- sleep "$PERF") > /dev/null 2>&1 &
     perf_pid=$!
   fi
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --domains "$SITES" -q --json > "$WORK/send.json"
+  # The sink's CPU just before it exits (it exits after the N-th message): what the same
+  # host's receiving side cost, which a real deployment's remote receivers would not.
+  while kill -0 "$SINK_PID" 2>/dev/null && sink1=$(cpu_ticks "$SINK_PID" 2>/dev/null); do sleep 0.05; done
   wait "$SINK_PID" || true
   t1=$(date +%s.%N)
   cpu1=$(cpu_ticks "$RP_PID")
   [ -n "$perf_pid" ] && wait "$perf_pid"
   SINK_PID=
   stop_all
-  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" <<'PY'
 import json, sys
 mode, t0, t1, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 send, sink = json.load(open(sys.argv[5])), json.load(open(sys.argv[6]))
 cpu_s = int(sys.argv[7]) / int(sys.argv[8])
+sink_s = int(sys.argv[9]) / int(sys.argv[8])
 srcs = ", ".join(f"{ip} {s['messages']}" for ip, s in sorted(sink["sources"].items()))
 print(f"{mode:7s} injected {send['msgs_per_s']:8.0f}/s  end-to-end {n / (t1 - t0):8.0f}/s  "
-      f"received {sink['received']}  daemon CPU {cpu_s * 1e6 / n:6.1f} us/msg  "
+      f"received {sink['received']}  daemon CPU {cpu_s * 1e6 / n:6.1f} us/msg  sink CPU {sink_s * 1e6 / n:6.1f} us/msg  "
       f"conns/msg {sink['connections'] / max(sink['received'], 1):.4f} ({sink['connections']})  "
       f"peak conns {sink['peak_connections']}  sources: {srcs}")
 PY

@@ -105,6 +105,14 @@ fn now_s() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// io_uring depth of each sink core. The kernel sizes a ring's poll-cancel hash table from its
+/// depth, and glommio's default (128) gives 8 buckets: with the 4,300 connections of
+/// `bench/shaping.sh` (1,000 sites × 4 sources) each cancel walked hundreds of polls, and
+/// `io_poll_find` took 13.7 % of the sink's samples against none with 64 connections, making
+/// the receiving side, which a real deployment's remote receivers pay, look like the relay's
+/// cost. ringpost's own cores use the same depth (`engine/src/runtime/mod.rs`).
+const SINK_RING_DEPTH: usize = 2048;
+
 /// Run the sink until `exit_after`, `duration` or `shared.stop`; returns the report.
 pub fn run(opts: SinkOpts, shared: Arc<SinkShared>) -> SinkReport {
     let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -117,6 +125,7 @@ pub fn run(opts: SinkOpts, shared: Arc<SinkShared>) -> SinkReport {
         handles.push(
             LocalExecutorBuilder::new(placement)
                 .name(&format!("sink-{core}"))
+                .ring_depth(SINK_RING_DEPTH)
                 .spawn(move || async move { run_core(core, opts, shared, ready).await })
                 .expect("start executor"),
         );

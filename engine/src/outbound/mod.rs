@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod dns;
+pub mod idle_bell;
 pub mod intern;
 pub mod queue;
 pub mod retry;

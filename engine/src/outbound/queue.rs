@@ -21,6 +21,7 @@
 //! sit in a binary heap keyed by (due time, arrival order), packed to 40 bytes each: O(log n)
 //! to schedule or release one, whatever the backlog.
 use crate::message::SpooledMessage;
+use crate::outbound::idle_bell::IdleBell;
 use crate::outbound::intern::{Interner, Name};
 use crate::outbound::retry::{RetryDecision, RetryPolicy};
 use crate::outbound::shaping::site::Site;
@@ -28,7 +29,6 @@ use crate::outbound::shaping::warmup::SAVE_WAIT_MS;
 use crate::outbound::shaping::{Chooser, Hold, Offer, PathLimits, Shaping, Source};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
-use event_listener::Event;
 use ringpost_spool::{MsgRef, Outcome};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -233,12 +233,13 @@ impl Ord for Scheduled {
 pub enum Dispatch {
     /// Nothing: no work, or a limit holds.
     Nothing,
-    /// Wake an idle connection of the path (notify this event: the own event of its newest
-    /// idle connection, so the oldest ones are the first to time out or give their slot).
-    WakeIdle(Rc<Event>),
-    /// Tell one idle connection to QUIT now (notify this event, the connection's own): a path
-    /// waits for a connection at the core's cap, and the slot goes to the line when it closes.
-    CloseIdle(Rc<Event>),
+    /// Wake an idle connection of the path (ring this bell: the own bell of its newest idle
+    /// connection, so the oldest ones are the first to time out or give their slot).
+    WakeIdle(Rc<IdleBell>),
+    /// Tell one idle connection to QUIT now (ring this bell, the connection's own): its idle
+    /// time ran out, a path waits for a connection at the core's cap (the slot goes to the line
+    /// when it closes), a suspension or shutdown.
+    CloseIdle(Rc<IdleBell>),
     /// The path's `max_connections` is held host-wide and one of its connections idles on
     /// another core: ask one idle connection of the path to QUIT
     /// ([`PathLimits::ask_idle_quit`]), so the waiting deliveries get its place.
@@ -314,6 +315,28 @@ pub struct PathInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdleTicket(u64, u64);
 
+/// An idle connection in [`QueueManager::idle_order`].
+struct IdleEntry {
+    /// Its path.
+    key: Rc<str>,
+    /// Its own bell (work for it, or QUIT).
+    bell: Rc<IdleBell>,
+    /// When its idle time runs out (Unix ms): then the retry timer tells it to QUIT
+    /// ([`QueueManager::expire_idle`]), so an idle episode arms no timer of its own.
+    deadline_ms: u64,
+}
+
+/// What [`QueueManager::idle_begin`] gives a connection that starts to idle.
+pub struct IdleStart {
+    /// Its place in the reclaim order.
+    pub ticket: IdleTicket,
+    /// Another core's ask to QUIT, or a rule's suspension of its path.
+    pub asked: event_listener::EventListener,
+    /// Its deadline is the earliest the retry timer knows of: wake the timer
+    /// ([`crate::shard::core::Core::retry_wake`]) so it sleeps no later than that.
+    pub wake_timer: bool,
+}
+
 struct Path {
     ready: VecDeque<Delivery>,
     connections: usize,
@@ -377,9 +400,14 @@ pub struct QueueManager {
     /// each freed connection goes to the first of them, so a thousand destinations take turns
     /// instead of opening a thousand connections each.
     slot_waiters: VecDeque<Rc<str>>,
-    /// This core's idle connections, longest idle first, with the event that makes each QUIT:
+    /// This core's idle connections, longest idle first, with the bell that makes each QUIT:
     /// when a path waits at the cap, the first of another path gives its slot back.
-    idle_order: BTreeMap<IdleTicket, (Rc<str>, Rc<Event>)>,
+    idle_order: BTreeMap<IdleTicket, IdleEntry>,
+    /// The shortest idle timeout any connection of this core was given (ms): no entry of
+    /// `idle_order` idling for less can have run out, which bounds [`Self::expire_idle`]'s walk.
+    idle_min_ms: u64,
+    /// No idle connection runs out before this (Unix ms), as far as the retry timer was told.
+    idle_next_ms: Option<u64>,
     /// Connections told to QUIT for the line and not closed yet (at most one per waiting
     /// path), by ticket.
     reclaiming: HashSet<IdleTicket>,
@@ -414,6 +442,8 @@ impl QueueManager {
             connections_total_max: usize::MAX,
             slot_waiters: VecDeque::new(),
             idle_order: BTreeMap::new(),
+            idle_min_ms: u64::MAX,
+            idle_next_ms: None,
             reclaiming: HashSet::new(),
             requeued: HashSet::new(),
         }
@@ -555,17 +585,18 @@ impl QueueManager {
         self.scheduled.push(s);
     }
 
-    /// When the earliest scheduled delivery or path wake-up is due (Unix ms).
+    /// When the earliest scheduled delivery, path wake-up or idle connection's end is due
+    /// (Unix ms).
     pub fn next_due_ms(&self) -> Option<u64> {
         let a = self.scheduled.peek().map(Scheduled::at_ms);
         let b = self.wakeups.keys().next().map(|(t, _)| *t);
-        a.into_iter().chain(b).min()
+        a.into_iter().chain(b).chain(self.idle_next_ms).min()
     }
 
-    /// Move every delivery due at `now_ms` to its path and look again at paths whose wake-up
-    /// is due; one dispatch each.
+    /// Move every delivery due at `now_ms` to its path, look again at paths whose wake-up
+    /// is due, and tell idle connections whose time ran out to QUIT; one dispatch each.
     pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
-        let mut out = Vec::new();
+        let mut out = self.expire_idle(now_ms);
         while self.scheduled.peek().is_some_and(|s| s.at_ms() <= now_ms) {
             let d = self.parked_rcpts.unpark(self.scheduled.pop().expect("peeked"));
             self.stats.remove(&d, Bucket::Waiting);
@@ -606,9 +637,9 @@ impl QueueManager {
         if let Some(newest) = p.idle.pop() {
             // Woken, it idles no more: it leaves the reclaim order now, so nothing in this
             // pass tells it to QUIT for another path.
-            let (_, own) = self.idle_order.remove(&newest).expect("a path's idle tickets are in the order");
+            let e = self.idle_order.remove(&newest).expect("a path's idle tickets are in the order");
             p.limits.note_idle(false);
-            return Dispatch::WakeIdle(own);
+            return Dispatch::WakeIdle(e.bell);
         }
         // A connection told to quit takes no more work: it is not one at work for slow start.
         if !may_open || p.ready.len() <= p.connections.saturating_sub(p.told.len()) * SLOW_START_BACKLOG {
@@ -668,20 +699,49 @@ impl QueueManager {
         if self.reclaiming.len() >= self.slot_waiters.len() {
             return Dispatch::Nothing;
         }
-        let Some(ticket) = self.idle_order.iter().find(|(_, (k, _))| &**k != waiting).map(|(t, _)| *t) else { return Dispatch::Nothing };
+        let Some(ticket) = self.idle_order.iter().find(|(_, e)| &*e.key != waiting).map(|(t, _)| *t) else { return Dispatch::Nothing };
         self.reclaiming.insert(ticket);
         Dispatch::CloseIdle(self.tell_quit(ticket))
     }
 
     /// The idle connection with `ticket` is told to QUIT: it leaves the reclaim order and the
-    /// host-wide idle count, and joins its path's `told` until it closes. Returns its event.
-    fn tell_quit(&mut self, ticket: IdleTicket) -> Rc<Event> {
-        let (key, quit) = self.idle_order.remove(&ticket).expect("only tickets in the order are told");
-        let p = self.paths.get_mut(&key).expect("an idle connection's path stays");
+    /// host-wide idle count, and joins its path's `told` until it closes. Returns its bell.
+    fn tell_quit(&mut self, ticket: IdleTicket) -> Rc<IdleBell> {
+        let e = self.idle_order.remove(&ticket).expect("only tickets in the order are told");
+        let p = self.paths.get_mut(&e.key).expect("an idle connection's path stays");
         p.idle.retain(|t| *t != ticket);
         p.told.push(ticket);
         p.limits.note_idle(false);
-        quit
+        e.bell
+    }
+
+    /// Tell every idle connection whose idle time ran out at `now_ms` to QUIT, and note when
+    /// the next one can run out. Walks the oldest first, and only those idle for at least the
+    /// shortest timeout given (with one timeout for all, exactly those that ran out).
+    fn expire_idle(&mut self, now_ms: u64) -> Vec<Dispatch> {
+        if self.idle_next_ms.is_none_or(|t| t > now_ms) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut next: Option<u64> = None;
+        let mut expired = Vec::new();
+        for (t, e) in &self.idle_order {
+            let earliest = t.0.saturating_add(self.idle_min_ms);
+            if earliest > now_ms {
+                next = Some(next.map_or(earliest, |n| n.min(earliest)));
+                break;
+            }
+            if e.deadline_ms <= now_ms {
+                expired.push(*t);
+            } else {
+                next = Some(next.map_or(e.deadline_ms, |n| n.min(e.deadline_ms)));
+            }
+        }
+        for t in expired {
+            out.push(Dispatch::CloseIdle(self.tell_quit(t)));
+        }
+        self.idle_next_ms = next;
+        out
     }
 
     /// Tell every idle connection of this core (`None`) or of the paths of `domain`'s site to
@@ -693,7 +753,7 @@ impl QueueManager {
             None => true,
             Some(site) => site.as_ref().is_some_and(|s| self.paths.get(k).is_some_and(|p| p.site.key == *s)),
         };
-        let tickets: Vec<IdleTicket> = self.idle_order.iter().filter(|(_, (k, _))| of_site(k)).map(|(t, _)| *t).collect();
+        let tickets: Vec<IdleTicket> = self.idle_order.iter().filter(|(_, e)| of_site(&e.key)).map(|(t, _)| *t).collect();
         tickets.into_iter().map(|t| Dispatch::CloseIdle(self.tell_quit(t))).collect()
     }
 
@@ -801,20 +861,26 @@ impl QueueManager {
         }
     }
 
-    /// A connection of path `key` starts waiting idle for work at `now_ms`; `own` is its own
-    /// event, notified when work comes ([`Dispatch::WakeIdle`]) or its slot is wanted
-    /// ([`Dispatch::CloseIdle`]). Returns its ticket and, when the path has a host-wide
-    /// connection cap, a listener for another core's ask to QUIT. None: no such path.
-    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<Event>) -> Option<(IdleTicket, event_listener::EventListener)> {
+    /// A connection of path `key` starts waiting idle for work at `now_ms`, for at most
+    /// `idle_ms`; `own` is its own bell, rung when work comes ([`Dispatch::WakeIdle`]) or it
+    /// must QUIT ([`Dispatch::CloseIdle`]: its idle time ran out, its slot is wanted, a
+    /// suspension, shutdown). None: no such path.
+    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<IdleBell>, idle_ms: u64) -> Option<IdleStart> {
         let (k, p) = self.paths.get_key_value(key)?;
         let k = k.clone();
         p.limits.note_idle(true);
         let asked = p.limits.listen_idle_quit();
         self.seq += 1;
         let ticket = IdleTicket(now_ms, self.seq);
-        self.idle_order.insert(ticket, (k, own));
+        let deadline_ms = now_ms.saturating_add(idle_ms);
+        self.idle_order.insert(ticket, IdleEntry { key: k, bell: own, deadline_ms });
         self.paths.get_mut(key).expect("just found").idle.push(ticket);
-        Some((ticket, asked))
+        self.idle_min_ms = self.idle_min_ms.min(idle_ms);
+        let wake_timer = self.idle_next_ms.is_none_or(|t| deadline_ms < t);
+        if wake_timer {
+            self.idle_next_ms = Some(deadline_ms);
+        }
+        Some(IdleStart { ticket, asked, wake_timer })
     }
 
     /// The idle connection with `ticket` woke: work for it, its timeout, told to QUIT by this

@@ -6,6 +6,8 @@ use crate::config::Config;
 use ringpost_spool::MsgRef;
 
 const T0: u64 = 1_800_000_000_000;
+/// The idle timeout the queue tests give their idle connections (the shipped default, 30 s).
+const IDLE_MS: u64 = 30_000;
 
 fn policy() -> RetryPolicy {
     RetryPolicy { first: Duration::from_secs(300), factor: 2.0, max: Duration::from_secs(4000), max_age: Duration::from_secs(3600) }
@@ -88,7 +90,7 @@ fn enqueue_opens_up_to_the_limit_then_wakes_idle_connections() {
     let k = opened(q.enqueue(delivery(&m, &[0], 0), T0, true));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Open(_)));
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::Nothing), "limit of 2 reached");
-    q.idle_begin(&k, T0, Rc::new(Event::new())).unwrap();
+    q.idle_begin(&k, T0, IdleBell::new(), IDLE_MS).unwrap();
     assert!(matches!(q.enqueue(delivery(&m, &[0], 0), T0, true), Dispatch::WakeIdle(_)));
     assert_eq!(q.depth("b.test"), (4, 2));
 }
@@ -397,16 +399,16 @@ fn own_site(q: &mut QueueManager, domain: &str) {
 
 /// Opens a connection for one delivery to `domain`, hands it the delivery, and lets it idle
 /// at `at`: (path key, its idle ticket, its quit event).
-fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, at: u64) -> (Rc<str>, IdleTicket, Rc<Event>) {
+fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, at: u64) -> (Rc<str>, IdleTicket, Rc<IdleBell>) {
     let k = opened(q.enqueue(to(domain, m, &[0], 0), at, true));
     ready(q.pop(&k, at));
     assert!(matches!(q.pop(&k, at), Pop::Empty), "nobody waits: it may idle");
-    let quit = Rc::new(Event::new());
-    let (t, _) = q.idle_begin(&k, at, quit.clone()).unwrap();
+    let quit = IdleBell::new();
+    let t = q.idle_begin(&k, at, quit.clone(), IDLE_MS).unwrap().ticket;
     (k, t, quit)
 }
 
-fn told_to_quit(d: Dispatch) -> Rc<Event> {
+fn told_to_quit(d: Dispatch) -> Rc<IdleBell> {
     match d {
         Dispatch::CloseIdle(e) => e,
         _ => panic!("expected CloseIdle"),
@@ -530,7 +532,7 @@ fn a_site_cap_held_by_an_idle_connection_on_another_core_asks_it_to_quit_once_pe
     ready(b.pop(&kb, T0));
     assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0, true), Dispatch::Nothing), "the site's one connection is at work");
     // Now it idles: core a asks it to quit, at most once per interval.
-    let (tb, _asked) = b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    let tb = b.idle_begin(&kb, T0 + 5, IdleBell::new(), IDLE_MS).unwrap().ticket;
     let Dispatch::AskIdleQuit(limits) = a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true) else { panic!("expected AskIdleQuit") };
     assert_eq!(limits.idle_connections(), 1);
     assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "asked already");
@@ -572,7 +574,7 @@ fn a_connection_told_to_quit_is_counted_by_its_ticket_not_by_whichever_connectio
     opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
     ready(q.pop(&kb, T0));
     ready(q.pop(&kb, T0));
-    let (tb1, _) = q.idle_begin(&kb, T0, Rc::new(Event::new())).unwrap();
+    let tb1 = q.idle_begin(&kb, T0, IdleBell::new(), IDLE_MS).unwrap().ticket;
     let (_kd, _td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
     assert_eq!(q.connections_total(), 3);
     // e.test waits at the cap: b1 (idle longest) is told to quit.
@@ -594,11 +596,11 @@ fn an_operator_suspension_tells_the_idle_connections_of_the_suspended_site_to_qu
     let (kb, tb, quit_b) = idle_connection(&mut q, &m, "b.test", T0);
     let (kd, td, quit_d) = idle_connection(&mut q, &m, "d.test", T0 + 10);
     // c.test shares b.test's site: b's connection goes, d's stays.
-    let told: Vec<Rc<Event>> = q.suspend(Some("c.test")).into_iter().map(told_to_quit).collect();
+    let told: Vec<Rc<IdleBell>> = q.suspend(Some("c.test")).into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &quit_b)), "only the suspended site's idle connection");
     assert!(q.idle_end(&kb, tb, false), "it QUITs");
     assert!(matches!(q.connection_ended(&kb, Some(tb), T0 + 20, true), Dispatch::Nothing));
-    let told: Vec<Rc<Event>> = q.suspend(None).into_iter().map(told_to_quit).collect();
+    let told: Vec<Rc<IdleBell>> = q.suspend(None).into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &quit_d)), "suspending everything: every idle connection");
     assert!(q.idle_end(&kd, td, false));
 }
@@ -649,16 +651,16 @@ fn a_dead_reused_connection_sends_its_paths_older_idle_connections_away_so_the_r
     for _ in 0..3 {
         ready(q.pop(&kb, T0));
     }
-    let (q1, q2) = (Rc::new(Event::new()), Rc::new(Event::new()));
-    let (t1, _) = q.idle_begin(&kb, T0, q1.clone()).unwrap();
-    let (t2, _) = q.idle_begin(&kb, T0 + 5, q2.clone()).unwrap();
-    let (t3, _) = q.idle_begin(&kb, T0 + 10, Rc::new(Event::new())).unwrap();
+    let (q1, q2) = (IdleBell::new(), IdleBell::new());
+    let t1 = q.idle_begin(&kb, T0, q1.clone(), IDLE_MS).unwrap().ticket;
+    let t2 = q.idle_begin(&kb, T0 + 5, q2.clone(), IDLE_MS).unwrap().ticket;
+    let t3 = q.idle_begin(&kb, T0 + 10, IdleBell::new(), IDLE_MS).unwrap().ticket;
     // Mail comes: the newest idle connection (b3) wakes, takes it, and finds the receiver gone.
     assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0 + 20, true), Dispatch::WakeIdle(_)));
     assert!(!q.idle_end(&kb, t3, false), "b3 works");
     let d = ready(q.pop(&kb, T0 + 20));
     let Ok(told) = q.requeue_unsent(&kb, d) else { panic!("silent the first time") };
-    let told: Vec<Rc<Event>> = told.into_iter().map(told_to_quit).collect();
+    let told: Vec<Rc<IdleBell>> = told.into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [a, b] if Rc::ptr_eq(a, &q1) && Rc::ptr_eq(b, &q2)), "both older idle connections go");
     assert!(q.idle_end(&kb, t1, false) && q.idle_end(&kb, t2, false), "they QUIT");
     // b3 closes: the delivery waiting at the front gets a fresh connection, not a stale one.
@@ -713,10 +715,56 @@ fn a_site_cap_held_on_another_core_is_asked_for_only_when_the_connection_rate_wo
     // Core b opens the site's one connection (its connection turn for this second) and idles.
     let kb = opened(b.enqueue(to("b.test", &m, &[0], 0), T0, true));
     ready(b.pop(&kb, T0));
-    b.idle_begin(&kb, T0 + 5, Rc::new(Event::new())).unwrap();
+    b.idle_begin(&kb, T0 + 5, IdleBell::new(), IDLE_MS).unwrap();
     // Core a's mail waits; the rate would not let it open before T0 + 1000: nobody is asked.
     assert!(matches!(a.enqueue(to("c.test", &m, &[0], 0), T0 + 10, true), Dispatch::Nothing), "no ask while the rate holds");
     assert!(release(&mut a, T0 + 10 + CAP_POLL_MS).iter().all(|d| matches!(d, Dispatch::Nothing)), "still held by the rate");
     let asked = release(&mut a, T0 + 1_000 + CAP_POLL_MS);
     assert!(matches!(asked.as_slice(), [Dispatch::AskIdleQuit(_)]), "the rate allows: now b's idle connection is asked");
+}
+
+#[test]
+fn the_retry_timer_tells_an_idle_connection_to_quit_when_its_time_runs_out_and_not_before() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    let (kb, tb, bell_b) = idle_connection(&mut q, &m, "b.test", T0);
+    let (kd, td, bell_d) = idle_connection(&mut q, &m, "d.test", T0 + 400);
+    assert_eq!(q.next_due_ms(), Some(T0 + IDLE_MS), "the timer sleeps until the first idle connection runs out");
+    assert!(release(&mut q, T0 + IDLE_MS - 1).is_empty(), "a millisecond early: nobody quits");
+    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &bell_b)), "b's time ran out, d's did not");
+    assert!(q.idle_end(&kb, tb, false), "b learns it must QUIT");
+    assert_eq!(q.next_due_ms(), Some(T0 + 400 + IDLE_MS), "then the timer waits for d");
+    // Work wakes d before its time: it is no longer idle and never told to QUIT.
+    assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 500, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &bell_d)));
+    assert!(!q.idle_end(&kd, td, false), "woken for work");
+    assert!(release(&mut q, T0 + 400 + IDLE_MS).is_empty(), "a woken connection does not run out");
+    assert_eq!(q.next_due_ms(), None, "nothing idles: the timer has nothing to wait for");
+}
+
+#[test]
+fn a_shorter_idle_timeout_after_a_longer_one_runs_out_first_and_wakes_the_timer() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
+    ready(q.pop(&kb, T0));
+    let kd = opened(q.enqueue(to("d.test", &m, &[0], 0), T0, true));
+    ready(q.pop(&kd, T0));
+    let (bell_b, bell_d) = (IdleBell::new(), IdleBell::new());
+    let b = q.idle_begin(&kb, T0, bell_b.clone(), IDLE_MS).unwrap();
+    assert!(b.wake_timer, "the first idle connection: the timer must learn of it");
+    let d = q.idle_begin(&kd, T0 + 10, bell_d.clone(), 2_000).unwrap();
+    assert!(d.wake_timer, "an earlier end than the timer knows of");
+    let e = q.idle_begin(&kd, T0 + 20, IdleBell::new(), 2_000).unwrap();
+    assert!(!e.wake_timer, "a later end: the timer wakes for the earlier one first");
+    assert_eq!(q.next_due_ms(), Some(T0 + 10 + 2_000));
+    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + 10 + 2_000).into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [x] if Rc::ptr_eq(x, &bell_d)), "the 2 s connection, though it began to idle after the 30 s one");
+    assert!(q.idle_end(&kd, d.ticket, false));
+    assert_eq!(q.next_due_ms(), Some(T0 + 20 + 2_000));
+    assert_eq!(release(&mut q, T0 + 20 + 2_000).len(), 1);
+    assert!(release(&mut q, T0 + IDLE_MS - 1).is_empty(), "b still has time");
+    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
+    assert!(matches!(told.as_slice(), [x] if Rc::ptr_eq(x, &bell_b)));
+    assert!(q.idle_end(&kb, b.ticket, false));
 }

@@ -68,6 +68,7 @@ pub async fn run_core(
     }
     super::wait_shutdown(&shared).await;
     core.stopping.notify(usize::MAX);
+    core.quit_idle_at_shutdown();
     for a in accepts {
         a.await;
     }

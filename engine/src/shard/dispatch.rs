@@ -11,6 +11,7 @@ use crate::config::RuleAction;
 use crate::message::SpooledMessage;
 use crate::outbound::agent::{run_connection, AgentContext, WorkSource};
 use crate::outbound::cluster::limiter::{ConnSlot, LimitKey, PathLimits};
+use crate::outbound::idle_bell::IdleBell;
 use crate::outbound::queue::{Delivery, Dispatch, Final, IdleTicket, Pop, Settlement};
 use crate::outbound::shaping::prune::PRUNE_EVERY_MS;
 use crate::outbound::shaping::site::Site;
@@ -62,13 +63,18 @@ impl Core {
     pub(crate) fn act(self: &Rc<Self>, action: Dispatch) {
         match action {
             Dispatch::Nothing => {}
-            Dispatch::WakeIdle(event) | Dispatch::CloseIdle(event) => {
-                event.notify(1);
-            }
+            Dispatch::WakeIdle(bell) | Dispatch::CloseIdle(bell) => bell.ring(),
             Dispatch::AskIdleQuit(limits) => limits.ask_idle_quit(),
             Dispatch::Open(path) => self.spawn_agent(path),
             Dispatch::Resolve(domain) => self.spawn_resolve(domain),
         }
+    }
+
+    /// Shutdown began: every connection idling on this core is told to QUIT (one that would
+    /// start idling from now on sees the flag in `idle_wait` and closes instead).
+    pub(crate) fn quit_idle_at_shutdown(self: &Rc<Self>) {
+        let told = self.queues.borrow_mut().quit_idle(None);
+        told.into_iter().for_each(|a| self.act(a));
     }
 
     /// Find the site of `domain` (its static route's hosts, else its MX set) and queue what
@@ -92,7 +98,7 @@ impl Core {
             let mut told = None;
             if let Some(info) = info {
                 let slot = core.shared_connection_slot(&path).await;
-                let work = ShardWork(&core, &ctx, Rc::new(event_listener::Event::new()), Cell::new(None));
+                let work = ShardWork(&core, &ctx, IdleBell::new(), Cell::new(None));
                 run_connection(&ctx, &work, &path, &info).await;
                 drop(slot);
                 told = work.3.get();
@@ -137,9 +143,12 @@ impl Core {
     /// or throttle it, turn the recipient into a bounce, or move its next attempt. Returns the
     /// retry override and whether the domain's queue is to be bounced.
     fn apply_rules(&self, path: &str, d: &Delivery, results: &mut [RcptResult], now: u64) -> (Option<Duration>, Option<String>) {
-        let shaping = self.shared.shaping.clone();
-        let limits = self.queues.borrow().path_limits(path);
-        let (false, Some((site, limits))) = (shaping.rules.is_empty(), limits) else { return (None, None) };
+        let shaping = &self.shared.shaping;
+        // Most attempts deliver: no reply to match, no path to look up.
+        if shaping.rules.is_empty() || results.iter().all(|r| matches!(r, RcptResult::Delivered(_))) {
+            return (None, None);
+        }
+        let Some((site, limits)) = self.queues.borrow().path_limits(path) else { return (None, None) };
         let (mut retry_in, mut bounce) = (None, None);
         for r in results.iter_mut() {
             let reply = match r {
@@ -280,10 +289,10 @@ impl Core {
 }
 
 /// The queue manager as seen by one delivery agent, with the context it connected with,
-/// the connection's own event, notified while it idles when work comes for it
+/// the connection's own bell, rung while it idles when work comes for it
 /// ([`Dispatch::WakeIdle`]) or it is told to QUIT ([`Dispatch::CloseIdle`]), and its idle
 /// ticket once it was told to QUIT (handed back when it closes).
-struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<event_listener::Event>, Cell<Option<IdleTicket>>);
+struct ShardWork<'a>(&'a Rc<Core>, &'a Rc<crate::outbound::agent::AgentContext>, Rc<IdleBell>, Cell<Option<IdleTicket>>);
 
 impl ShardWork<'_> {
     /// A reload changed routes or delivery settings: close, so a new connection uses them.
@@ -296,27 +305,38 @@ impl ShardWork<'_> {
         self.0.queues.borrow_mut().pop(path, now)
     }
 
-    /// Wait idle up to `idle` for the connection's own event (work for it, or told to QUIT
-    /// by this core: for a path waiting at its cap, an operator's suspension); false when
-    /// told to QUIT, by this core, by another whose deliveries wait at the path's host-wide
-    /// `max_connections`, by a rule's suspension of the path, or by shutdown. Nothing awaits
-    /// between the caller's empty pop and `idle_begin`, so no wake-up is lost.
+    /// Wait idle up to `idle` for the connection's own bell (work for it, or told to QUIT by
+    /// this core: its idle time ran out, the retry timer said so; for a path waiting at its
+    /// cap; an operator's suspension; shutdown) or another core's ask; false when told to QUIT
+    /// by this core, by another whose deliveries wait at the path's host-wide
+    /// `max_connections`, or by a rule's suspension of the path. Nothing awaits between the
+    /// caller's empty pop and `idle_begin`, so no wake-up is lost; shutdown tells every idle
+    /// connection of the core to QUIT ([`Core::quit_idle_at_shutdown`]), and one that would
+    /// start idling after it closes instead.
     async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
         let core = self.0;
-        let own = self.2.listen();
-        let Some((ticket, asked)) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), self.2.clone()) else { return false };
+        if core.is_stopping() {
+            return false;
+        }
+        let bell = &self.2;
+        bell.clear();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let Some(start) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), bell.clone(), idle_ms) else { return false };
+        if start.wake_timer {
+            core.retry_wake.notify(1);
+        }
         let woke = async {
-            futures_lite::future::or(own, glommio::timer::sleep(idle)).await;
+            bell.wait().await;
             false
         };
         let asked = async {
-            futures_lite::future::or(asked, core.stopped()).await;
+            start.asked.await;
             true
         };
         let asked = futures_lite::future::or(woke, asked).await;
-        let quit = core.queues.borrow_mut().idle_end(path, ticket, asked);
+        let quit = core.queues.borrow_mut().idle_end(path, start.ticket, asked);
         if quit {
-            self.3.set(Some(ticket));
+            self.3.set(Some(start.ticket));
         }
         !quit
     }
