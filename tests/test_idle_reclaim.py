@@ -162,6 +162,27 @@ def test_a_shapes_own_idle_timeout_still_closes_its_idle_connections(tmp_path, f
         rp.stop(signal.SIGKILL)
 
 
+def test_a_short_idle_timeout_is_kept_not_rounded_up_to_the_retry_timers_tick(tmp_path, first):
+    """The core's retry timer, which ticks at least once a second, tells idle connections
+    whose time ran out to QUIT. A connection that starts to idle with the earliest deadline
+    wakes it, so a 0.3 s shape closes after 0.3 s, not at the timer's next tick (up to 1 s
+    later). Three connections one after the other: a timer left to its tick would land each
+    at a random phase in [0.3, 1] s, and all three under 0.55 s by chance about 5 % of the
+    time."""
+    shape = '[[shape]]\nsite = "*"\nidle_timeout_s = 0.3\n'
+    rp = Ringpost(tmp_path, first.port, cores=1, tail=shape, delivery_extra=f"idle_timeout_s = {IDLE}").start()
+    try:
+        for i in range(3):
+            time.sleep(0.37 * i)  # a different phase against the timer's tick each time
+            send(rp, f"u{i}@a.test")
+            wait_for(lambda: len(first.snapshot()) == i + 1, f"message {i} delivered")
+            wait_for(lambda: len(first.quits) == i + 1, f"QUIT {i} after the shape's 0.3 s", timeout=5)
+        idled = [q - a for q, a in zip(first.quits, first.arrivals)]
+        assert all(0.25 < t < 0.55 for t in idled), f"idled {[round(t, 2) for t in idled]} s, the shape says 0.3 s"
+    finally:
+        rp.stop(signal.SIGKILL)
+
+
 def test_a_reused_connection_the_receiver_dropped_while_idle_costs_no_deferral(tmp_path, closing):
     rp = Ringpost(tmp_path, closing.port, cores=1, delivery_extra=f"idle_timeout_s = {IDLE}").start()
     try:

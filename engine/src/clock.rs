@@ -5,12 +5,20 @@
 //! Schedules are kept in Unix milliseconds rather than a monotonic clock because they are
 //! persisted in the spool (a recipient's next attempt survives a restart).
 use std::cell::Cell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of the current time, in Unix milliseconds.
 pub trait Clock {
     /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// Now on a clock that never steps (milliseconds from an arbitrary origin), for what is
+    /// not persisted and must not stretch or shrink when the wall clock is set: how long an
+    /// outbound connection has idled. A test clock gives its one time for both.
+    fn mono_ms(&self) -> u64 {
+        self.now_ms()
+    }
 }
 
 /// The system's wall clock.
@@ -20,6 +28,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         unix_ms()
+    }
+
+    fn mono_ms(&self) -> u64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 }
 

@@ -311,7 +311,7 @@ pub struct PathInfo {
 }
 
 /// An idle connection's place in its core's reclaim order ([`QueueManager::idle_begin`]):
-/// since when it idles, then a sequence number.
+/// since when it idles (monotonic ms), then a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdleTicket(u64, u64);
 
@@ -321,7 +321,7 @@ struct IdleEntry {
     key: Rc<str>,
     /// Its own bell (work for it, or QUIT).
     bell: Rc<IdleBell>,
-    /// When its idle time runs out (Unix ms): then the retry timer tells it to QUIT
+    /// When its idle time runs out (monotonic ms): then the retry timer tells it to QUIT
     /// ([`QueueManager::expire_idle`]), so an idle episode arms no timer of its own.
     deadline_ms: u64,
 }
@@ -406,7 +406,8 @@ pub struct QueueManager {
     /// The shortest idle timeout any connection of this core was given (ms): no entry of
     /// `idle_order` idling for less can have run out, which bounds [`Self::expire_idle`]'s walk.
     idle_min_ms: u64,
-    /// No idle connection runs out before this (Unix ms), as far as the retry timer was told.
+    /// No idle connection runs out before this (monotonic ms), as far as the retry timer was
+    /// told.
     idle_next_ms: Option<u64>,
     /// Connections told to QUIT for the line and not closed yet (at most one per waiting
     /// path), by ticket.
@@ -585,18 +586,25 @@ impl QueueManager {
         self.scheduled.push(s);
     }
 
-    /// When the earliest scheduled delivery, path wake-up or idle connection's end is due
-    /// (Unix ms).
+    /// When the earliest scheduled delivery or path wake-up is due (Unix ms).
     pub fn next_due_ms(&self) -> Option<u64> {
         let a = self.scheduled.peek().map(Scheduled::at_ms);
         let b = self.wakeups.keys().next().map(|(t, _)| *t);
-        a.into_iter().chain(b).chain(self.idle_next_ms).min()
+        a.into_iter().chain(b).min()
     }
 
-    /// Move every delivery due at `now_ms` to its path, look again at paths whose wake-up
-    /// is due, and tell idle connections whose time ran out to QUIT; one dispatch each.
+    /// No idle connection's time runs out before this (monotonic ms, [`Clock::mono_ms`]);
+    /// the retry timer then calls [`Self::expire_idle`]. None: nothing idles.
+    ///
+    /// [`Clock::mono_ms`]: crate::clock::Clock::mono_ms
+    pub fn next_idle_ms(&self) -> Option<u64> {
+        self.idle_next_ms
+    }
+
+    /// Move every delivery due at `now_ms` to its path and look again at paths whose wake-up
+    /// is due; one dispatch each.
     pub fn release_due(&mut self, now_ms: u64, may_open: bool) -> Vec<Dispatch> {
-        let mut out = self.expire_idle(now_ms);
+        let mut out = Vec::new();
         while self.scheduled.peek().is_some_and(|s| s.at_ms() <= now_ms) {
             let d = self.parked_rcpts.unpark(self.scheduled.pop().expect("peeked"));
             self.stats.remove(&d, Bucket::Waiting);
@@ -715,10 +723,13 @@ impl QueueManager {
         e.bell
     }
 
-    /// Tell every idle connection whose idle time ran out at `now_ms` to QUIT, and note when
-    /// the next one can run out. Walks the oldest first, and only those idle for at least the
-    /// shortest timeout given (with one timeout for all, exactly those that ran out).
-    fn expire_idle(&mut self, now_ms: u64) -> Vec<Dispatch> {
+    /// Tell every idle connection whose idle time ran out at `now_ms` (monotonic ms, the clock
+    /// of [`Self::idle_begin`]) to QUIT, and note when the next one can run out. Walks the
+    /// oldest first, and only those idle for at least the shortest timeout given (with one
+    /// timeout for all, exactly those that ran out; each shorter timeout a shape sets makes
+    /// the walk cover every connection idle longer than it). The retry timer calls it after
+    /// [`Self::release_due`], so mail due in the same tick reuses a connection about to expire.
+    pub fn expire_idle(&mut self, now_ms: u64) -> Vec<Dispatch> {
         if self.idle_next_ms.is_none_or(|t| t > now_ms) {
             return Vec::new();
         }
@@ -861,8 +872,9 @@ impl QueueManager {
         }
     }
 
-    /// A connection of path `key` starts waiting idle for work at `now_ms`, for at most
-    /// `idle_ms`; `own` is its own bell, rung when work comes ([`Dispatch::WakeIdle`]) or it
+    /// A connection of path `key` starts waiting idle for work at `now_ms` (monotonic ms,
+    /// [`crate::clock::Clock::mono_ms`]: a wall-clock step must not stretch or cut an idle
+    /// connection's time), for at most `idle_ms`; `own` is its own bell, rung when work comes ([`Dispatch::WakeIdle`]) or it
     /// must QUIT ([`Dispatch::CloseIdle`]: its idle time ran out, its slot is wanted, a
     /// suspension, shutdown). None: no such path.
     pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<IdleBell>, idle_ms: u64) -> Option<IdleStart> {
@@ -883,9 +895,10 @@ impl QueueManager {
         Some(IdleStart { ticket, asked, wake_timer })
     }
 
-    /// The idle connection with `ticket` woke: work for it, its timeout, told to QUIT by this
-    /// core, or `asked` (another core's ask, a suspension of its path: it QUITs). True: it
-    /// must close now; its ticket stays told until [`Self::connection_ended`].
+    /// The idle connection with `ticket` woke: work for it, told to QUIT by this core (its idle
+    /// time ran out, its slot is wanted, a suspension, shutdown), or `asked` (another core's
+    /// ask, a rule's suspension of its path: it QUITs). True: it must close now; its ticket
+    /// stays told until [`Self::connection_ended`].
     pub fn idle_end(&mut self, key: &str, ticket: IdleTicket, asked: bool) -> bool {
         if asked && self.idle_order.contains_key(&ticket) {
             self.tell_quit(ticket);

@@ -398,7 +398,7 @@ fn own_site(q: &mut QueueManager, domain: &str) {
 }
 
 /// Opens a connection for one delivery to `domain`, hands it the delivery, and lets it idle
-/// at `at`: (path key, its idle ticket, its quit event).
+/// at `at`: (path key, its idle ticket, its bell).
 fn idle_connection(q: &mut QueueManager, m: &Arc<SpooledMessage>, domain: &str, at: u64) -> (Rc<str>, IdleTicket, Rc<IdleBell>) {
     let k = opened(q.enqueue(to(domain, m, &[0], 0), at, true));
     ready(q.pop(&k, at));
@@ -729,17 +729,17 @@ fn the_retry_timer_tells_an_idle_connection_to_quit_when_its_time_runs_out_and_n
     let m = message(T0, 1);
     let (kb, tb, bell_b) = idle_connection(&mut q, &m, "b.test", T0);
     let (kd, td, bell_d) = idle_connection(&mut q, &m, "d.test", T0 + 400);
-    assert_eq!(q.next_due_ms(), Some(T0 + IDLE_MS), "the timer sleeps until the first idle connection runs out");
-    assert!(release(&mut q, T0 + IDLE_MS - 1).is_empty(), "a millisecond early: nobody quits");
-    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
+    assert_eq!(q.next_idle_ms(), Some(T0 + IDLE_MS), "the timer sleeps until the first idle connection runs out");
+    assert!(q.expire_idle(T0 + IDLE_MS - 1).is_empty(), "a millisecond early: nobody quits");
+    let told: Vec<Rc<IdleBell>> = q.expire_idle(T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [e] if Rc::ptr_eq(e, &bell_b)), "b's time ran out, d's did not");
     assert!(q.idle_end(&kb, tb, false), "b learns it must QUIT");
-    assert_eq!(q.next_due_ms(), Some(T0 + 400 + IDLE_MS), "then the timer waits for d");
+    assert_eq!(q.next_idle_ms(), Some(T0 + 400 + IDLE_MS), "then the timer waits for d");
     // Work wakes d before its time: it is no longer idle and never told to QUIT.
     assert!(matches!(q.enqueue(to("d.test", &m, &[0], 0), T0 + 500, true), Dispatch::WakeIdle(ref e) if Rc::ptr_eq(e, &bell_d)));
     assert!(!q.idle_end(&kd, td, false), "woken for work");
-    assert!(release(&mut q, T0 + 400 + IDLE_MS).is_empty(), "a woken connection does not run out");
-    assert_eq!(q.next_due_ms(), None, "nothing idles: the timer has nothing to wait for");
+    assert!(q.expire_idle(T0 + 400 + IDLE_MS).is_empty(), "a woken connection does not run out");
+    assert_eq!(q.next_idle_ms(), None, "nothing idles: the timer has nothing to wait for");
 }
 
 #[test]
@@ -757,14 +757,28 @@ fn a_shorter_idle_timeout_after_a_longer_one_runs_out_first_and_wakes_the_timer(
     assert!(d.wake_timer, "an earlier end than the timer knows of");
     let e = q.idle_begin(&kd, T0 + 20, IdleBell::new(), 2_000).unwrap();
     assert!(!e.wake_timer, "a later end: the timer wakes for the earlier one first");
-    assert_eq!(q.next_due_ms(), Some(T0 + 10 + 2_000));
-    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + 10 + 2_000).into_iter().map(told_to_quit).collect();
+    assert_eq!(q.next_idle_ms(), Some(T0 + 10 + 2_000));
+    let told: Vec<Rc<IdleBell>> = q.expire_idle(T0 + 10 + 2_000).into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [x] if Rc::ptr_eq(x, &bell_d)), "the 2 s connection, though it began to idle after the 30 s one");
     assert!(q.idle_end(&kd, d.ticket, false));
-    assert_eq!(q.next_due_ms(), Some(T0 + 20 + 2_000));
-    assert_eq!(release(&mut q, T0 + 20 + 2_000).len(), 1);
-    assert!(release(&mut q, T0 + IDLE_MS - 1).is_empty(), "b still has time");
-    let told: Vec<Rc<IdleBell>> = release(&mut q, T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
+    assert_eq!(q.next_idle_ms(), Some(T0 + 20 + 2_000));
+    assert_eq!(q.expire_idle(T0 + 20 + 2_000).len(), 1);
+    assert!(q.expire_idle(T0 + IDLE_MS - 1).is_empty(), "b still has time");
+    let told: Vec<Rc<IdleBell>> = q.expire_idle(T0 + IDLE_MS).into_iter().map(told_to_quit).collect();
     assert!(matches!(told.as_slice(), [x] if Rc::ptr_eq(x, &bell_b)));
     assert!(q.idle_end(&kb, b.ticket, false));
+}
+
+#[test]
+fn mail_due_when_an_idle_connections_time_runs_out_takes_that_connection_instead_of_a_new_one() {
+    let mut q = qm(32, "");
+    let m = message(T0, 1);
+    let (kb, tb, bell_b) = idle_connection(&mut q, &m, "b.test", T0);
+    q.schedule(to("b.test", &m, &[0], 1), T0 + IDLE_MS);
+    // The retry timer's order: release what is due, then expire.
+    let due = release(&mut q, T0 + IDLE_MS);
+    assert!(matches!(due.as_slice(), [Dispatch::WakeIdle(e)] if Rc::ptr_eq(e, &bell_b)), "the due retry wakes the idle connection");
+    assert!(q.expire_idle(T0 + IDLE_MS).is_empty(), "woken for work: it does not expire");
+    assert!(!q.idle_end(&kb, tb, false));
+    ready(q.pop(&kb, T0 + IDLE_MS));
 }

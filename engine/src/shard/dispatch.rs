@@ -124,8 +124,21 @@ impl Core {
             for action in due {
                 self.act(action);
             }
-            let next = self.queues.borrow().next_due_ms();
-            let wait = next.map_or(RETRY_TICK_MAX, |t| Duration::from_millis(t.saturating_sub(now)).min(RETRY_TICK_MAX));
+            // After the release: mail due now takes an idle connection before it can expire.
+            let mono = self.clock.mono_ms();
+            let expired = self.queues.borrow_mut().expire_idle(mono);
+            for action in expired {
+                self.act(action);
+            }
+            let (next, next_idle) = {
+                let q = self.queues.borrow();
+                (q.next_due_ms(), q.next_idle_ms())
+            };
+            let wait = [next.map(|t| t.saturating_sub(now)), next_idle.map(|t| t.saturating_sub(mono))]
+                .into_iter()
+                .flatten()
+                .map(Duration::from_millis)
+                .fold(RETRY_TICK_MAX, Duration::min);
             futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
         }
     }
@@ -305,14 +318,15 @@ impl ShardWork<'_> {
         self.0.queues.borrow_mut().pop(path, now)
     }
 
-    /// Wait idle up to `idle` for the connection's own bell (work for it, or told to QUIT by
-    /// this core: its idle time ran out, the retry timer said so; for a path waiting at its
-    /// cap; an operator's suspension; shutdown) or another core's ask; false when told to QUIT
-    /// by this core, by another whose deliveries wait at the path's host-wide
-    /// `max_connections`, or by a rule's suspension of the path. Nothing awaits between the
-    /// caller's empty pop and `idle_begin`, so no wake-up is lost; shutdown tells every idle
-    /// connection of the core to QUIT ([`Core::quit_idle_at_shutdown`]), and one that would
-    /// start idling after it closes instead.
+    /// Wait idle, at most `idle` (the retry timer keeps that deadline), for the connection's
+    /// own bell (work for it, or told to QUIT by this core: its idle time ran out, its path
+    /// waits at its cap, an operator's suspension, shutdown) or another core's ask; false
+    /// when told to QUIT, by this core, by another whose deliveries wait at the path's
+    /// host-wide `max_connections`, or by a rule's suspension of the path. Nothing awaits
+    /// between the caller's empty pop and `idle_begin`, so no wake-up is lost. Shutdown tells
+    /// every idle connection of the core to QUIT ([`Core::quit_idle_at_shutdown`]); the
+    /// `is_stopping` check below only guards a caller that would come after it (today
+    /// `run_connection` checks first).
     async fn idle_wait(&self, path: &str, idle: Duration) -> bool {
         let core = self.0;
         if core.is_stopping() {
@@ -321,7 +335,7 @@ impl ShardWork<'_> {
         let bell = &self.2;
         bell.clear();
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        let Some(start) = core.queues.borrow_mut().idle_begin(path, core.clock.now_ms(), bell.clone(), idle_ms) else { return false };
+        let Some(start) = core.queues.borrow_mut().idle_begin(path, core.clock.mono_ms(), bell.clone(), idle_ms) else { return false };
         if start.wake_timer {
             core.retry_wake.notify(1);
         }
