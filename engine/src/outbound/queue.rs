@@ -333,7 +333,7 @@ pub struct IdleStart {
     /// Another core's ask to QUIT, or a rule's suspension of its path.
     pub asked: event_listener::EventListener,
     /// Its deadline is the earliest the retry timer knows of: wake the timer
-    /// ([`crate::shard::core::Core::retry_wake`]) so it sleeps no later than that.
+    /// (the core's `retry_wake`) so it sleeps no later than that.
     pub wake_timer: bool,
 }
 
