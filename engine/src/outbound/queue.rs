@@ -733,7 +733,6 @@ impl QueueManager {
         if self.idle_next_ms.is_none_or(|t| t > now_ms) {
             return Vec::new();
         }
-        let mut out = Vec::new();
         let mut next: Option<u64> = None;
         let mut expired = Vec::new();
         for (t, e) in &self.idle_order {
@@ -748,11 +747,8 @@ impl QueueManager {
                 next = Some(next.map_or(e.deadline_ms, |n| n.min(e.deadline_ms)));
             }
         }
-        for t in expired {
-            out.push(Dispatch::CloseIdle(self.tell_quit(t)));
-        }
         self.idle_next_ms = next;
-        out
+        expired.into_iter().map(|t| Dispatch::CloseIdle(self.tell_quit(t))).collect()
     }
 
     /// Tell every idle connection of this core (`None`) or of the paths of `domain`'s site to

@@ -120,14 +120,16 @@ impl Core {
                 self.prune_idle(now);
                 next_prune = now + PRUNE_EVERY_MS;
             }
-            let due = self.queues.borrow_mut().release_due(now, true);
-            for action in due {
-                self.act(action);
-            }
-            // After the release: mail due now takes an idle connection before it can expire.
+            // Expiry after the release: mail due now takes an idle connection before it can
+            // expire (the queue manager decides both here; acting only rings and spawns).
             let mono = self.clock.mono_ms();
-            let expired = self.queues.borrow_mut().expire_idle(mono);
-            for action in expired {
+            let actions = {
+                let mut q = self.queues.borrow_mut();
+                let mut due = q.release_due(now, true);
+                due.extend(q.expire_idle(mono));
+                due
+            };
+            for action in actions {
                 self.act(action);
             }
             let (next, next_idle) = {
