@@ -5,11 +5,17 @@ Before recipient state was persisted in the spool, a restart retried every defer
 at once with attempts back at 0, and the DSN sent after the restart named only the recipients
 that failed after it.
 """
+import json
+import re
 import signal
 import smtplib
+import subprocess
 import time
+from pathlib import Path
 
-from conftest import Ringpost, wait_for
+from conftest import Ringpost, free_port, wait_for
+
+BLASTER = Path(__file__).resolve().parents[1] / "target" / "release" / "blaster"
 
 
 def configure(rp: Ringpost, retry_s: float, max_age_s: float):
@@ -61,3 +67,32 @@ def test_restart_keeps_attempts_schedule_and_earlier_failures_for_the_dsn(tmp_pa
         assert "Message-ID: <r1@b.test>" in text
     finally:
         rp.stop(signal.SIGKILL)
+
+
+def test_a_restart_with_more_due_than_one_release_batch_delivers_every_message_once(tmp_path, sink):
+    """The restart's backlog goes through the schedule and leaves in the retry timer's batches
+    (engine `RELEASE_BATCH`, 1,024): with 2,600 due on one core (one domain) the timer must come
+    back for the rest until none is left, each message delivered once."""
+    n = 2600
+    dead = free_port()  # nothing listens: every attempt is refused
+    rp = Ringpost(tmp_path, dead, cores=2)
+    configure(rp, retry_s=2.0, max_age_s=600.0)
+    rp.start()
+    try:
+        sent = subprocess.run([str(BLASTER), "send", "--to", f"127.0.0.1:{rp.port}", "-n", str(n), "-c", "10",
+                               "--size", "512", "--domains", "1", "-q", "--json"],
+                              check=True, capture_output=True, timeout=120)
+        assert json.loads(sent.stdout)["accepted"] == n
+        deferred = lambda: {e["id"] for e in rp.events() if e["type"] == "TransientFailure"}
+        wait_for(lambda: len(deferred()) == n, f"a deferral of each of the {n} messages", timeout=60)
+        time.sleep(0.5)  # their retry states reach a commit round
+        assert rp.stop(signal.SIGKILL) == -9
+        time.sleep(2.5)  # every retry is due when the spool is recovered: one release of them all
+        rp.config.write_text(rp.config.read_text().replace(f"127.0.0.1:{dead}", f"127.0.0.1:{sink.port}"))
+        rp.start()
+        wait_for(lambda: len(sink.snapshot()) >= n, f"{n} messages at the sink", timeout=90)
+        time.sleep(1)
+        ids = [re.search(rb"Message-ID: *<([^>]*)>", m[2], re.I).group(1) for m in sink.snapshot()]
+        assert (len(ids), len(set(ids))) == (n, n), "each message exactly once"
+    finally:
+        rp.stop()

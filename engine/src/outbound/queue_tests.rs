@@ -321,6 +321,28 @@ fn the_schedule_releases_due_deliveries_earliest_first() {
 }
 
 #[test]
+fn a_backlog_due_at_once_is_released_a_batch_at_a_time_earliest_first() {
+    // A restart or the end of an outage: more deliveries due than one batch. One call moves a
+    // batch, the rest stays packed in the schedule, still due, so the timer comes back for it.
+    let mut q = qm(1, "");
+    let m = message(T0, 1);
+    let n = RELEASE_BATCH + 10;
+    // Within the site's second of validity, so every released one goes straight to its path.
+    for i in 0..n {
+        q.schedule(delivery(&m, &[0], i as u32), T0 + (i / 2) as u64);
+    }
+    let now = T0 + SITE_TTL_MS - 1;
+    assert_eq!(q.release_due(now, true).len(), RELEASE_BATCH, "one dispatch per released delivery");
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (10, Some(T0 + (RELEASE_BATCH / 2) as u64)), "the rest waits, due");
+    let key = q.path_key_of("b.test").expect("path made on release");
+    assert_eq!(q.depth("b.test").0, RELEASE_BATCH);
+    assert_eq!(ready(q.pop(&key, now)).attempts, 0, "earliest due first");
+    assert_eq!(q.release_due(now, true).len(), 10);
+    assert_eq!((q.scheduled_len(), q.next_due_ms()), (0, None));
+    assert_eq!(q.depth("b.test").0, n - 1);
+}
+
+#[test]
 fn past_the_cores_connection_cap_destinations_take_turns_first_come_first_served() {
     let mut q = qm(32, "");
     q.set_total_connections(1, T0, true);

@@ -28,10 +28,14 @@ use std::time::Duration;
 
 /// The longest the retry timer sleeps before looking again (it also watches for shutdown).
 const RETRY_TICK_MAX: Duration = Duration::from_secs(1);
+/// The retry timer's pause between two batches of due deliveries: the shortest sleep, so the
+/// executor goes back to the reactor (completions, other tasks) before the next batch.
+const RELEASE_PAUSE: Duration = Duration::from_micros(1);
 
 impl Core {
-    /// Queue one group of a message on this core (which owns its destination): ready now, or
-    /// scheduled when a recovered recipient's next attempt is still ahead.
+    /// Queue one group of a message on this core (which owns its destination): new mail is
+    /// ready now; a recovered group is scheduled, at its next attempt's time, which may be
+    /// past (the retry timer then releases it with the rest of the backlog, batch by batch).
     pub fn enqueue_group(self: &Rc<Self>, msg: &Arc<SpooledMessage>, g: Group) {
         let pool = self.pool_of(msg).and_then(|p| u16::try_from(p).ok());
         let mut q = self.queues.borrow_mut();
@@ -39,7 +43,7 @@ impl Core {
         drop(q);
         let d = Delivery { msg: msg.clone(), rcpts: g.rcpts.into(), attempts: g.attempts, last_response, domain, pool };
         let now = self.clock.now_ms();
-        if g.not_before_ms > now {
+        if g.recovered || g.not_before_ms > now {
             self.queues.borrow_mut().schedule(d, g.not_before_ms);
             self.retry_wake.notify(1);
             return;
@@ -136,6 +140,12 @@ impl Core {
                 let q = self.queues.borrow();
                 (q.next_due_ms(), q.next_idle_ms())
             };
+            if next.is_some_and(|t| t <= now) {
+                // More is due than one batch: let the core's I/O and other tasks run first (a
+                // timer that is due at once would not yield: glommio polls it ready).
+                glommio::timer::sleep(RELEASE_PAUSE).await;
+                continue;
+            }
             let wait = [next.map(|t| t.saturating_sub(now)), next_idle.map(|t| t.saturating_sub(mono))]
                 .into_iter()
                 .flatten()

@@ -30,6 +30,10 @@ pub struct Group {
     pub not_before_ms: u64,
     /// The last transient reply (recovered from the spool; none for new mail).
     pub last_response: Option<String>,
+    /// Requeued from the spool at a start: it goes through the schedule even when due, so a
+    /// restart's backlog leaves in the retry timer's bounded batches
+    /// ([`crate::outbound::queue::RELEASE_BATCH`]), not all at once into the ready queues.
+    pub recovered: bool,
 }
 
 /// Work handed between cores.
@@ -98,7 +102,7 @@ impl Core {
         let rcpts = msg.recipients().enumerate().map(|(i, r)| (i as u32, r)).filter(|(i, _)| !suppressed.contains(i));
         for (core, groups) in group_by_owner(rcpts, self.ncores) {
             let groups =
-                groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None }).collect();
+                groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None, recovered: false }).collect();
             self.route_to(core, CoreMsg::Deliver(msg.clone(), groups)).await;
         }
     }
