@@ -57,7 +57,8 @@ pub const SLOW_START_BACKLOG: usize = 1;
 /// is released batch by batch, the core's other tasks and I/O running between two batches:
 /// released in one call, 100,000 deliveries took 75 ms of the core (measured with
 /// `backlog_memory`'s schedule), half a million a third of a second with every session of
-/// the core frozen. A batch takes about a millisecond.
+/// the core frozen. A batch takes under 2 ms (`backlog_memory`: 100,000 due at once, 98 calls,
+/// the longest 1.4–1.8 ms; 69–84 ms in one call before).
 pub const RELEASE_BATCH: usize = 1024;
 
 /// Some recipients of one message bound for one domain.
