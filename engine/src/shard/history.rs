@@ -3,9 +3,10 @@
 //! final outcome as it comes (attempts, last reply, bounce category), and finished messages
 //! for `[admin] history` after their last recipient is final.
 //!
-//! A queued message costs the history nothing but its Message-ID index entry: a 64-bit hash
-//! of the id and the message's spool reference (no copy of the id, which is read again from
-//! the mapped body when needed), and outcomes only once a recipient is final. A backlog of a
+//! A queued message costs the history nothing but its Message-ID index entry, 8 bytes: a hash
+//! of the id and the message's offset, kept per spool segment (`mid_index.rs`; no copy of the
+//! id, which is read again from the mapped body when needed), and outcomes only once a
+//! recipient is final. A backlog of a
 //! million messages therefore holds no million id strings (issue 9 item 4).
 //!
 //! Why here and bounded: the ledger forgets a message when it is finished (its spool space is
@@ -14,6 +15,7 @@
 //! entries leave by age (`[admin] history`) and, past `[admin] history_max` per core, oldest
 //! first, so memory stays bounded whatever the rate. Data only, no I/O: time is passed in.
 use crate::message::SpooledMessage;
+use crate::shard::mid_index::MidIndex;
 use ringpost_admin_proto::RcptState;
 use ringpost_spool::MsgRef;
 use std::collections::{HashMap, VecDeque};
@@ -67,57 +69,9 @@ pub struct History {
     done: HashMap<MsgRef, DoneMsg>,
     /// Finish order, for eviction by age and by count.
     order: VecDeque<(u64, MsgRef)>,
-    /// Message-ID hash ([`mid_key`]) → the latest message that carried it (live or finished).
+    /// Message-ID hash ([`mid_key`]) → the messages that carried it (live or finished).
     /// A hit is checked against the message's real Message-ID before it is believed.
     by_mid: MidIndex,
-}
-
-/// The Message-ID index: 16-byte entries with the message's id packed in one word
-/// ([`pack`]), not the 24 of a [`MsgRef`] beside the key (issue 9 item 4: 22 bytes per queued
-/// message with the table's slack, not 33). An id too large to pack (a core past 255, a
-/// segment sequence past 2^24, an offset past 4 GiB) goes to a second table, whole.
-#[derive(Debug, Default)]
-struct MidIndex {
-    packed: HashMap<u64, u64>,
-    whole: HashMap<u64, MsgRef>,
-}
-
-/// `id` in one word, when its fields fit: core in 8 bits, segment in 24, offset in 32.
-fn pack(id: MsgRef) -> Option<u64> {
-    let fits = id.core < 1 << 8 && id.segment < 1 << 24 && id.offset < 1 << 32;
-    fits.then(|| (u64::from(id.core) << 56) | (u64::from(id.segment) << 32) | id.offset)
-}
-
-/// The id [`pack`] packed.
-fn unpack(p: u64) -> MsgRef {
-    MsgRef { core: (p >> 56) as u16, segment: ((p >> 32) & 0xff_ffff) as u32, offset: p & 0xffff_ffff }
-}
-
-impl MidIndex {
-    fn insert(&mut self, key: u64, id: MsgRef) {
-        match pack(id) {
-            Some(p) => {
-                self.packed.insert(key, p);
-                self.whole.remove(&key);
-            }
-            None => {
-                self.whole.insert(key, id);
-                self.packed.remove(&key);
-            }
-        }
-    }
-
-    fn get(&self, key: u64) -> Option<MsgRef> {
-        self.packed.get(&key).map(|p| unpack(*p)).or_else(|| self.whole.get(&key).copied())
-    }
-
-    /// Forget `key` if it still names `id` (a later message may have taken it over).
-    fn remove_if(&mut self, key: u64, id: MsgRef) {
-        if self.get(key) == Some(id) {
-            self.packed.remove(&key);
-            self.whole.remove(&key);
-        }
-    }
 }
 
 impl History {
@@ -186,21 +140,22 @@ impl History {
 
     fn forget_mid(&mut self, mid: Option<&str>, id: MsgRef) {
         if let Some(m) = mid {
-            self.by_mid.remove_if(mid_key(m), id);
+            self.by_mid.remove(mid_key(m), id);
         }
     }
 
-    /// The message that carried this Message-ID (brackets optional), live or finished.
-    /// `live_mid` reads a live message's Message-ID (from the ledger's message): the index
-    /// keeps only a hash, so a hit is believed only when the real id matches.
+    /// The newest message that carried this Message-ID (brackets optional), live or
+    /// finished. `live_mid` reads a live message's Message-ID (from the ledger's message): the
+    /// index keeps only a hash, so a hit is believed only when the real id matches.
     pub fn find(&self, message_id: &str, live_mid: impl Fn(MsgRef) -> Option<String>) -> Option<MsgRef> {
         let wanted = strip(message_id);
-        let id = self.by_mid.get(mid_key(wanted))?;
-        let real = match self.done.get(&id) {
-            Some(d) => d.message_id.as_deref().map(String::from),
-            None => live_mid(id),
-        };
-        (real.as_deref() == Some(wanted)).then_some(id)
+        self.by_mid.candidates(mid_key(wanted)).into_iter().find(|&id| {
+            let real = match self.done.get(&id) {
+                Some(d) => d.message_id.as_deref().map(String::from),
+                None => live_mid(id),
+            };
+            real.as_deref() == Some(wanted)
+        })
     }
 
     /// The outcomes of a live message's final recipients so far.

@@ -89,32 +89,3 @@ fn the_count_bound_evicts_the_oldest_first() {
     assert!(h.done(MsgRef { core: 0, segment: 1, offset: 68 }).is_some());
 }
 
-#[test]
-fn ids_that_pack_and_ids_that_do_not_are_indexed_alike() {
-    // Each field at the edge of its packed width, and each one past it (kept whole).
-    let fit = [MsgRef { core: 255, segment: (1 << 24) - 1, offset: u32::MAX as u64 }, MsgRef { core: 0, segment: 0, offset: 0 }];
-    let wide = [
-        MsgRef { core: 256, segment: 1, offset: 64 },
-        MsgRef { core: 1, segment: 1 << 24, offset: 64 },
-        MsgRef { core: 1, segment: 1, offset: 1 << 32 },
-    ];
-    for id in fit {
-        assert_eq!(pack(id).map(unpack), Some(id));
-    }
-    let mut ix = MidIndex::default();
-    for (i, id) in fit.iter().chain(&wide).enumerate() {
-        assert_eq!(pack(*id).is_none(), i >= fit.len());
-        ix.insert(i as u64, *id);
-        assert_eq!(ix.get(i as u64), Some(*id));
-    }
-    assert_eq!((ix.packed.len(), ix.whole.len()), (2, 3));
-    // A later message taking a key over replaces the other form; removal only by its holder.
-    ix.insert(0, wide[0]);
-    ix.insert(2, fit[1]);
-    assert_eq!((ix.get(0), ix.get(2), ix.packed.len(), ix.whole.len()), (Some(wide[0]), Some(fit[1]), 2, 3));
-    ix.remove_if(0, fit[0]);
-    assert_eq!(ix.get(0), Some(wide[0]), "not removed by a message that no longer holds the key");
-    ix.remove_if(0, wide[0]);
-    ix.remove_if(2, fit[1]);
-    assert_eq!((ix.get(0), ix.get(2), ix.packed.len(), ix.whole.len()), (None, None, 1, 2));
-}

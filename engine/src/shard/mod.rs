@@ -9,4 +9,5 @@ pub mod finals;
 pub mod history;
 pub mod inbox;
 pub mod ledger;
+pub mod mid_index;
 pub mod router;
