@@ -54,11 +54,10 @@ pub const TURN_DELIVERIES: usize = 100;
 pub const SLOW_START_BACKLOG: usize = 1;
 /// Most deliveries one [`QueueManager::release_due`] moves from the schedule to their paths.
 /// A backlog coming due at once (a restart with a million queued, the end of a long outage)
-/// is released batch by batch, the core's other tasks and I/O running between two batches:
-/// released in one call, 100,000 deliveries took 75 ms of the core (measured with
-/// `backlog_memory`'s schedule), half a million a third of a second with every session of
-/// the core frozen. A batch takes under 2 ms (`backlog_memory`: 100,000 due at once, 98 calls,
-/// the longest 1.4–1.8 ms; 69–84 ms in one call before).
+/// is released batch by batch, the core's other tasks and I/O running between two batches.
+/// `backlog_memory` (100,000 due at once, quiet machine): 98 calls, the longest 1.4–1.8 ms;
+/// all in one call took 69–84 ms, with every session of the core frozen (perf/RESULTS.md,
+/// tenth session).
 pub const RELEASE_BATCH: usize = 1024;
 
 /// Some recipients of one message bound for one domain.
@@ -555,7 +554,14 @@ impl QueueManager {
         };
         let key = self.path_key(src, &d.domain, &site);
         self.stats.add(&d, Bucket::Ready);
+        // Mail of a suspended domain waits in its path without a dispatch: no connection may
+        // take it, and `dispatch` would walk the path's ready queue to learn that (a released
+        // backlog of a suspended domain cost the square of its size).
+        let held = self.is_suspended(&d.domain);
         self.paths.get_mut(&key).expect("path made").ready.push_back(d);
+        if held {
+            return Dispatch::Nothing;
+        }
         self.dispatch(&key, now_ms, may_open)
     }
 

@@ -28,9 +28,11 @@ use std::time::Duration;
 
 /// The longest the retry timer sleeps before looking again (it also watches for shutdown).
 const RETRY_TICK_MAX: Duration = Duration::from_secs(1);
-/// The retry timer's pause between two batches of due deliveries: the shortest sleep, so the
-/// executor goes back to the reactor (completions, other tasks) before the next batch.
-const RELEASE_PAUSE: Duration = Duration::from_micros(1);
+/// The retry timer's pause between two batches of due deliveries, so the executor goes back
+/// to the reactor (completions, other tasks) before the next batch. Best effort: a timer
+/// already past its time when first polled is ready without yielding (glommio), so the pause
+/// is long enough for that to be rare and short against a batch (~1 ms).
+const RELEASE_PAUSE: Duration = Duration::from_micros(50);
 
 impl Core {
     /// Queue one group of a message on this core (which owns its destination): new mail is
@@ -44,7 +46,9 @@ impl Core {
         let d = Delivery { msg: msg.clone(), rcpts: g.rcpts.into(), attempts: g.attempts, last_response, domain, pool };
         let now = self.clock.now_ms();
         if g.recovered || g.not_before_ms > now {
-            self.queues.borrow_mut().schedule(d, g.not_before_ms);
+            // A recovered group already due waits at `now`: among its equals in recovery
+            // order (oldest mail first), and shown as due now, not at 1970 (never tried).
+            self.queues.borrow_mut().schedule(d, g.not_before_ms.max(now));
             self.retry_wake.notify(1);
             return;
         }
@@ -130,7 +134,10 @@ impl Core {
             let actions = {
                 let mut q = self.queues.borrow_mut();
                 let mut due = q.release_due(now, true);
-                due.extend(q.expire_idle(mono));
+                // Not while more is due: a connection idling now may be the one it goes to.
+                if q.next_due_ms().is_none_or(|t| t > now) {
+                    due.extend(q.expire_idle(mono));
+                }
                 due
             };
             for action in actions {
