@@ -3,10 +3,10 @@
 //! final outcome as it comes (attempts, last reply, bounce category), and finished messages
 //! for `[admin] history` after their last recipient is final.
 //!
-//! A queued message costs the history nothing but its Message-ID index entry, 8 bytes: a hash
-//! of the id and the message's offset, kept per spool segment (`mid_index.rs`; no copy of the
-//! id, which is read again from the mapped body when needed), and outcomes only once a
-//! recipient is final. A backlog of a
+//! A queued message costs the history nothing but its Message-ID index entry, 8 bytes and the
+//! slack of its segment's entries: a hash of the id and the message's offset, kept per spool
+//! segment (`mid_index.rs`; no copy of the id, which is read again from the mapped body when
+//! needed), and outcomes only once a recipient is final. A backlog of a
 //! million messages therefore holds no million id strings (issue 9 item 4).
 //!
 //! Why here and bounded: the ledger forgets a message when it is finished (its spool space is

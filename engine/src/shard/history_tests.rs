@@ -60,6 +60,25 @@ fn finished_messages_are_kept_for_the_window_then_evicted_by_time() {
     h.evict(1100);
     assert!(h.done(m.id).is_none(), "evicted once the window passed");
     assert_eq!(h.find("mid@x", |_| None), None, "its Message-ID goes with it");
+    assert!(h.by_mid.candidates(mid_key("mid@x")).is_empty(), "its index entry too");
+}
+
+#[test]
+fn two_messages_with_one_id_the_newest_is_found_and_the_older_after_it_goes() {
+    // A platform sends again with the same Message-ID: each message keeps its own entry.
+    let mut h = History::new(1000, 10);
+    let (old, new) = (with_body(64, 1, "Message-ID: <again@x>\r\n\r\n"), with_body(900, 1, "Message-ID: <again@x>\r\n\r\n"));
+    h.admit(&old);
+    h.admit(&new);
+    let live = |id: MsgRef| [&old, &new].into_iter().find(|m| m.id == id).and_then(|m| message_id(m));
+    assert_eq!(h.find("again@x", live), Some(new.id), "the newest first");
+    h.finish(&new, 100);
+    assert_eq!(h.find("again@x", |_| None), Some(new.id), "finished, it is still the newest");
+    h.evict(1100);
+    assert_eq!(h.find("again@x", live), Some(old.id), "once the newer one is evicted, the older live one");
+    h.finish(&old, 2000);
+    h.evict(3000);
+    assert!(h.by_mid.candidates(mid_key("again@x")).is_empty());
 }
 
 #[test]

@@ -10,9 +10,10 @@
 //!
 //! - The newest segment's entries stay in offset order (messages come in append order: an
 //!   entry is pushed at the end); a look-up scans them, a removal finds its entry by offset.
-//! - When a later segment begins, the one before it is complete: its entries are sorted by
+//! - A segment other than the newest is complete once messages of another segment come (a
+//!   later segment began, or recovery moved on to its next one): its entries are sorted by
 //!   (hash, offset) and its spare capacity given back; a look-up or removal is then a binary
-//!   search.
+//!   search. Only the newest segment and the one being filled are scanned by a look-up.
 //! - A removed entry is marked dead in place (the top bit of its offset) and the dead are
 //!   dropped once they are half a segment's entries.
 //!
@@ -57,7 +58,8 @@ struct Segment {
 }
 
 impl Segment {
-    /// Where the entry (`hash`, `offset`) is or would go.
+    /// Where the entry (`hash`, `offset`) is or would go; in a segment not yet sorted, where
+    /// the entry at `offset` is (one message per offset), whatever its hash.
     fn find(&self, hash: u32, offset: u32) -> Result<usize, usize> {
         if self.sealed {
             return self.entries.binary_search_by_key(&(hash, offset), Entry::by_hash);
@@ -106,17 +108,22 @@ impl Segment {
 #[derive(Debug, Default)]
 pub struct MidIndex {
     segments: HashMap<(u16, u32), Segment>,
-    /// The segment the latest message came from.
+    /// The highest segment a message came from.
     newest: Option<(u16, u32)>,
-    /// Messages whose offset does not fit 31 bits (a segment past 2 GiB): whole, scanned.
-    wide: Vec<(u64, MsgRef)>,
+    /// The segment the last message came from.
+    current: Option<(u16, u32)>,
+    /// Messages whose offset does not fit 31 bits (a segment past 2 GiB), by whole key.
+    wide: HashMap<u64, Vec<MsgRef>>,
 }
 
 impl MidIndex {
     /// Index message `id` under `key` (a 64-bit hash of its Message-ID).
     pub fn insert(&mut self, key: u64, id: MsgRef) {
         let Some(offset) = narrow(id.offset) else {
-            self.wide.push((key, id));
+            let ids = self.wide.entry(key).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
             return;
         };
         let seg_key = (id.core, id.segment);
@@ -125,6 +132,14 @@ impl MidIndex {
                 seg.seal();
             }
             self.newest = Some(seg_key);
+        }
+        if self.current != Some(seg_key) {
+            // Moving off a segment that is not the newest (recovery going on to its next one
+            // after a new message began a later segment): it is complete too.
+            if let Some(seg) = self.current.filter(|c| Some(*c) != self.newest).and_then(|c| self.segments.get_mut(&c)) {
+                seg.seal();
+            }
+            self.current = Some(seg_key);
         }
         let seg = self.segments.entry(seg_key).or_default();
         if seg.sealed {
@@ -139,7 +154,9 @@ impl MidIndex {
                 seg.entries[i] = entry;
                 seg.dead -= 1;
             }
-            Ok(_) => {} // indexed already (the same message admitted twice: nothing new)
+            // Indexed already: the same message admitted twice (one message per offset, and
+            // its Message-ID is read from its own body, so the hash is the same).
+            Ok(_) => debug_assert_eq!(seg.entries[seg.find(hash, offset).expect("found")].hash, hash, "offset {offset} indexed under another hash"),
         }
     }
 
@@ -151,7 +168,7 @@ impl MidIndex {
             .segments
             .iter()
             .flat_map(|(&(core, segment), seg)| seg.hits(hash).map(move |o| MsgRef { core, segment, offset: u64::from(o) }))
-            .chain(self.wide.iter().filter(|(k, _)| *k == key).map(|(_, id)| *id))
+            .chain(self.wide.get(&key).into_iter().flatten().copied())
             .collect();
         out.sort_unstable_by(|a, b| b.cmp(a));
         out
@@ -160,7 +177,12 @@ impl MidIndex {
     /// Forget message `id`'s entry under `key`.
     pub fn remove(&mut self, key: u64, id: MsgRef) {
         let Some(offset) = narrow(id.offset) else {
-            self.wide.retain(|e| *e != (key, id));
+            if let Some(ids) = self.wide.get_mut(&key) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.wide.remove(&key);
+                }
+            }
             return;
         };
         let seg_key = (id.core, id.segment);
@@ -182,7 +204,13 @@ impl MidIndex {
     /// Live entries (tests).
     #[cfg(test)]
     fn live_entries(&self) -> usize {
-        self.segments.values().map(|s| s.entries.len() - s.dead).sum::<usize>() + self.wide.len()
+        self.segments.values().map(|s| s.entries.len() - s.dead).sum::<usize>() + self.wide.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Segments neither the newest nor the one being filled that are not sorted (tests: none).
+    #[cfg(test)]
+    fn unsealed_behind(&self) -> usize {
+        self.segments.iter().filter(|(k, s)| !s.sealed && Some(**k) != self.newest && Some(**k) != self.current).count()
     }
 }
 
