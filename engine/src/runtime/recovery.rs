@@ -115,6 +115,13 @@ pub fn groups(msg: &SpooledMessage, m: &RecoveredMessage) -> Vec<Group> {
     }
     by_key
         .into_iter()
-        .map(|((domain, attempts, not_before_ms, last_response), rcpts)| Group { domain, rcpts, attempts, not_before_ms, last_response, recovered: true })
+        .map(|((domain, attempts, not_before_ms, last_response), rcpts)| Group {
+            domain,
+            rcpts,
+            attempts,
+            not_before_ms,
+            last_response,
+            recovered: true,
+        })
         .collect()
 }

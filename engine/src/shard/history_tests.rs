@@ -107,4 +107,3 @@ fn the_count_bound_evicts_the_oldest_first() {
     assert!(h.done(MsgRef { core: 0, segment: 1, offset: 65 }).is_none());
     assert!(h.done(MsgRef { core: 0, segment: 1, offset: 68 }).is_some());
 }
-

@@ -101,8 +101,10 @@ impl Core {
         let suppressed = self.bounce_suppressed(&msg).await;
         let rcpts = msg.recipients().enumerate().map(|(i, r)| (i as u32, r)).filter(|(i, _)| !suppressed.contains(i));
         for (core, groups) in group_by_owner(rcpts, self.ncores) {
-            let groups =
-                groups.into_iter().map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None, recovered: false }).collect();
+            let groups = groups
+                .into_iter()
+                .map(|(domain, rcpts)| Group { domain, rcpts, attempts: 0, not_before_ms: 0, last_response: None, recovered: false })
+                .collect();
             self.route_to(core, CoreMsg::Deliver(msg.clone(), groups)).await;
         }
     }
