@@ -26,15 +26,21 @@ const N: usize = 460_000;
 /// Messages per segment: a 64 MiB segment of 1 KiB messages with their records.
 const PER_SEGMENT: usize = 40_000;
 
-#[test]
-fn a_ledger_entry_costs_its_16_bytes_at_any_count() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let msgs: Vec<Arc<SpooledMessage>> = (0..N)
+/// `N` one-recipient messages, `PER_SEGMENT` to a spool segment, in append order: a core's
+/// share of a million queued.
+fn messages() -> Vec<Arc<SpooledMessage>> {
+    (0..N)
         .map(|i| {
             let id = MsgRef { core: 0, segment: 1 + (i / PER_SEGMENT) as u32, offset: 64 + 1600 * (i % PER_SEGMENT) as u64 };
             Arc::new(SpooledMessage::owned(id, String::new(), Vec::new(), Vec::new(), Vec::new(), 0, 0))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_ledger_entry_costs_its_16_bytes_at_any_count() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let msgs = messages();
     let mut ledger = Ledger::new();
     let before = common::live();
     // Admitted a little out of order, as sessions of one commit round resume in any order.
@@ -58,12 +64,7 @@ fn stragglers_cost_one_entry_each_and_finished_messages_give_their_bytes_back() 
     // Every hundredth message of the first six segments arrives late, after the last segment
     // began (a commit round's session resuming late, recovery of another core's hand-over):
     // a sealed segment grows by one entry for each, not by doubling.
-    let msgs: Vec<Arc<SpooledMessage>> = (0..N)
-        .map(|i| {
-            let id = MsgRef { core: 0, segment: 1 + (i / PER_SEGMENT) as u32, offset: 64 + 1600 * (i % PER_SEGMENT) as u64 };
-            Arc::new(SpooledMessage::owned(id, String::new(), Vec::new(), Vec::new(), Vec::new(), 0, 0))
-        })
-        .collect();
+    let msgs = messages();
     let late = |i: usize| i < 6 * PER_SEGMENT && i % 100 == 7;
     let mut ledger = Ledger::new();
     let before = common::live();
@@ -106,12 +107,7 @@ fn a_message_id_index_entry_costs_8_bytes_past_a_hash_tables_doubling_and_after_
     // The history's Message-ID index at the same count and spread: a map of 64-bit hashes to
     // packed ids paid 36 bytes an entry here (its table doubled past 458,752 entries).
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let msgs: Vec<Arc<SpooledMessage>> = (0..N)
-        .map(|i| {
-            let id = MsgRef { core: 0, segment: 1 + (i / PER_SEGMENT) as u32, offset: 64 + 1600 * (i % PER_SEGMENT) as u64 };
-            Arc::new(SpooledMessage::owned(id, String::new(), Vec::new(), Vec::new(), Vec::new(), 0, 0))
-        })
-        .collect();
+    let msgs = messages();
     let mids: Vec<String> = (0..N).map(|i| format!("{i}.1800000000000@blaster.test")).collect();
     let mut history = History::new(60_000, 100_000);
     let before = common::live();

@@ -131,28 +131,29 @@ impl Core {
             // Expiry after the release: mail due now takes an idle connection before it can
             // expire (the queue manager decides both here; acting only rings and spawns).
             let mono = self.clock.mono_ms();
-            let actions = {
+            let (actions, more_due) = {
                 let mut q = self.queues.borrow_mut();
                 let mut due = q.release_due(now, true);
                 // Not while more is due: a connection idling now may be the one it goes to.
-                if q.next_due_ms().is_none_or(|t| t > now) {
+                let more_due = q.next_due_ms().is_some_and(|t| t <= now);
+                if !more_due {
                     due.extend(q.expire_idle(mono));
                 }
-                due
+                (due, more_due)
             };
             for action in actions {
                 self.act(action);
             }
-            let (next, next_idle) = {
-                let q = self.queues.borrow();
-                (q.next_due_ms(), q.next_idle_ms())
-            };
-            if next.is_some_and(|t| t <= now) {
+            if more_due {
                 // More is due than one batch: let the core's I/O and other tasks run first (a
                 // timer that is due at once would not yield: glommio polls it ready).
                 glommio::timer::sleep(RELEASE_PAUSE).await;
                 continue;
             }
+            let (next, next_idle) = {
+                let q = self.queues.borrow();
+                (q.next_due_ms(), q.next_idle_ms())
+            };
             let wait = [next.map(|t| t.saturating_sub(now)), next_idle.map(|t| t.saturating_sub(mono))]
                 .into_iter()
                 .flatten()
