@@ -156,7 +156,7 @@ impl MidIndex {
             }
             // Indexed already: the same message admitted twice (one message per offset, and
             // its Message-ID is read from its own body, so the hash is the same).
-            Ok(_) => debug_assert_eq!(seg.entries[seg.find(hash, offset).expect("found")].hash, hash, "offset {offset} indexed under another hash"),
+            Ok(i) => debug_assert_eq!(seg.entries[i].hash, hash, "offset {offset} indexed under another hash"),
         }
     }
 
