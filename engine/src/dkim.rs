@@ -167,17 +167,29 @@ impl Signers {
         self.keys.is_empty()
     }
 
+    /// Whether any key covers the From domain of `header_block`: only then is a message
+    /// signed (after its 250), so mail of other domains costs no trip to the signing pool.
+    pub fn applies_to(&self, header_block: &[u8]) -> bool {
+        let Some(from) = from_domain(header_block) else { return false };
+        self.keys.iter().any(|k| covers(&k.domain, &from))
+    }
+
     /// `DKIM-Signature` header lines for every key covering the From domain of `header_block`.
     /// `header_block` is the unstuffed header section including the CRLF of its last line.
     pub fn sign(&self, header_block: &[u8], body_hash: &[u8], now: u64) -> Result<Vec<u8>, DkimError> {
         let Some(from) = from_domain(header_block) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for k in self.keys.iter().filter(|k| from == k.domain || from.ends_with(&format!(".{}", k.domain))) {
+        for k in self.keys.iter().filter(|k| covers(&k.domain, &from)) {
             let sig = sign_one(k, header_block, body_hash, now)?;
             out.extend_from_slice(sig.to_header().as_bytes());
         }
         Ok(out)
     }
+}
+
+/// Whether a key for `domain` signs mail from `from`: the domain itself or a subdomain of it.
+fn covers(domain: &str, from: &str) -> bool {
+    from == domain || from.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
 }
 
 struct Signable<'a> {

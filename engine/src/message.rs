@@ -23,6 +23,10 @@ enum Envelope {
         map: Arc<SegmentMap>,
         /// The trace bytes, from the payload's start.
         trace_at: u32,
+        /// The DKIM signature lines made after the commit: where their `u32` length prefix is
+        /// in the same segment (inside a Signature record), or 0 for none. Four bytes that the
+        /// enum's padding had anyway: the handle stays 40 bytes.
+        sig_at: u32,
     },
     /// Held in memory: messages built without a spool record (tests), or a record whose
     /// addresses are not UTF-8 (kept as the lossy text the engine always used for them).
@@ -36,6 +40,22 @@ struct OwnedEnvelope {
     trace: Vec<u8>,
     received_ms: u64,
     flags: u32,
+    /// Signature lines in a segment map (map, where their length prefix is), for a record whose
+    /// addresses are not UTF-8.
+    signature: Option<(Arc<SegmentMap>, u32)>,
+}
+
+/// Where the DKIM signature lines made after a message's commit are (see
+/// [`ringpost_spool::record::FLAG_SIGN_PENDING`]).
+#[derive(Debug, Clone, Copy)]
+pub enum SignatureLines<'a> {
+    /// None made: none due, or none applied.
+    None,
+    /// In a Signature record (the extent of the lines): read from the map when in the
+    /// message's own segment, copied and held otherwise.
+    Spooled(Extent),
+    /// Held in memory: the record could not be written.
+    Held(&'a [u8]),
 }
 
 /// One extent of body bytes and the segment it lies in.
@@ -65,24 +85,55 @@ const SENDER_AT: usize = 12;
 const EXTENT_LEN: usize = 16;
 
 impl SpooledMessage {
-    /// Build from a record and the maps of the segments it and its body lie in.
+    /// Build from a record and the maps of the segments it and its body lie in (no signature
+    /// lines beyond its trace).
     pub fn from_record(id: MsgRef, r: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Option<Self> {
+        Self::signed(id, r, map, SignatureLines::None)
+    }
+
+    /// Build from a record, the maps of its segments and the DKIM signature lines made for it
+    /// after its commit. `None` when a segment is not mapped.
+    pub fn signed(id: MsgRef, r: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>, sig: SignatureLines<'_>) -> Option<Self> {
         let own = map(id.segment)?;
         let pieces = r.body.iter().map(|e| Some((map(e.segment)?, *e))).collect::<Option<Vec<_>>>()?;
+        // Lines in the message's own segment are read from its map when needed; lines in
+        // another segment (the record went to the next one) are copied and held.
+        let far;
+        let (sig_at, held): (u32, &[u8]) = match sig {
+            SignatureLines::None => (0, &[]),
+            SignatureLines::Spooled(e) if e.len == 0 => (0, &[]),
+            SignatureLines::Spooled(e) if e.segment == id.segment && e.offset >= 4 && e.offset - 4 <= u64::from(u32::MAX) => {
+                ((e.offset - 4) as u32, &[])
+            }
+            SignatureLines::Spooled(e) => {
+                far = map(e.segment)?;
+                (0, far.extent(&e))
+            }
+            SignatureLines::Held(lines) => (0, lines),
+        };
         let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
-        if !utf8(&r.sender) || !r.recipients.iter().all(|x| utf8(x)) {
+        if !held.is_empty() || !utf8(&r.sender) || !r.recipients.iter().all(|x| utf8(x)) {
             let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             let (sender, recipients) = (lossy(&r.sender), r.recipients.iter().map(|x| lossy(x)).collect());
-            return Some(Self::owned(id, sender, recipients, r.trace.clone(), pieces, r.received_ms, r.flags));
+            let mut trace = r.trace.clone();
+            trace.extend_from_slice(held);
+            let mut msg = Self::owned(id, sender, recipients, trace, pieces, r.received_ms, r.flags);
+            if let Envelope::Owned(o) = &mut msg.envelope {
+                o.signature = (sig_at != 0).then(|| (own, sig_at));
+            }
+            return Some(msg);
         }
         let pieces = match pieces.as_slice() {
             [(_, e)] if e.segment == id.segment => None,
             _ => Some(Box::new(pieces.into())),
         };
-        let envelope = Envelope::Mapped { map: own, trace_at: trace_offset_in_payload(r) as u32 };
+        let envelope = Envelope::Mapped { map: own, trace_at: trace_offset_in_payload(r) as u32, sig_at };
         let msg = Self { id, envelope, pieces };
         // The record codec and these offsets must agree: a mismatch is a bug, found here.
         assert!(msg.sender().as_bytes() == r.sender && msg.trace() == r.trace, "message record layout");
+        if let SignatureLines::Spooled(e) = sig {
+            assert!(e.len == 0 || msg.signature().len() == e.len as usize, "signature record layout");
+        }
         assert!(msg.recipients().map(str::as_bytes).eq(r.recipients.iter().map(Vec::as_slice)), "message record layout");
         assert!((msg.received_ms(), msg.flags(), msg.extents()) == (r.received_ms, r.flags, r.body.clone()), "message record layout");
         Some(msg)
@@ -98,7 +149,7 @@ impl SpooledMessage {
         received_ms: u64,
         flags: u32,
     ) -> Self {
-        let envelope = Envelope::Owned(Box::new(OwnedEnvelope { sender, recipients, trace, received_ms, flags }));
+        let envelope = Envelope::Owned(Box::new(OwnedEnvelope { sender, recipients, trace, received_ms, flags, signature: None }));
         Self { id, envelope, pieces: Some(Box::new(body.into())) }
     }
 
@@ -156,12 +207,27 @@ impl SpooledMessage {
     /// Header bytes prepended on relay (Received, DKIM signatures).
     pub fn trace(&self) -> &[u8] {
         match &self.envelope {
-            Envelope::Mapped { map, trace_at } => {
+            Envelope::Mapped { map, trace_at, .. } => {
                 let (p, at) = (Self::payload(map, self.id), *trace_at as usize);
                 &p[at..at + u32_at(p, at - 4) as usize]
             }
             Envelope::Owned(o) => &o.trace,
         }
+    }
+
+    /// The DKIM signature lines made after the commit, sent between the trace and the body
+    /// (empty when there are none, or when they are held in the trace).
+    pub fn signature(&self) -> &[u8] {
+        let (map, at) = match &self.envelope {
+            Envelope::Mapped { map, sig_at, .. } if *sig_at != 0 => (map, *sig_at as usize),
+            Envelope::Owned(o) => match &o.signature {
+                Some((map, at)) => (map, *at as usize),
+                None => return &[],
+            },
+            Envelope::Mapped { .. } => return &[],
+        };
+        let b = map.bytes();
+        &b[at + 4..at + 4 + u32_at(b, at) as usize]
     }
 
     /// Body bytes in wire form, piece by piece.
@@ -174,13 +240,13 @@ impl SpooledMessage {
         local.into_iter().chain(pieces.iter().map(|(m, e)| m.extent(e)))
     }
 
-    /// Total size as relayed (trace plus body).
+    /// Total size as relayed (trace, signature lines and body).
     pub fn wire_len(&self) -> u64 {
         let body = match &self.pieces {
             None => self.local_extent().len as u64,
             Some(p) => p.iter().map(|(_, e)| e.len as u64).sum(),
         };
-        self.trace().len() as u64 + body
+        (self.trace().len() + self.signature().len()) as u64 + body
     }
 
     /// The extents (for releasing spool references).
@@ -194,7 +260,7 @@ impl SpooledMessage {
     /// The one body extent of a message without pieces: the record's first extent, just after
     /// the trace and the extent count. Its segment is the record's own (checked when built).
     fn local_extent(&self) -> Extent {
-        let Envelope::Mapped { map, trace_at } = &self.envelope else { unreachable!("asked only of a mapped record") };
+        let Envelope::Mapped { map, trace_at, .. } = &self.envelope else { unreachable!("asked only of a mapped record") };
         let p = Self::payload(map, self.id);
         let trace_at = *trace_at as usize;
         let at = trace_at + u32_at(p, trace_at - 4) as usize + 4;
@@ -404,6 +470,68 @@ mod tests {
             assert_eq!((m.received_ms(), m.flags(), m.extents()), (r.received_ms, r.flags, r.body.clone()));
         }
         assert!(SpooledMessage::from_record(MsgRef { core: 0, segment: 3, offset: 64 }, &records[0], map_of).is_none(), "a missing segment");
+    }
+
+    /// The signature lines made after the commit are sent between the trace and the body: read
+    /// from the Signature record when it is in the message's own segment, copied from another
+    /// segment, or held when no record was written. The handle stays 40 bytes with them.
+    #[test]
+    fn signature_lines_come_from_the_own_segment_another_segment_or_memory() {
+        use ringpost_spool::record::{encode_frame, encode_message, encode_signature, RecordKind, SIGNATURE_AT};
+        use std::io::Write;
+        let body = b"From: a@s.test\r\n\r\nbody\r\n".to_vec();
+        let mut seg1 = vec![0u8; 64];
+        let extent = Extent { segment: 1, offset: 64, len: body.len() as u32 };
+        seg1.extend_from_slice(&body);
+        let record = MessageRecord {
+            received_ms: 5,
+            sender: b"a@s.test".to_vec(),
+            recipients: vec![b"r@d.test".to_vec()],
+            trace: b"Received: x\r\n".to_vec(),
+            body: vec![extent],
+            ..Default::default()
+        };
+        let id = MsgRef { core: 0, segment: 1, offset: seg1.len() as u64 };
+        encode_frame(7, RecordKind::Message, &encode_message(&record), &mut seg1);
+        let near = b"DKIM-Signature: near\r\n";
+        let at_near = seg1.len() as u64 + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
+        encode_frame(7, RecordKind::Signature, &encode_signature(&id, near), &mut seg1);
+        let far = b"DKIM-Signature: far\r\n";
+        let mut seg2 = vec![0u8; 64];
+        let at_far = seg2.len() as u64 + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
+        encode_frame(7, RecordKind::Signature, &encode_signature(&id, far), &mut seg2);
+        let files: Vec<tempfile::NamedTempFile> = [&seg1, &seg2]
+            .iter()
+            .map(|bytes| {
+                let mut f = tempfile::NamedTempFile::new().unwrap();
+                f.write_all(bytes).unwrap();
+                f
+            })
+            .collect();
+        let maps: Vec<Arc<SegmentMap>> =
+            files.iter().enumerate().map(|(i, f)| Arc::new(SegmentMap::map(i as u32 + 1, f.path().to_path_buf(), f.as_file()).unwrap())).collect();
+        let map_of = |seq: u32| maps.get(seq as usize - 1).cloned();
+        let wire = |m: &SpooledMessage| [m.trace(), m.signature()].concat().into_iter().chain(m.body_pieces().flatten().copied()).collect::<Vec<u8>>();
+        let want = |lines: &[u8]| [&record.trace[..], lines, &body[..]].concat();
+        let cases: [(SignatureLines, &[u8]); 5] = [
+            (SignatureLines::Spooled(Extent { segment: 1, offset: at_near, len: near.len() as u32 }), near),
+            (SignatureLines::Spooled(Extent { segment: 2, offset: at_far, len: far.len() as u32 }), far),
+            (SignatureLines::Held(b"DKIM-Signature: held\r\n"), b"DKIM-Signature: held\r\n"),
+            (SignatureLines::Spooled(Extent { segment: 1, offset: at_near, len: 0 }), b""),
+            (SignatureLines::None, b""),
+        ];
+        for (sig, lines) in cases {
+            let m = SpooledMessage::signed(id, &record, map_of, sig).expect("mapped");
+            assert_eq!(wire(&m), want(lines), "{sig:?}");
+            assert_eq!(m.wire_len(), want(lines).len() as u64, "{sig:?}");
+            assert_eq!((m.sender(), m.recipient(0)), ("a@s.test", "r@d.test"));
+        }
+        // Only the own segment's lines are read in place; the others are copied.
+        let m = SpooledMessage::signed(id, &record, map_of, cases[0].0).unwrap();
+        assert!(matches!(m.envelope, Envelope::Mapped { sig_at, .. } if sig_at as u64 == at_near - 4));
+        assert!(std::ptr::eq(m.signature().as_ptr(), maps[0].bytes()[at_near as usize..].as_ptr()), "read from the map, not copied");
+        let gone = SignatureLines::Spooled(Extent { segment: 3, offset: 64, len: 4 });
+        assert!(SpooledMessage::signed(id, &record, map_of, gone).is_none(), "lines in a segment that is not mapped");
     }
 
     #[test]

@@ -113,7 +113,7 @@ fn a_recovered_backlog_stays_compact() {
     // runtime/recovery.rs's requeue, with this core owning every destination: each group is
     // scheduled as `Core::enqueue_group` does with a recovered group (here every next attempt
     // is still ahead).
-    let msgs = build_messages(&recovered, |s| shard.map(s));
+    let msgs = build_messages(&recovered, |s| shard.map(s), &Default::default());
     for (m, msg) in recovered.into_iter().zip(msgs) {
         let msg = msg.expect("every segment is there");
         let Admitted::Open(groups) = admit(&mut ledger, &mut history, &classifier, &msg, m) else { panic!("every recipient is open") };

@@ -25,7 +25,15 @@
 //!                MsgRef | rcpt u32 | outcome u8 | 1 | status | 0 or 1 ‖ remote | diagnostic
 //! 4 RcptState    MsgRef | rcpt u32 | attempts u32 | next_attempt_ms u64 | last_response
 //! 5 DsnDone      MsgRef
+//! 6 Checkpoint   segment u32 | n u32 | n × offset u64
+//! 7 Signature    MsgRef | signature header lines (u32 len ‖ bytes)
 //! ```
+//!
+//! A Signature record holds the `DKIM-Signature` lines of a message whose record has
+//! [`FLAG_SIGN_PENDING`]: signing happens after the 250 (an RSA signature costs more than the
+//! rest of the transaction), so the lines come in a record of their own, appended once they are
+//! made. It is a cache, not a promise: signing is deterministic (the same header block, body
+//! hash, `t=` and key give the same bytes), so recovery signs again when it finds none.
 //!
 //! Text fields are bounded (see the `MAX_*_LEN` constants): encoders truncate at a character
 //! boundary, decoders reject longer fields as corrupt. This module must stay free of I/O: it is
@@ -55,6 +63,8 @@ pub enum RecordKind {
     DsnDone = 5,
     /// Which messages of an older segment are still live; every other message there is final.
     Checkpoint = 6,
+    /// The DKIM signature lines of a message, made after its commit.
+    Signature = 7,
 }
 
 impl RecordKind {
@@ -66,6 +76,7 @@ impl RecordKind {
             4 => Some(Self::RcptState),
             5 => Some(Self::DsnDone),
             6 => Some(Self::Checkpoint),
+            7 => Some(Self::Signature),
             _ => None,
         }
     }
@@ -123,6 +134,9 @@ pub struct MessageRecord {
 pub const FLAG_8BITMIME: u32 = 1;
 /// The message was received with `SMTPUTF8`.
 pub const FLAG_SMTPUTF8: u32 = 2;
+/// DKIM signing was due when the message was committed: its signature lines are not in the
+/// trace but in a later [`RecordKind::Signature`] record (signed again at recovery if absent).
+pub const FLAG_SIGN_PENDING: u32 = 4;
 
 impl MessageRecord {
     /// Total body bytes in wire form.
@@ -149,6 +163,11 @@ pub const MAX_STATUS_LEN: usize = 16;
 pub const MAX_REMOTE_LEN: usize = 255;
 /// Longest diagnostic or last-response text kept: enough for a multi-line SMTP reply's gist.
 pub const MAX_RESPONSE_LEN: usize = 1024;
+/// Longest signature lines kept: a dual RSA-4096 + Ed25519 signature is about 1.5 KiB, so this
+/// leaves room for many keys while a corrupt length cannot make a reader allocate much.
+pub const MAX_SIGNATURE_LEN: usize = 64 * 1024;
+/// Where a Signature record's lines start in its payload (after the `MsgRef` and the length).
+pub const SIGNATURE_AT: usize = 14 + 4;
 
 /// Why a recipient failed for good: what its DSN reports (RFC 3464 per-recipient fields).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -221,6 +240,8 @@ pub enum Record<'a> {
     DsnDone(MsgRef),
     /// Which messages of an older segment are still live.
     Checkpoint(SegmentCheckpoint),
+    /// A message's DKIM signature lines.
+    Signature(MsgRef, &'a [u8]),
 }
 
 /// Bytes a frame with `payload_len` payload bytes occupies, padding included.
@@ -300,6 +321,7 @@ pub fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Record<'_>> {
         RecordKind::RcptState => decode_rcpt_state(payload).map(Record::RcptState),
         RecordKind::DsnDone => decode_dsn_done(payload).map(Record::DsnDone),
         RecordKind::Checkpoint => decode_checkpoint(payload).map(Record::Checkpoint),
+        RecordKind::Signature => decode_signature(payload).map(|(m, s)| Record::Signature(m, s)),
     }
 }
 
@@ -373,6 +395,16 @@ pub fn encode_rcpt_state(s: &RcptState) -> Vec<u8> {
 pub fn encode_dsn_done(msg: &MsgRef) -> Vec<u8> {
     let mut p = Vec::with_capacity(14);
     put_msgref(&mut p, msg);
+    p
+}
+
+/// Encode a signature record's payload. Lines over [`MAX_SIGNATURE_LEN`] are a caller bug:
+/// the signer never makes them (checked before appending).
+pub fn encode_signature(msg: &MsgRef, lines: &[u8]) -> Vec<u8> {
+    assert!(lines.len() <= MAX_SIGNATURE_LEN, "signature lines over their bound");
+    let mut p = Vec::with_capacity(SIGNATURE_AT + lines.len());
+    put_msgref(&mut p, msg);
+    put_bytes(&mut p, lines);
     p
 }
 
@@ -524,6 +556,18 @@ fn decode_dsn_done(payload: &[u8]) -> Result<MsgRef> {
     Ok(msg)
 }
 
+fn decode_signature(payload: &[u8]) -> Result<(MsgRef, &[u8])> {
+    let mut c = Cursor(payload);
+    let msg = c.msgref()?;
+    let n = c.u32()? as usize;
+    if n > MAX_SIGNATURE_LEN {
+        return Err(SpoolError::Corrupt("signature over its bound"));
+    }
+    let lines = c.take(n)?;
+    c.finish()?;
+    Ok((msg, lines))
+}
+
 fn decode_checkpoint(payload: &[u8]) -> Result<SegmentCheckpoint> {
     let mut c = Cursor(payload);
     let segment = c.u32()?;
@@ -645,6 +689,7 @@ mod tests {
             (RecordKind::RcptState, encode_rcpt_state(&state())),
             (RecordKind::DsnDone, encode_dsn_done(&state().msg)),
             (RecordKind::Checkpoint, encode_checkpoint(&SegmentCheckpoint { segment: 9, live: vec![64, 128] })),
+            (RecordKind::Signature, encode_signature(&state().msg, b"DKIM-Signature: v=1\r\n")),
         ];
         for (kind, p) in all {
             assert!(decode_record(kind, &p).is_ok(), "{kind:?} must decode whole");
@@ -695,7 +740,35 @@ mod tests {
             Record::RcptState(s) => Record::RcptState(s),
             Record::DsnDone(m) => Record::DsnDone(m),
             Record::Checkpoint(c) => Record::Checkpoint(c),
+            Record::Signature(..) => panic!("borrows the frame: see the signature tests"),
         }
+    }
+
+    #[test]
+    fn signature_round_trips_with_its_lines_at_the_documented_offset() {
+        let msg = MsgRef { core: 1, segment: 0x0102_0304, offset: 0x0A0B_0C0D_0E0F };
+        let lines = b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.com;\r\n\tb=abc\r\n";
+        let p = encode_signature(&msg, lines);
+        let mut want = vec![1, 0, 4, 3, 2, 1, 0x0F, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A, 0, 0];
+        want.extend_from_slice(&(lines.len() as u32).to_le_bytes());
+        want.extend_from_slice(lines);
+        assert_eq!(p, want);
+        assert_eq!(&p[SIGNATURE_AT..], lines);
+        let mut buf = Vec::new();
+        encode_frame(SEED, RecordKind::Signature, &p, &mut buf);
+        let FrameScan::Frame(k, payload, _) = scan_frame(&buf, SEED) else { panic!("no frame") };
+        assert_eq!(decode_record(k, payload).unwrap(), Record::Signature(msg, lines));
+        // Empty lines are a valid record: signing was tried and nothing applied.
+        assert_eq!(decode_record(k, &encode_signature(&msg, b"")).unwrap(), Record::Signature(msg, b""));
+    }
+
+    #[test]
+    fn a_signature_length_over_its_bound_is_corrupt_before_any_read() {
+        let mut p = encode_signature(&state().msg, b"x");
+        p[14..18].copy_from_slice(&((MAX_SIGNATURE_LEN + 1) as u32).to_le_bytes());
+        assert!(matches!(decode_record(RecordKind::Signature, &p), Err(SpoolError::Corrupt("signature over its bound"))));
+        let at_bound = encode_signature(&state().msg, &vec![b'a'; MAX_SIGNATURE_LEN]);
+        assert!(decode_record(RecordKind::Signature, &at_bound).is_ok());
     }
 
     #[test]

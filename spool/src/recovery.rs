@@ -26,7 +26,7 @@
 use crate::error::{Result, SpoolError};
 use crate::liveness::{disposition_key, state_key, AboutKey, AboutLoc, DSN_DONE_KEY};
 use crate::record::{
-    decode_record, scan_frame, Disposition, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC,
+    decode_record, scan_frame, Disposition, Extent, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC, SIGNATURE_AT,
 };
 use crate::segment::{decode_header, parse_segment_name, SegmentHeader, SegmentMap, SEGMENT_HEADER_LEN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -51,6 +51,10 @@ pub struct RecoveredMessage {
     /// Where the latest records about it (retry states, dispositions, DSN marker) are: the
     /// shard carries them forward when it checkpoints this message's segment.
     pub about: Vec<AboutLoc>,
+    /// Where its DKIM signature lines are (the latest Signature record about it, in any kept
+    /// segment), for a message whose record has `FLAG_SIGN_PENDING`. `None`: never stored or
+    /// its segment is gone; the caller signs again.
+    pub signature: Option<Extent>,
 }
 
 /// A segment kept by recovery, to be handed to [`crate::SpoolShard::open`].
@@ -202,6 +206,9 @@ struct Collector {
     checkpoints: HashMap<u32, HashSet<u64>>,
     /// Where the latest record of each key about each message is.
     locations: HashMap<(MsgRef, AboutKey), (u32, u64)>,
+    /// Where the latest signature lines of each message are. Not an about-record: it keeps no
+    /// segment and is never carried forward (a lost one is signed again).
+    signatures: HashMap<MsgRef, Extent>,
 }
 
 impl Collector {
@@ -215,6 +222,11 @@ impl Collector {
             }
             Record::Message(m) => {
                 self.messages.insert(MsgRef { core, segment: seq, offset }, m);
+                return;
+            }
+            Record::Signature(msg, lines) => {
+                let offset = offset + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
+                self.signatures.insert(msg, Extent { segment: seq, offset, len: lines.len() as u32 });
                 return;
             }
             Record::Checkpoint(c) => {
@@ -273,7 +285,8 @@ impl Collector {
             let failed: Vec<Disposition> = (0..n).filter_map(|i| self.finals.remove(&(msg, i))).filter(|d| d.outcome != Outcome::Delivered).collect();
             let owes_dsn = pending.is_empty() && !failed.is_empty() && !self.dsn_done.contains(&msg);
             let about = self.about_locations(msg, n, &pending);
-            let m = RecoveredMessage { msg, record, pending, states, failed, about };
+            let signature = self.signatures.remove(&msg);
+            let m = RecoveredMessage { msg, record, pending, states, failed, about, signature };
             if !m.pending.is_empty() {
                 out.messages.push(m);
             } else if owes_dsn {

@@ -2,8 +2,8 @@
 //! written by hand into a temporary directory (the cross-segment rules).
 use super::*;
 use crate::record::{
-    encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, Extent, FailureDetail, RecordKind,
-    SegmentCheckpoint,
+    encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, Extent,
+    FailureDetail, RecordKind, SegmentCheckpoint,
 };
 use crate::segment::encode_header;
 
@@ -365,4 +365,24 @@ fn the_latest_checkpoint_says_which_messages_of_its_segment_are_final() {
     assert_eq!(keys, vec![(crate::liveness::state_key(1), 3), (crate::liveness::disposition_key(0), 2)]);
     let refs: Vec<_> = rec.segments.iter().map(|s| s.disposition_refs.iter().copied().collect::<Vec<_>>()).collect();
     assert_eq!(refs, vec![vec![], vec![1], vec![1]], "a checkpoint guards its segment's GC like a disposition");
+}
+
+#[test]
+fn the_latest_signature_of_a_message_is_found_in_any_segment_and_pins_nothing() {
+    let mut sp = Spool::new();
+    let (a, b, c) = (sp.message(1), sp.message(1), sp.message(1));
+    let first = sp.push(RecordKind::Signature, encode_signature(&a, b"DKIM-Signature: old\r\n"));
+    let of_b = sp.push(RecordKind::Signature, encode_signature(&b, b""));
+    sp.seal();
+    let latest = sp.push(RecordKind::Signature, encode_signature(&a, b"DKIM-Signature: new\r\n"));
+    let rec = sp.recover();
+    let found: Vec<(MsgRef, Option<Extent>)> = rec.messages.iter().map(|m| (m.msg, m.signature)).collect();
+    let at = |seg: u32, frame: u64, len: u32| Some(Extent { segment: seg, offset: frame + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64, len });
+    assert_ne!(first, latest);
+    assert_eq!(found, vec![(a, at(2, latest, 21)), (b, at(1, of_b, 0)), (c, None)], "spool order: the later segment's lines win");
+    // The lines are where the extent says.
+    let map = &rec.segments[1].map;
+    assert_eq!(map.extent(&rec.messages[0].signature.unwrap()), b"DKIM-Signature: new\r\n");
+    // A signature is a cache: it keeps no segment alive (no disposition reference).
+    assert!(rec.segments.iter().all(|s| s.disposition_refs.is_empty()));
 }

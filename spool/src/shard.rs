@@ -17,8 +17,8 @@
 use crate::error::{Result, SpoolError};
 use crate::liveness::{disposition_key, state_key, AboutKey, Liveness, DSN_DONE_KEY};
 use crate::record::{
-    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, frame_len, Disposition, Extent, MessageRecord, MsgRef,
-    RcptState, RecordKind, FRAME_HEADER_LEN,
+    encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, frame_len, Disposition, Extent,
+    MessageRecord, MsgRef, RcptState, RecordKind, FRAME_HEADER_LEN, SIGNATURE_AT,
 };
 use crate::recovery::{RecoveredMessage, Recovery};
 use crate::segment::{derive_frame_seed, encode_header, segment_path, SegmentMap, SEGMENT_HEADER_LEN};
@@ -383,6 +383,15 @@ impl SpoolShard {
         self.append_about(msg, DSN_DONE_KEY, RecordKind::DsnDone, &encode_dsn_done(&msg))
     }
 
+    /// Append `msg`'s DKIM signature lines; returns where the lines lie once written, and the
+    /// ticket of the round that writes them (read them only after it settles: until then the
+    /// map shows zeros). Nothing references or carries the record forward: it is a cache that
+    /// spares a second signature, and recovery signs again when it is gone.
+    pub fn append_signature(&self, msg: MsgRef, lines: &[u8]) -> Result<(Extent, Ticket)> {
+        let (seq, at, ticket) = self.append(RecordKind::Signature, &encode_signature(&msg, lines))?;
+        Ok((Extent { segment: seq, offset: at + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64, len: lines.len() as u32 }, ticket))
+    }
+
     /// Append a record about message `msg` (a disposition, a retry state, a DSN marker). Its
     /// segment is kept while `msg`'s segment exists: deleting it first would resurrect what it
     /// records after a crash.
@@ -681,7 +690,7 @@ mod order_tests {
 
     fn rec(segment: u32, offset: u64) -> RecoveredMessage {
         let msg = MsgRef { core: 0, segment, offset };
-        RecoveredMessage { msg, record: MessageRecord::default(), pending: vec![], states: vec![], failed: vec![], about: vec![] }
+        RecoveredMessage { msg, record: MessageRecord::default(), pending: vec![], states: vec![], failed: vec![], about: vec![], signature: None }
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //! and the commit that answers 250 only once the message record and every body chunk it names
 //! are durable. If any of them was in a failed commit round, the message fails as a whole
 //! (451/452) and its spool space is released: nothing is acknowledged that is not on disk.
+//! DKIM signing is not part of it: the record keeps the body hash and says signing is due, and
+//! the message is signed after its 250 (`inbound/signing.rs`).
 use crate::clock::rfc5322;
 use crate::dkim::BodyHashStream;
+use crate::inbound::signing::ToSign;
 use crate::message::SpooledMessage;
 use crate::shard::core::Core;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::Server;
-use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SMTPUTF8};
-use ringpost_spool::{Extent, SpoolError, Ticket};
+use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SIGN_PENDING, FLAG_SMTPUTF8};
+use ringpost_spool::{Extent, MsgRef, SpoolError, Ticket};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -89,14 +92,31 @@ fn received_header(core: &Core, helo: &str, peer: SocketAddr, tls: bool, now_ms:
     .into_bytes()
 }
 
+/// A message made durable: its record, and what signing it needs when signing is due.
+pub struct Committed {
+    /// Its spool identity.
+    pub id: MsgRef,
+    /// Its record as written.
+    pub record: MessageRecord,
+    /// The header block and body hash to sign, when a key covers its From domain.
+    pub to_sign: Option<ToSign>,
+}
+
+impl Committed {
+    /// The engine's handle of the message, without signature lines.
+    pub fn handle(&self, core: &Core) -> Arc<SpooledMessage> {
+        Arc::new(SpooledMessage::from_record(self.id, &self.record, |s| core.spool.map(s)).expect("segments of a committed record"))
+    }
+}
+
 /// Make the completed message durable; returns the reply and, on success, the message.
-pub async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: SocketAddr) -> (Reply, Option<Arc<SpooledMessage>>) {
+pub async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, peer: SocketAddr) -> (Reply, Option<Committed>) {
     body.flush(core);
     if let Some(e) = body.error.take() {
         body.abandon(core);
         return (server.commit_failed(e.is_disk_full()), None);
     }
-    let record = build_record(core, server, body, peer);
+    let (record, to_sign) = build_record(core, server, body, peer);
     let mut tickets = std::mem::take(&mut body.tickets);
     let result = match core.spool.append_message(&record) {
         Ok((id, ticket)) => {
@@ -106,10 +126,7 @@ pub async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, pee
         Err(e) => Err((None, e)),
     };
     match result {
-        Ok(id) => {
-            let msg = SpooledMessage::from_record(id, &record, |s| core.spool.map(s)).expect("segments of a committed record");
-            (server.committed(&id.to_string()), Some(Arc::new(msg)))
-        }
+        Ok(id) => (server.committed(&id.to_string()), Some(Committed { id, record, to_sign })),
         Err((id, e)) => {
             tracing::warn!("core {}: spool commit failed: {e}", core.id);
             core.spool.release_message(id, &record.body);
@@ -118,8 +135,9 @@ pub async fn commit(core: &Core, server: &mut Server, body: &mut BodyWriter, pee
     }
 }
 
-/// The message record: envelope, trace (Received and DKIM signatures) and body extents.
-fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: SocketAddr) -> MessageRecord {
+/// The message record (envelope, trace and body extents) and, when a key covers its From
+/// domain, what signing it after the commit needs (the record then has `FLAG_SIGN_PENDING`).
+fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: SocketAddr) -> (MessageRecord, Option<ToSign>) {
     let tx = server.transaction().expect("a message without a transaction");
     let mut flags = 0;
     if server.eight_bit() {
@@ -135,18 +153,20 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
     if let Some(pool) = server.user().and_then(|u| live.config.auth.users.iter().find(|x| x.name == u)).and_then(|u| u.pool.as_deref()) {
         trace.extend_from_slice(format!("X-Ringpost-Pool: {pool}\r\n").as_bytes());
     }
-    let mut body_hash = None;
+    let (mut body_hash, mut to_sign) = (None, None);
     if let Some(d) = body.dkim.take() {
         let (headers, hash) = d.finish();
         body_hash = Some(hash);
-        let signers = core.signers.borrow().clone();
-        match headers.map(|h| signers.sign(&h, &hash, received_ms / 1000)) {
-            Some(Ok(sigs)) => trace.extend_from_slice(&sigs),
-            Some(Err(e)) => tracing::warn!("core {}: DKIM signing skipped: {e}", core.id),
+        match headers {
+            Some(h) if core.signers.borrow().applies_to(&h) => {
+                flags |= FLAG_SIGN_PENDING;
+                to_sign = Some(ToSign { headers: h, body_hash: hash, now_s: received_ms / 1000 });
+            }
+            Some(_) => {}
             None => tracing::warn!("core {}: DKIM signing skipped: header block too large", core.id),
         }
     }
-    MessageRecord {
+    let record = MessageRecord {
         received_ms,
         sender: tx.sender.as_ref().map(|a| a.raw.clone().into_bytes()).unwrap_or_default(),
         recipients: tx.recipients.iter().map(|a| a.raw.clone().into_bytes()).collect(),
@@ -154,5 +174,6 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
         body: std::mem::take(&mut body.extents),
         flags,
         body_hash,
-    }
+    };
+    (record, to_sign)
 }

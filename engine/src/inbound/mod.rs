@@ -4,3 +4,4 @@
 pub mod commit;
 pub mod listener;
 pub mod session;
+pub mod signing;

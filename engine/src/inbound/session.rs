@@ -316,13 +316,36 @@ impl Session {
         self.body.abandon(&self.core);
         reply.write_to(&mut self.out);
         self.restart_phase();
-        if let Some(msg) = msg {
+        if let Some(committed) = msg {
             self.core.metrics.accepted_in(data_end.elapsed().as_micros() as u64);
             let client = Peer { remote: self.peer.to_string(), tls: self.stream.tls_description() };
-            self.core.log_event(EventKind::Reception, &msg, None, Some(&client), None, 0);
-            self.core.accept_message(msg).await;
+            // Logged now, with the size received: the message is accepted whatever signing does.
+            let unsigned = committed.handle(&self.core);
+            self.core.log_event(EventKind::Reception, &unsigned, None, Some(&client), None, 0);
+            if committed.to_sign.is_none() {
+                self.core.accept_message(unsigned).await;
+            } else {
+                drop(unsigned);
+                self.sign_after_reply(committed).await;
+            }
         }
         Flow::Continue
+    }
+
+    /// Hand a committed message that needs its DKIM signature to a task of its own, which
+    /// signs it off the core and then queues it: the 250 and the session's next command do not
+    /// wait for the signer, only for a free slot ([`crate::inbound::signing::SIGNING_IN_FLIGHT`]).
+    async fn sign_after_reply(&mut self, committed: crate::inbound::commit::Committed) {
+        let Ok(slot) = self.core.signing_slots.acquire_static_permit(1).await else { unreachable!("the signing slots are never closed") };
+        let core = self.core.clone();
+        core.metrics.signing_started();
+        glommio::spawn_local(async move {
+            let msg = crate::inbound::signing::sign_committed(&core, committed).await;
+            core.metrics.signing_ended();
+            drop(slot);
+            core.accept_message(msg).await;
+        })
+        .detach();
     }
 
     async fn on_auth(&mut self, consumed: usize, user: String, password: String) -> Flow {

@@ -59,6 +59,8 @@ pub struct CoreMetrics {
     bounced: ByCategory,
     expired: ByCategory,
     accept_us: FixedHistogram,
+    dkim_signed: Cell<u64>,
+    dkim_signing: Cell<u64>,
 }
 
 impl Default for CoreMetrics {
@@ -71,6 +73,8 @@ impl Default for CoreMetrics {
             bounced: ByCategory::default(),
             expired: ByCategory::default(),
             accept_us: FixedHistogram::new(&ACCEPT_US_BOUNDS),
+            dkim_signed: Cell::new(0),
+            dkim_signing: Cell::new(0),
         }
     }
 }
@@ -98,6 +102,22 @@ impl CoreMetrics {
         self.accept_us.record(micros);
     }
 
+    /// A message starts waiting for its DKIM signature (after its 250).
+    pub fn signing_started(&self) {
+        bump(&self.dkim_signing);
+    }
+
+    /// A message waiting for its signature has it (or goes unsigned).
+    pub fn signing_ended(&self) {
+        self.dkim_signing.set(self.dkim_signing.get() - 1);
+    }
+
+    /// A message's signature lines were made: once per message, at its commit or, when the
+    /// spool kept none, at recovery.
+    pub fn signed(&self) {
+        bump(&self.dkim_signed);
+    }
+
     /// Copy the counters into `sample`.
     pub fn fill(&self, sample: &mut CoreSample) {
         sample.received_smtp = self.received_smtp.get();
@@ -107,6 +127,8 @@ impl CoreMetrics {
         sample.bounced = self.bounced.snapshot();
         sample.expired = self.expired.snapshot();
         sample.accept_us = self.accept_us.snapshot();
+        sample.dkim_signed = self.dkim_signed.get();
+        sample.dkim_signing = self.dkim_signing.get();
     }
 }
 
@@ -185,4 +207,8 @@ pub struct CoreSample {
     pub dns_cache_hits: u64,
     /// This core's largest destinations by recipients queued (`[metrics] destinations_top`).
     pub destinations: Vec<DestDepth>,
+    /// Messages whose DKIM signature lines were made (once per message).
+    pub dkim_signed: u64,
+    /// Messages answered 250 and waiting for their signature.
+    pub dkim_signing: u64,
 }

@@ -514,8 +514,9 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
             ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
             ClientStep::SendBody => {
                 conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 2);
+                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 3);
                 pieces.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
+                pieces.extend(Some(m.signature()).filter(|s| !s.is_empty()));
                 pieces.extend(skip_ranges(m.body_pieces(), &strip));
                 pieces.push(b".\r\n");
                 crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;

@@ -9,14 +9,14 @@
 //! come back with nothing open: the ledger finishes them at once and the DSN is sent.
 use crate::account::bounce_class::{BounceCategory, Classifier};
 use crate::account::dsn::FailedRecipient;
-use crate::message::SpooledMessage;
+use crate::message::{SignatureLines, SpooledMessage};
 use crate::shard::core::Core;
 use crate::shard::history::History;
 use crate::shard::inbox::Group;
 use crate::shard::ledger::{Finished, Ledger};
 use crate::shard::router::domain_of;
-use ringpost_spool::{Outcome, RecoveredMessage, SegmentMap};
-use std::collections::BTreeMap;
+use ringpost_spool::{MsgRef, Outcome, RecoveredMessage, SegmentMap};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -24,7 +24,9 @@ use std::sync::Arc;
 pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
     let id = core.id;
     let (mut requeued, mut owed) = (0usize, 0usize);
-    let msgs = build_messages(&recovered, |s| core.spool.map(s));
+    let mut recovered = recovered;
+    let held = crate::inbound::signing::sign_recovered(core, &mut recovered).await;
+    let msgs = build_messages(&recovered, |s| core.spool.map(s), &held);
     for (m, msg) in recovered.into_iter().zip(msgs) {
         let Some(msg) = msg else {
             eprintln!("ringpost: core {id}: message {} names a missing segment", m.msg);
@@ -57,8 +59,19 @@ pub async fn requeue(core: &Rc<Core>, recovered: Vec<RecoveredMessage>) {
 /// could go back to the system (a restart with 200,000 queued kept 1,067 bytes per recipient
 /// resident against 481 before it). Made up front, they fill fresh pages densely, and the
 /// records, dropped afterwards, leave whole free pages that `malloc_trim` returns.
-pub fn build_messages(recovered: &[RecoveredMessage], map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Vec<Option<Arc<SpooledMessage>>> {
-    recovered.iter().map(|m| SpooledMessage::from_record(m.msg, &m.record, &map).map(Arc::new)).collect()
+/// Each carries its DKIM signature lines: from the spool, or `held` (signed again at this
+/// start, with the record not written).
+pub fn build_messages(
+    recovered: &[RecoveredMessage],
+    map: impl Fn(u32) -> Option<Arc<SegmentMap>>,
+    held: &HashMap<MsgRef, Vec<u8>>,
+) -> Vec<Option<Arc<SpooledMessage>>> {
+    let lines = |m: &RecoveredMessage| match (held.get(&m.msg), m.signature) {
+        (Some(lines), _) => SignatureLines::Held(lines),
+        (None, Some(at)) => SignatureLines::Spooled(at),
+        (None, None) => SignatureLines::None,
+    };
+    recovered.iter().map(|m| SpooledMessage::signed(m.msg, &m.record, &map, lines(m)).map(Arc::new)).collect()
 }
 
 /// What admitting one recovered message decided.

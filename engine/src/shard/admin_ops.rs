@@ -479,7 +479,7 @@ impl Core {
         }
         // New keys sign messages committed from now on; a message already streaming keeps
         // its body hash (the same for every key) and is signed with the new keys.
-        *self.signers.borrow_mut() = Rc::new(signers);
+        *self.signers.borrow_mut() = Arc::new(signers);
         let old = self.agent.borrow().clone();
         let agent = AgentContext {
             hostname: old.hostname.clone(),

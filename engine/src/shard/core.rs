@@ -170,8 +170,12 @@ pub struct Core {
     pub sessions: Cell<usize>,
     /// Fired once when shutdown begins; listeners are cheap, unlike a timer per wait.
     pub stopping: event_listener::Event,
-    /// DKIM keys.
-    pub signers: RefCell<Rc<crate::dkim::Signers>>,
+    /// DKIM keys (an `Arc`: signing runs on glommio's blocking pool, off the core).
+    pub signers: RefCell<Arc<crate::dkim::Signers>>,
+    /// Slots for messages being signed after their 250 (`inbound/signing.rs`): a session
+    /// takes one before it reads on, so a core never holds more than
+    /// [`crate::inbound::signing::SIGNING_IN_FLIGHT`] header blocks waiting for the signer.
+    pub signing_slots: Rc<glommio::sync::Semaphore>,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// How outbound connections are made; swapped whole on reload (a connection keeps the one
@@ -256,7 +260,8 @@ impl Core {
             limits,
             sessions: Cell::new(0),
             stopping: event_listener::Event::new(),
-            signers: RefCell::new(Rc::new(p.signers)),
+            signers: RefCell::new(Arc::new(p.signers)),
+            signing_slots: Rc::new(glommio::sync::Semaphore::new(crate::inbound::signing::SIGNING_IN_FLIGHT as u64)),
         })
     }
 

@@ -8,7 +8,7 @@
 //! (the codec is canonical, so nothing decoded is silently altered) and its frame header
 //! re-encodes identically.
 use crate::spool::record::{
-    decode_record, encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, scan_frame, FrameScan,
+    decode_record, encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, scan_frame, FrameScan,
     RecordKind, FRAME_ALIGN, FRAME_HEADER_LEN,
 };
 use crate::spool::Record;
@@ -21,9 +21,16 @@ pub fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let framed;
     let buf = match mode % 8 {
-        1..=6 => {
-            let kinds =
-                [RecordKind::Chunk, RecordKind::Message, RecordKind::Disposition, RecordKind::RcptState, RecordKind::DsnDone, RecordKind::Checkpoint];
+        1..=7 => {
+            let kinds = [
+                RecordKind::Chunk,
+                RecordKind::Message,
+                RecordKind::Disposition,
+                RecordKind::RcptState,
+                RecordKind::DsnDone,
+                RecordKind::Checkpoint,
+                RecordKind::Signature,
+            ];
             let kind = kinds[(mode % 8 - 1) as usize];
             let mut v = Vec::new();
             encode_frame(SEED, kind, rest, &mut v);
@@ -61,6 +68,7 @@ fn check_record(kind: RecordKind, payload: &[u8], frame: &[u8]) {
         Ok(Record::RcptState(r)) => assert_eq!(encode_rcpt_state(&r), payload, "retry state is not canonical"),
         Ok(Record::DsnDone(m)) => assert_eq!(encode_dsn_done(&m), payload, "DSN marker is not canonical"),
         Ok(Record::Checkpoint(c)) => assert_eq!(encode_checkpoint(&c), payload, "checkpoint is not canonical"),
+        Ok(Record::Signature(m, lines)) => assert_eq!(encode_signature(&m, lines), payload, "signature record is not canonical"),
         Err(_) => {}
     }
 }

@@ -1,0 +1,133 @@
+//! DKIM signing after the 250 (issue 9 item 3). An RSA-2048 signature costs about half a
+//! millisecond of CPU, more than the rest of a transaction. Made in the accepting session
+//! before the commit, it held every 250 and stalled the core's other sessions for that
+//! long. Now the commit only records the body hash and flags the message
+//! ([`FLAG_SIGN_PENDING`]). The session answers 250 and reads on, and this module:
+//! 1. signs on glommio's blocking pool (a thread beside the core, so the reactor keeps
+//!    serving);
+//! 2. appends the lines to the spool as a Signature record, so retries and restarts reuse them
+//!    and nothing signs twice;
+//! 3. only then hands the message to delivery, so it never leaves unsigned.
+//!
+//! A Signature record is a cache: a crash before it is durable loses nothing. Recovery finds
+//! the flag without the record and signs again, with the same header block, body hash, `t=`
+//! and (unless reloaded) key, which gives the same bytes.
+use crate::dkim::{BodyHashStream, Signers};
+use crate::inbound::commit::Committed;
+use crate::message::{SignatureLines, SpooledMessage};
+use crate::shard::core::Core;
+use ringpost_spool::record::{FLAG_SIGN_PENDING, MAX_SIGNATURE_LEN};
+use ringpost_spool::{MessageRecord, MsgRef, RecoveredMessage, SegmentMap};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Messages one core has answered 250 but not yet signed, at most. A session that would add
+/// one more waits for a slot before it reads its next command. That is back-pressure on the
+/// clients, instead of an unbounded queue of header blocks (up to 256 KiB each) when
+/// messages arrive faster than keys sign. 64 signatures are 32 ms of RSA-2048 work.
+pub const SIGNING_IN_FLIGHT: usize = 64;
+
+/// What signing a committed message needs.
+pub struct ToSign {
+    /// The unstuffed header block, as the body hash stream kept it.
+    pub headers: Vec<u8>,
+    /// The relaxed body hash (also in the record).
+    pub body_hash: [u8; 32],
+    /// `t=`: the reception time in seconds (recovery signs again with the same one).
+    pub now_s: u64,
+}
+
+/// Sign `c` on the blocking pool and keep the lines in the spool; returns the message handle
+/// that carries them. Never fails the message: when signing fails it is relayed unsigned, as a
+/// message with no applicable key is, and a warning says why.
+pub async fn sign_committed(core: &Core, c: Committed) -> Arc<SpooledMessage> {
+    let job = c.to_sign.expect("signing a message that needs none");
+    let signers = core.signers.borrow().clone();
+    let made = glommio::executor().spawn_blocking(move || sign(&signers, &job)).await;
+    let lines = checked(core, c.id, made);
+    core.metrics.signed();
+    let spooled = match core.spool.append_signature(c.id, &lines) {
+        // The lines are in the map once the round that writes them is done.
+        Ok((at, ticket)) => core.spool.wait_durable(ticket).await.ok().map(|_| at),
+        Err(e) => {
+            tracing::warn!("core {}: signature of {} kept in memory only: {e}", core.id, c.id);
+            None
+        }
+    };
+    let sig = match spooled {
+        Some(at) => SignatureLines::Spooled(at),
+        None => SignatureLines::Held(&lines),
+    };
+    Arc::new(SpooledMessage::signed(c.id, &c.record, |s| core.spool.map(s), sig).expect("segments of a committed record"))
+}
+
+/// The signature lines of a header block (what runs on the blocking pool).
+fn sign(signers: &Signers, job: &ToSign) -> Result<Vec<u8>, crate::dkim::DkimError> {
+    signers.sign(&job.headers, &job.body_hash, job.now_s)
+}
+
+/// The lines to keep, or none (with a warning) when signing failed or made too much.
+fn checked(core: &Core, id: MsgRef, made: Result<Vec<u8>, crate::dkim::DkimError>) -> Vec<u8> {
+    match made {
+        Ok(lines) if lines.len() <= MAX_SIGNATURE_LEN => lines,
+        Ok(lines) => {
+            tracing::warn!("core {}: DKIM signing of {id} skipped: {} bytes of signatures", core.id, lines.len());
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!("core {}: DKIM signing of {id} skipped: {e}", core.id);
+            Vec::new()
+        }
+    }
+}
+
+/// Sign, at start-up, every recovered message whose signature was due but is not in the spool
+/// (the host stopped between its 250 and the write of its lines), and record where the new
+/// lines are. Returns the lines of those whose record could not be written, to be held.
+/// Runs before the core serves; a core has at most [`SIGNING_IN_FLIGHT`] such messages per
+/// crash, so signing them here, on the core, costs at most a few tens of milliseconds.
+pub async fn sign_recovered(core: &Core, recovered: &mut [RecoveredMessage]) -> HashMap<MsgRef, Vec<u8>> {
+    let mut held = HashMap::new();
+    let due: Vec<usize> = (0..recovered.len()).filter(|&i| recovered[i].record.flags & FLAG_SIGN_PENDING != 0 && recovered[i].signature.is_none()).collect();
+    if due.is_empty() {
+        return held;
+    }
+    let signers = core.signers.borrow().clone();
+    let (mut written, count) = (Vec::new(), due.len());
+    for i in due {
+        let m = &recovered[i];
+        let Some(job) = job_of(&m.record, |s| core.spool.map(s)) else {
+            tracing::warn!("core {}: {} cannot be signed again: its header block is not readable", core.id, m.msg);
+            continue;
+        };
+        let lines = checked(core, m.msg, sign(&signers, &job));
+        core.metrics.signed();
+        match core.spool.append_signature(m.msg, &lines) {
+            Ok((at, ticket)) => written.push((i, at, ticket, lines)),
+            Err(_) => {
+                held.insert(m.msg, lines);
+            }
+        }
+    }
+    for (i, at, ticket, lines) in written {
+        match core.spool.wait_durable(ticket).await {
+            Ok(()) => recovered[i].signature = Some(at),
+            Err(_) => {
+                held.insert(recovered[i].msg, lines);
+            }
+        }
+    }
+    eprintln!("ringpost: core {}: signed again {count} recovered messages whose signatures were not kept", core.id);
+    held
+}
+
+/// The header block, body hash and `t=` of a spooled message, read back from its body (the
+/// same single pass that made them while it streamed in).
+pub fn job_of(record: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Option<ToSign> {
+    let mut stream = BodyHashStream::new();
+    for e in &record.body {
+        stream.write_wire(map(e.segment)?.extent(e));
+    }
+    let (headers, hash) = stream.finish();
+    Some(ToSign { headers: headers?, body_hash: record.body_hash.unwrap_or(hash), now_s: record.received_ms / 1000 })
+}
