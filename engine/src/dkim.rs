@@ -3,9 +3,10 @@
 //! [`BodyHashStream`] sees the body exactly once, chunk by chunk as the session spools it:
 //! it removes dot-stuffing on the fly, keeps the header block (bounded), and feeds the rest to
 //! mail-auth's incremental relaxed body canonicaliser. At the end of DATA the hash goes into
-//! the spool record and every configured key for the From domain signs the header block once;
-//! the resulting `DKIM-Signature` lines are stored with the message and reused for every
-//! recipient and every retry. mail-auth's signer is used only for its canonicalisation and
+//! the spool record and every configured key for the From domain signs the header block once:
+//! in the session when only Ed25519 keys apply, after the 250 when an RSA key does
+//! (`inbound/signing.rs`). The resulting `DKIM-Signature` lines are stored in the spool and
+//! reused for every recipient, every retry and after a restart. mail-auth's signer is used only for its canonicalisation and
 //! keys: its streaming API would hash the body once per key, and we dual-sign from one hash.
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, HashContext, HashImpl, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
@@ -96,6 +97,7 @@ pub enum DkimError {
 /// One loaded signing key.
 pub struct SigningEntry {
     domain: String,
+    algorithm: DkimAlgorithm,
     signer: DkimSigner<DkimKey, Done>,
     headers: Vec<String>,
     oversign: Vec<String>,
@@ -154,7 +156,7 @@ impl Signers {
             .headers(headers.clone())
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
-        SigningEntry { domain: c.domain.to_ascii_lowercase(), signer, headers, oversign }
+        SigningEntry { domain: c.domain.to_ascii_lowercase(), algorithm: c.algorithm, signer, headers, oversign }
     }
 
     /// From a list of entries (tests).
@@ -167,11 +169,19 @@ impl Signers {
         self.keys.is_empty()
     }
 
-    /// Whether any key covers the From domain of `header_block`: only then is a message
-    /// signed (after its 250), so mail of other domains costs no trip to the signing pool.
-    pub fn applies_to(&self, header_block: &[u8]) -> bool {
-        let Some(from) = from_domain(header_block) else { return false };
-        self.keys.iter().any(|k| covers(&k.domain, &from))
+    /// When to sign a message with this header block: never (no key covers its From domain),
+    /// in the session (Ed25519 keys only: tens of microseconds), or after its 250 (an RSA key
+    /// applies: half a millisecond or more each, see `inbound/signing.rs`).
+    pub fn plan(&self, header_block: &[u8]) -> SigningPlan {
+        let Some(from) = from_domain(header_block) else { return SigningPlan::None };
+        let mut keys = self.keys.iter().filter(|k| covers(&k.domain, &from)).peekable();
+        if keys.peek().is_none() {
+            SigningPlan::None
+        } else if keys.any(|k| k.algorithm == DkimAlgorithm::RsaSha256) {
+            SigningPlan::AfterReply
+        } else {
+            SigningPlan::Inline
+        }
     }
 
     /// `DKIM-Signature` header lines for every key covering the From domain of `header_block`.
@@ -185,6 +195,17 @@ impl Signers {
         }
         Ok(out)
     }
+}
+
+/// When a message is signed (see [`Signers::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningPlan {
+    /// No key covers its From domain.
+    None,
+    /// Only Ed25519 keys do: signed in the session, the lines go in the trace.
+    Inline,
+    /// An RSA key does: every applicable key signs after the 250.
+    AfterReply,
 }
 
 /// Whether a key for `domain` signs mail from `from`: the domain itself or a subdomain of it.

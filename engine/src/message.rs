@@ -119,7 +119,7 @@ impl SpooledMessage {
             trace.extend_from_slice(held);
             let mut msg = Self::owned(id, sender, recipients, trace, pieces, r.received_ms, r.flags);
             if let Envelope::Owned(o) = &mut msg.envelope {
-                o.signature = (sig_at != 0).then(|| (own, sig_at));
+                o.signature = (sig_at != 0).then_some((own, sig_at));
             }
             return Some(msg);
         }
@@ -511,7 +511,8 @@ mod tests {
         let maps: Vec<Arc<SegmentMap>> =
             files.iter().enumerate().map(|(i, f)| Arc::new(SegmentMap::map(i as u32 + 1, f.path().to_path_buf(), f.as_file()).unwrap())).collect();
         let map_of = |seq: u32| maps.get(seq as usize - 1).cloned();
-        let wire = |m: &SpooledMessage| [m.trace(), m.signature()].concat().into_iter().chain(m.body_pieces().flatten().copied()).collect::<Vec<u8>>();
+        let wire =
+            |m: &SpooledMessage| [m.trace(), m.signature()].concat().into_iter().chain(m.body_pieces().flatten().copied()).collect::<Vec<u8>>();
         let want = |lines: &[u8]| [&record.trace[..], lines, &body[..]].concat();
         let cases: [(SignatureLines, &[u8]); 5] = [
             (SignatureLines::Spooled(Extent { segment: 1, offset: at_near, len: near.len() as u32 }), near),

@@ -26,7 +26,8 @@
 use crate::error::{Result, SpoolError};
 use crate::liveness::{disposition_key, state_key, AboutKey, AboutLoc, DSN_DONE_KEY};
 use crate::record::{
-    decode_record, scan_frame, Disposition, Extent, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN, RECORD_MAGIC, SIGNATURE_AT,
+    decode_record, scan_frame, Disposition, Extent, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN,
+    RECORD_MAGIC, SIGNATURE_AT,
 };
 use crate::segment::{decode_header, parse_segment_name, SegmentHeader, SegmentMap, SEGMENT_HEADER_LEN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -2,8 +2,8 @@
 //! written by hand into a temporary directory (the cross-segment rules).
 use super::*;
 use crate::record::{
-    encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, Extent,
-    FailureDetail, RecordKind, SegmentCheckpoint,
+    encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, Extent, FailureDetail,
+    RecordKind, SegmentCheckpoint,
 };
 use crate::segment::encode_header;
 

@@ -3,10 +3,11 @@
 //! and the commit that answers 250 only once the message record and every body chunk it names
 //! are durable. If any of them was in a failed commit round, the message fails as a whole
 //! (451/452) and its spool space is released: nothing is acknowledged that is not on disk.
-//! DKIM signing is not part of it: the record keeps the body hash and says signing is due, and
-//! the message is signed after its 250 (`inbound/signing.rs`).
+//! RSA signing is not part of it: the record keeps the body hash and says signing is due, and
+//! the message is signed after its 250 (`inbound/signing.rs`). Ed25519-only signing (tens of
+//! microseconds) stays here, its lines in the trace.
 use crate::clock::rfc5322;
-use crate::dkim::BodyHashStream;
+use crate::dkim::{BodyHashStream, SigningPlan};
 use crate::inbound::signing::ToSign;
 use crate::message::SpooledMessage;
 use crate::shard::core::Core;
@@ -157,12 +158,21 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
     if let Some(d) = body.dkim.take() {
         let (headers, hash) = d.finish();
         body_hash = Some(hash);
-        match headers {
-            Some(h) if core.signers.borrow().applies_to(&h) => {
+        let signers = core.signers.borrow().clone();
+        match headers.map(|h| (signers.plan(&h), h)) {
+            Some((SigningPlan::AfterReply, h)) => {
                 flags |= FLAG_SIGN_PENDING;
                 to_sign = Some(ToSign { headers: h, body_hash: hash, now_s: received_ms / 1000 });
             }
-            Some(_) => {}
+            // Ed25519 only: cheaper than a trip to the signing pool, so made here, into the trace.
+            Some((SigningPlan::Inline, h)) => match signers.sign(&h, &hash, received_ms / 1000) {
+                Ok(sigs) => {
+                    trace.extend_from_slice(&sigs);
+                    core.metrics.signed();
+                }
+                Err(e) => tracing::warn!("core {}: DKIM signing skipped: {e}", core.id),
+            },
+            Some((SigningPlan::None, _)) => {}
             None => tracing::warn!("core {}: DKIM signing skipped: header block too large", core.id),
         }
     }

@@ -2,7 +2,9 @@
 //! millisecond of CPU, more than the rest of a transaction. Made in the accepting session
 //! before the commit, it held every 250 and stalled the core's other sessions for that
 //! long. Now the commit only records the body hash and flags the message
-//! ([`FLAG_SIGN_PENDING`]). The session answers 250 and reads on, and this module:
+//! ([`FLAG_SIGN_PENDING`]) when an RSA key applies (Ed25519 alone is cheaper than the trip and
+//! is still signed in the session: `Signers::plan`). The session answers 250 and reads on, and
+//! this module:
 //! 1. signs on glommio's blocking pool (a thread beside the core, so the reactor keeps
 //!    serving);
 //! 2. appends the lines to the spool as a Signature record, so retries and restarts reuse them
@@ -88,7 +90,8 @@ fn checked(core: &Core, id: MsgRef, made: Result<Vec<u8>, crate::dkim::DkimError
 /// crash, so signing them here, on the core, costs at most a few tens of milliseconds.
 pub async fn sign_recovered(core: &Core, recovered: &mut [RecoveredMessage]) -> HashMap<MsgRef, Vec<u8>> {
     let mut held = HashMap::new();
-    let due: Vec<usize> = (0..recovered.len()).filter(|&i| recovered[i].record.flags & FLAG_SIGN_PENDING != 0 && recovered[i].signature.is_none()).collect();
+    let due: Vec<usize> =
+        (0..recovered.len()).filter(|&i| recovered[i].record.flags & FLAG_SIGN_PENDING != 0 && recovered[i].signature.is_none()).collect();
     if due.is_empty() {
         return held;
     }

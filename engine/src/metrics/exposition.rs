@@ -161,7 +161,13 @@ fn registry(samples: &[CoreSample], uptime_s: u64, top: usize) -> Registry {
         merged(samples, |s| &s.accept_us, 1e6),
     );
     counter(&mut r, "ringpost_dkim_signed", "Messages whose DKIM signatures were made (after the 250, once per message)", samples, |s| s.dkim_signed);
-    per_core(&mut r, "ringpost_dkim_signing", "Messages answered 250 and waiting for their DKIM signatures, by core", samples, &[("", "", |s| s.dkim_signing)]);
+    per_core(
+        &mut r,
+        "ringpost_dkim_signing",
+        "Messages answered 250 and waiting for their DKIM signatures, by core",
+        samples,
+        &[("", "", |s| s.dkim_signing)],
+    );
     destinations(&mut r, samples, top);
     counter(&mut r, "ringpost_dns_queries", "DNS lookups that missed the cache and asked a nameserver", samples, |s| s.dns_queries);
     counter(&mut r, "ringpost_dns_cache_hits", "DNS lookups answered from the cache", samples, |s| s.dns_cache_hits);

@@ -8,8 +8,8 @@
 //! (the codec is canonical, so nothing decoded is silently altered) and its frame header
 //! re-encodes identically.
 use crate::spool::record::{
-    decode_record, encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, scan_frame, FrameScan,
-    RecordKind, FRAME_ALIGN, FRAME_HEADER_LEN,
+    decode_record, encode_checkpoint, encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature,
+    scan_frame, FrameScan, RecordKind, FRAME_ALIGN, FRAME_HEADER_LEN,
 };
 use crate::spool::Record;
 
