@@ -82,8 +82,8 @@ def test_the_250_does_not_wait_for_the_signature(tmp_path, sink):
 
 
 def test_a_stop_while_signing_loses_nothing_and_the_restart_signs(tmp_path, sink):
-    """SIGTERM right after the 250, while the message is being signed: it is delivered once,
-    signed, whether the signature was made before the stop or again at the restart."""
+    """SIGTERM right after the 250, while the message is being signed (0.1 s or more): it is
+    not lost, the restart signs it again, and it is delivered once, signed."""
     rp, records = slow_signer(tmp_path, sink)
     try:
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
@@ -92,6 +92,8 @@ def test_a_stop_while_signing_loses_nothing_and_the_restart_signs(tmp_path, sink
         assert not sink.snapshot(), "delivered before the stop: the stop did not land during signing"
         rp.start()
         verify_slow(received(sink, "stopped", timeout=20), records)
+        # The stop landed while it was being signed: the restart signed it again.
+        assert re.findall(r"signed again (\d+) recovered", rp.stderr.read_text()) == ["1"]
         time.sleep(1)
         assert [r for _, r, _ in sink.snapshot()] == [["stopped@example.org"]], "delivered once"
     finally:

@@ -36,6 +36,12 @@ pub const DEFAULT_HEADERS: &[&str] = &[
 ];
 /// Headers listed once more than they occur, so none can be added after signing.
 pub const DEFAULT_OVERSIGN: &[&str] = &["From", "Subject", "To"];
+/// Messages one core has answered 250 but not yet signed, at most (`inbound/signing.rs`). A
+/// session that would add one more waits for a slot before it reads its next command. That is
+/// back-pressure on the clients, instead of an unbounded queue of header blocks (up to
+/// [`MAX_HEADER_BLOCK`] each) when messages arrive faster than keys sign. 64 signatures are
+/// about 32 ms of RSA-2048 work.
+pub const SIGNING_IN_FLIGHT: usize = 64;
 /// Largest header block we keep for signing; a message with more is relayed unsigned.
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
 

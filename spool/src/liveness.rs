@@ -17,7 +17,8 @@ use crate::record::MsgRef;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 /// Which record about a message a location is for: the latest retry state of recipient `r`
-/// (`2r`), the disposition of recipient `r` (`2r + 1`), or the DSN marker ([`DSN_DONE_KEY`]).
+/// (`2r`), the disposition of recipient `r` (`2r + 1`), the DSN marker ([`DSN_DONE_KEY`]) or
+/// signature lines kept outside the message's own segment ([`SIGNATURE_KEY`]).
 pub type AboutKey = u64;
 
 /// The key of recipient `rcpt`'s retry state.
@@ -32,6 +33,11 @@ pub fn disposition_key(rcpt: u32) -> AboutKey {
 
 /// The key of a message's DSN-done marker.
 pub const DSN_DONE_KEY: AboutKey = u64::MAX;
+/// The key of a message's Signature record when it lies outside the message's own segment
+/// (one in its own segment lives as long as the message anyway). Tracked like a retry state,
+/// so the segment holding it is kept, or the record carried forward, while the message lives.
+/// Never inline: it goes to the overflow map, which only such rare messages use.
+pub const SIGNATURE_KEY: AboutKey = u64::MAX - 1;
 
 /// Where the latest record of one [`AboutKey`] about a message lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@
 //! average ~17, so noisy): 1.5–5.6 µs per record for a 4 KiB chunk + message + retry-state mix,
 //! and 54–106 ms to rule out valid frames after a torn frame at the start of a 64 MiB segment.
 use crate::error::{Result, SpoolError};
-use crate::liveness::{disposition_key, state_key, AboutKey, AboutLoc, DSN_DONE_KEY};
+use crate::liveness::{disposition_key, state_key, AboutKey, AboutLoc, DSN_DONE_KEY, SIGNATURE_KEY};
 use crate::record::{
     decode_record, scan_frame, Disposition, Extent, FrameScan, MessageRecord, MsgRef, Outcome, RcptState, Record, FRAME_ALIGN, FRAME_HEADER_LEN,
     RECORD_MAGIC, SIGNATURE_AT,
@@ -52,9 +52,9 @@ pub struct RecoveredMessage {
     /// Where the latest records about it (retry states, dispositions, DSN marker) are: the
     /// shard carries them forward when it checkpoints this message's segment.
     pub about: Vec<AboutLoc>,
-    /// Where its DKIM signature lines are (the latest Signature record about it, in any kept
-    /// segment), for a message whose record has `FLAG_SIGN_PENDING`. `None`: never stored or
-    /// its segment is gone; the caller signs again.
+    /// Where its DKIM signature lines are (the latest Signature record about it), for a message
+    /// whose record has `FLAG_SIGN_PENDING`. One in another segment is in `about` too, so
+    /// that segment is kept. `None`: never stored (a crash came first); the caller signs again.
     pub signature: Option<Extent>,
 }
 
@@ -207,8 +207,8 @@ struct Collector {
     checkpoints: HashMap<u32, HashSet<u64>>,
     /// Where the latest record of each key about each message is.
     locations: HashMap<(MsgRef, AboutKey), (u32, u64)>,
-    /// Where the latest signature lines of each message are. Not an about-record: it keeps no
-    /// segment and is never carried forward (a lost one is signed again).
+    /// Where the latest signature lines of each message are. One outside the message's own
+    /// segment is an about-record too ([`SIGNATURE_KEY`]): it keeps its segment.
     signatures: HashMap<MsgRef, Extent>,
 }
 
@@ -226,9 +226,12 @@ impl Collector {
                 return;
             }
             Record::Signature(msg, lines) => {
-                let offset = offset + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
-                self.signatures.insert(msg, Extent { segment: seq, offset, len: lines.len() as u32 });
-                return;
+                let at = offset + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
+                self.signatures.insert(msg, Extent { segment: seq, offset: at, len: lines.len() as u32 });
+                if msg.segment == seq {
+                    return;
+                }
+                (msg, SIGNATURE_KEY)
             }
             Record::Checkpoint(c) => {
                 if c.segment != seq {
@@ -266,7 +269,7 @@ impl Collector {
     /// The locations of the latest records about `msg` that still matter: the retry states of
     /// `pending` recipients, every disposition, the DSN marker.
     fn about_locations(&self, msg: MsgRef, n: u32, pending: &[u32]) -> Vec<AboutLoc> {
-        let keys = pending.iter().map(|r| state_key(*r)).chain((0..n).map(disposition_key)).chain([DSN_DONE_KEY]);
+        let keys = pending.iter().map(|r| state_key(*r)).chain((0..n).map(disposition_key)).chain([DSN_DONE_KEY, SIGNATURE_KEY]);
         keys.filter_map(|key| self.locations.get(&(msg, key)).map(|&(segment, offset)| AboutLoc { key, segment, offset })).collect()
     }
 

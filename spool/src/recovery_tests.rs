@@ -368,7 +368,7 @@ fn the_latest_checkpoint_says_which_messages_of_its_segment_are_final() {
 }
 
 #[test]
-fn the_latest_signature_of_a_message_is_found_in_any_segment_and_pins_nothing() {
+fn the_latest_signature_of_a_message_is_found_in_any_segment_and_one_outside_its_own_keeps_it() {
     let mut sp = Spool::new();
     let (a, b, c) = (sp.message(1), sp.message(1), sp.message(1));
     let first = sp.push(RecordKind::Signature, encode_signature(&a, b"DKIM-Signature: old\r\n"));
@@ -383,6 +383,11 @@ fn the_latest_signature_of_a_message_is_found_in_any_segment_and_pins_nothing() 
     // The lines are where the extent says.
     let map = &rec.segments[1].map;
     assert_eq!(map.extent(&rec.messages[0].signature.unwrap()), b"DKIM-Signature: new\r\n");
-    // A signature is a cache: it keeps no segment alive (no disposition reference).
-    assert!(rec.segments.iter().all(|s| s.disposition_refs.is_empty()));
+    // One in the message's own segment needs nothing; one in a later segment is an
+    // about-record: that segment refers to the message's, so it is kept (or relocated).
+    let refs: Vec<Vec<u32>> = rec.segments.iter().map(|s| s.disposition_refs.iter().copied().collect()).collect();
+    assert_eq!(refs, vec![vec![], vec![1]]);
+    let about: Vec<(u64, u32, u64)> = rec.messages[0].about.iter().map(|l| (l.key, l.segment, l.offset)).collect();
+    assert_eq!(about, vec![(crate::liveness::SIGNATURE_KEY, 2, latest)]);
+    assert!(rec.messages[1].about.is_empty(), "b's lines are in its own segment");
 }

@@ -15,7 +15,7 @@
 //! once those are durable the segment goes. Without that, one message retried for days would
 //! pin every segment written after it.
 use crate::error::{Result, SpoolError};
-use crate::liveness::{disposition_key, state_key, AboutKey, Liveness, DSN_DONE_KEY};
+use crate::liveness::{disposition_key, state_key, AboutKey, Liveness, DSN_DONE_KEY, SIGNATURE_KEY};
 use crate::record::{
     encode_disposition, encode_dsn_done, encode_frame, encode_message, encode_rcpt_state, encode_signature, frame_len, Disposition, Extent,
     MessageRecord, MsgRef, RcptState, RecordKind, FRAME_HEADER_LEN, SIGNATURE_AT,
@@ -385,10 +385,14 @@ impl SpoolShard {
 
     /// Append `msg`'s DKIM signature lines; returns where the lines lie once written, and the
     /// ticket of the round that writes them (read them only after it settles: until then the
-    /// map shows zeros). Nothing references or carries the record forward: it is a cache that
-    /// spares a second signature, and recovery signs again when it is gone.
+    /// map shows zeros). In the message's own segment it lives as long as the message; in a
+    /// later one it is tracked like a retry state ([`SIGNATURE_KEY`]): that segment is kept, or
+    /// the record carried forward, while the message lives. Recovery signs again when it is gone.
     pub fn append_signature(&self, msg: MsgRef, lines: &[u8]) -> Result<(Extent, Ticket)> {
         let (seq, at, ticket) = self.append(RecordKind::Signature, &encode_signature(&msg, lines))?;
+        if seq != msg.segment {
+            self.note_about(msg, SIGNATURE_KEY, seq, at);
+        }
         Ok((Extent { segment: seq, offset: at + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64, len: lines.len() as u32 }, ticket))
     }
 

@@ -229,3 +229,66 @@ fn retry_state_and_dsn_markers_survive_restart_and_guard_gc() {
     assert_eq!(m.failed[0].failure.as_ref().unwrap().status, "5.1.1");
     assert!(rec.owed_dsn.is_empty(), "{done} has its DSN marker");
 }
+
+/// A Signature record that lands outside its message's segment (a rotation came between the
+/// commit and the signature) is tracked like a retry state: the segment holding it is kept at
+/// every restart while the message lives, so its lines can be read back and nothing signs
+/// twice. Untracked, that segment (sealed, unreferenced) went at the first open, and the
+/// message, whose lines could no longer be read, was dropped with it.
+#[test]
+fn a_signature_in_a_later_segment_keeps_that_segment_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let lines = b"DKIM-Signature: v=1; a=rsa-sha256; b=xyz\r\n".to_vec();
+    let want = lines.clone();
+    let live = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let (shard, _) = SpoolShard::open(0, cfg(&dir, 16 * 1024), Recovery::default()).unwrap();
+            let committer = glommio::spawn_local(shard.clone().run_committer());
+            let (e, _) = shard.append_chunk(b"Subject: s\r\n\r\nx\r\n").unwrap();
+            let m = MessageRecord { recipients: vec![b"r@x".to_vec()], body: vec![e], ..Default::default() };
+            let live = shard.append_message(&m).unwrap().0;
+            let filler = |n: usize| {
+                let mut last = 0;
+                for _ in 0..n {
+                    let (e, t) = shard.append_chunk(&[b'f'; 1000]).unwrap();
+                    shard.release_message(None, &[e]);
+                    last = t;
+                }
+                last
+            };
+            filler(20);
+            let (at, _) = shard.append_signature(live, &lines).unwrap();
+            assert_ne!(at.segment, live.segment, "the filler moved the appends on");
+            let last = filler(40);
+            shard.wait_durable(last).await.unwrap();
+            shard.collect_garbage();
+            assert!(shard.map(at.segment).is_some(), "kept while running");
+            shard.close();
+            committer.await;
+            live
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    for restart in 0..2 {
+        let dir = tmp.path().to_path_buf();
+        let want = want.clone();
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let rec = Recovery::scan(&SpoolShard::core_dir(&dir, 0), 0).unwrap();
+                let (shard, pinned) = SpoolShard::open(0, cfg(&dir, 16 * 1024), rec).unwrap();
+                assert_eq!(pinned.iter().map(|m| m.msg).collect::<Vec<_>>(), vec![live], "restart {restart}");
+                // Where it was written, or where a relocation carried it.
+                let found = pinned[0].signature.unwrap_or_else(|| panic!("restart {restart}: the lines were not found"));
+                let map = shard.map(found.segment).unwrap_or_else(|| panic!("restart {restart}: the segment holding the lines was deleted"));
+                assert_eq!(map.extent(&found), want);
+                let committer = glommio::spawn_local(shard.clone().run_committer());
+                shard.close();
+                committer.await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

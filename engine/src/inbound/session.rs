@@ -336,14 +336,26 @@ impl Session {
     /// signs it off the core and then queues it: the 250 and the session's next command do not
     /// wait for the signer, only for a free slot ([`crate::inbound::signing::SIGNING_IN_FLIGHT`]).
     async fn sign_after_reply(&mut self, committed: crate::inbound::commit::Committed) {
-        let Ok(slot) = self.core.signing_slots.acquire_static_permit(1).await else { unreachable!("the signing slots are never closed") };
+        let slot = match self.core.signing_slots.try_acquire_static_permit(1) {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Every slot is taken: the client waits for one, but with its 250 in hand (the
+                // message is durable; a client left waiting might time out and send it again).
+                // A failed flush closes the session at its next read.
+                let _ = self.flush().await;
+                let Ok(slot) = self.core.signing_slots.acquire_static_permit(1).await else { unreachable!("the signing slots are never closed") };
+                slot
+            }
+        };
         let core = self.core.clone();
         core.metrics.signing_started();
         glommio::spawn_local(async move {
             let msg = crate::inbound::signing::sign_committed(&core, committed).await;
             core.metrics.signing_ended();
-            drop(slot);
+            // The slot is held until the message is queued: a full channel to another core
+            // pushes back on the sessions, as it did when they queued messages themselves.
             core.accept_message(msg).await;
+            drop(slot);
         })
         .detach();
     }

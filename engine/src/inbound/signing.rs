@@ -5,8 +5,10 @@
 //! ([`FLAG_SIGN_PENDING`]) when an RSA key applies (Ed25519 alone is cheaper than the trip and
 //! is still signed in the session: `Signers::plan`). The session answers 250 and reads on, and
 //! this module:
-//! 1. signs on glommio's blocking pool (a thread beside the core, so the reactor keeps
-//!    serving);
+//! 1. signs on glommio's blocking pool: one thread per core, on the core's CPU, so the
+//!    kernel's scheduler shares the CPU and the reactor keeps serving between time slices.
+//!    Other blocking work of the core (AUTH password checks, suppression writes) queues
+//!    behind at most [`SIGNING_IN_FLIGHT`] signatures;
 //! 2. appends the lines to the spool as a Signature record, so retries and restarts reuse them
 //!    and nothing signs twice;
 //! 3. only then hands the message to delivery, so it never leaves unsigned.
@@ -23,11 +25,7 @@ use ringpost_spool::{MessageRecord, MsgRef, RecoveredMessage, SegmentMap};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Messages one core has answered 250 but not yet signed, at most. A session that would add
-/// one more waits for a slot before it reads its next command. That is back-pressure on the
-/// clients, instead of an unbounded queue of header blocks (up to 256 KiB each) when
-/// messages arrive faster than keys sign. 64 signatures are 32 ms of RSA-2048 work.
-pub const SIGNING_IN_FLIGHT: usize = 64;
+pub use crate::dkim::SIGNING_IN_FLIGHT;
 
 /// What signing a committed message needs.
 pub struct ToSign {
@@ -56,9 +54,11 @@ pub async fn sign_committed(core: &Core, c: Committed) -> Arc<SpooledMessage> {
             None
         }
     };
+    // Lines in a later segment (a rotation came first) are held: reading them back would need
+    // that segment's map.
     let sig = match spooled {
-        Some(at) => SignatureLines::Spooled(at),
-        None => SignatureLines::Held(&lines),
+        Some(at) if at.segment == c.id.segment => SignatureLines::Spooled(at),
+        _ => SignatureLines::Held(&lines),
     };
     Arc::new(SpooledMessage::signed(c.id, &c.record, |s| core.spool.map(s), sig).expect("segments of a committed record"))
 }
@@ -86,12 +86,21 @@ fn checked(core: &Core, id: MsgRef, made: Result<Vec<u8>, crate::dkim::DkimError
 /// Sign, at start-up, every recovered message whose signature was due but is not in the spool
 /// (the host stopped between its 250 and the write of its lines), and record where the new
 /// lines are. Returns the lines of those whose record could not be written, to be held.
-/// Runs before the core serves; a core has at most [`SIGNING_IN_FLIGHT`] such messages per
-/// crash, so signing them here, on the core, costs at most a few tens of milliseconds.
+/// Runs before the core serves. A core has at most [`SIGNING_IN_FLIGHT`] such messages per
+/// crash (lines once written are kept while their message lives, wherever they are), so
+/// signing them here, on the core, costs at most a few tens of milliseconds of RSA-2048.
 pub async fn sign_recovered(core: &Core, recovered: &mut [RecoveredMessage]) -> HashMap<MsgRef, Vec<u8>> {
     let mut held = HashMap::new();
-    let due: Vec<usize> =
-        (0..recovered.len()).filter(|&i| recovered[i].record.flags & FLAG_SIGN_PENDING != 0 && recovered[i].signature.is_none()).collect();
+    // Only messages still to be relayed: one that owes only a DSN is never sent. Lines in a
+    // segment that is not mapped (not expected: that segment is kept while the message lives)
+    // are made again rather than the message dropped.
+    let unreadable = |m: &RecoveredMessage| m.signature.is_some_and(|e| core.spool.map(e.segment).is_none());
+    let due: Vec<usize> = (0..recovered.len())
+        .filter(|&i| {
+            let m = &recovered[i];
+            m.record.flags & FLAG_SIGN_PENDING != 0 && !m.pending.is_empty() && (m.signature.is_none() || unreadable(m))
+        })
+        .collect();
     if due.is_empty() {
         return held;
     }

@@ -478,7 +478,8 @@ impl Core {
             return Ok(());
         }
         // New keys sign messages committed from now on; a message already streaming keeps
-        // its body hash (the same for every key) and is signed with the new keys.
+        // its body hash (the same for every key) and is signed with the new keys, and so is
+        // one answered 250 and still waiting for its RSA signature.
         *self.signers.borrow_mut() = Arc::new(signers);
         let old = self.agent.borrow().clone();
         let agent = AgentContext {

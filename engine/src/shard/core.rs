@@ -174,7 +174,7 @@ pub struct Core {
     pub signers: RefCell<Arc<crate::dkim::Signers>>,
     /// Slots for messages being signed after their 250 (`inbound/signing.rs`): a session
     /// takes one before it reads on, so a core never holds more than
-    /// [`crate::inbound::signing::SIGNING_IN_FLIGHT`] header blocks waiting for the signer.
+    /// [`crate::dkim::SIGNING_IN_FLIGHT`] header blocks waiting for the signer.
     pub signing_slots: Rc<glommio::sync::Semaphore>,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
@@ -261,7 +261,7 @@ impl Core {
             sessions: Cell::new(0),
             stopping: event_listener::Event::new(),
             signers: RefCell::new(Arc::new(p.signers)),
-            signing_slots: Rc::new(glommio::sync::Semaphore::new(crate::inbound::signing::SIGNING_IN_FLIGHT as u64)),
+            signing_slots: Rc::new(glommio::sync::Semaphore::new(crate::dkim::SIGNING_IN_FLIGHT as u64)),
         })
     }
 
