@@ -104,6 +104,8 @@ pub enum DkimError {
 pub struct SigningEntry {
     domain: String,
     algorithm: DkimAlgorithm,
+    /// What one signature with this key costs, roughly, in µs of CPU (see [`signing_cost_us`]).
+    cost_us: u64,
     signer: DkimSigner<DkimKey, Done>,
     headers: Vec<String>,
     oversign: Vec<String>,
@@ -156,13 +158,17 @@ impl Signers {
     pub fn entry(c: &DkimConfig, key: DkimKey) -> SigningEntry {
         let headers: Vec<String> = c.headers.clone().unwrap_or_else(|| DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect());
         let oversign = c.oversign.clone().unwrap_or_else(|| DEFAULT_OVERSIGN.iter().map(|s| s.to_string()).collect());
+        let cost_us = match &key {
+            DkimKey::Rsa(k) => signing_cost_us(k.public_key().len()),
+            DkimKey::Ed25519(_) => ED25519_COST_US,
+        };
         let signer = DkimSigner::from_key(key)
             .domain(c.domain.to_ascii_lowercase())
             .selector(c.selector.clone())
             .headers(headers.clone())
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
-        SigningEntry { domain: c.domain.to_ascii_lowercase(), algorithm: c.algorithm, signer, headers, oversign }
+        SigningEntry { domain: c.domain.to_ascii_lowercase(), algorithm: c.algorithm, cost_us, signer, headers, oversign }
     }
 
     /// From a list of entries (tests).
@@ -177,14 +183,15 @@ impl Signers {
 
     /// When to sign a message with this header block: never (no key covers its From domain),
     /// in the session (Ed25519 keys only: tens of microseconds), or after its 250 (an RSA key
-    /// applies: half a millisecond or more each, see `inbound/signing.rs`).
+    /// applies: half a millisecond or more each, see `inbound/signing.rs`), on the core when
+    /// the keys cost at most [`ON_CORE_SIGNING_US`], else on the blocking pool.
     pub fn plan(&self, header_block: &[u8]) -> SigningPlan {
         let Some(from) = from_domain(header_block) else { return SigningPlan::None };
-        let mut keys = self.keys.iter().filter(|k| covers(&k.domain, &from)).peekable();
-        if keys.peek().is_none() {
+        let keys: Vec<&SigningEntry> = self.keys.iter().filter(|k| covers(&k.domain, &from)).collect();
+        if keys.is_empty() {
             SigningPlan::None
-        } else if keys.any(|k| k.algorithm == DkimAlgorithm::RsaSha256) {
-            SigningPlan::AfterReply
+        } else if keys.iter().any(|k| k.algorithm == DkimAlgorithm::RsaSha256) {
+            SigningPlan::AfterReply { on_core: keys.iter().map(|k| k.cost_us).sum::<u64>() <= ON_CORE_SIGNING_US }
         } else {
             SigningPlan::Inline
         }
@@ -210,8 +217,29 @@ pub enum SigningPlan {
     None,
     /// Only Ed25519 keys do: signed in the session, the lines go in the trace.
     Inline,
-    /// An RSA key does: every applicable key signs after the 250.
-    AfterReply,
+    /// An RSA key does: every applicable key signs after the 250, on the core itself when
+    /// `on_core` (cheap enough to hold the reactor for), else on glommio's blocking pool.
+    AfterReply {
+        /// Sign in a task of the core rather than on the blocking pool.
+        on_core: bool,
+    },
+}
+
+/// The most signing a core does itself, in estimated µs per message: one or two RSA-2048 keys.
+/// Measured (`DKIM=rsa N=20000 bench/relay.sh`, see perf/RESULTS.md, eleventh session):
+/// RSA-2048 signed on the blocking pool relayed 1,154–1,236 msg/s against 1,515–1,617 signed
+/// in a task of the core, both after the 250. The pool thread shares the core's CPU, and each
+/// signature costs two thread switches and a wake-up of the reactor. A heavier key set
+/// (RSA-4096: about 4 ms a signature) would hold the reactor too long, so it goes to the pool.
+pub const ON_CORE_SIGNING_US: u64 = 1_000;
+/// Ed25519 signing, µs (`cargo bench -p blaster --bench hot_paths`: 41,800 signatures/s).
+const ED25519_COST_US: u64 = 25;
+
+/// Estimated µs of one RSA signature from the length of the key's DER public key: about
+/// 500 µs for 2048 bits here (the same bench: 1,874/s), growing with the cube of the size.
+fn signing_cost_us(public_key_der_len: usize) -> u64 {
+    let ratio = public_key_der_len as f64 / 270.0;
+    (500.0 * ratio * ratio * ratio) as u64
 }
 
 /// Whether a key for `domain` signs mail from `from`: the domain itself or a subdomain of it.
@@ -391,6 +419,40 @@ mod tests {
     const RFC8463_PUBLIC: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
     const RFC8463_BH: &str = "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=";
     const RFC8463_MESSAGE: &str = "From: Joe SixPack <joe@football.example.com>\r\nTo: Suzie Q <suzie@shopping.example.net>\r\nSubject: Is dinner ready?\r\nDate: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\nMessage-ID: <20030712040037.46341.5F8J@football.example.com>\r\n\r\nHi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n";
+
+    /// Which path a message's signing takes: none, in the session (Ed25519 alone), after the
+    /// 250 on the core (RSA-2048, one or two keys) or on the blocking pool (heavier sets).
+    #[test]
+    fn the_signing_plan_follows_the_keys_that_cover_the_from_domain() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/benches/keys/");
+        let entry = |domain: &str, selector: &str, algorithm: DkimAlgorithm, file: &str| {
+            let path = std::path::PathBuf::from(format!("{keys}{file}"));
+            let c = DkimConfig { domain: domain.into(), selector: selector.into(), algorithm, key_file: path.clone(), headers: None, oversign: None };
+            Signers::entry(&c, load_key(algorithm, &std::fs::read_to_string(&path).unwrap(), &path).unwrap())
+        };
+        let (rsa, ed) = (DkimAlgorithm::RsaSha256, DkimAlgorithm::Ed25519Sha256);
+        let signers = Signers::from_entries(vec![
+            entry("ed.test", "a", ed, "ed25519-test-only.pem"),
+            entry("one.test", "a", rsa, "rsa2048-test-only.pem"),
+            entry("two.test", "a", rsa, "rsa2048-test-only.pem"),
+            entry("two.test", "b", ed, "ed25519-test-only.pem"),
+            entry("three.test", "a", rsa, "rsa2048-test-only.pem"),
+            entry("three.test", "b", rsa, "rsa2048-test-only.pem"),
+            entry("three.test", "c", rsa, "rsa2048-test-only.pem"),
+            entry("big.test", "a", rsa, "rsa4096-test-only.pem"),
+        ]);
+        let plan = |from: &str| signers.plan(format!("From: x <n@{from}>\r\nSubject: s\r\n").as_bytes());
+        assert_eq!(plan("other.test"), SigningPlan::None);
+        assert_eq!(plan("ed.test"), SigningPlan::Inline);
+        assert_eq!(plan("sub.ed.test"), SigningPlan::Inline, "a subdomain is covered");
+        assert_eq!(plan("xed.test"), SigningPlan::None, "a name ending in the domain is not a subdomain");
+        assert_eq!(plan("one.test"), SigningPlan::AfterReply { on_core: true });
+        assert_eq!(plan("two.test"), SigningPlan::AfterReply { on_core: true }, "RSA-2048 plus Ed25519");
+        assert_eq!(plan("three.test"), SigningPlan::AfterReply { on_core: false }, "three RSA-2048 keys hold the reactor too long");
+        assert_eq!(plan("big.test"), SigningPlan::AfterReply { on_core: false }, "RSA-4096");
+        let costs: Vec<u64> = signers.keys.iter().map(|k| k.cost_us).collect();
+        assert!((450..=560).contains(&costs[1]) && (3_500..=4_500).contains(&costs[7]), "{costs:?}");
+    }
 
     fn b64(s: &str) -> Vec<u8> {
         base64_decode(s)

@@ -160,9 +160,9 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
         body_hash = Some(hash);
         let signers = core.signers.borrow().clone();
         match headers.map(|h| (signers.plan(&h), h)) {
-            Some((SigningPlan::AfterReply, h)) => {
+            Some((SigningPlan::AfterReply { on_core }, h)) => {
                 flags |= FLAG_SIGN_PENDING;
-                to_sign = Some(ToSign { headers: h, body_hash: hash, now_s: received_ms / 1000 });
+                to_sign = Some(ToSign { headers: h, body_hash: hash, now_s: received_ms / 1000, on_core });
             }
             // Ed25519 only: cheaper than a trip to the signing pool, so made here, into the trace.
             Some((SigningPlan::Inline, h)) => match signers.sign(&h, &hash, received_ms / 1000) {
