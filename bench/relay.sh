@@ -9,6 +9,7 @@
 #   N=50000 SESSIONS=100 SIZE=4k RCPTS=2 bench/relay.sh
 #   DKIM=dual SKIP_POSTFIX=1 bench/relay.sh        # ringpost signing with RSA-2048 + Ed25519 (or DKIM=rsa / ed25519)
 #   CHUNKING=both bench/relay.sh                   # blaster -> ringpost twice, BDAT then DATA, same sitting
+#   RATE=800 DKIM=rsa SKIP_POSTFIX=1 bench/relay.sh # open loop: blaster sends 800 msg/s on schedule
 #
 # ringpost runs with its shipped defaults (no benchmark-only knobs): the figures that count are
 # the ones users get. blaster sends BDAT when the server offers CHUNKING (ringpost does; the
@@ -64,7 +65,7 @@ run_one() {
   t0=$(now)
   if [ "$LOAD" = blaster ]; then
     # One recipient domain per recipient slot, so RCPTS>1 fans out over destinations.
-    "$BLASTER" send --to 127.0.0.1:$port -n "$N" -c "$SESSIONS" --size "$SIZE" --rcpts "$RCPTS" --domains 1 -q --json "$@" > "$WORK/send-$name.json"
+    "$BLASTER" send --to 127.0.0.1:$port -n "$N" -c "$SESSIONS" --size "$SIZE" --rcpts "$RCPTS" --domains 1 -q --json ${RATE:+--rate "$RATE"} "$@" > "$WORK/send-$name.json"
   else
     local rcpt_args=(-t r@example.org)
     [ "$RCPTS" -gt 1 ] && rcpt_args=(-r "$RCPTS" -t r@example.org)

@@ -531,6 +531,22 @@ mod tests {
         let m = SpooledMessage::signed(id, &record, map_of, cases[0].0).unwrap();
         assert!(matches!(m.envelope, Envelope::Mapped { sig_at, .. } if sig_at as u64 == at_near - 4));
         assert!(std::ptr::eq(m.signature().as_ptr(), maps[0].bytes()[at_near as usize..].as_ptr()), "read from the map, not copied");
+        assert_eq!(std::mem::size_of::<SpooledMessage>(), 40, "the lines' place fits the handle");
+        // A record whose addresses are not UTF-8 has an owned envelope, which still reads its
+        // lines from the map.
+        let odd = MessageRecord { sender: b"\xffa@s.test".to_vec(), ..record.clone() };
+        let mut seg3 = seg1.clone();
+        let odd_id = MsgRef { core: 0, segment: 1, offset: seg3.len() as u64 };
+        encode_frame(7, RecordKind::Message, &encode_message(&odd), &mut seg3);
+        let odd_at = seg3.len() as u64 + (FRAME_HEADER_LEN + SIGNATURE_AT) as u64;
+        encode_frame(7, RecordKind::Signature, &encode_signature(&odd_id, near), &mut seg3);
+        let mut f3 = tempfile::NamedTempFile::new().unwrap();
+        f3.write_all(&seg3).unwrap();
+        let map3 = Arc::new(SegmentMap::map(1, f3.path().to_path_buf(), f3.as_file()).unwrap());
+        let sig = SignatureLines::Spooled(Extent { segment: 1, offset: odd_at, len: near.len() as u32 });
+        let m = SpooledMessage::signed(odd_id, &odd, |_| Some(map3.clone()), sig).unwrap();
+        assert!(matches!(m.envelope, Envelope::Owned(_)));
+        assert_eq!((m.trace(), m.signature()), (&record.trace[..], &near[..]));
         let gone = SignatureLines::Spooled(Extent { segment: 3, offset: 64, len: 4 });
         assert!(SpooledMessage::signed(id, &record, map_of, gone).is_none(), "lines in a segment that is not mapped");
     }

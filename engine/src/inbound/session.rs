@@ -333,8 +333,9 @@ impl Session {
     }
 
     /// Hand a committed message that needs its DKIM signature to a task of its own, which
-    /// signs it off the core and then queues it: the 250 and the session's next command do not
-    /// wait for the signer, only for a free slot ([`crate::inbound::signing::SIGNING_IN_FLIGHT`]).
+    /// signs it (on the core or its blocking pool) and then queues it: the 250 and the
+    /// session's next command do not wait for the signer, only for a free slot
+    /// ([`crate::inbound::signing::SIGNING_IN_FLIGHT`]).
     async fn sign_after_reply(&mut self, committed: crate::inbound::commit::Committed) {
         let slot = match self.core.signing_slots.try_acquire_static_permit(1) {
             Ok(slot) => slot,
@@ -344,6 +345,8 @@ impl Session {
                 // A failed flush closes the session at its next read.
                 let _ = self.flush().await;
                 let Ok(slot) = self.core.signing_slots.acquire_static_permit(1).await else { unreachable!("the signing slots are never closed") };
+                // The wait was ours, not the client's: its next command gets a full timeout.
+                self.restart_phase();
                 slot
             }
         };

@@ -41,15 +41,24 @@ pub struct ToSign {
     pub on_core: bool,
 }
 
-/// Sign `c` on the blocking pool and keep the lines in the spool; returns the message handle
+/// Sign `c` (in this task or on the blocking pool, as its job says) and keep the lines in the
+/// spool; returns the message handle
 /// that carries them. Never fails the message: when signing fails it is relayed unsigned, as a
 /// message with no applicable key is, and a warning says why.
 pub async fn sign_committed(core: &Core, c: Committed) -> Arc<SpooledMessage> {
     let job = c.to_sign.expect("signing a message that needs none");
     let signers = core.signers.borrow().clone();
-    // On the core, this task runs once the session that spawned it yields, which it does
-    // after flushing its 250 when it next waits to read.
-    let made = if job.on_core { sign(&signers, &job) } else { glommio::executor().spawn_blocking(move || sign(&signers, &job)).await };
+    // On the core, first give the reactor a turn: signing tasks made ready together (one commit
+    // round wakes many sessions) would otherwise run back to back, up to 64 ms with no I/O
+    // polled. Yielding the task queue returns to the reactor between two signatures, and lets
+    // the session that spawned this one reach its next read, where it flushes its 250 (a
+    // client that pipelines further transactions gets its replies at that read, as ever).
+    let made = if job.on_core {
+        glommio::executor().yield_task_queue_now().await;
+        sign(&signers, &job)
+    } else {
+        glommio::executor().spawn_blocking(move || sign(&signers, &job)).await
+    };
     let lines = checked(core, c.id, made);
     core.metrics.signed();
     let spooled = match core.spool.append_signature(c.id, &lines) {
@@ -92,19 +101,32 @@ fn checked(core: &Core, id: MsgRef, made: Result<Vec<u8>, crate::dkim::DkimError
 /// Sign, at start-up, every recovered message whose signature was due but is not in the spool
 /// (the host stopped between its 250 and the write of its lines), and record where the new
 /// lines are. Returns the lines of those whose record could not be written, to be held.
-/// Runs before the core serves. A core has at most [`SIGNING_IN_FLIGHT`] such messages per
-/// crash (lines once written are kept while their message lives, wherever they are), so
-/// signing them here, on the core, costs at most a few tens of milliseconds of RSA-2048.
+/// Runs before the core serves, on the core. How many: those signing when the host stopped
+/// ([`SIGNING_IN_FLIGHT`] per core), those committed by sessions still waiting for a slot, and
+/// those whose Signature record could not be written (a failing disk): usually a few dozen,
+/// tens of milliseconds of RSA-2048. Lines once written are kept while their message lives,
+/// wherever they are, so a message is not signed again at the next start.
 pub async fn sign_recovered(core: &Core, recovered: &mut [RecoveredMessage]) -> HashMap<MsgRef, Vec<u8>> {
     let mut held = HashMap::new();
+    // Lines outside the message's own segment are copied now, before any wait: the committer
+    // may relocate and delete that segment during one, and a message whose handle cannot be
+    // built is dropped by the requeue. They are few (a rotation between commit and signature).
+    for m in recovered.iter_mut().filter(|m| m.signature.is_some_and(|e| e.segment != m.msg.segment)) {
+        let e = m.signature.expect("filtered");
+        match core.spool.map(e.segment) {
+            Some(map) => {
+                held.insert(m.msg, map.extent(&e).to_vec());
+            }
+            None => m.signature = None,
+        }
+    }
     // Only messages still to be relayed: one that owes only a DSN is never sent. Lines in a
     // segment that is not mapped (not expected: that segment is kept while the message lives)
-    // are made again rather than the message dropped.
-    let unreadable = |m: &RecoveredMessage| m.signature.is_some_and(|e| core.spool.map(e.segment).is_none());
+    // are made again (above, `signature` was cleared) rather than the message dropped.
     let due: Vec<usize> = (0..recovered.len())
         .filter(|&i| {
             let m = &recovered[i];
-            m.record.flags & FLAG_SIGN_PENDING != 0 && !m.pending.is_empty() && (m.signature.is_none() || unreadable(m))
+            m.record.flags & FLAG_SIGN_PENDING != 0 && !m.pending.is_empty() && m.signature.is_none() && !held.contains_key(&m.msg)
         })
         .collect();
     if due.is_empty() {

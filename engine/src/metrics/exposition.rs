@@ -160,7 +160,7 @@ fn registry(samples: &[CoreSample], uptime_s: u64, top: usize) -> Registry {
         "From a message's last byte to its 250 (the durable commit), per message accepted over SMTP",
         merged(samples, |s| &s.accept_us, 1e6),
     );
-    counter(&mut r, "ringpost_dkim_signed", "Messages whose DKIM signatures were made (after the 250, once per message)", samples, |s| s.dkim_signed);
+    counter(&mut r, "ringpost_dkim_signed", "Messages signed with DKIM (once per message: in the session for Ed25519 alone, after the 250 with RSA; again at recovery only if the spool lost the lines)", samples, |s| s.dkim_signed);
     per_core(
         &mut r,
         "ringpost_dkim_signing",

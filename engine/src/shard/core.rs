@@ -173,8 +173,8 @@ pub struct Core {
     /// DKIM keys (an `Arc`: signing runs on glommio's blocking pool, off the core).
     pub signers: RefCell<Arc<crate::dkim::Signers>>,
     /// Slots for messages being signed after their 250 (`inbound/signing.rs`): a session
-    /// takes one before it reads on, so a core never holds more than
-    /// [`crate::dkim::SIGNING_IN_FLIGHT`] header blocks waiting for the signer.
+    /// takes one before it reads on, so at most [`crate::dkim::SIGNING_IN_FLIGHT`] messages
+    /// are being signed, plus one waiting in each session that waits for a slot.
     pub signing_slots: Rc<glommio::sync::Semaphore>,
     /// Inbound TLS configuration (None: STARTTLS not offered); swapped on reload.
     pub server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
