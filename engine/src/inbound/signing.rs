@@ -42,9 +42,8 @@ pub struct ToSign {
 }
 
 /// Sign `c` (in this task or on the blocking pool, as its job says) and keep the lines in the
-/// spool; returns the message handle
-/// that carries them. Never fails the message: when signing fails it is relayed unsigned, as a
-/// message with no applicable key is, and a warning says why.
+/// spool; returns the message handle that carries them. Never fails the message: when signing
+/// fails it is relayed unsigned, as a message with no applicable key is, and a warning says why.
 pub async fn sign_committed(core: &Core, c: Committed) -> Arc<SpooledMessage> {
     let job = c.to_sign.expect("signing a message that needs none");
     let signers = core.signers.borrow().clone();
@@ -163,7 +162,7 @@ pub async fn sign_recovered(core: &Core, recovered: &mut [RecoveredMessage]) -> 
 
 /// The header block, body hash and `t=` of a spooled message, read back from its body (the
 /// same single pass that made them while it streamed in).
-pub fn job_of(record: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Option<ToSign> {
+fn job_of(record: &MessageRecord, map: impl Fn(u32) -> Option<Arc<SegmentMap>>) -> Option<ToSign> {
     let mut stream = BodyHashStream::new();
     for e in &record.body {
         stream.write_wire(map(e.segment)?.extent(e));
