@@ -1,14 +1,14 @@
 //! Spool recovery (`Recovery::scan`) over a segment file built from the fuzz input.
 //!
 //! The input is a little program that writes a segment the way the shard does: body chunks,
-//! message records naming earlier chunks (or a bogus extent), dispositions for earlier
-//! messages, raw bytes (corruption), and finally a cut: everything from a position on is
+//! message records naming earlier chunks (or a bogus extent), dispositions and DKIM signature
+//! lines for earlier messages, raw bytes (corruption), and finally a cut: everything from a position on is
 //! zeroed, as if those writes never reached the disk. Invariants: no panic; every recovered
 //! message's extents lie inside the mapped segment and its pending recipients are in range;
 //! and, when no raw bytes were written, recovery returns exactly what a simple model says:
 //! the messages whose frames and chunks all survived the cut, minus the recipients whose
-//! dispositions survived.
-use crate::spool::record::{encode_disposition, encode_frame, encode_message, frame_len, RecordKind, FRAME_HEADER_LEN};
+//! dispositions survived, each with the lines of its latest surviving Signature record.
+use crate::spool::record::{encode_disposition, encode_frame, encode_message, encode_signature, frame_len, RecordKind, FRAME_HEADER_LEN};
 use crate::spool::segment::{encode_header, segment_path, SEGMENT_HEADER_LEN};
 use crate::spool::{Disposition, Extent, MessageRecord, MsgRef, Outcome, Recovery};
 use std::collections::BTreeMap;
@@ -25,6 +25,8 @@ struct Written {
     messages: BTreeMap<u64, (MessageRecord, usize)>,
     /// (message offset, recipient, frame end).
     dispositions: Vec<(u64, u32, usize)>,
+    /// (message offset, signature lines, frame end), in writing order.
+    signatures: Vec<(u64, Vec<u8>, usize)>,
     raw: bool,
 }
 
@@ -34,11 +36,12 @@ pub fn run(data: &[u8]) {
     let mut it = data.iter().copied();
     while let Some(op) = it.next() {
         let arg = it.next().unwrap_or(0);
-        match op % 5 {
+        match op % 6 {
             0 => w.chunk(&it.by_ref().take(arg as usize).collect::<Vec<u8>>()),
             1 => w.message(arg, it.next().unwrap_or(0), false),
             2 => w.message(arg, it.next().unwrap_or(0), true),
             3 => w.disposition(arg, it.next().unwrap_or(0)),
+            4 => w.signature(arg, it.next().unwrap_or(0)),
             _ => {
                 w.raw = true;
                 w.seg.extend(it.by_ref().take(arg as usize));
@@ -97,6 +100,16 @@ impl Written {
     }
 }
 
+impl Written {
+    /// Signature lines of `len` bytes for the `i`-th message written so far.
+    fn signature(&mut self, i: u8, len: u8) {
+        let Some(&offset) = self.messages.keys().nth(i as usize % self.messages.len().max(1)) else { return };
+        let lines = vec![b'a' + len % 26; len as usize];
+        let (_, end) = self.frame(RecordKind::Signature, &encode_signature(&MsgRef { core: 0, segment: 1, offset }, &lines));
+        self.signatures.push((offset, lines, end));
+    }
+}
+
 /// Write the segment where recovery looks for it and scan it.
 fn scan(seg: &[u8]) -> Recovery {
     let dir = std::env::temp_dir().join(format!("ringpost-fuzz-recovery-{}", std::process::id()));
@@ -110,7 +123,7 @@ fn check(w: &Written, rec: &Recovery, full: &[u8], cut: usize) {
     let mapped = rec.segments.first().expect("the segment is kept").map.clone();
     for m in &rec.messages {
         assert!(!m.pending.is_empty() && m.pending.iter().all(|&i| (i as usize) < m.record.recipients.len()), "pending {:?}", m.pending);
-        for e in &m.record.body {
+        for e in m.record.body.iter().chain(&m.signature) {
             assert!(e.segment == 1 && e.offset as usize + e.len as usize <= mapped.bytes().len(), "extent {e:?} outside the segment");
             let _ = mapped.extent(e);
         }
@@ -122,7 +135,7 @@ fn check(w: &Written, rec: &Recovery, full: &[u8], cut: usize) {
     // zeros where writes never landed, and then the checksum still holds). Frames are
     // contiguous, so a frame that starts past the cut loses its magic and is gone.
     let survives = |end: usize| end <= cut || full[cut..end].iter().all(|&b| b == 0);
-    let mut want: Vec<(u64, Vec<u32>)> = Vec::new();
+    let mut want: Vec<(u64, Vec<u32>, Option<Vec<u8>>)> = Vec::new();
     for (&off, (m, end)) in &w.messages {
         let chunk_ok = |e: &Extent| w.chunk_end(e) != usize::MAX && survives(w.chunk_end(e));
         if !survives(*end) || !m.body.iter().all(chunk_ok) {
@@ -130,10 +143,12 @@ fn check(w: &Written, rec: &Recovery, full: &[u8], cut: usize) {
         }
         let done = |i: u32| w.dispositions.iter().any(|&(o, r, e)| o == off && r == i && survives(e));
         let pending: Vec<u32> = (0..m.recipients.len() as u32).filter(|&i| !done(i)).collect();
+        let lines = w.signatures.iter().rev().find(|(o, _, e)| *o == off && survives(*e)).map(|(_, l, _)| l.clone());
         if !pending.is_empty() {
-            want.push((off, pending));
+            want.push((off, pending, lines));
         }
     }
-    let got: Vec<(u64, Vec<u32>)> = rec.messages.iter().map(|m| (m.msg.offset, m.pending.clone())).collect();
+    let got: Vec<(u64, Vec<u32>, Option<Vec<u8>>)> =
+        rec.messages.iter().map(|m| (m.msg.offset, m.pending.clone(), m.signature.map(|e| mapped.extent(&e).to_vec()))).collect();
     assert_eq!(got, want, "recovery differs from the model (cut at {cut})");
 }
