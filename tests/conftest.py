@@ -9,6 +9,7 @@ local part:
 Everything it accepts is recorded with its raw bytes (decode_data=False).
 """
 import json
+import re
 import os
 import signal
 import socket
@@ -140,6 +141,7 @@ hosts = ["127.0.0.1:{sink_port}"]
         self.wrap = []
 
     def start(self):
+        err_at = self.stderr.stat().st_size if self.stderr.exists() else 0
         self.proc = subprocess.Popen(self.wrap + [str(BINARY), "--config", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.stderr, "ab"))
         deadline = time.time() + 20
@@ -147,12 +149,27 @@ hosts = ["127.0.0.1:{sink_port}"]
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(100).startswith(b"220"):
+                        self._wait_every_core(err_at, deadline)
                         return self
             except OSError:
                 time.sleep(0.05)
             if self.proc.poll() is not None:
                 raise RuntimeError("ringpost exited: " + self.stderr.read_text())
         raise RuntimeError("ringpost did not start")
+
+    def _wait_every_core(self, err_at, deadline):
+        """Each core binds its listener once its own recovery is done (it says so on stderr just
+        before): the first 220 may come while another core is still recovering, and clients
+        connecting then would all land on the first. Wait for every core's line."""
+        m = re.search(r"^cores = (\d+)", self.config.read_text(), re.M)
+        if not m:
+            return
+        while time.time() < deadline:
+            with open(self.stderr, "rb") as f:
+                f.seek(err_at)
+                if len(re.findall(rb"core \d+: recovery of", f.read())) >= int(m.group(1)):
+                    return
+            time.sleep(0.02)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc and self.proc.poll() is None:
