@@ -35,6 +35,7 @@ WORK=$(mktemp -d /tmp/relaybench.XXXXXX)
 RP_PORT=${RP_PORT:-2725}
 PF_PORT=${PF_PORT:-2825}
 SINK_PORT=${SINK_PORT:-2925}
+METRICS_PORT=${METRICS_PORT:-2995}
 trap 'cleanup' EXIT
 
 cleanup() {
@@ -112,6 +113,8 @@ delivery_log = "$WORK/delivery.jsonl"
 max_connections_per_destination = 32
 [admin]
 socket = "$WORK/admin.sock"
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
@@ -125,6 +128,28 @@ for d in blaster.test b.test; do
     printf '[[dkim]]\ndomain = "%s"\nselector = "ed"\nalgorithm = "ed25519-sha256"\nkey_file = "%s"\n' "$d" "$KEYS/ed25519-test-only.pem" >> "$WORK/ringpost.toml"
   fi
 done
+# commit_rounds NAME: the spool's commit rounds of the run from ringpost's metrics endpoint:
+# how many, records per round, and the fdatasync time per round (mean; median and p99 as the
+# histogram bucket that holds them).
+commit_rounds() {
+  python3 - "$1" "$METRICS_PORT" <<'PY'
+import re, sys, urllib.request
+name, port = sys.argv[1], sys.argv[2]
+text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def series(metric):
+    buckets = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(metric + r'_bucket\{le="([^"]+)"\} (\S+)', text.replace('"+Inf"', '"inf"'))]
+    total = float(re.search(metric + r"_sum (\S+)", text).group(1))
+    count = float(re.search(metric + r"_count (\S+)", text).group(1))
+    return buckets, total, count
+def quantile(buckets, count, q):
+    return next((le for le, c in buckets if c >= q * count), float("inf"))
+b, total, count = series("ringpost_fsync_duration_seconds")
+if count:
+    print(f"{name:9s} {count:.0f} commit rounds; fdatasync mean {total / count * 1e6:.0f} us,"
+          f" p50 <= {quantile(b, count, 0.5) * 1e6:.0f} us, p99 <= {quantile(b, count, 0.99) * 1e6:.0f} us")
+PY
+}
+
 # run_ringpost NAME [BLASTER ARGS]: a fresh ringpost (empty spool), one run_one against it.
 run_ringpost() {
   local name=$1
@@ -137,6 +162,7 @@ run_ringpost() {
   [ "$DKIM" != off ] && echo "$name  (DKIM signing: $DKIM)"
   RSS=$(awk '/VmHWM/ {print $2}' /proc/$RP_PID/status)
   echo "$name  peak RSS ${RSS} KiB"
+  commit_rounds "$name"
   kill -TERM "$RP_PID"; wait "$RP_PID" || true; RP_PID=
 }
 case "$CHUNKING" in

@@ -12,6 +12,7 @@
 #   N=2000 ROUNDS=1 bench/shaping.sh  # a tiny run to check it works
 #   N=200000 MODES="single shaped" bench/shaping.sh   # long enough for connections to be reused
 #   SITES_DELIVERY="max_connections_total = 500" ...  # [delivery] lines for the sites/shaped runs
+#   PERF_STAT=1 ...                   # count syscalls, switches, io_uring submissions per message
 #   PERF=10 ...                       # perf record -g the daemon for 10 s from 5 s into each run
 #                                     # (reports in $PERF_DIR, default /tmp, as perf-MODE-ROUND.data)
 #
@@ -25,6 +26,9 @@ ROUNDS=${ROUNDS:-2}
 SESSIONS=${SESSIONS:-50}
 SITES=${SITES:-1000}
 MODES=${MODES:-single sites shaped}
+# PERF_STAT=1: count these events in the daemon from the load's start to the sink's last
+# message (perf stat), printed per message: counts, unlike rates, do not move with the machine.
+PERF_STAT_EVENTS=${PERF_STAT_EVENTS:-task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_membarrier,io_uring:io_uring_submit_req,irq:softirq_entry}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/shapingbench.XXXXXX)
 RP_PORT=${RP_PORT:-2731}
@@ -75,6 +79,10 @@ run() {
     (sleep 5; exec perf record -q -g -p "$RP_PID" -o "${PERF_DIR:-/tmp}/perf-$1-$ROUND.data" -- sleep "$PERF") > /dev/null 2>&1 &
     perf_pid=$!
   fi
+  if [ -n "${PERF_STAT:-}" ]; then
+    perf stat -x, -o "$WORK/perfstat" -e "$PERF_STAT_EVENTS" -p "$RP_PID" > /dev/null 2>&1 &
+    perf_pid=$!
+  fi
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --domains "$SITES" -q --json > "$WORK/send.json"
   # The sink's CPU just before it exits after the N-th message: what the same host's
@@ -85,7 +93,13 @@ run() {
   wait "$SINK_PID" || true
   t1=$(date +%s.%N)
   cpu1=$(cpu_ticks "$RP_PID")
-  [ -n "$perf_pid" ] && wait "$perf_pid"
+  if [ -n "${PERF_STAT:-}" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+  fi
+  [ -n "$perf_pid" ] && { wait "$perf_pid" || true; }
+  if [ -n "${PERF_STAT:-}" ]; then
+    awk -F, -v n="$N" -v mode="$1" '/^[0-9]/ {printf "%-7s %10.3f/msg %s\n", mode, $1 / n, $3}' "$WORK/perfstat"
+  fi
   SINK_PID=
   stop_all
   python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" <<'PY'

@@ -137,6 +137,10 @@ pub const FLAG_SMTPUTF8: u32 = 2;
 /// DKIM signing was due when the message was committed: its signature lines are not in the
 /// trace but in a later [`RecordKind::Signature`] record (signed again at recovery if absent).
 pub const FLAG_SIGN_PENDING: u32 = 4;
+/// The reception found that the message cannot carry an `X-Ringpost-Pool` header (neither in
+/// its trace nor in its header section): delivery need not look for one to strip. Absent
+/// (records of earlier versions included): delivery looks.
+pub const FLAG_NO_POOL_HEADER: u32 = 8;
 
 impl MessageRecord {
     /// Total body bytes in wire form.

@@ -10,10 +10,11 @@ use crate::clock::rfc5322;
 use crate::dkim::{BodyHashStream, SigningPlan};
 use crate::inbound::signing::ToSign;
 use crate::message::SpooledMessage;
+use crate::outbound::shaping::pool_scan::PoolHeaderScan;
 use crate::shard::core::Core;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::Server;
-use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_SIGN_PENDING, FLAG_SMTPUTF8};
+use ringpost_spool::record::{MessageRecord, FLAG_8BITMIME, FLAG_NO_POOL_HEADER, FLAG_SIGN_PENDING, FLAG_SMTPUTF8};
 use ringpost_spool::{Extent, MsgRef, SpoolError, Ticket};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,12 +30,15 @@ pub struct BodyWriter {
     error: Option<SpoolError>,
     /// The single pass that computes the DKIM body hash, when any key is configured.
     dkim: Option<BodyHashStream>,
+    /// Whether the message may carry an `X-Ringpost-Pool` header (delivery skips its header
+    /// scans when it cannot: [`FLAG_NO_POOL_HEADER`]).
+    pool_scan: PoolHeaderScan,
 }
 
 impl BodyWriter {
     /// A writer that hands the spool pieces of `chunk_bytes`.
     pub fn new(chunk_bytes: usize) -> Self {
-        Self { buf: Vec::new(), chunk_bytes, extents: Vec::new(), tickets: Vec::new(), error: None, dkim: None }
+        Self { buf: Vec::new(), chunk_bytes, extents: Vec::new(), tickets: Vec::new(), error: None, dkim: None, pool_scan: PoolHeaderScan::new() }
     }
 
     /// Take body bytes (`prefix` then `bytes`); flushes a full chunk, waiting while the spool's
@@ -45,6 +49,8 @@ impl BodyWriter {
         }
         self.buf.extend_from_slice(prefix);
         self.buf.extend_from_slice(bytes);
+        self.pool_scan.feed(prefix);
+        self.pool_scan.feed(bytes);
         if let Some(d) = self.dkim.as_mut() {
             d.write_wire(prefix);
             d.write_wire(bytes);
@@ -76,6 +82,7 @@ impl BodyWriter {
         self.tickets.clear();
         self.buf.clear();
         self.error = None;
+        self.pool_scan = PoolHeaderScan::new();
         self.dkim = (!core.signers.borrow().is_empty()).then(BodyHashStream::new);
     }
 }
@@ -153,6 +160,8 @@ fn build_record(core: &Core, server: &Server, body: &mut BodyWriter, peer: Socke
     let live = core.live();
     if let Some(pool) = server.user().and_then(|u| live.config.auth.users.iter().find(|x| x.name == u)).and_then(|u| u.pool.as_deref()) {
         trace.extend_from_slice(format!("X-Ringpost-Pool: {pool}\r\n").as_bytes());
+    } else if !body.pool_scan.may_carry() {
+        flags |= FLAG_NO_POOL_HEADER;
     }
     let (mut body_hash, mut to_sign) = (None, None);
     if let Some(d) = body.dkim.take() {

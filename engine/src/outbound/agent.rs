@@ -19,7 +19,7 @@ use crate::trace::{TraceTag, Tracer};
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use ringpost_admin_proto::{TraceKind, TraceSide};
-use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
+use ringpost_spool::record::{FLAG_8BITMIME, FLAG_NO_POOL_HEADER, FLAG_SMTPUTF8};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -498,9 +498,16 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
-    // The pool header is ours: every occurrence is left out of what is sent (skipped, not copied).
-    let strip: Vec<_> = find_headers(m.body_pieces(), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
-    let trace_strip: Vec<_> = find_headers(std::iter::once(m.trace()), POOL_HEADER).into_iter().map(|(_, r)| r).collect();
+    // The pool header is ours: every occurrence is left out of what is sent (skipped, not
+    // copied). The reception flags the messages that cannot have one: no scan for those.
+    let (strip, trace_strip): (Vec<_>, Vec<_>) = if m.flags() & FLAG_NO_POOL_HEADER != 0 {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            find_headers(m.body_pieces(), POOL_HEADER).into_iter().map(|(_, r)| r).collect(),
+            find_headers(std::iter::once(m.trace()), POOL_HEADER).into_iter().map(|(_, r)| r).collect(),
+        )
+    };
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags() & FLAG_8BITMIME != 0, m.flags() & FLAG_SMTPUTF8 != 0);
     let mut step = t.start();

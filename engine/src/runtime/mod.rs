@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// io_uring submission depth of each core's rings. The kernel sizes a ring's cancel table
-/// from its completion queue (2 × depth entries, 2^(log2 − 5) buckets, at most 256), and glommio
-/// keeps a readiness poll pending on every open socket and cancels one whenever a socket or
-/// timer goes away. With glommio's default 128 the table has 8 buckets, so with thousands of
-/// outbound connections (1,000 sites × 4 sources) every cancel walked hundreds of polls
-/// (`io_poll_find`, 5 % of the daemon's CPU); 2,048 gives the full 256.
-const RING_DEPTH: usize = 2048;
+/// from its completion queue: 2 × depth entries, 2^(log2 − 5) buckets, at most 256
+/// (`io_ring_ctx_alloc`). glommio keeps a readiness poll pending on every open socket and
+/// cancels a timer on every executor turn, and each cancel walks one bucket of pending polls
+/// (`io_poll_find`). With thousands of outbound connections (1,000 sites × 4 sources): at
+/// glommio's default 128 (8 buckets) that walk was 5 % of the daemon's CPU; 2,048 gives 128
+/// buckets; 4,096 the full 256, which halves the walk again (`bench/shaping.sh`, perf/RESULTS.md,
+/// twelfth session). The rings cost about 1 MiB per core at this depth.
+const RING_DEPTH: usize = 4096;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]

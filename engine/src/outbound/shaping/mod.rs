@@ -13,6 +13,7 @@
 //! connections per core, no rate limit.
 pub mod holds;
 pub mod pool;
+pub mod pool_scan;
 pub mod prune;
 pub mod rate;
 pub mod rules;
