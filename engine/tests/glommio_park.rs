@@ -64,3 +64,84 @@ fn an_executor_never_parks_while_a_task_is_runnable() {
         "the executor parked, or spun without running a task, with runnable tasks (glommio park bug)"
     );
 }
+
+/// Two executors on their own threads pass a token back and forth `rounds` times over
+/// glommio's shared channels, so each one goes to sleep between messages and is woken by the
+/// other. ringpost's patch 4 replaced the sleeper's process-wide `membarrier` with a fence on
+/// each side: a wake-up lost in that handshake leaves both asleep, and the round counter stops.
+fn ping_pong(rounds: u64, stall: Duration) -> bool {
+    use glommio::channels::shared_channel;
+    let done = Arc::new(AtomicU64::new(0));
+    let (to_b, from_a) = shared_channel::new_bounded::<u64>(1);
+    let (to_a, from_b) = shared_channel::new_bounded::<u64>(1);
+    let counter = done.clone();
+    std::thread::spawn(move || {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async move {
+            // Both ends at once: each connect waits for its peer's.
+            let (tx, rx) = futures_lite::future::zip(to_b.connect(), from_b.connect()).await;
+            for i in 0..rounds {
+                tx.send(i).await.unwrap();
+                assert_eq!(rx.recv().await, Some(i));
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    });
+    std::thread::spawn(move || {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async move {
+            let (tx, rx) = futures_lite::future::zip(to_a.connect(), from_a.connect()).await;
+            while let Some(i) = rx.recv().await {
+                if tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        });
+    });
+    let (mut seen, mut moved) = (0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = done.load(Ordering::Relaxed);
+        if now == rounds {
+            return true;
+        }
+        if now != seen {
+            (seen, moved) = (now, Instant::now());
+        } else if moved.elapsed() > stall {
+            eprintln!("no progress for {stall:?} after {now} of {rounds} round trips");
+            return false;
+        }
+    }
+}
+
+#[test]
+fn an_executor_asleep_always_wakes_for_a_message_from_another() {
+    assert!(ping_pong(50_000, Duration::from_secs(10)), "a cross-executor wake-up was lost: both executors slept");
+}
+
+/// How many times, in `window`, a task that only checks `need_preempt` (no I/O, no yield)
+/// finds it set, with a preempt timer of `period`.
+fn preemptions(period: Duration, window: Duration) -> u64 {
+    let ex = glommio::LocalExecutorBuilder::default().preempt_timer(period).make().unwrap();
+    ex.run(async move {
+        let mut seen = 0;
+        let start = Instant::now();
+        while start.elapsed() < window {
+            if glommio::executor().need_preempt() {
+                seen += 1;
+                // Give the loop its turn: the next preemption needs the timer armed again.
+                futures_lite::future::yield_now().await;
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_busy_task_is_still_told_to_yield_every_preempt_period() {
+    // ringpost's patch 5 keeps a pending preempt timer across the executor's turns instead of
+    // re-arming it on each: it must still fire about once a period while a task runs (here
+    // 10 ms over 1 s: about 100; 40 allows for a loaded machine). Never re-arming it gives 1.
+    let seen = preemptions(Duration::from_millis(10), Duration::from_secs(1));
+    assert!(seen >= 40, "told to yield {seen} times in 1 s with a 10 ms preempt timer");
+}

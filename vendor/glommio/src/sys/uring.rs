@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1223,6 +1223,9 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // ringpost patch (PATCHED.md, 5): the user timer armed for a sleep, apart from the
+    // preemption timer, which now stays armed across turns.
+    user_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1354,6 +1357,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            user_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1814,22 +1818,29 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // ringpost patch (PATCHED.md, 5): the two preemption timers stay armed across turns.
+        // Upstream cancelled and re-armed both on every call, and this is called twice per
+        // executor turn: a TIMEOUT, a linked eventfd WRITE and ASYNC_CANCELs per call, each
+        // cancel walking the ring's poll-cancel table, and a kernel entry to submit them.
+        // A kept preemption timer fires at most its period after it was armed (upstream:
+        // after the turn began), which only makes the running queue yield sooner; the
+        // throughput timer counts main-ring completions since it was armed instead of since
+        // this turn, with the same effect. Only a call that may sleep cancels the preemption
+        // timer (as upstream did), so an idle executor is not woken by it.
+        let may_sleep = woke == 0 && preempt_timer().is_none();
+        // The user timer armed for the last sleep goes; the next sleep arms its own.
+        drop(self.user_timeout_src.take());
+        let pending = |slot: &Cell<Option<Source>>| slot.take().filter(|src| src.result().is_none());
+        let preempt_src = pending(&self.latency_preemption_timeout_src);
+        if may_sleep {
+            drop(preempt_src);
+        } else {
+            self.latency_preemption_timeout_src.set(preempt_src);
+        }
+        let throughput_src = pending(&self.throughput_preemption_timeout_src).unwrap_or_else(|| {
+            main_ring.prepare_throughput_preemption_timer(self.ring_depth() as u32, self.eventfd_src.raw())
+        });
+        self.throughput_preemption_timeout_src.set(Some(throughput_src));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1841,7 +1852,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = may_sleep
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1851,7 +1862,7 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
+                self.user_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
@@ -1860,10 +1871,12 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // ringpost patch (PATCHED.md, 4): a SeqCst fence here and one in
+            // `SleepNotifier::notify` between a sender's publish and its look at the flag
+            // (upstream: `membarrier(PRIVATE_EXPEDITED)`, an IPI to every core running one of
+            // our threads, on every sleep; the senders had no fence). Either this sweep sees
+            // the sender's message, or the sender sees the flag and writes the eventfd.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1880,9 +1893,15 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            // ringpost patch (PATCHED.md, 5): armed only when none is pending.
+            match pending(&self.latency_preemption_timeout_src) {
+                Some(src) => self.latency_preemption_timeout_src.set(Some(src)),
+                None => {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                    flush_rings!(lat_ring, main_ring)?;
+                }
+            }
         }
 
         // A Note about `need_preempt`:
