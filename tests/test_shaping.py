@@ -186,7 +186,15 @@ sources = { ip3 = 1 }
         with smtplib.SMTP("127.0.0.1", rp.port) as s:
             s.login("app", "pw")
             s.sendmail("a@x.test", ["u@h.test"], b"Subject: three\r\nX-Ringpost-Pool: default\r\n\r\nauthed\r\n")
-        wait_for(lambda: len(rec.got) == 3, "all delivered", timeout=15)
+        # BDAT, the header's name split across two chunks: the reception's scan must still see
+        # it (or delivery would neither strip it nor use it).
+        from test_bdat import BdatClient
+        c = BdatClient(rp.port)
+        c.ehlo()
+        replies = c.send_chunks("a@x.test", ["u@h.test"], [b"Subject: four\r\nX-Ringpo", b"st-Pool: bulk\r\n\r\nbdat body\r\n"])
+        assert replies[-1].startswith("250 2.0.0 Ok: queued as"), replies
+        c.close()
+        wait_for(lambda: len(rec.got) == 4, "all delivered", timeout=15)
         def subject(c):
             return [l for l in c.split(b"\r\n") if l.startswith(b"Subject")][0]
         by_subject = {subject(c): (ip, ehlo, c) for ip, ehlo, c in rec.got}
@@ -198,6 +206,9 @@ sources = { ip3 = 1 }
         ip, ehlo, content = by_subject[b"Subject: three"]
         assert (ip, ehlo) == ("127.0.0.3", "mta3.test"), "the AUTH user's pool wins over the header"
         assert b"X-Ringpost-Pool" not in content, content
+        ip, ehlo, content = by_subject[b"Subject: four"]
+        assert (ip, ehlo) == ("127.0.0.3", "mta3.test"), "the header split over BDAT chunks picks its pool"
+        assert b"X-Ringpo" not in content and b"Subject: four\r\n\r\nbdat body" in content, content
     finally:
         rp.stop(signal.SIGKILL)
         ctl.stop()

@@ -23,7 +23,7 @@ use std::time::Duration;
 /// (`io_poll_find`). With thousands of outbound connections (1,000 sites × 4 sources): at
 /// glommio's default 128 (8 buckets) that walk was 5 % of the daemon's CPU; 2,048 gives 128
 /// buckets; 4,096 the full 256, which halves the walk again (`bench/shaping.sh`, perf/RESULTS.md,
-/// twelfth session). The rings cost about 1 MiB per core at this depth.
+/// twelfth session). The three rings cost about 1.2 MiB per core at this depth.
 const RING_DEPTH: usize = 4096;
 
 /// Errors that stop the daemon.

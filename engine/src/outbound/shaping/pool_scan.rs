@@ -131,6 +131,19 @@ mod tests {
             let pieces: Vec<&[u8]> = msg.chunks(piece).collect();
             assert!(scan(&pieces), "pieces of {piece}");
         }
+        // find_headers' farthest read: a first piece of 65,535 bytes stays under its 64 KiB cap,
+        // so it takes one more 1 KiB step of the next piece: 66,559 bytes. A field ending there
+        // is found, and so must the scan find it.
+        let mut far = vec![b'a'; 65_535 - 2];
+        far.extend_from_slice(b"\r\n");
+        far.extend_from_slice(b"X-Filler: ");
+        far.resize(66_559 - field.len() - 2, b'b');
+        far.extend_from_slice(b"\r\n");
+        far.extend_from_slice(field);
+        far.extend_from_slice(b"\r\nbody\r\n");
+        let pieces = [&far[..65_535], &far[65_535..]];
+        assert_eq!(find_headers(pieces.iter().copied(), POOL_HEADER).len(), 1, "find_headers reads 66,559 bytes");
+        assert!(scan(&pieces));
         // Past the limit, nothing is looked at: a field there is never found by find_headers.
         let mut long = vec![b'a'; SCAN_LIMIT];
         long.extend_from_slice(b"\r\nX-Ringpost-Pool: late\r\n\r\n");

@@ -1224,8 +1224,9 @@ pub(crate) struct Reactor {
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
     // ringpost patch (PATCHED.md, 5): the user timer armed for a sleep, apart from the
-    // preemption timer, which now stays armed across turns.
+    // preemption timer, which now stays armed across turns; and when that one fires.
     user_timeout_src: Cell<Option<Source>>,
+    latency_preemption_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
 
@@ -1358,6 +1359,7 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             user_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1893,12 +1895,18 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            // ringpost patch (PATCHED.md, 5): armed only when none is pending.
-            match pending(&self.latency_preemption_timeout_src) {
+            // ringpost patch (PATCHED.md, 5): armed only when none is pending that fires by
+            // the time a new one would (the period can shrink: a latency-sensitive queue).
+            let now = Instant::now();
+            let kept = pending(&self.latency_preemption_timeout_src)
+                .filter(|_| self.latency_preemption_deadline.get().is_some_and(|d| d <= now + preempt));
+            match kept {
                 Some(src) => self.latency_preemption_timeout_src.set(Some(src)),
                 None => {
                     self.latency_preemption_timeout_src
                         .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                    self.latency_preemption_deadline.set(Some(now + preempt));
+                    flush_cancellations!(into &mut 0; lat_ring);
                     flush_rings!(lat_ring, main_ring)?;
                 }
             }
