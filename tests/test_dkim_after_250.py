@@ -203,3 +203,54 @@ def test_ed25519_alone_is_signed_in_the_session_and_rsa_after_the_250(tmp_path, 
         assert signature_records(tmp_path / "spool") == 1
     finally:
         rp.stop()
+
+
+def test_pipelined_bdat_past_the_signing_slots_is_each_signed_once(tmp_path, sink):
+    """100 messages pipelined over BDAT in one write to a one-core daemon whose signing is slow
+    (6 RSA-4096 keys: the blocking pool, tens of ms a message), so the session commits faster
+    than it signs: all 64 signing slots fill (the gauge reaches exactly 64), the session flushes
+    the 250s it owes and waits for a slot. Every message gets its 250, arrives once, carries
+    signatures that verify, and was signed once (one Signature record each)."""
+    import threading
+    from test_bdat import BdatClient
+    pem = tmp_path / "rsa4096.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096", "-out", str(pem)], check=True, capture_output=True)
+    der = subprocess.run(["openssl", "pkey", "-in", str(pem), "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
+    selectors = [f"s{i}" for i in range(6)]
+    records = {f"{sel}._domainkey.slow.test.".encode(): b"v=DKIM1; k=rsa; p=" + base64.b64encode(der) for sel in selectors}
+    mport = free_port()
+    rp = Ringpost(tmp_path, sink.port, cores=1,
+                  tail=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n' + "".join(dkim_config("slow.test", s, pem) for s in selectors)).start()
+    n, peak, stop = 100, [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                m = re.search(r'^ringpost_dkim_signing\{core="0"\} (\d+)', r.read().decode(), re.M)
+            peak[0] = max(peak[0], int(m.group(1)) if m else -1)
+            time.sleep(0.01)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        c = BdatClient(rp.port)
+        c.ehlo()
+        out = b""
+        for i in range(n):
+            body = message("slow.test", f"p{i}")
+            out += f"MAIL FROM:<news@slow.test>\r\nRCPT TO:<p{i}@example.org>\r\nBDAT {len(body)} LAST\r\n".encode() + body
+        c.s.sendall(out)
+        replies = c.replies(3 * n)
+        c.close()
+        queued = [r for r in replies if r.startswith("250 2.0.0 Ok: queued as")]
+        assert len(queued) == n, [r for r in replies if not r.startswith("250")][:5]
+        for i in range(n):
+            verify_slow(received(sink, f"p{i}", timeout=60), selectors, records)
+        rp.wait_final(n)
+        stop.set()
+        watcher.join()
+        assert peak[0] == 64, f"signing slots in use peaked at {peak[0]}"
+        assert len(sink.snapshot()) == n, "each message arrives once"
+        assert signature_records(tmp_path / "spool") == n
+    finally:
+        stop.set()
+        rp.stop()
