@@ -8,6 +8,7 @@ use crate::account::delivery_log::Peer;
 use crate::config::{Config, DeliverySection, TlsMode, TlsPolicy};
 use crate::outbound::dns::resolver::Resolver;
 use crate::outbound::queue::{Delivery, PathInfo};
+use crate::outbound::reply_buf::ReplyBuf;
 use crate::outbound::routes::Routes;
 use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_headers, Source, POOL_HEADER};
@@ -90,8 +91,8 @@ pub enum ConnError {
 
 struct Conn {
     stream: Transport,
-    buf: Vec<u8>,
-    start: usize,
+    /// Replies read and not yet parsed.
+    buf: ReplyBuf,
     /// `host[ip]:port` or `ip:port` of the server we talk to.
     remote: String,
     caps: Capabilities,
@@ -108,31 +109,27 @@ struct Conn {
 impl Conn {
     async fn read_reply(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
         loop {
-            match parse_reply(&self.buf[self.start..]) {
+            match parse_reply(self.buf.unparsed()) {
                 Ok(Some((r, n))) => {
                     self.trace(TraceKind::Reply, || r.to_wire().into_bytes());
-                    self.start += n;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
+                    self.buf.consume(n);
                     return Ok(r);
                 }
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Protocol(e.to_string())),
             }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let len = self.buf.len();
-            self.buf.resize(len + 4096, 0);
             self.stream.tcp().set_read_timeout(Some(timeout)).map_err(std::io::Error::from)?;
-            let n = self.stream.read(&mut self.buf[len..]).await?;
-            self.buf.truncate(len + n);
+            let room = self.buf.room();
+            if room.is_empty() {
+                // Never: the parser refuses a reply before it fills the storage. Not a read
+                // of nothing, which would look like the receiver closing.
+                return Err(ConnError::Protocol(crate::smtp::client::ReplyError::TooLong.to_string()));
+            }
+            let n = self.stream.read(room).await?;
             if n == 0 {
                 return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
+            self.buf.filled(n);
         }
     }
 
@@ -298,8 +295,7 @@ async fn greet(
     let name = source.ehlo.clone().unwrap_or_else(|| ctx.hostname.clone());
     let mut c = Conn {
         stream: Transport::Plain(stream),
-        buf: Vec::with_capacity(4096),
-        start: 0,
+        buf: ReplyBuf::default(),
         remote,
         caps: Capabilities::default(),
         timeouts,
@@ -331,7 +327,6 @@ async fn greet(
         };
     }
     c.buf.clear();
-    c.start = 0;
     let name = host.unwrap_or_else(|| addr.ip().to_string());
     let cfg = ctx.client_tls.for_policy(policy);
     let hs = glommio::timer::timeout(timeouts.command, async { Ok(c.stream.connect(cfg, &name).await) }).await;

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod idle_bell;
 pub mod intern;
 pub mod queue;
+pub mod reply_buf;
 pub mod retry;
 pub mod routes;
 pub mod shaping;
