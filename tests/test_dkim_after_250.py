@@ -40,16 +40,16 @@ def dkim_config(domain, selector, key):
     return f'[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\nalgorithm = "rsa-sha256"\nkey_file = "{key}"\n'
 
 
-def slow_signer(tmp_path, sink, keys=24):
+def slow_signer(tmp_path, sink, keys=24, extra=""):
     """A one-core daemon whose domain slow.test has `keys` RSA-4096 keys (one key file, one
-    selector each): 4 ms or more of signing per key and message. Returns it, the selectors and
-    the verifier's records."""
+    selector each): 4 ms or more of signing per key and message; `extra` is added to its
+    config. Returns it, the selectors and the verifier's records."""
     pem = tmp_path / "rsa4096.pem"
     subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096", "-out", str(pem)], check=True, capture_output=True)
     der = subprocess.run(["openssl", "pkey", "-in", str(pem), "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
     txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
     selectors = [f"s{i}" for i in range(keys)]
-    rp = Ringpost(tmp_path, sink.port, cores=1, tail="".join(dkim_config("slow.test", s, pem) for s in selectors)).start()
+    rp = Ringpost(tmp_path, sink.port, cores=1, tail=extra + "".join(dkim_config("slow.test", s, pem) for s in selectors)).start()
     return rp, selectors, {f"{sel}._domainkey.slow.test.".encode(): txt for sel in selectors}
 
 
@@ -213,14 +213,8 @@ def test_pipelined_bdat_past_the_signing_slots_is_each_signed_once(tmp_path, sin
     signatures that verify, and was signed once (one Signature record each)."""
     import threading
     from test_bdat import BdatClient
-    pem = tmp_path / "rsa4096.pem"
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096", "-out", str(pem)], check=True, capture_output=True)
-    der = subprocess.run(["openssl", "pkey", "-in", str(pem), "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
-    selectors = [f"s{i}" for i in range(6)]
-    records = {f"{sel}._domainkey.slow.test.".encode(): b"v=DKIM1; k=rsa; p=" + base64.b64encode(der) for sel in selectors}
     mport = free_port()
-    rp = Ringpost(tmp_path, sink.port, cores=1,
-                  tail=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n' + "".join(dkim_config("slow.test", s, pem) for s in selectors)).start()
+    rp, selectors, records = slow_signer(tmp_path, sink, keys=6, extra=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
     n, peak, stop = 100, [0], threading.Event()
 
     def watch():

@@ -174,6 +174,13 @@ impl SpooledMessage {
         }
     }
 
+    /// False when the reception found that no `X-Ringpost-Pool` field can be in the headers
+    /// ([`ringpost_spool::record::FLAG_NO_POOL_HEADER`]): delivery and queueing skip their
+    /// scans. Records written before the flag existed, and DSNs, say true: they are scanned.
+    pub fn may_carry_pool_header(&self) -> bool {
+        self.flags() & ringpost_spool::record::FLAG_NO_POOL_HEADER == 0
+    }
+
     /// Reverse-path (empty: null sender).
     pub fn sender(&self) -> &str {
         match &self.envelope {

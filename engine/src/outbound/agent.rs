@@ -20,7 +20,7 @@ use crate::trace::{TraceTag, Tracer};
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use ringpost_admin_proto::{TraceKind, TraceSide};
-use ringpost_spool::record::{FLAG_8BITMIME, FLAG_NO_POOL_HEADER, FLAG_SMTPUTF8};
+use ringpost_spool::record::{FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -495,7 +495,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
     // The pool header is ours: every occurrence is left out of what is sent (skipped, not
     // copied). The reception flags the messages that cannot have one: no scan for those.
-    let (strip, trace_strip): (Vec<_>, Vec<_>) = if m.flags() & FLAG_NO_POOL_HEADER != 0 {
+    let (strip, trace_strip): (Vec<_>, Vec<_>) = if !m.may_carry_pool_header() {
         (Vec::new(), Vec::new())
     } else {
         (

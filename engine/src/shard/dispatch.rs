@@ -20,7 +20,6 @@ use crate::shard::core::Core;
 use crate::shard::inbox::{CoreMsg, Deferral, FinalReport, Group};
 use crate::smtp::client::RcptResult;
 use crate::smtp::reply::Reply;
-use ringpost_spool::record::FLAG_NO_POOL_HEADER;
 use ringpost_spool::Outcome;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -61,7 +60,7 @@ impl Core {
     /// in the trace headers), else its own `X-Ringpost-Pool` header, else `default`.
     fn pool_of(&self, msg: &SpooledMessage) -> Option<usize> {
         let shaping = &self.shared.shaping;
-        if shaping.pools.is_empty() || msg.flags() & FLAG_NO_POOL_HEADER != 0 {
+        if shaping.pools.is_empty() || !msg.may_carry_pool_header() {
             return None;
         }
         let found = find_header(std::iter::once(msg.trace()), POOL_HEADER).or_else(|| find_header(msg.body_pieces(), POOL_HEADER));
