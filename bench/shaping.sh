@@ -16,7 +16,8 @@
 #   PERF=10 ...                       # perf record -g the daemon for 10 s from 5 s into each run
 #                                     # (reports in $PERF_DIR, default /tmp, as perf-MODE-ROUND.data)
 #
-# Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
+# At the end: each mode against single, round by round, their median and the ratio of mean
+# rates. Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
 # /proc/PID/stat, whole run), the sink's CPU (the same host's receiving side, which shares the
 # two cores here and which remote receivers would pay in a real deployment) and the
 # connections the sink accepted, each divided by the messages.
@@ -102,13 +103,15 @@ run() {
   fi
   SINK_PID=
   stop_all
-  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" <<'PY'
+  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" "$WORK/rates" "$ROUND" <<'PY'
 import json, sys
 mode, t0, t1, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 send, sink = json.load(open(sys.argv[5])), json.load(open(sys.argv[6]))
 cpu_s = int(sys.argv[7]) / int(sys.argv[8])
 sink_s = int(sys.argv[9]) / int(sys.argv[8])
 srcs = ", ".join(f"{ip} {s['messages']}" for ip, s in sorted(sink["sources"].items()))
+with open(sys.argv[10], "a") as f:
+    f.write(f"{sys.argv[11]} {mode} {n / (t1 - t0):.1f}\n")
 print(f"{mode:7s} injected {send['msgs_per_s']:8.0f}/s  end-to-end {n / (t1 - t0):8.0f}/s  "
       f"received {sink['received']}  daemon CPU {cpu_s * 1e6 / n:6.1f} us/msg  sink CPU {sink_s * 1e6 / n:6.1f} us/msg  "
       f"conns/msg {sink['connections'] / max(sink['received'], 1):.4f} ({sink['connections']})  "
@@ -125,3 +128,23 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   for mode in $MODES; do run "$mode"; done
   echo "  after round $ROUND: $(load_avg)"
 done
+# Each mode against single, round by round (runs next to each other share the machine's
+# mood, which moves rates by tens of per cent between minutes here), and the median of those
+# ratios next to the ratio of mean rates.
+[ -s "$WORK/rates" ] || exit 0
+python3 - "$WORK/rates" <<'PY'
+import statistics, sys
+by_round = {}
+for line in open(sys.argv[1]):
+    rnd, mode, rate = line.split()
+    by_round.setdefault(rnd, {})[mode] = float(rate)
+rounds = list(by_round.values())
+for mode in sorted({m for r in rounds for m in r} - {"single"}):
+    pairs = [(r["single"], r[mode]) for r in rounds if "single" in r and mode in r]
+    if not pairs:
+        continue
+    ratios = [b / a - 1 for a, b in pairs]
+    mean_ratio = statistics.mean(b for _, b in pairs) / statistics.mean(a for a, _ in pairs) - 1
+    print(f"{mode} vs single, {len(pairs)} rounds: " + " / ".join(f"{x:+.1%}" for x in ratios)
+          + f"; median {statistics.median(ratios):+.1%}, mean rates {mean_ratio:+.1%}")
+PY

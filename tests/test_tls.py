@@ -265,3 +265,60 @@ def test_sighup_reloads_the_certificate(tmp_path, sink, pki):
         assert b"other CA" in served_cert_subject(rp.port), "every core reloaded"
     finally:
         rp.stop()
+
+
+def test_a_reply_injected_before_the_outbound_handshake_is_discarded(tmp_path, pki):
+    """The client side of the STARTTLS injection (CVE-2011-0411's kind): a destination (or a
+    man in the middle) sends a forged reply in the same plaintext packet as its 220 to
+    STARTTLS. ringpost must drop it with everything else read before the handshake: taken as
+    the answer to the EHLO sent over TLS, the 554 would make it fall back to HELO and every
+    reply after would answer the wrong command."""
+    import threading
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    seen, done = [], threading.Event()
+
+    def serve():
+        conn, _ = lsock.accept()
+        conn.settimeout(20)
+        f = conn.makefile("rb")
+        conn.sendall(b"220 forger.test ESMTP\r\n")
+        assert f.readline().startswith(b"EHLO")
+        conn.sendall(b"250-forger.test\r\n250 STARTTLS\r\n")
+        assert f.readline() == b"STARTTLS\r\n"
+        conn.sendall(b"220 2.0.0 Ready to start TLS\r\n554 5.7.0 forged before the handshake\r\n")
+        t = ctx.wrap_socket(conn, server_side=True)
+        tf = t.makefile("rb")
+        while True:
+            line = tf.readline()
+            if not line:
+                break
+            verb = line.split(b" ")[0].split(b":")[0].strip().upper()
+            seen.append(verb.decode())
+            if verb == b"DATA":
+                t.sendall(b"354 go on\r\n")
+                while tf.readline() not in (b".\r\n", b""):
+                    pass
+                t.sendall(b"250 2.0.0 stored\r\n")
+            elif verb == b"QUIT":
+                t.sendall(b"221 2.0.0 bye\r\n")
+                break
+            else:
+                t.sendall(b"250 2.0.0 ok\r\n")
+        t.close()
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    rp = Ringpost(tmp_path, port, delivery_extra=f'tls = "required"\ntls_verify = "ca"\ntls_ca_file = "{pki / "ca.pem"}"\nidle_timeout_s = 1').start()
+    try:
+        with smtplib.SMTP("127.0.0.1", rp.port) as s:
+            s.sendmail("a@b.test", ["forged@example.org"], b"Subject: forged\r\n\r\nx\r\n")
+        e = wait_final(rp)[0]
+        assert e["type"] == "Delivery" and e["response"] == "250 2.0.0 stored" and e["tls"].startswith("TLSv1_"), e
+        assert done.wait(20), seen
+        assert seen == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"], "over TLS, each command got its own reply"
+    finally:
+        rp.stop()
+        lsock.close()

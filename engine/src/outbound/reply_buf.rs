@@ -43,11 +43,12 @@ impl ReplyBuf {
         (self.start, self.end) = (0, 0);
     }
 
-    /// Room for the next read, after the unparsed bytes: they are moved to the front first,
-    /// and the storage doubles when they fill it. It never grows past what a reply may hold
-    /// plus one read ([`MAX_REPLY_BYTES`]: the parser calls a longer reply broken).
+    /// Room for the next read, after the unparsed bytes: they are moved to the front first
+    /// (at most the start of one reply: whatever was whole has been consumed), and the storage
+    /// doubles when they fill it. It never grows past what a reply may hold plus one read
+    /// ([`MAX_REPLY_BYTES`]: the parser calls a longer reply broken).
     pub fn room(&mut self) -> &mut [u8] {
-        if self.start > 0 && self.end == self.bytes.len() {
+        if self.start > 0 {
             self.bytes.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
@@ -110,8 +111,7 @@ mod tests {
         }
     }
 
-    /// A multi-line reply longer than the first storage grows it; the bytes before it that
-    /// were consumed are moved out of the way, not kept.
+    /// A multi-line reply longer than the first storage grows it and arrives whole.
     #[test]
     fn a_long_reply_grows_the_storage_and_stays_whole() {
         let mut wire = b"220 hello\r\n".to_vec();
