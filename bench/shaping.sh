@@ -20,7 +20,8 @@
 # rates. Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
 # /proc/PID/stat, whole run), the sink's CPU (the same host's receiving side, which shares the
 # two cores here and which remote receivers would pay in a real deployment) and the
-# connections the sink accepted, each divided by the messages.
+# connections the sink accepted and the TCP segments the host sent (all of loopback: injection,
+# delivery, handshakes, pure ACKs), each divided by the messages.
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
@@ -73,7 +74,7 @@ run() {
   SINK_PID=$!
   sleep 0.3
   start_ringpost
-  local t0 t1 cpu0 cpu1 sink0 sink1 perf_pid=
+  local t0 t1 cpu0 cpu1 sink0 sink1 segs0 segs1 dack0 dack1 perf_pid=
   cpu0=$(cpu_ticks "$RP_PID")
   sink0=$(cpu_ticks "$SINK_PID")
   if [ -n "${PERF:-}" ]; then
@@ -84,6 +85,8 @@ run() {
     perf stat -x, -o "$WORK/perfstat" -e "$PERF_STAT_EVENTS" -p "$RP_PID" > /dev/null 2>&1 &
     perf_pid=$!
   fi
+  segs0=$(tcp_segments)
+  dack0=$(delayed_acks)
   t0=$(date +%s.%N)
   "$BLASTER" send --to 127.0.0.1:$RP_PORT -n "$N" -c "$SESSIONS" --domains "$SITES" -q --json > "$WORK/send.json"
   # The sink's CPU just before it exits after the N-th message: what the same host's
@@ -93,6 +96,8 @@ run() {
   while kill -0 "$SINK_PID" 2>/dev/null && sink1=$(cpu_ticks "$SINK_PID" 2>/dev/null || echo "$sink1"); do sleep 0.01; done
   wait "$SINK_PID" || true
   t1=$(date +%s.%N)
+  segs1=$(tcp_segments)
+  dack1=$(delayed_acks)
   cpu1=$(cpu_ticks "$RP_PID")
   if [ -n "${PERF_STAT:-}" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
@@ -103,7 +108,7 @@ run() {
   fi
   SINK_PID=
   stop_all
-  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" "$WORK/rates" "$ROUND" <<'PY'
+  python3 - "$1" "$t0" "$t1" "$N" "$WORK/send.json" "$WORK/sink.json" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$((sink1 - sink0))" "$WORK/rates" "$ROUND" "$((segs1 - segs0))" "$((dack1 - dack0))" <<'PY'
 import json, sys
 mode, t0, t1, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 send, sink = json.load(open(sys.argv[5])), json.load(open(sys.argv[6]))
@@ -115,12 +120,21 @@ with open(sys.argv[10], "a") as f:
 print(f"{mode:7s} injected {send['msgs_per_s']:8.0f}/s  end-to-end {n / (t1 - t0):8.0f}/s  "
       f"received {sink['received']}  daemon CPU {cpu_s * 1e6 / n:6.1f} us/msg  sink CPU {sink_s * 1e6 / n:6.1f} us/msg  "
       f"conns/msg {sink['connections'] / max(sink['received'], 1):.4f} ({sink['connections']})  "
+      f"tcp segments/msg {int(sys.argv[12]) / n:.2f} (delayed ACKs {int(sys.argv[13]) / n:.2f})  "
       f"peak conns {sink['peak_connections']}  sources: {srcs}")
 PY
 }
 
 # cpu_ticks PID: user+system clock ticks the process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# tcp_segments: TCP segments this host has sent so far (/proc/net/snmp OutSegs; on loopback
+# each is also received once). Injection, delivery, connection setup, pure ACKs: all of it.
+tcp_segments() { awk '$1 == "Tcp:" && $12 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp; }
+
+# delayed_acks: ACKs this host has sent on its delayed-ACK timer so far (TcpExtDelayedACKs):
+# pure ACK segments for data nothing answered within the timer.
+delayed_acks() { awk '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "DelayedACKs") c = i; h = 1 } else print $c }' /proc/net/netstat; }
 
 raise_fd_limit
 echo "machine: $(nproc) cores, $(uname -r); N=$N x 1 KiB, $SITES domains, $ROUNDS rounds; $(load_avg)"
