@@ -20,8 +20,8 @@
 # rates. Besides the rates, each run prints what a message cost: the daemon's CPU (user + system from
 # /proc/PID/stat, whole run), the sink's CPU (the same host's receiving side, which shares the
 # two cores here and which remote receivers would pay in a real deployment) and the
-# connections the sink accepted and the TCP segments the host sent (all of loopback: injection,
-# delivery, handshakes, pure ACKs), each divided by the messages.
+# connections the sink accepted and the TCP segments sent (all TCP in the network namespace:
+# injection, delivery, handshakes, pure ACKs), each divided by the messages.
 set -euo pipefail
 N=${N:-20000}
 ROUNDS=${ROUNDS:-2}
@@ -128,8 +128,9 @@ PY
 # cpu_ticks PID: user+system clock ticks the process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# tcp_segments: TCP segments this host has sent so far (/proc/net/snmp OutSegs; on loopback
-# each is also received once). Injection, delivery, connection setup, pure ACKs: all of it.
+# tcp_segments: TCP segments sent so far in this network namespace (/proc/net/snmp OutSegs:
+# all its TCP, not only the benchmark's; on loopback each is also received once). Injection,
+# delivery, connection setup, pure ACKs: all of it.
 tcp_segments() { awk '$1 == "Tcp:" && $12 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp; }
 
 # delayed_acks: ACKs this host has sent on its delayed-ACK timer so far (TcpExtDelayedACKs):
