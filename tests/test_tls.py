@@ -36,6 +36,13 @@ def client_ctx(pki):
     return ctx
 
 
+def server_ctx(pki):
+    """A destination's TLS context with the test CA's server certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    return ctx
+
+
 def wait_final(rp, n=1):
     return rp.wait_final(n, timeout=20)
 
@@ -104,8 +111,7 @@ def test_plaintext_injected_after_starttls_is_discarded(tmp_path, sink, pki):
 @pytest.fixture
 def tls_sink(pki):
     handler = SinkHandler()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    ctx = server_ctx(pki)
     port = free_port()
     ctl = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False, tls_context=ctx, require_starttls=False)
     ctl.start()
@@ -274,8 +280,7 @@ def test_a_reply_injected_before_the_outbound_handshake_is_discarded(tmp_path, p
     the answer to the EHLO sent over TLS, the 554 would make it fall back to HELO and every
     reply after would answer the wrong command."""
     import threading
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    ctx = server_ctx(pki)
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]
     seen, done = [], threading.Event()
