@@ -1,11 +1,12 @@
 //! One core's spool: segment allocation, the append buffer, and group commit.
 //!
 //! Appends are synchronous and cheap: a record is framed straight into the pending batch and
-//! gets its final location at once. The committer task writes every pending batch with one
-//! io_uring write per segment and makes the round durable with one `fdatasync`, then wakes
-//! every waiter whose ticket the round covers. Nothing here is `Send`: the shard lives and dies
-//! on its core. Writes are issued one round at a time and in offset order, so a crash can only
-//! tear the tail of a segment, which recovery drops.
+//! gets its final location at once. The committer task (`committer.rs`) writes every pending
+//! batch with one io_uring write per segment and makes the round durable with one `fdatasync`,
+//! then wakes every waiter whose ticket the round covers; the next round may write while that
+//! sync is in flight, and rounds settle in order. Nothing here is `Send`: the shard lives and
+//! dies on its core. Writes are issued one round at a time and in offset order, so a crash
+//! leaves at most the unacknowledged rounds at the end of a segment torn, which recovery drops.
 //!
 //! Liveness: each segment counts references (message records and body chunks) still needed.
 //! A sealed segment with no references is deleted, unless it holds dispositions about a
@@ -31,6 +32,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
+#[path = "committer.rs"]
+mod committer;
 #[path = "relocate.rs"]
 mod relocate;
 
@@ -107,9 +110,12 @@ struct State {
     tail: u64,
     pending: Vec<Batch>,
     pending_bytes: usize,
-    /// Segments the round in flight is writing (not deletable, even if unreferenced).
+    /// Segments the rounds in flight are writing, once per round (not deletable, even if
+    /// unreferenced).
     writing: Vec<u32>,
     appended: Ticket,
+    /// Every ticket up to this one was taken by a round (or failed with one); the rest are pending.
+    taken: Ticket,
     /// Every ticket up to this one belongs to a finished round, durable or failed.
     settled: Ticket,
     /// Failed ticket ranges keyed by their last ticket. Never trimmed (a waiter may ask about
@@ -206,6 +212,7 @@ impl SpoolShard {
             pending_bytes: 0,
             writing: Vec::new(),
             appended: 0,
+            taken: 0,
             settled: 0,
             failed: BTreeMap::new(),
             segments,
@@ -538,51 +545,6 @@ impl SpoolShard {
         self.work.notify(usize::MAX);
     }
 
-    /// The group-commit loop. Runs until [`Self::close`] and everything pending is settled.
-    pub async fn run_committer(self: Rc<Self>) {
-        loop {
-            let listener = self.work.listen();
-            let (batches, upto, from, closed) = {
-                let mut st = self.state.borrow_mut();
-                let batches = std::mem::take(&mut st.pending);
-                st.pending_bytes = 0;
-                st.writing = batches.iter().map(|b| b.seq).collect();
-                (batches, st.appended, st.settled + 1, st.closed)
-            };
-            if batches.is_empty() {
-                if closed {
-                    self.state.borrow_mut().stopped = true;
-                    self.round_done.notify(usize::MAX);
-                    return;
-                }
-                listener.await;
-                continue;
-            }
-            drop(listener);
-            self.round_records.record((upto + 1).saturating_sub(from));
-            let ok = match self.write_round(batches).await {
-                Ok(()) => {
-                    self.state.borrow_mut().settled = upto;
-                    true
-                }
-                Err(e) => {
-                    self.fail_round(from, e);
-                    false
-                }
-            };
-            self.state.borrow_mut().writing.clear();
-            self.rounds.set(self.rounds.get() + 1);
-            self.round_done.notify(usize::MAX);
-            // Only after a good round: on a failing disk, relocating would only feed more
-            // failing rounds.
-            if ok {
-                self.relocate_pinned();
-                self.drop_cold_pages();
-            }
-            self.collect_garbage();
-        }
-    }
-
     /// Sealed segments two behind the active one are cold (their deliveries are mostly done):
     /// stop counting their pages in RSS. A segment kept for a few live messages would
     /// otherwise stay resident at full size; the live extents fault back in when read.
@@ -595,47 +557,6 @@ impl SpoolShard {
                 tracing::debug!(target: "spool", "segment {seq}: madvise(DONTNEED) failed: {e}");
             }
         }
-    }
-
-    /// A failed round leaves an unknown tail in its segment: fail it and everything queued behind
-    /// it, and move appends to a fresh segment so no later record sits behind a hole. Segment
-    /// entries stay: the failed records' references are released against them later.
-    fn fail_round(&self, from: Ticket, e: SpoolError) {
-        self.failed_rounds.set(self.failed_rounds.get() + 1);
-        let mut st = self.state.borrow_mut();
-        let to = st.appended;
-        st.pending.clear();
-        st.pending_bytes = 0;
-        st.settled = to;
-        st.record_failure(from, to, e.to_string(), e.is_disk_full());
-        if !st.relocation_suspended {
-            st.relocation_suspended = true;
-            tracing::warn!(target: "spool", "core {}: segment relocation suspended until restart after a failed commit round", self.core);
-        }
-        st.active += 1;
-        st.tail = SEGMENT_HEADER_LEN;
-        drop(st);
-        tracing::warn!(target: "spool", "spool commit failed on core {}: {e}", self.core);
-    }
-
-    async fn write_round(&self, batches: Vec<Batch>) -> Result<()> {
-        let mut touched: Vec<(u32, Rc<dyn SegmentFile>)> = Vec::new();
-        for b in batches {
-            let file = self.ensure_segment(b.seq).await?;
-            let path = segment_path(&self.core_dir, b.seq);
-            file.write_at(b.buf, b.start).await.map_err(|e| SpoolError::from_io(&path, e))?;
-            if !touched.iter().any(|(seq, _)| *seq == b.seq) {
-                touched.push((b.seq, file));
-            }
-        }
-        if self.cfg.durability == Durability::Fsync {
-            let started = std::time::Instant::now();
-            for (seq, f) in touched {
-                f.fdatasync().await.map_err(|e| SpoolError::from_io(segment_path(&self.core_dir, seq), e))?;
-            }
-            self.fsync_us.record(started.elapsed().as_micros() as u64);
-        }
-        Ok(())
     }
 
     /// The open file of segment `seq`, creating and preallocating it on first use.

@@ -84,6 +84,14 @@ struct Sim {
     fail_syncs: u32,
     /// Completed writes so far: an `fdatasync` covers the writes completed before it was issued.
     writes: u64,
+    /// `fdatasync` calls issued and not yet returned, and the most there ever were at once.
+    syncs_in_flight: u32,
+    max_syncs_in_flight: u32,
+    /// While set, each new `fdatasync` parks until released, so a test decides which finishes first.
+    hold_syncs: bool,
+    /// Ids of the parked `fdatasync` calls, oldest first, and the next id to give.
+    held: Vec<u64>,
+    next_held: u64,
 }
 
 /// The simulated disk; clones share one state. Use [`SimDisk::storage`] for the shard.
@@ -118,6 +126,11 @@ impl SimDisk {
             fdatasyncs: 0,
             fail_syncs: 0,
             writes: 0,
+            syncs_in_flight: 0,
+            max_syncs_in_flight: 0,
+            hold_syncs: false,
+            held: Vec::new(),
+            next_held: 0,
         };
         sim.adopt_tree(root);
         SimDisk(Rc::new(RefCell::new(sim)))
@@ -174,6 +187,33 @@ impl SimDisk {
     /// Completed `fdatasync` calls so far.
     pub fn fdatasyncs(&self) -> u64 {
         self.0.borrow().fdatasyncs
+    }
+
+    /// The most `fdatasync` calls that were ever in flight at once.
+    pub fn max_syncs_in_flight(&self) -> u32 {
+        self.0.borrow().max_syncs_in_flight
+    }
+
+    /// Park every `fdatasync` issued from now on until [`Self::release_sync`] lets it finish.
+    pub fn hold_syncs(&self) {
+        self.0.borrow_mut().hold_syncs = true;
+    }
+
+    /// Parked `fdatasync` calls (issued, covering what they will cover, not yet finished).
+    pub fn held_syncs(&self) -> usize {
+        self.0.borrow().held.len()
+    }
+
+    /// Let the `nth` oldest parked `fdatasync` finish (it completes at its next poll).
+    pub fn release_sync(&self, nth: usize) {
+        self.0.borrow_mut().held.remove(nth);
+    }
+
+    /// Stop parking: every parked `fdatasync` finishes, and new ones no longer park.
+    pub fn release_all_syncs(&self) {
+        let mut s = self.0.borrow_mut();
+        s.hold_syncs = false;
+        s.held.clear();
     }
 
     /// Power cuts so far.
@@ -344,17 +384,30 @@ impl SegmentFile for SimFile {
 
     /// Covers the writes completed when it is issued, not those that complete while it is in
     /// flight (what a real disk promises), and takes a seeded number of scheduler turns, so a
-    /// committer that overlaps rounds meets every interleaving.
+    /// committer that overlaps rounds meets every interleaving; while syncs are held
+    /// ([`SimDisk::hold_syncs`]) it also waits to be released.
     fn fdatasync(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
             self.disk.begin()?;
-            let (upto, turns) = {
+            let (upto, turns, held) = {
                 let mut s = self.disk.0.borrow_mut();
-                (s.writes, 1 + s.rng.below(3))
+                s.syncs_in_flight += 1;
+                s.max_syncs_in_flight = s.max_syncs_in_flight.max(s.syncs_in_flight);
+                let held = s.hold_syncs.then(|| {
+                    s.next_held += 1;
+                    let id = s.next_held;
+                    s.held.push(id);
+                    id
+                });
+                (s.writes, 1 + s.rng.below(3), held)
             };
             for _ in 0..turns {
                 futures_lite::future::yield_now().await;
             }
+            while held.is_some_and(|id| self.disk.0.borrow().held.contains(&id)) {
+                futures_lite::future::yield_now().await;
+            }
+            self.disk.0.borrow_mut().syncs_in_flight -= 1;
             self.disk.begin()?;
             if let Some(e) = self.disk.fault(false) {
                 return Err(e);
