@@ -383,11 +383,14 @@ pub struct SpoolSection {
     /// Appenders wait while this many bytes are written but not yet committed, so a flood
     /// of large bodies cannot grow memory without limit.
     pub pending_bytes_max: usize,
+    /// Commit rounds whose fdatasync may be in flight at once: with 2, the next round writes
+    /// and syncs while the previous sync runs (see `spool/src/committer.rs`).
+    pub rounds_in_flight: usize,
 }
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        Self { dir: "var/spool".into(), durability: Durability::Fsync, segment_size: 64 << 20, pending_bytes_max: 16 << 20 }
+        Self { dir: "var/spool".into(), durability: Durability::Fsync, segment_size: 64 << 20, pending_bytes_max: 16 << 20, rounds_in_flight: 2 }
     }
 }
 
@@ -825,7 +828,8 @@ impl Config {
             return Err(invalid("spool.segment_size", "too small for a message record with max_recipients".into()));
         }
         // Below one body chunk every chunk would wait for its own commit round.
-        in_range("spool.pending_bytes_max", s.pending_bytes_max, self.server.body_chunk_bytes, 1 << 30, "bytes (at least server.body_chunk_bytes)")
+        in_range("spool.pending_bytes_max", s.pending_bytes_max, self.server.body_chunk_bytes, 1 << 30, "bytes (at least server.body_chunk_bytes)")?;
+        in_range("spool.rounds_in_flight", s.rounds_in_flight, 1, 8, "rounds")
     }
 
     fn validate_engine(&self) -> Result<(), ConfigError> {

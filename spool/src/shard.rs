@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 #[path = "committer.rs"]
 mod committer;
+pub use committer::ZERO_AHEAD;
 #[path = "relocate.rs"]
 mod relocate;
 
@@ -62,6 +63,9 @@ pub struct SpoolConfig {
     pub durability: Durability,
     /// Appenders wait when this many bytes are pending (bounded memory under overload).
     pub pending_bytes_max: usize,
+    /// Commit rounds whose `fdatasync` may be in flight at once (at least 1). With 2, a round
+    /// writes and syncs while the previous round's sync is still running.
+    pub rounds_in_flight: usize,
 }
 
 /// A position in the commit order: the record is durable once the round covering it is done.
@@ -90,11 +94,22 @@ struct SegState {
     unpaid_at: Option<u32>,
     /// Its resident pages were dropped once it went cold (see [`SegmentMap::drop_resident_pages`]).
     pages_dropped: bool,
+    /// Bytes from the start written so far, data or zeros (see `committer.rs`, zeroing ahead).
+    written_to: u64,
 }
 
 impl SegState {
     fn new() -> Self {
-        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None, unpaid_at: None, pages_dropped: false }
+        SegState {
+            file: None,
+            map: None,
+            refs: 0,
+            disposition_refs: BTreeSet::new(),
+            relocated: None,
+            unpaid_at: None,
+            pages_dropped: false,
+            written_to: 0,
+        }
     }
 }
 
