@@ -4,7 +4,7 @@
 //! that the relay bench (`bench/relay.sh`) mixes in on a 2-core machine.
 //!
 //! `cargo run --release -p ringpost-spool --example commit_latency -- [RATE] [SECONDS] [ROUNDS_IN_FLIGHT] [DIR]`
-//! (defaults: 5000 msg/s, 10 s, 2, `var/bench-spool`). Messages are offered on a 100 µs tick,
+//! (defaults: 5000 msg/s, 10 s, 1, `var/bench-spool`). Messages are offered on a 100 µs tick,
 //! each as its own task (as a session would), and latency counts from the tick they were due.
 use glommio::{timer::sleep, LocalExecutorBuilder};
 use hdrhistogram::Histogram;
@@ -20,7 +20,7 @@ fn main() {
     let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
     let rate: u64 = arg(0, "5000").parse().expect("RATE");
     let seconds: u64 = arg(1, "10").parse().expect("SECONDS");
-    let depth: usize = arg(2, "2").parse().expect("ROUNDS_IN_FLIGHT");
+    let depth: usize = arg(2, "1").parse().expect("ROUNDS_IN_FLIGHT");
     let dir = PathBuf::from(arg(3, "var/bench-spool"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("spool dir");
