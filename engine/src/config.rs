@@ -383,17 +383,11 @@ pub struct SpoolSection {
     /// Appenders wait while this many bytes are written but not yet committed, so a flood
     /// of large bodies cannot grow memory without limit.
     pub pending_bytes_max: usize,
-    /// Commit rounds whose fdatasync may be in flight at once: with 2, the next round writes
-    /// and syncs while the previous sync runs (see `spool/src/committer.rs`). 1 by default:
-    /// on ext4 over a virtio disk two syncs in flight queue behind each other and raised the
-    /// accept latency (perf/RESULTS.md, fourteenth session); a device that flushes in
-    /// parallel may gain from 2.
-    pub rounds_in_flight: usize,
 }
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        Self { dir: "var/spool".into(), durability: Durability::Fsync, segment_size: 64 << 20, pending_bytes_max: 16 << 20, rounds_in_flight: 1 }
+        Self { dir: "var/spool".into(), durability: Durability::Fsync, segment_size: 64 << 20, pending_bytes_max: 16 << 20 }
     }
 }
 
@@ -831,8 +825,7 @@ impl Config {
             return Err(invalid("spool.segment_size", "too small for a message record with max_recipients".into()));
         }
         // Below one body chunk every chunk would wait for its own commit round.
-        in_range("spool.pending_bytes_max", s.pending_bytes_max, self.server.body_chunk_bytes, 1 << 30, "bytes (at least server.body_chunk_bytes)")?;
-        in_range("spool.rounds_in_flight", s.rounds_in_flight, 1, 8, "rounds")
+        in_range("spool.pending_bytes_max", s.pending_bytes_max, self.server.body_chunk_bytes, 1 << 30, "bytes (at least server.body_chunk_bytes)")
     }
 
     fn validate_engine(&self) -> Result<(), ConfigError> {
@@ -1008,7 +1001,6 @@ mod tests {
     fn limits_default_to_the_former_constants() {
         for c in [Config::parse("[server]\n").unwrap(), Config::parse(DEFAULT_CONFIG).unwrap()] {
             assert_eq!(c.spool.pending_bytes_max, 16 << 20);
-            assert_eq!(c.spool.rounds_in_flight, 1);
             assert_eq!(c.engine.mesh_capacity, 4096);
             assert_eq!(c.server.body_chunk_bytes, 128 * 1024);
             assert_eq!(c.server.input_buffer_bytes_max, 64 * 1024);
@@ -1020,16 +1012,13 @@ mod tests {
 
     #[test]
     fn limits_are_configurable_within_their_ranges() {
-        let c = Config::parse("[server]\nbody_chunk_bytes = 8192\ninput_buffer_bytes_max = 32768\n[spool]\npending_bytes_max = 8192\nrounds_in_flight = 2\n[engine]\nmesh_capacity = 16\n[delivery]\ncommand_timeout_s = 7\ndata_init_timeout_s = 8\ndata_timeout_s = 9\n").unwrap();
+        let c = Config::parse("[server]\nbody_chunk_bytes = 8192\ninput_buffer_bytes_max = 32768\n[spool]\npending_bytes_max = 8192\n[engine]\nmesh_capacity = 16\n[delivery]\ncommand_timeout_s = 7\ndata_init_timeout_s = 8\ndata_timeout_s = 9\n").unwrap();
         assert_eq!(
             (c.server.body_chunk_bytes, c.server.input_buffer_bytes_max, c.spool.pending_bytes_max, c.engine.mesh_capacity),
             (8192, 32768, 8192, 16)
         );
         assert_eq!((c.delivery.command_timeout_s, c.delivery.data_init_timeout_s, c.delivery.data_timeout_s), (7, 8, 9));
-        assert_eq!(c.spool.rounds_in_flight, 2);
         let cases = [
-            ("[server]\n[spool]\nrounds_in_flight = 0\n", "invalid value for `spool.rounds_in_flight`: 0 is outside 1..=8 rounds"),
-            ("[server]\n[spool]\nrounds_in_flight = 9\n", "invalid value for `spool.rounds_in_flight`: 9 is outside 1..=8 rounds"),
             ("[server]\nbody_chunk_bytes = 4095\n", "invalid value for `server.body_chunk_bytes`: 4095 is outside 4096..=1048576 bytes"),
             ("[server]\nbody_chunk_bytes = 1048577\n", "invalid value for `server.body_chunk_bytes`: 1048577 is outside 4096..=1048576 bytes"),
             ("[server]\ninput_buffer_bytes_max = 4096\n", "invalid value for `server.input_buffer_bytes_max`: 4096 is outside 16384..=1048576 bytes"),

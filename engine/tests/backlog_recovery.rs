@@ -105,13 +105,7 @@ fn a_recovered_backlog_stays_compact() {
     let classifier = Classifier::builtin();
     let (mut ledger, mut history, mut q) = (Ledger::new(), History::new(60_000, 100_000), queue_manager());
     let (live0, rss0) = (live(), rss_anon());
-    let cfg = SpoolConfig {
-        dir: dir.path().to_path_buf(),
-        segment_size: 64 << 20,
-        durability: Durability::Fsync,
-        pending_bytes_max: 1 << 20,
-        rounds_in_flight: 2,
-    };
+    let cfg = SpoolConfig { dir: dir.path().to_path_buf(), segment_size: 64 << 20, durability: Durability::Fsync, pending_bytes_max: 1 << 20 };
     let scan = std::time::Instant::now();
     let (shard, recovered) = SpoolShard::open(0, cfg, Recovery::scan(&SpoolShard::core_dir(dir.path(), 0), 0).unwrap()).unwrap();
     let scan = scan.elapsed();

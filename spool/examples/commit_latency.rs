@@ -1,10 +1,10 @@
 //! Group-commit latency on the real disk, open loop: how long an appended message (a 1 KiB body
 //! chunk and its record) waits until the round covering it is durable, at a fixed offered rate,
-//! with one or more rounds in flight. Isolates the committer from the network and SMTP work
+//! Isolates the committer from the network and SMTP work
 //! that the relay bench (`bench/relay.sh`) mixes in on a 2-core machine.
 //!
-//! `cargo run --release -p ringpost-spool --example commit_latency -- [RATE] [SECONDS] [ROUNDS_IN_FLIGHT] [DIR]`
-//! (defaults: 5000 msg/s, 10 s, 1, `var/bench-spool`). Messages are offered on a 100 µs tick,
+//! `cargo run --release -p ringpost-spool --example commit_latency -- [RATE] [SECONDS] [DIR]`
+//! (defaults: 5000 msg/s, 10 s, `var/bench-spool`). Messages are offered on a 100 µs tick,
 //! each as its own task (as a session would), and latency counts from the tick they were due.
 use glommio::{timer::sleep, LocalExecutorBuilder};
 use hdrhistogram::Histogram;
@@ -20,14 +20,13 @@ fn main() {
     let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
     let rate: u64 = arg(0, "5000").parse().expect("RATE");
     let seconds: u64 = arg(1, "10").parse().expect("SECONDS");
-    let depth: usize = arg(2, "1").parse().expect("ROUNDS_IN_FLIGHT");
-    let dir = PathBuf::from(arg(3, "var/bench-spool"));
+    let dir = PathBuf::from(arg(2, "var/bench-spool"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("spool dir");
     let dir = std::path::absolute(&dir).expect("absolute dir");
     LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let cfg = SpoolConfig { dir: dir.clone(), segment_size: 64 << 20, durability: Durability::Fsync, pending_bytes_max: 16 << 20, rounds_in_flight: depth };
+            let cfg = SpoolConfig { dir: dir.clone(), segment_size: 64 << 20, durability: Durability::Fsync, pending_bytes_max: 16 << 20 };
             let rec = Recovery::scan(&SpoolShard::core_dir(&dir, 0), 0).expect("scan");
             let (shard, _) = SpoolShard::open(0, cfg, rec).expect("open");
             let committer = glommio::spawn_local(shard.clone().run_committer());
@@ -67,7 +66,7 @@ fn main() {
             let line = {
                 let h = hist.borrow();
                 format!(
-                "rate {rate}/s for {seconds} s, rounds_in_flight {depth}: {total} messages in {elapsed:.2} s; durable after p50 {} us p90 {} us p99 {} us max {} us; {} rounds, {:.1} messages per round, fdatasync mean {:.0} us",
+                "rate {rate}/s for {seconds} s, {total} messages in {elapsed:.2} s; durable after p50 {} us p90 {} us p99 {} us max {} us; {} rounds, {:.1} messages per round, fdatasync mean {:.0} us",
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.9),
                 h.value_at_quantile(0.99),

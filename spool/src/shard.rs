@@ -3,10 +3,9 @@
 //! Appends are synchronous and cheap: a record is framed straight into the pending batch and
 //! gets its final location at once. The committer task (`committer.rs`) writes every pending
 //! batch with one io_uring write per segment and makes the round durable with one `fdatasync`,
-//! then wakes every waiter whose ticket the round covers; the next round may write while that
-//! sync is in flight, and rounds settle in order. Nothing here is `Send`: the shard lives and
-//! dies on its core. Writes are issued one round at a time and in offset order, so a crash
-//! leaves at most the unacknowledged rounds at the end of a segment torn, which recovery drops.
+//! then wakes every waiter whose ticket the round covers. Nothing here is `Send`: the shard
+//! lives and dies on its core. Writes are issued one round at a time and in offset order, so a
+//! crash can only tear the tail of a segment, which recovery drops.
 //!
 //! Liveness: each segment counts references (message records and body chunks) still needed.
 //! A sealed segment with no references is deleted, unless it holds dispositions about a
@@ -63,9 +62,6 @@ pub struct SpoolConfig {
     pub durability: Durability,
     /// Appenders wait when this many bytes are pending (bounded memory under overload).
     pub pending_bytes_max: usize,
-    /// Commit rounds whose `fdatasync` may be in flight at once (at least 1). With 2, a round
-    /// writes and syncs while the previous round's sync is still running.
-    pub rounds_in_flight: usize,
 }
 
 /// A position in the commit order: the record is durable once the round covering it is done.
@@ -125,12 +121,9 @@ struct State {
     tail: u64,
     pending: Vec<Batch>,
     pending_bytes: usize,
-    /// Segments the rounds in flight are writing, once per round (not deletable, even if
-    /// unreferenced).
+    /// Segments the round in flight is writing (not deletable, even if unreferenced).
     writing: Vec<u32>,
     appended: Ticket,
-    /// Every ticket up to this one was taken by a round (or failed with one); the rest are pending.
-    taken: Ticket,
     /// Every ticket up to this one belongs to a finished round, durable or failed.
     settled: Ticket,
     /// Failed ticket ranges keyed by their last ticket. Never trimmed (a waiter may ask about
@@ -227,7 +220,6 @@ impl SpoolShard {
             pending_bytes: 0,
             writing: Vec::new(),
             appended: 0,
-            taken: 0,
             settled: 0,
             failed: BTreeMap::new(),
             segments,

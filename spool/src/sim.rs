@@ -84,6 +84,8 @@ struct Sim {
     fail_syncs: u32,
     /// Completed writes so far: an `fdatasync` covers the writes completed before it was issued.
     writes: u64,
+    /// Bytes those writes carried.
+    bytes_written: u64,
     /// `fdatasync` calls issued and not yet returned, and the most there ever were at once.
     syncs_in_flight: u32,
     max_syncs_in_flight: u32,
@@ -126,6 +128,7 @@ impl SimDisk {
             fdatasyncs: 0,
             fail_syncs: 0,
             writes: 0,
+            bytes_written: 0,
             syncs_in_flight: 0,
             max_syncs_in_flight: 0,
             hold_syncs: false,
@@ -187,6 +190,16 @@ impl SimDisk {
     /// Completed `fdatasync` calls so far.
     pub fn fdatasyncs(&self) -> u64 {
         self.0.borrow().fdatasyncs
+    }
+
+    /// Writes completed so far.
+    pub fn writes(&self) -> u64 {
+        self.0.borrow().writes
+    }
+
+    /// Bytes written so far (what the completed writes carried).
+    pub fn bytes_written(&self) -> u64 {
+        self.0.borrow().bytes_written
     }
 
     /// The most `fdatasync` calls that were ever in flight at once.
@@ -371,6 +384,7 @@ impl SegmentFile for SimFile {
             self.file.write_all_at(&buf[..applied], pos as u64)?;
             let mut s = self.disk.0.borrow_mut();
             s.writes += 1;
+            s.bytes_written += applied as u64;
             let id = s.writes;
             let sh = s.shadows.entry(self.path.clone()).or_default();
             if sh.cur.len() < pos + applied {

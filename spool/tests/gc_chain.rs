@@ -17,7 +17,7 @@ use std::path::Path;
 const SEGMENT: u64 = 16 * 1024;
 
 fn cfg(dir: &Path) -> SpoolConfig {
-    SpoolConfig { dir: dir.to_path_buf(), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20, rounds_in_flight: 2 }
+    SpoolConfig { dir: dir.to_path_buf(), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
 }
 
 fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T {

@@ -124,13 +124,7 @@ fn a_candidate_that_does_not_pay_is_not_replanned_on_every_round() {
     let tmp = scratch_dir().unwrap();
     let root = tmp.path().to_path_buf();
     let (before, after, relocated) = run(move || async move {
-        let cfg = SpoolConfig {
-            dir: root.join("spool"),
-            segment_size: 1 << 20,
-            durability: Durability::None,
-            pending_bytes_max: 1 << 30,
-            rounds_in_flight: 2,
-        };
+        let cfg = SpoolConfig { dir: root.join("spool"), segment_size: 1 << 20, durability: Durability::None, pending_bytes_max: 1 << 30 };
         let (shard, _) = SpoolShard::open(0, cfg, Recovery::default()).unwrap();
         let committer = glommio::spawn_local(shard.clone().run_committer()).detach();
         let mut ids = Vec::with_capacity(N);

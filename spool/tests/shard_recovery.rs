@@ -6,7 +6,7 @@ use ringpost_spool::{Disposition, Durability, Recovery, SpoolConfig, SpoolShard}
 use std::path::Path;
 
 fn cfg(dir: &Path, segment_size: u64) -> SpoolConfig {
-    SpoolConfig { dir: dir.to_path_buf(), segment_size, durability: Durability::Fsync, pending_bytes_max: 1 << 20, rounds_in_flight: 2 }
+    SpoolConfig { dir: dir.to_path_buf(), segment_size, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
 }
 
 fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -6,6 +6,7 @@
 //! system as the build, not in a tmpfs.
 use ringpost_spool::segment::segment_path;
 use ringpost_spool::shard::ZERO_AHEAD;
+use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Durability, MessageRecord, Recovery, SpoolConfig, SpoolShard};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -35,13 +36,7 @@ fn rounds_write_zeros_ahead_to_the_next_boundary() {
                 f.close().await.unwrap();
             }
             assert_eq!(first_hole(&probe, 0), 0, "this file system does not report preallocated blocks as holes");
-            let cfg = SpoolConfig {
-                dir: root.clone(),
-                segment_size: size,
-                durability: Durability::Fsync,
-                pending_bytes_max: 16 << 20,
-                rounds_in_flight: 2,
-            };
+            let cfg = SpoolConfig { dir: root.clone(), segment_size: size, durability: Durability::Fsync, pending_bytes_max: 16 << 20 };
             let (shard, _) = SpoolShard::open(0, cfg, Recovery::scan(&SpoolShard::core_dir(&root, 0), 0).unwrap()).unwrap();
             let committer = glommio::spawn_local(shard.clone().run_committer());
             let mut ids = Vec::new();
@@ -78,4 +73,43 @@ fn rounds_write_zeros_ahead_to_the_next_boundary() {
     assert!(rec.torn.is_empty() && rec.corrupt.is_empty(), "torn {:?} corrupt {:?}", rec.torn, rec.corrupt);
     let got: Vec<_> = rec.messages.iter().map(|m| m.msg).collect();
     assert_eq!(got, ids);
+}
+
+/// The bytes each round writes, on the simulated disk: the zeros up to a boundary are written
+/// once, by the round that first passes the written part, not again by the rounds inside it.
+#[test]
+fn zeros_are_written_once_per_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let disk = SimDisk::new(&root, 7);
+            let cfg = SpoolConfig { dir: root.join("spool"), segment_size: 4 << 20, durability: Durability::Fsync, pending_bytes_max: 16 << 20 };
+            let rec = Recovery::scan(&SpoolShard::core_dir(&cfg.dir, 0), 0).unwrap();
+            let (shard, _) = SpoolShard::open_on(disk.storage(), 0, cfg, rec).unwrap();
+            let committer = glommio::spawn_local(shard.clone().run_committer());
+            let round = |body: Vec<u8>| {
+                let shard = shard.clone();
+                let disk = disk.clone();
+                async move {
+                    let before = disk.bytes_written();
+                    let (_, t) = shard.append_chunk(&body).unwrap();
+                    shard.wait_durable(t).await.unwrap();
+                    disk.bytes_written() - before
+                }
+            };
+            // The first round: the segment's header, then its data and zeros to 1 MiB.
+            assert_eq!(round(vec![b'a'; 1000]).await, ZERO_AHEAD);
+            // Inside the written part: only the record (frame header and padding included).
+            let inside = round(vec![b'b'; 1000]).await;
+            assert!((1000..1100).contains(&inside), "a round inside the written part wrote {inside} bytes");
+            // Past the boundary: the record, then zeros to the next one.
+            let crossing = round(vec![b'c'; ZERO_AHEAD as usize]).await;
+            assert!(crossing > ZERO_AHEAD && crossing < 2 * ZERO_AHEAD, "the crossing round wrote {crossing} bytes");
+            shard.close();
+            committer.await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }

@@ -103,7 +103,6 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredM
         segment_size: cfg.spool.segment_size,
         durability: cfg.spool.durability.into(),
         pending_bytes_max: cfg.spool.pending_bytes_max,
-        rounds_in_flight: cfg.spool.rounds_in_flight,
     };
     let core_dir = SpoolShard::core_dir(&spool_cfg.dir, id as u16);
     let recovery = Recovery::scan(&core_dir, id as u16).map_err(|e| e.to_string())?;

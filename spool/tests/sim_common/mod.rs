@@ -11,7 +11,7 @@ pub const SEGMENT: u64 = 16 * 1024;
 
 /// The spool under `root`, fsync on.
 pub fn cfg(root: &Path) -> SpoolConfig {
-    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20, rounds_in_flight: 2 }
+    SpoolConfig { dir: root.join("spool"), segment_size: SEGMENT, durability: Durability::Fsync, pending_bytes_max: 1 << 20 }
 }
 
 /// Core 0's directory of the spool under `root`.
