@@ -1,7 +1,7 @@
 //! Group-commit latency on the real disk, open loop: how long an appended message (a 1 KiB body
-//! chunk and its record) waits until the round covering it is durable, at a fixed offered rate,
-//! Isolates the committer from the network and SMTP work
-//! that the relay bench (`bench/relay.sh`) mixes in on a 2-core machine.
+//! chunk and its record) waits until the round covering it is durable, at a fixed offered rate.
+//! It isolates the committer from the network and SMTP work that the relay bench
+//! (`bench/relay.sh`) mixes in on a 2-core machine.
 //!
 //! `cargo run --release -p ringpost-spool --example commit_latency -- [RATE] [SECONDS] [DIR]`
 //! (defaults: 5000 msg/s, 10 s, `var/bench-spool`). Messages are offered on a 100 µs tick,

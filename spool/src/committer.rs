@@ -12,17 +12,12 @@
 //! (`POWER_LOSS_SEEDS=20000`, seed 8649, fourteenth session; seed 11774 in the third). Overlap
 //! also measured slower in the relay bench here (perf/RESULTS.md, fourteenth session).
 //! `tests/one_round_at_a_time.rs` and the simulator's count of syncs in flight guard it.
-//!
-//! Zeroing ahead: see [`SpoolShard::zero_ahead`].
 use super::{Batch, SpoolShard, Ticket};
 use crate::error::{Result, SpoolError};
 use crate::segment::{segment_path, SEGMENT_HEADER_LEN};
 use crate::storage::SegmentFile;
 use crate::Durability;
 use std::rc::Rc;
-
-/// Zeros are written ahead of the data in steps of this many bytes (see [`SpoolShard::zero_ahead`]).
-pub const ZERO_AHEAD: u64 = 1 << 20;
 
 impl SpoolShard {
     /// The group-commit loop. Runs until [`Self::close`] and everything pending is settled.
@@ -65,41 +60,15 @@ impl SpoolShard {
     /// Write each batch at its place, in order; returns each segment written, once.
     async fn write_batches(&self, batches: Vec<Batch>) -> Result<Vec<(u32, Rc<dyn SegmentFile>)>> {
         let mut touched: Vec<(u32, Rc<dyn SegmentFile>)> = Vec::new();
-        for mut b in batches {
+        for b in batches {
             let file = self.ensure_segment(b.seq).await?;
             let path = segment_path(&self.core_dir, b.seq);
-            let written_to = self.zero_ahead(&mut b);
             file.write_at(b.buf, b.start).await.map_err(|e| SpoolError::from_io(&path, e))?;
-            self.with_state(|st| {
-                if let Some(s) = st.segments.get_mut(&b.seq) {
-                    s.written_to = s.written_to.max(written_to);
-                }
-            });
             if !touched.iter().any(|(seq, _)| *seq == b.seq) {
                 touched.push((b.seq, file));
             }
         }
         Ok(touched)
-    }
-
-    /// Extend a batch that writes past what its segment had written so far with zeros up to
-    /// the next [`ZERO_AHEAD`] boundary; returns where its write ends. The segment's blocks are
-    /// preallocated unwritten, and the first write to an unwritten block changes its extent: a
-    /// metadata change, so that round's `fdatasync` also waits for a journal commit. Writing the
-    /// zeros ahead pays that once per [`ZERO_AHEAD`] bytes instead of on every round (measured
-    /// with `examples/commit_latency.rs`). The zeros lie past every appended record and the
-    /// next round writes only after this write completed, so they never cover a record.
-    fn zero_ahead(&self, b: &mut Batch) -> u64 {
-        let end = b.start + b.buf.len() as u64;
-        let written_to = self.with_state(|st| st.segments.get(&b.seq).map_or(0, |s| s.written_to));
-        if self.cfg.durability != Durability::Fsync || end <= written_to {
-            return end;
-        }
-        let to = end.next_multiple_of(ZERO_AHEAD).min(self.cfg.segment_size);
-        // Exactly: a full pending batch (up to `pending_bytes_max`) must not double its capacity.
-        b.buf.reserve_exact((to - end) as usize);
-        b.buf.resize(b.buf.len() + (to - end) as usize, 0);
-        to
     }
 
     /// Make the writes of one round durable (a no-op without `Fsync` durability).

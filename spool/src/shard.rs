@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 #[path = "committer.rs"]
 mod committer;
-pub use committer::ZERO_AHEAD;
 #[path = "relocate.rs"]
 mod relocate;
 
@@ -90,22 +89,11 @@ struct SegState {
     unpaid_at: Option<u32>,
     /// Its resident pages were dropped once it went cold (see [`SegmentMap::drop_resident_pages`]).
     pages_dropped: bool,
-    /// Bytes from the start written so far, data or zeros (see `committer.rs`, zeroing ahead).
-    written_to: u64,
 }
 
 impl SegState {
     fn new() -> Self {
-        SegState {
-            file: None,
-            map: None,
-            refs: 0,
-            disposition_refs: BTreeSet::new(),
-            relocated: None,
-            unpaid_at: None,
-            pages_dropped: false,
-            written_to: 0,
-        }
+        SegState { file: None, map: None, refs: 0, disposition_refs: BTreeSet::new(), relocated: None, unpaid_at: None, pages_dropped: false }
     }
 }
 

@@ -84,14 +84,12 @@ struct Sim {
     fail_syncs: u32,
     /// Completed writes so far: an `fdatasync` covers the writes completed before it was issued.
     writes: u64,
-    /// Bytes those writes carried.
-    bytes_written: u64,
     /// `fdatasync` calls issued and not yet returned, and the most there ever were at once.
     syncs_in_flight: u32,
     max_syncs_in_flight: u32,
-    /// While set, each new `fdatasync` parks until released, so a test decides which finishes first.
+    /// While set, each new `fdatasync` parks until released, so a test decides when it finishes.
     hold_syncs: bool,
-    /// Ids of the parked `fdatasync` calls, oldest first, and the next id to give.
+    /// Ids of the parked `fdatasync` calls, and the next id to give.
     held: Vec<u64>,
     next_held: u64,
 }
@@ -128,7 +126,6 @@ impl SimDisk {
             fdatasyncs: 0,
             fail_syncs: 0,
             writes: 0,
-            bytes_written: 0,
             syncs_in_flight: 0,
             max_syncs_in_flight: 0,
             hold_syncs: false,
@@ -197,17 +194,12 @@ impl SimDisk {
         self.0.borrow().writes
     }
 
-    /// Bytes written so far (what the completed writes carried).
-    pub fn bytes_written(&self) -> u64 {
-        self.0.borrow().bytes_written
-    }
-
     /// The most `fdatasync` calls that were ever in flight at once.
     pub fn max_syncs_in_flight(&self) -> u32 {
         self.0.borrow().max_syncs_in_flight
     }
 
-    /// Park every `fdatasync` issued from now on until [`Self::release_sync`] lets it finish.
+    /// Park every `fdatasync` issued from now on until [`Self::release_all_syncs`].
     pub fn hold_syncs(&self) {
         self.0.borrow_mut().hold_syncs = true;
     }
@@ -215,11 +207,6 @@ impl SimDisk {
     /// Parked `fdatasync` calls (issued, covering what they will cover, not yet finished).
     pub fn held_syncs(&self) -> usize {
         self.0.borrow().held.len()
-    }
-
-    /// Let the `nth` oldest parked `fdatasync` finish (it completes at its next poll).
-    pub fn release_sync(&self, nth: usize) {
-        self.0.borrow_mut().held.remove(nth);
     }
 
     /// Stop parking: every parked `fdatasync` finishes, and new ones no longer park.
@@ -384,7 +371,6 @@ impl SegmentFile for SimFile {
             self.file.write_all_at(&buf[..applied], pos as u64)?;
             let mut s = self.disk.0.borrow_mut();
             s.writes += 1;
-            s.bytes_written += applied as u64;
             let id = s.writes;
             let sh = s.shadows.entry(self.path.clone()).or_default();
             if sh.cur.len() < pos + applied {
@@ -397,8 +383,8 @@ impl SegmentFile for SimFile {
     }
 
     /// Covers the writes completed when it is issued, not those that complete while it is in
-    /// flight (what a real disk promises), and takes a seeded number of scheduler turns, so a
-    /// committer that overlaps rounds meets every interleaving; while syncs are held
+    /// flight (what a real disk promises), and takes a seeded number of scheduler turns, so
+    /// appends land before, during and after it; while syncs are held
     /// ([`SimDisk::hold_syncs`]) it also waits to be released.
     fn fdatasync(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
