@@ -4,8 +4,9 @@
 Usage: python3 perf/fsync-ahead.py [DIR] (default: the current directory; use the spool's
 file system). Appends 3,000 records of 4 KiB to a 64 MiB fallocated file with an fdatasync
 after each, three ways: straight into the fallocated (unwritten) extents, and with zeros
-written 1 MiB or 4 MiB ahead of the records, as the spool does (spool/src/shard.rs,
-ZERO_AHEAD). Prints p50/p99/p99.9/mean per way, twice, alternating.
+written 1 MiB or 4 MiB ahead of the records, as a spool change tried in the twelfth and
+fourteenth sessions did (not kept: perf/RESULTS.md says why). Prints p50/p99/p99.9/mean per
+way, twice, alternating.
 """
 import os
 import sys
