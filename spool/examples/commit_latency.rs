@@ -46,7 +46,8 @@ fn main() {
                 while sent < due_now {
                     let due = start + Duration::from_micros(sent * 1_000_000 / rate);
                     let (e, tc) = shard.append_chunk(&body).expect("append chunk");
-                    let m = MessageRecord { sender: b"s@x.example".to_vec(), recipients: vec![b"r@y.example".to_vec()], body: vec![e], ..Default::default() };
+                    let (sender, recipients) = (b"s@x.example".to_vec(), vec![b"r@y.example".to_vec()]);
+                    let m = MessageRecord { sender, recipients, body: vec![e], ..Default::default() };
                     let (id, tm) = shard.append_message(&m).expect("append message");
                     let (shard, hist) = (shard.clone(), hist.clone());
                     waiters.push(glommio::spawn_local(async move {
@@ -63,20 +64,21 @@ fn main() {
             }
             let elapsed = start.elapsed().as_secs_f64();
             let (_, fsync) = shard.round_stats();
-            let line = {
-                let h = hist.borrow();
-                format!(
-                "rate {rate}/s for {seconds} s, {total} messages in {elapsed:.2} s; durable after p50 {} us p90 {} us p99 {} us max {} us; {} rounds, {:.1} messages per round, fdatasync mean {:.0} us",
+            let h = hist.borrow().clone();
+            let rounds = shard.rounds();
+            println!("rate {rate}/s for {seconds} s, {total} messages in {elapsed:.2} s");
+            println!(
+                "durable after: p50 {} us, p90 {} us, p99 {} us, max {} us",
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.9),
                 h.value_at_quantile(0.99),
-                h.max(),
-                shard.rounds(),
-                total as f64 / shard.rounds() as f64,
-                fsync.sum as f64 / fsync.count().max(1) as f64,
-            )
-            };
-            println!("{line}");
+                h.max()
+            );
+            println!(
+                "{rounds} rounds, {:.1} messages per round, fdatasync mean {:.0} us",
+                total as f64 / rounds as f64,
+                fsync.sum as f64 / fsync.count().max(1) as f64
+            );
             shard.close();
             committer.await;
         })

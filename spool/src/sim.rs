@@ -404,7 +404,12 @@ impl SegmentFile for SimFile {
             for _ in 0..turns {
                 futures_lite::future::yield_now().await;
             }
-            while held.is_some_and(|id| self.disk.0.borrow().held.contains(&id)) {
+            // A cut ends the wait too (the sync then fails like any operation on a dead disk),
+            // so a test that never releases its syncs fails instead of hanging.
+            while held.is_some_and(|id| {
+                let s = self.disk.0.borrow();
+                s.held.contains(&id) && !s.dead
+            }) {
                 futures_lite::future::yield_now().await;
             }
             self.disk.0.borrow_mut().syncs_in_flight -= 1;

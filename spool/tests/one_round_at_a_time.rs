@@ -117,3 +117,20 @@ fn a_failed_round_fails_what_was_appended_during_its_sync_and_appends_move_on_on
         assert!(rec.messages.iter().any(|m| m.msg == d), "the message acknowledged after the failure is recovered");
     });
 }
+
+#[test]
+fn a_power_cut_ends_a_held_sync() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = SimDisk::new(tmp.path(), 13);
+        let (shard, committer) = open_fresh(tmp.path(), &disk);
+        warm_up(&shard).await;
+        disk.hold_syncs();
+        let (_, _, t) = message(&shard, b"held");
+        assert!(until_held(&disk, 1).await);
+        disk.cut();
+        assert!(shard.wait_durable_all(&t).await.is_err(), "a sync cut by the power acknowledged its round");
+        shard.close();
+        committer.await;
+    });
+}
