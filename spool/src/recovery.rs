@@ -8,18 +8,23 @@
 //!
 //! Bad frames: a bad frame with no valid frame after it in its segment is a torn tail (what a
 //! crash or a failed commit round leaves) and is reported quietly in [`Recovery::torn`]. A bad
-//! frame followed by valid frames is corruption: the scan resynchronises on the next valid frame,
-//! logs an error and counts it in [`Recovery::corrupt`], and never drops a later valid record.
-//! Zeros where a frame should start are the written end of the newest segment, which is where a
-//! crash strikes, so its scan stops there. Every older segment is sealed: its rounds completed
-//! (a failed round moves appends to a new segment), so zeros followed by a valid frame there are
-//! corruption too (a lost or zeroed block) and are skipped the same way.
+//! frame followed by valid frames is a gap: corruption, or a power cut that kept a later page of
+//! the round being written and lost an earlier one. The scan resynchronises on the next valid
+//! frame, logs an error and counts it in [`Recovery::corrupt`], and never drops a later valid
+//! record.
+//! Zeros where a frame should start are the written end of a segment, unless a valid frame
+//! follows: then they are skipped like a bad frame, in every segment, the newest included. A
+//! power cut can keep any subset of a round's pages, so the newest segment can hold a zeroed
+//! page with frames of the same round after it. Stopping there while the segment is the
+//! newest, and reading on once a later segment makes it sealed, made two recoveries disagree
+//! about the same bytes (the power-loss simulator, tearing page by page, lost an acknowledged
+//! message at seed 739 of 20,000). Reading on in every segment gives one answer.
 //! Resynchronising is safe because frame checksums are seeded with the segment's secret seed
 //! (see [`crate::record`]): bytes a sender put in a body cannot pass for a frame. Format-1
 //! segments have no seed, so their scan still stops at the first bad frame.
 //!
-//! Reading cost: the scan stops at the first all-zero header (the written end), except after a
-//! bad frame, where it reads on to the segment's end looking for a valid frame. Measured with
+//! Reading cost: after the first all-zero header (the written end) or a bad frame, the scan
+//! reads on to the segment's end looking for a valid frame. Measured with
 //! `cargo run --release -p ringpost-spool --example scan_cost` (bytes in RAM, 2-core VM at load
 //! average ~17, so noisy): 1.5–5.6 µs per record for a 4 KiB chunk + message + retry-state mix,
 //! and 54–106 ms to rule out valid frames after a torn frame at the start of a 64 MiB segment.
@@ -119,7 +124,6 @@ pub struct SegmentScanner<'a> {
     bytes: &'a [u8],
     seed: u32,
     resync: bool,
-    sealed: bool,
     at: usize,
     done: bool,
 }
@@ -128,14 +132,7 @@ impl<'a> SegmentScanner<'a> {
     /// Scan `bytes`, a whole segment whose intact header is `header`.
     pub fn new(bytes: &'a [u8], header: &SegmentHeader) -> Self {
         let at = (SEGMENT_HEADER_LEN as usize).min(bytes.len());
-        Self { bytes, seed: header.frame_seed, resync: header.seeded, sealed: false, at, done: false }
-    }
-
-    /// Mark the segment sealed (not the newest): zeros followed by a valid frame are then
-    /// corruption, not the written end. Costs a read of the segment's unused tail.
-    pub fn sealed(mut self, sealed: bool) -> Self {
-        self.sealed = sealed;
-        self
+        Self { bytes, seed: header.frame_seed, resync: header.seeded, at, done: false }
     }
 
     /// The first offset after `from` where a valid frame starts, if any.
@@ -172,7 +169,7 @@ impl<'a> Iterator for SegmentScanner<'a> {
         }
         match scan_frame(&self.bytes[self.at..], self.seed) {
             FrameScan::End => {
-                let next = if self.sealed && self.resync { self.next_valid_frame(self.at + FRAME_ALIGN) } else { None };
+                let next = if self.resync { self.next_valid_frame(self.at + FRAME_ALIGN) } else { None };
                 let Some(p) = next else {
                     self.done = true;
                     return None;
@@ -306,10 +303,9 @@ impl Recovery {
         let mut out = Recovery::default();
         let mut found = Collector::default();
         let seqs = list_segments(core_dir)?;
-        let newest = seqs.last().copied();
         for seq in seqs {
             let Some((map, header)) = open_segment(core_dir, core, seq)? else { continue };
-            let refs = out.scan_segment(&map, &header, Some(seq) != newest, core, &mut found);
+            let refs = out.scan_segment(&map, &header, core, &mut found);
             out.segments.push(RecoveredSegment { map: Arc::new(map), disposition_refs: refs });
         }
         found.finish(&mut out);
@@ -318,16 +314,17 @@ impl Recovery {
 
     /// Feed one segment's records to `found`, noting torn tails and corruption; returns the
     /// other segments its records are about.
-    fn scan_segment(&mut self, map: &SegmentMap, header: &SegmentHeader, sealed: bool, core: u16, found: &mut Collector) -> BTreeSet<u32> {
+    fn scan_segment(&mut self, map: &SegmentMap, header: &SegmentHeader, core: u16, found: &mut Collector) -> BTreeSet<u32> {
         let seq = header.seq;
         let mut refs = BTreeSet::new();
-        for event in SegmentScanner::new(map.bytes(), header).sealed(sealed) {
+        for event in SegmentScanner::new(map.bytes(), header) {
             match event {
                 ScanEvent::Record { offset, record } => found.absorb(core, seq, offset, record, &mut refs),
                 ScanEvent::Corrupt { offset, skipped, why } => {
                     tracing::error!(
                         target: "spool",
-                        "CORRUPT spool segment {}: {why} at offset {offset}; skipped {skipped} bytes to the next valid record",
+                        "unreadable spool data in {}: {why} at offset {offset}; skipped {skipped} bytes to the next valid record \
+                         (a power cut can leave such a gap in the segment being written; anywhere else it is corruption)",
                         map.path().display()
                     );
                     self.corrupt.push((seq, offset, skipped));

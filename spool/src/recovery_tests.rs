@@ -146,26 +146,21 @@ fn undecodable_record_with_a_good_checksum_is_skipped_as_corruption() {
 }
 
 #[test]
-fn zeroed_frame_ends_the_newest_segment_but_is_corruption_in_a_sealed_one() {
+fn a_zeroed_frame_followed_by_frames_is_skipped_in_any_segment() {
+    // A power cut can keep a round's later page and lose an earlier one, in the newest segment
+    // too: the scan reads past the zeros wherever they are, so every recovery of these bytes
+    // gives the same records (the newest segment used to stop there, and a later recovery,
+    // with the segment sealed, read on).
     let (mut bytes, offsets) = segment(1, SEED, &chunks(4));
     bytes[offsets[1]..offsets[2]].fill(0);
-    let h = header(&bytes);
-    let newest: Vec<_> = SegmentScanner::new(&bytes, &h).collect();
-    assert_eq!(newest.len(), 1, "the newest segment's written end is the first zero header");
-    let events: Vec<_> = SegmentScanner::new(&bytes, &h).sealed(true).collect();
-    let offsets_found: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e {
-            ScanEvent::Record { offset, .. } => Some(*offset),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(offsets_found, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
+    let (records, other) = scan(&bytes);
+    assert_eq!(records, vec![offsets[0] as u64, offsets[2] as u64, offsets[3] as u64]);
     let skipped = (offsets[2] - offsets[1]) as u64;
-    assert_eq!(events[1], ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "zeroed frame" });
-    // A sealed segment's clean unused tail is no corruption.
+    assert_eq!(other, vec![ScanEvent::Corrupt { offset: offsets[1] as u64, skipped, why: "zeroed frame" }]);
+    // The clean unused tail after the last frame is the written end, not a gap.
     let (clean, _) = segment(1, SEED, &chunks(4));
-    assert_eq!(SegmentScanner::new(&clean, &h).sealed(true).count(), 4);
+    let (records, other) = scan(&clean);
+    assert_eq!((records.len(), other.len()), (4, 0));
 }
 
 // ---- cross-segment rules, on files ----

@@ -6,7 +6,8 @@
 //! its last directory fsync covered. At a cut, chosen by operation count or called directly,
 //! it rebuilds the scratch directory from that durable image: unsynced names vanish (with
 //! everything under them), unsynced removals come back, and, when tearing is on, each unsynced
-//! write is dropped, kept whole, kept as a prefix, or replaced by garbage, decided by the seed.
+//! write is dropped, kept whole, kept as a prefix, or replaced by garbage, decided by the seed
+//! (or, with page tearing, each of its 4 KiB pages is).
 //! After the cut every operation fails with EIO until [`SimDisk::revive`]. It also injects
 //! EIO at a seeded rate and ENOSPC while the disk is marked full. Single-threaded by design.
 use crate::error::Result;
@@ -75,6 +76,8 @@ struct Sim {
     error_per_mille: u32,
     full: bool,
     torn: bool,
+    /// Tear page by page instead of keeping a prefix of each write.
+    torn_pages: bool,
     dead: bool,
     ops: u64,
     cut_at: Option<u64>,
@@ -119,6 +122,7 @@ impl SimDisk {
             error_per_mille: 0,
             full: false,
             torn: false,
+            torn_pages: false,
             dead: false,
             ops: 0,
             cut_at: None,
@@ -154,6 +158,12 @@ impl SimDisk {
     /// Whether a cut keeps random pieces of unsynced writes (torn writes) or drops them all.
     pub fn set_torn(&self, torn: bool) {
         self.0.borrow_mut().torn = torn;
+    }
+
+    /// With tearing on, whether a cut tears each unsynced write page by page (4 KiB pages kept,
+    /// dropped or garbled independently) rather than keeping a prefix of it.
+    pub fn set_torn_pages(&self, pages: bool) {
+        self.0.borrow_mut().torn_pages = pages;
     }
 
     /// Cut the power when the operation counter reaches `op` (counted from now).
@@ -297,6 +307,30 @@ impl Sim {
             return img;
         }
         let (cur, writes) = (sh.cur.clone(), sh.unsynced.clone());
+        if self.torn_pages {
+            // Page by page: each 4 KiB page of each unsynced write is kept, dropped or
+            // replaced by garbage on its own, as a device that writes pages back in any order
+            // may leave them.
+            for (_, pos, len) in writes {
+                let mut at = pos;
+                while at < pos + len {
+                    let end = ((at / 4096) + 1) * 4096;
+                    let end = end.min(pos + len);
+                    let r = self.rng.below(10);
+                    if r >= 4 {
+                        if img.len() < cur.len() {
+                            img.resize(cur.len(), 0);
+                        }
+                        let garbage = r == 9;
+                        for i in at..end.min(img.len()) {
+                            img[i] = if garbage { self.rng.next_u64() as u8 } else { cur[i] };
+                        }
+                    }
+                    at = end;
+                }
+            }
+            return img;
+        }
         for (_, pos, len) in writes {
             let keep = match self.rng.below(20) {
                 0..=7 => 0,

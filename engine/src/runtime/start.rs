@@ -110,7 +110,10 @@ fn open_spool(id: usize, cfg: &Config) -> Result<(Rc<SpoolShard>, Vec<RecoveredM
         eprintln!("ringpost: core {id}: dropped torn spool tail in segment {seg} at offset {at}: {why}");
     }
     for (seg, at, skipped) in &recovery.corrupt {
-        eprintln!("ringpost: core {id}: CORRUPT spool data in segment {seg} at offset {at}: skipped {skipped} bytes, later records kept");
+        eprintln!(
+            "ringpost: core {id}: unreadable spool data in segment {seg} at offset {at}: skipped {skipped} bytes, later records kept \
+             (a power cut can leave such a gap in the segment being written; anywhere else it is corruption)"
+        );
     }
     if recovery.incomplete > 0 {
         eprintln!("ringpost: core {id}: {} message records name a body chunk that is not intact: not recovered", recovery.incomplete);
