@@ -5,13 +5,14 @@
 //! waiter. Records appended meanwhile wait for the next round, which starts when this one is
 //! settled.
 //!
-//! Why not overlap rounds (write and sync round N+1 while round N's sync runs): recovery stops
-//! at the first zeros of the newest segment and reads on past zeros in older ones, so a round
-//! written after a torn one is invisible at one recovery and visible at the next, once a later
-//! segment exists. The power-loss simulator loses an acknowledged recipient that way
-//! (`POWER_LOSS_SEEDS=20000`, seed 8649, fourteenth session; seed 11774 in the third). Overlap
-//! also measured slower in the relay bench here (perf/RESULTS.md, fourteenth session).
-//! `tests/one_round_at_a_time.rs` and the simulator's count of syncs in flight guard it.
+//! Why not overlap rounds (write and sync round N+1 while round N's sync runs): it was built
+//! and measured in the fourteenth session (perf/RESULTS.md). Rounds syncing one file share its
+//! writeback-error state, so an older round's sync could return Ok after a younger one consumed
+//! the EIO and the older round's pages were lost; each round in flight would need its own file
+//! description. It also raised the accept latency in the relay bench on this disk. (Its other
+//! hazard, two recoveries disagreeing about frames after a gap, is gone: recovery now reads
+//! past zeros in every segment.) `tests/one_round_at_a_time.rs` and the simulator's count of
+//! syncs in flight guard it.
 use super::{Batch, SpoolShard, Ticket};
 use crate::error::{Result, SpoolError};
 use crate::segment::{segment_path, SEGMENT_HEADER_LEN};

@@ -5,7 +5,8 @@
 //! batch with one io_uring write per segment and makes the round durable with one `fdatasync`,
 //! then wakes every waiter whose ticket the round covers. Nothing here is `Send`: the shard
 //! lives and dies on its core. Writes are issued one round at a time and in offset order, so a
-//! crash can only tear the tail of a segment, which recovery drops.
+//! crash can only tear what the unacknowledged last round wrote: recovery drops a torn tail and
+//! reads past a gap the cut left inside it.
 //!
 //! Liveness: each segment counts references (message records and body chunks) still needed.
 //! A sealed segment with no references is deleted, unless it holds dispositions about a

@@ -1,9 +1,8 @@
 //! The committer runs one round at a time: a round writes only after the round before it is
-//! durable (or failed). Recovery relies on it. It stops at the first zeros of the newest
-//! segment, so a record written after a torn round is not seen while the segment is the newest,
-//! but is seen once a later segment exists; a round overlapping a torn one would make two
-//! recoveries disagree (the simulator found it: an acknowledged recipient lost after two cuts).
-//! Checked on the simulated disk with its syncs held.
+//! durable (or failed). Overlapping rounds were tried and taken out (see `src/committer.rs`):
+//! rounds syncing one file share its writeback-error state, so an older round could be
+//! acknowledged after a younger one consumed the EIO. Checked on the simulated disk with its
+//! syncs held.
 use ringpost_spool::record::MessageRecord;
 use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Extent, MsgRef, Recovery, SpoolShard, Ticket};
