@@ -222,6 +222,13 @@ impl Spool {
         self.seq += 1;
         self.at = SEGMENT_HEADER_LEN as usize;
     }
+    /// Change the bytes of written segment `seq` in place, as a bad disk or a power cut would.
+    fn damage(&self, seq: u32, f: impl FnOnce(&mut Vec<u8>)) {
+        let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(self.dir.path(), 0), seq);
+        let mut bytes = std::fs::read(&path).unwrap();
+        f(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+    }
     fn recover(&mut self) -> Recovery {
         if !self.frames.is_empty() {
             self.seal();
@@ -305,10 +312,7 @@ fn corruption_in_a_file_is_counted_and_later_messages_recovered() {
     let second = sp.message(1);
     let third = sp.message(1);
     sp.seal();
-    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[second.offset as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
-    std::fs::write(&path, bytes).unwrap();
+    sp.damage(1, |bytes| bytes[second.offset as usize + FRAME_HEADER_LEN + 2] ^= 0x10);
     let rec = sp.recover();
     let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
     assert_eq!(got, vec![first, third]);
@@ -327,11 +331,8 @@ fn a_zeroed_page_in_the_newest_segment_is_read_past() {
     let second = sp.message(1);
     let third = sp.message(1);
     sp.seal();
-    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
-    let mut bytes = std::fs::read(&path).unwrap();
     let chunk_of_second = second.offset as usize - crate::record::frame_len(18);
-    bytes[chunk_of_second..second.offset as usize].fill(0);
-    std::fs::write(&path, bytes).unwrap();
+    sp.damage(1, |bytes| bytes[chunk_of_second..second.offset as usize].fill(0));
     let rec = sp.recover();
     let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
     assert_eq!(got, vec![first, third]);
@@ -348,10 +349,7 @@ fn zeroed_block_in_a_sealed_segment_is_counted_and_later_messages_recovered() {
     sp.seal();
     let newest = sp.message(1);
     sp.seal();
-    let path = crate::segment::segment_path(&crate::SpoolShard::core_dir(sp.dir.path(), 0), 1);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[second.offset as usize..second.offset as usize + 24].fill(0);
-    std::fs::write(&path, bytes).unwrap();
+    sp.damage(1, |bytes| bytes[second.offset as usize..second.offset as usize + 24].fill(0));
     let rec = sp.recover();
     let got: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
     assert_eq!(got, vec![first, third, newest]);

@@ -3,28 +3,16 @@
 //! rounds syncing one file share its writeback-error state, so an older round could be
 //! acknowledged after a younger one consumed the EIO. Checked on the simulated disk with its
 //! syncs held.
-use ringpost_spool::record::MessageRecord;
 use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Extent, MsgRef, Recovery, SpoolShard, Ticket};
-use std::path::Path;
-use std::rc::Rc;
 
 mod sim_common;
-use sim_common::{cfg, core_dir, run};
-
-/// A fresh sim disk with the spool open on it and its committer running.
-fn open_fresh(root: &Path, disk: &SimDisk) -> (Rc<SpoolShard>, glommio::task::JoinHandle<()>) {
-    let rec = Recovery::scan(&core_dir(root), 0).unwrap();
-    let (shard, _) = SpoolShard::open_on(disk.storage(), 0, cfg(root), rec).unwrap();
-    let committer = glommio::spawn_local(shard.clone().run_committer()).detach();
-    (shard, committer)
-}
+use sim_common::{core_dir, one_rcpt, open_fresh, run};
 
 /// Append a one-recipient message with body `body`: its id, body extent and both tickets.
 fn message(shard: &SpoolShard, body: &[u8]) -> (MsgRef, Extent, [Ticket; 2]) {
     let (e, tc) = shard.append_chunk(body).unwrap();
-    let rec = MessageRecord { sender: b"s@x".to_vec(), recipients: vec![b"r@y".to_vec()], body: vec![e], ..Default::default() };
-    let (id, tm) = shard.append_message(&rec).unwrap();
+    let (id, tm) = shard.append_message(&one_rcpt(vec![e])).unwrap();
     (id, e, [tc, tm])
 }
 

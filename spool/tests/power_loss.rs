@@ -22,7 +22,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 mod sim_common;
-use sim_common::{cfg, core_dir, run, scratch_dir};
+use sim_common::{cfg, core_dir, one_rcpt, open_fresh, run, scratch_dir};
 
 /// What the test knows of one message.
 #[derive(Debug, Clone)]
@@ -388,18 +388,6 @@ fn power_loss_never_loses_a_250d_message() {
     if many {
         assert!(acked > 0 && failed > 0 && verified > 0 && relocations > 0 && states > 0, "the seeds exercised too little to mean anything");
     }
-}
-
-/// A fresh sim disk with the spool open on it and its committer running.
-fn open_fresh(root: &Path, disk: &SimDisk) -> (Rc<SpoolShard>, glommio::task::JoinHandle<()>) {
-    let rec = Recovery::scan(&core_dir(root), 0).unwrap();
-    let (shard, _) = SpoolShard::open_on(disk.storage(), 0, cfg(root), rec).unwrap();
-    let committer = glommio::spawn_local(shard.clone().run_committer()).detach();
-    (shard, committer)
-}
-
-fn one_rcpt(body: Vec<Extent>) -> MessageRecord {
-    MessageRecord { sender: b"s@x".to_vec(), recipients: vec![b"r@y".to_vec()], body, ..Default::default() }
 }
 
 /// Task 1: a chunk in a failed round, its message record in a later good round. The record

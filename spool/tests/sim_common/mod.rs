@@ -1,10 +1,14 @@
 //! Helpers shared by the spool tests that run on the simulated disk (`power_loss`,
-//! `relocation_failures`): their spool config, paths, executor and scratch directory.
+//! `relocation_failures`, `one_round_at_a_time`): their spool config, paths, executor, scratch
+//! directory, a freshly opened spool and a one-recipient message record.
 // Each test crate includes this module and may leave a helper unused.
 #![allow(dead_code)]
 use glommio::LocalExecutorBuilder;
-use ringpost_spool::{Durability, SpoolConfig, SpoolShard};
+use ringpost_spool::record::MessageRecord;
+use ringpost_spool::sim::SimDisk;
+use ringpost_spool::{Durability, Extent, Recovery, SpoolConfig, SpoolShard};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Small segments, so a few messages already rotate, relocate and collect.
 pub const SEGMENT: u64 = 16 * 1024;
@@ -33,4 +37,17 @@ pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     } else {
         tempfile::tempdir()
     }
+}
+
+/// A fresh sim disk with the spool open on it and its committer running.
+pub fn open_fresh(root: &Path, disk: &SimDisk) -> (Rc<SpoolShard>, glommio::task::JoinHandle<()>) {
+    let rec = Recovery::scan(&core_dir(root), 0).unwrap();
+    let (shard, _) = SpoolShard::open_on(disk.storage(), 0, cfg(root), rec).unwrap();
+    let committer = glommio::spawn_local(shard.clone().run_committer()).detach();
+    (shard, committer)
+}
+
+/// A message record with one recipient and `body`.
+pub fn one_rcpt(body: Vec<Extent>) -> MessageRecord {
+    MessageRecord { sender: b"s@x".to_vec(), recipients: vec![b"r@y".to_vec()], body, ..Default::default() }
 }
