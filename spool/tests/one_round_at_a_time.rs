@@ -7,7 +7,7 @@ use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Extent, MsgRef, Recovery, SpoolShard, Ticket};
 
 mod sim_common;
-use sim_common::{core_dir, one_rcpt, open_fresh, run};
+use sim_common::{core_dir, one_rcpt, open_fresh, power_cut, run};
 
 /// Append a one-recipient message with body `body`: its id, body extent and both tickets.
 fn message(shard: &SpoolShard, body: &[u8]) -> (MsgRef, Extent, [Ticket; 2]) {
@@ -62,10 +62,7 @@ fn the_next_round_writes_only_after_the_round_in_flight_is_durable() {
         shard.wait_durable_all(&tb).await.expect("the second round is durable");
         assert_eq!(shard.rounds(), 3, "warm-up, first and second rounds");
         assert_eq!(disk.max_syncs_in_flight(), 1);
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
         let ids: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
         assert_eq!(ids, vec![w, a, b]);
@@ -96,10 +93,7 @@ fn a_failed_round_fails_what_was_appended_during_its_sync_and_appends_move_on_on
         let (d, ed, td) = message(&shard, b"after");
         shard.wait_durable_all(&td).await.expect("the spool goes on after a failed round");
         assert_eq!((ed.segment, d.segment), (a.segment + 1, a.segment + 1), "appends move to the next segment, once");
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
         assert!(rec.messages.iter().any(|m| m.msg == d), "the message acknowledged after the failure is recovered");
     });

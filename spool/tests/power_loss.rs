@@ -22,7 +22,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 mod sim_common;
-use sim_common::{cfg, core_dir, one_rcpt, open_fresh, run, scratch_dir};
+use sim_common::{cfg, core_dir, one_rcpt, open_fresh, power_cut, run, scratch_dir};
 
 /// What the test knows of one message.
 #[derive(Debug, Clone)]
@@ -321,11 +321,8 @@ async fn epoch(root: &Path, disk: &SimDisk, rng: &Rc<RefCell<SimRng>>, model: &R
     for t in tasks {
         t.await;
     }
-    disk.cut();
-    shard.close();
-    committer.await;
+    power_cut(disk, &shard, committer).await;
     model.borrow_mut().relocations += shard.relocations();
-    disk.revive();
     disk.set_error_rate(0);
     disk.set_full(false);
     Ok(())
@@ -416,10 +413,7 @@ fn a_message_whose_early_chunk_failed_is_never_acknowledged() {
         let (e3, t3) = shard.append_chunk(b"after").unwrap();
         let (id3, t4) = shard.append_message(&one_rcpt(vec![e3])).unwrap();
         shard.wait_durable_all(&[t3, t4]).await.unwrap();
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
         let ids: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
         assert_eq!(ids, vec![id3]);
@@ -483,10 +477,7 @@ fn disk_full_mid_data_then_space_returns() {
         let (d, td) = shard.append_chunk(b"space again").unwrap();
         let (id3, t3) = shard.append_message(&one_rcpt(vec![d])).unwrap();
         shard.wait_durable_all(&[td, t3]).await.expect("appends work again once space returns");
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
         assert!(rec.torn.is_empty(), "recovery found torn records: {:?}", rec.torn);
         let ids: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
@@ -525,10 +516,7 @@ fn fresh_spool_directories_survive_a_cut() {
         let (a, ta) = shard.append_chunk(b"hello").unwrap();
         let (id, t) = shard.append_message(&one_rcpt(vec![a])).unwrap();
         shard.wait_durable_all(&[ta, t]).await.unwrap();
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
         let ids: Vec<MsgRef> = rec.messages.iter().map(|m| m.msg).collect();
         assert_eq!(ids, vec![id], "the acknowledged message vanished with its directory");

@@ -11,7 +11,7 @@ use ringpost_spool::sim::SimDisk;
 use ringpost_spool::{Disposition, Durability, Extent, MsgRef, RcptState, Recovery, SpoolConfig, SpoolShard};
 
 mod sim_common;
-use sim_common::{cfg, core_dir, run, scratch_dir};
+use sim_common::{cfg, core_dir, power_cut, run, scratch_dir};
 
 /// Append released filler chunks until one lands in segment `seg` (nothing in them is live).
 fn filler_until(shard: &SpoolShard, seg: u32) {
@@ -85,10 +85,7 @@ fn a_failed_relocation_round_must_not_lose_the_records_it_was_copying() {
         filler_until(&shard, 6);
         shard.flush().await;
         assert!(shard.map(4).is_some(), "segment 4 (the failed copies) is still there, not relocated");
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         (slow, x)
     });
     let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
@@ -190,10 +187,7 @@ fn dispositions_held_in_a_relocated_segment_survive_its_deletion() {
         }
         shard.flush().await;
         assert!(shard.relocations() >= 1 && shard.map(x).is_none(), "X must have been relocated and deleted");
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         (slow, x)
     });
     let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();
@@ -243,10 +237,7 @@ fn a_record_repeated_in_a_failed_round_must_not_hide_the_durable_one_from_reloca
         }
         shard.flush().await;
         assert!(shard.map(x).is_some(), "X is kept: relocation is suspended after the failed round");
-        disk.cut();
-        shard.close();
-        committer.await;
-        disk.revive();
+        power_cut(&disk, &shard, committer).await;
         (slow, x)
     });
     let rec = Recovery::scan(&core_dir(tmp.path()), 0).unwrap();

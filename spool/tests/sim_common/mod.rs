@@ -1,6 +1,6 @@
 //! Helpers shared by the spool tests that run on the simulated disk (`power_loss`,
 //! `relocation_failures`, `one_round_at_a_time`): their spool config, paths, executor, scratch
-//! directory, a freshly opened spool and a one-recipient message record.
+//! directory, a freshly opened spool, a power cut and a one-recipient message record.
 // Each test crate includes this module and may leave a helper unused.
 #![allow(dead_code)]
 use glommio::LocalExecutorBuilder;
@@ -45,6 +45,15 @@ pub fn open_fresh(root: &Path, disk: &SimDisk) -> (Rc<SpoolShard>, glommio::task
     let (shard, _) = SpoolShard::open_on(disk.storage(), 0, cfg(root), rec).unwrap();
     let committer = glommio::spawn_local(shard.clone().run_committer()).detach();
     (shard, committer)
+}
+
+/// Cut the power under a running spool, let its committer finish (every round in flight fails),
+/// and bring the power back: the disk now holds what a restart would find.
+pub async fn power_cut(disk: &SimDisk, shard: &SpoolShard, committer: impl std::future::Future) {
+    disk.cut();
+    shard.close();
+    committer.await;
+    disk.revive();
 }
 
 /// A message record with one recipient and `body`.
