@@ -11,7 +11,8 @@ raise_fd_limit() {
 }
 
 # write_config EXTRA_SERVER_LINES: the relay.sh config, with extra [server] lines. EXTRA_ROUTES
-# (optional) goes before the catch-all route, DELIVERY_EXTRA into [delivery].
+# (optional) goes before the catch-all route, DELIVERY_EXTRA into [delivery], ENGINE_EXTRA into
+# [engine].
 write_config() {
   cat > "$WORK/ringpost.toml" <<TOML
 [server]
@@ -24,6 +25,7 @@ dir = "${SPOOL_DIR:-$WORK/spool}"
 durability = "fsync"
 [engine]
 cores = ${CORES:-\"all\"}
+${ENGINE_EXTRA:-}
 [log]
 delivery_log = "$WORK/delivery.jsonl"
 [delivery]

@@ -69,14 +69,14 @@ fn an_executor_never_parks_while_a_task_is_runnable() {
 /// glommio's shared channels, so each one goes to sleep between messages and is woken by the
 /// other. ringpost's patch 4 replaced the sleeper's process-wide `membarrier` with a fence on
 /// each side: a wake-up lost in that handshake leaves both asleep, and the round counter stops.
-fn ping_pong(rounds: u64, stall: Duration) -> bool {
+fn ping_pong(rounds: u64, stall: Duration, spin: Option<Duration>) -> bool {
     use glommio::channels::shared_channel;
     let done = Arc::new(AtomicU64::new(0));
     let (to_b, from_a) = shared_channel::new_bounded::<u64>(1);
     let (to_a, from_b) = shared_channel::new_bounded::<u64>(1);
     let counter = done.clone();
     std::thread::spawn(move || {
-        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        let ex = executor(spin);
         ex.run(async move {
             // Both ends at once: each connect waits for its peer's.
             let (tx, rx) = futures_lite::future::zip(to_b.connect(), from_b.connect()).await;
@@ -88,7 +88,7 @@ fn ping_pong(rounds: u64, stall: Duration) -> bool {
         });
     });
     std::thread::spawn(move || {
-        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        let ex = executor(spin);
         ex.run(async move {
             let (tx, rx) = futures_lite::future::zip(to_a.connect(), from_a.connect()).await;
             while let Some(i) = rx.recv().await {
@@ -114,9 +114,30 @@ fn ping_pong(rounds: u64, stall: Duration) -> bool {
     }
 }
 
+/// An executor as ping_pong's ends use it: parking at once, or spinning `spin` first.
+fn executor(spin: Option<Duration>) -> glommio::LocalExecutor {
+    let b = glommio::LocalExecutorBuilder::default();
+    match spin {
+        Some(d) => b.spin_before_park(d).make().unwrap(),
+        None => b.make().unwrap(),
+    }
+}
+
 #[test]
 fn an_executor_asleep_always_wakes_for_a_message_from_another() {
-    assert!(ping_pong(50_000, Duration::from_secs(10)), "a cross-executor wake-up was lost: both executors slept");
+    assert!(ping_pong(50_000, Duration::from_secs(10), None), "a cross-executor wake-up was lost: both executors slept");
+}
+
+/// ringpost spins before parking by default (patch 6 yields the CPU while spinning), so its
+/// executors go from spinning to parked on almost every idle moment. The same liveness guard as
+/// above with a 20 us spin: each end spins, sees nothing, parks, many thousand times; a message
+/// sent around that moment and never seen stops the counter.
+#[test]
+fn an_executor_spinning_or_asleep_always_takes_a_message_from_another() {
+    assert!(
+        ping_pong(50_000, Duration::from_secs(10), Some(Duration::from_micros(20))),
+        "a cross-executor message was missed by an executor that spins before parking"
+    );
 }
 
 /// How many times, in `window`, a task that only checks `need_preempt` (no I/O, no yield)

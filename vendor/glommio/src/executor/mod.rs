@@ -1503,7 +1503,16 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        // ringpost patch (PATCHED.md, 6): offer the CPU before parking.
+                        // After each poll that found nothing the thread yields to any other
+                        // runnable thread (the kernel returns at once when there is none):
+                        // once before parking when there is no spin window, between polls
+                        // when there is one. Whatever the threads that ran meanwhile sent
+                        // this executor is then reaped by the park without a sleep and a
+                        // wake-up, and a spin never takes the CPU from them.
                         while !this.reactor.spin_poll_io().unwrap() {
+                            // SAFETY: sched_yield takes no arguments and touches no memory.
+                            unsafe { libc::sched_yield() };
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
                                     .park()
