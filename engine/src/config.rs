@@ -465,8 +465,10 @@ pub enum TlsVerify {
 pub struct EngineSection {
     /// `"all"` or a number of cores.
     pub cores: Cores,
-    /// Microseconds an idle core spins before parking in the kernel. Spinning trades idle
-    /// CPU for far fewer sleep/wake-up context switches under load (0: park at once).
+    /// Microseconds an idle core keeps polling before parking in the kernel, offering its CPU
+    /// to other threads between polls (glommio patch 6). 0, the default, parks after one such
+    /// offer: measured as fast under load, and a spin costs CPU at low rates
+    /// (`bench/spin-cost.sh`).
     pub spin_before_park_us: u64,
     /// Messages each core-to-core channel holds before the sender waits (back-pressure
     /// between cores; memory is this times the message size times cores squared).
