@@ -467,8 +467,8 @@ pub struct EngineSection {
     pub cores: Cores,
     /// Microseconds an idle core keeps polling before parking in the kernel, offering its CPU
     /// to other threads between polls (glommio patch 6). 0, the default, parks after one such
-    /// offer: measured as fast under load, and a spin costs CPU at low rates
-    /// (`bench/spin-cost.sh`).
+    /// offer: with smtp-source's load, spins of 25–200 us were no faster (perf/RESULTS.md,
+    /// fifteenth session), and a spin costs CPU at low rates (`bench/spin-cost.sh`).
     pub spin_before_park_us: u64,
     /// Messages each core-to-core channel holds before the sender waits (back-pressure
     /// between cores; memory is this times the message size times cores squared).

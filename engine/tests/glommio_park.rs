@@ -70,13 +70,14 @@ fn an_executor_never_parks_while_a_task_is_runnable() {
 /// other. ringpost's patch 4 replaced the sleeper's process-wide `membarrier` with a fence on
 /// each side: a wake-up lost in that handshake leaves both asleep, and the round counter stops.
 fn ping_pong(rounds: u64, stall: Duration, spin: Option<Duration>) -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     use glommio::channels::shared_channel;
     let done = Arc::new(AtomicU64::new(0));
     let (to_b, from_a) = shared_channel::new_bounded::<u64>(1);
     let (to_a, from_b) = shared_channel::new_bounded::<u64>(1);
     let counter = done.clone();
     std::thread::spawn(move || {
-        let ex = executor(spin);
+        let ex = executor(spin.map(|d| (d, 0)));
         ex.run(async move {
             // Both ends at once: each connect waits for its peer's.
             let (tx, rx) = futures_lite::future::zip(to_b.connect(), from_b.connect()).await;
@@ -88,7 +89,7 @@ fn ping_pong(rounds: u64, stall: Duration, spin: Option<Duration>) -> bool {
         });
     });
     std::thread::spawn(move || {
-        let ex = executor(spin);
+        let ex = executor(spin.map(|d| (d, 1 % cpus)));
         ex.run(async move {
             let (tx, rx) = futures_lite::future::zip(to_a.connect(), from_a.connect()).await;
             while let Some(i) = rx.recv().await {
@@ -114,12 +115,12 @@ fn ping_pong(rounds: u64, stall: Duration, spin: Option<Duration>) -> bool {
     }
 }
 
-/// An executor as ping_pong's ends use it: parking at once, or spinning `spin` first.
-fn executor(spin: Option<Duration>) -> glommio::LocalExecutor {
-    let b = glommio::LocalExecutorBuilder::default();
+/// An executor as ping_pong's ends use it: unpinned and parking at once, or pinned to `cpu`
+/// and spinning `spin` first (glommio ignores a spin on an unpinned executor).
+fn executor(spin: Option<(Duration, usize)>) -> glommio::LocalExecutor {
     match spin {
-        Some(d) => b.spin_before_park(d).make().unwrap(),
-        None => b.make().unwrap(),
+        Some((d, cpu)) => glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu)).spin_before_park(d).make().unwrap(),
+        None => glommio::LocalExecutorBuilder::default().make().unwrap(),
     }
 }
 
@@ -128,10 +129,10 @@ fn an_executor_asleep_always_wakes_for_a_message_from_another() {
     assert!(ping_pong(50_000, Duration::from_secs(10), None), "a cross-executor wake-up was lost: both executors slept");
 }
 
-/// ringpost spins before parking by default (patch 6 yields the CPU while spinning), so its
-/// executors go from spinning to parked on almost every idle moment. The same liveness guard as
-/// above with a 20 us spin: each end spins, sees nothing, parks, many thousand times; a message
-/// sent around that moment and never seen stops the counter.
+/// With `engine.spin_before_park_us` set, an executor spins (patch 6 yields the CPU between
+/// polls) and then parks. The same liveness guard as above with both ends pinned and a 20 us
+/// spin: a message is found either by a spinning end's poll or by the park's handshake, and one
+/// sent around the moment an end stops spinning and never seen stops the counter.
 #[test]
 fn an_executor_spinning_or_asleep_always_takes_a_message_from_another() {
     assert!(
