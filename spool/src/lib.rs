@@ -7,6 +7,7 @@
 //! read-only [`SegmentMap`] they were handed, never through the shard itself.
 #![warn(missing_docs)]
 
+pub mod crc_range;
 pub mod error;
 pub mod liveness;
 pub mod record;

@@ -256,10 +256,15 @@ pub fn frame_len(payload_len: usize) -> usize {
 /// The frame checksum, seeded with the segment's secret `seed` (0 for format-1 segments,
 /// where it equals the original unseeded `crc32c(kind ‖ len) ‖ payload`).
 fn checksum(seed: u32, kind: u8, len: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(head_sum(seed, kind, len), payload)
+}
+
+/// The frame checksum's state after the kind and length, before the payload.
+pub(crate) fn head_sum(seed: u32, kind: u8, len: u32) -> u32 {
     let mut head = [0u8; 5];
     head[0] = kind;
     head[1..5].copy_from_slice(&len.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c_append(seed, &head), payload)
+    crc32c::crc32c_append(seed, &head)
 }
 
 /// Append one frame (header, payload, padding) to `out`, checksummed with the frame `seed` of
@@ -299,21 +304,44 @@ pub fn scan_frame(buf: &[u8], seed: u32) -> FrameScan<'_> {
     if magic != RECORD_MAGIC {
         return FrameScan::Torn("bad magic");
     }
-    let Some(kind) = RecordKind::from_u8(buf[4]) else { return FrameScan::Torn("unknown kind") };
+    let head = match frame_head(buf) {
+        Ok(h) => h,
+        Err(why) => return FrameScan::Torn(why),
+    };
+    let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + head.len as usize];
+    if checksum(seed, head.kind as u8, head.len, payload) != head.crc {
+        return FrameScan::Torn("checksum mismatch");
+    }
+    FrameScan::Frame(head.kind, payload, head.total)
+}
+
+/// A frame header's fields, checked for everything but the checksum.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameHead {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Payload length.
+    pub len: u32,
+    /// The checksum the header claims.
+    pub crc: u32,
+    /// Header, payload and padding.
+    pub total: usize,
+}
+
+/// The header at the start of `buf` (at least [`FRAME_HEADER_LEN`] bytes, magic already
+/// checked): its kind known, reserved bytes zero, and the frame inside `buf`.
+pub(crate) fn frame_head(buf: &[u8]) -> std::result::Result<FrameHead, &'static str> {
+    let Some(kind) = RecordKind::from_u8(buf[4]) else { return Err("unknown kind") };
     if buf[5..8] != [0, 0, 0] {
-        return FrameScan::Torn("reserved header bytes set");
+        return Err("reserved header bytes set");
     }
     let len = u32::from_le_bytes(buf[8..12].try_into().unwrap());
     let crc = u32::from_le_bytes(buf[12..16].try_into().unwrap());
     let total = frame_len(len as usize);
     if total > buf.len() {
-        return FrameScan::Torn("frame runs past the segment");
+        return Err("frame runs past the segment");
     }
-    let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len as usize];
-    if checksum(seed, kind as u8, len, payload) != crc {
-        return FrameScan::Torn("checksum mismatch");
-    }
-    FrameScan::Frame(kind, payload, total)
+    Ok(FrameHead { kind, len, crc, total })
 }
 
 /// Decode a frame's payload into a typed record.

@@ -406,3 +406,51 @@ fn the_latest_signature_of_a_message_is_found_in_any_segment_and_one_outside_its
     assert_eq!(about, vec![(crate::liveness::SIGNATURE_KEY, 2, latest)]);
     assert!(rec.messages[1].about.is_empty(), "b's lines are in its own segment");
 }
+
+#[test]
+fn resync_past_a_body_full_of_fake_frame_headers_costs_linear_checksumming() {
+    // A sender controls body bytes: a chunk can hold a plausible frame header at every 16
+    // bytes, each claiming a payload that runs almost to the segment's end. When that chunk's
+    // own frame is damaged (a torn round, or a lost page inside it), the resync looks at each
+    // of them. Checksummed directly that was candidates x claimed length (here 8,192 x ~1.8
+    // MiB, 15 GB); with range checksums it is one pass plus a bounded cost per candidate.
+    const BIG: usize = 2 << 20;
+    let mut bytes = encode_header(0, 1, BIG as u64, SEED);
+    encode_frame(SEED, RecordKind::Chunk, b"first\r\n", &mut bytes);
+    let fake_at = bytes.len();
+    let candidates = 8192;
+    let mut body = Vec::with_capacity(candidates * 16);
+    for i in 0..candidates {
+        let at = fake_at + FRAME_HEADER_LEN + i * 16; // where this candidate lands
+        let claimed = (BIG - at - FRAME_HEADER_LEN - 64) as u32;
+        body.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        body.extend_from_slice(&[RecordKind::Chunk as u8, 0, 0, 0]);
+        body.extend_from_slice(&claimed.to_le_bytes());
+        body.extend_from_slice(&(i as u32).to_le_bytes()); // a wrong checksum
+    }
+    encode_frame(SEED, RecordKind::Chunk, &body, &mut bytes);
+    let last_at = bytes.len();
+    // A long valid frame after the gap, spanning many range strides: the resync must find it.
+    encode_frame(SEED, RecordKind::Chunk, &vec![b'x'; 300_000], &mut bytes);
+    bytes.resize(BIG, 0);
+    bytes[fake_at + 12] ^= 0xff; // the fake-laden chunk's own checksum is damaged
+
+    let h = header(&bytes);
+    let mut scanner = SegmentScanner::new(&bytes, &h);
+    let events: Vec<_> = scanner
+        .by_ref()
+        .map(|e| match e {
+            ScanEvent::Record { offset, .. } => (offset, "record"),
+            ScanEvent::Corrupt { offset, .. } => (offset, "corrupt"),
+            ScanEvent::Torn { offset, .. } => (offset, "torn"),
+        })
+        .collect();
+    let first_at = SEGMENT_HEADER_LEN;
+    assert_eq!(events, vec![(first_at, "record"), (fake_at as u64, "corrupt"), (last_at as u64, "record")]);
+    let bound = (BIG + candidates * 2 * crate::crc_range::STRIDE) as u64;
+    assert!(
+        scanner.resync_checksummed() <= bound,
+        "resync checksummed {} bytes for {candidates} fake headers (bound {bound})",
+        scanner.resync_checksummed()
+    );
+}
