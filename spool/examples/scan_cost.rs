@@ -52,7 +52,8 @@ fn main() {
     let t = Instant::now();
     let n = SegmentScanner::new(&full, &h).count();
     println!("full with mid corruption: {n} events in {:?}", t.elapsed());
-    // A damaged 4 MiB chunk whose body is a fake frame header every 16 bytes, each claiming a
+    // A stress case: a damaged 4 MiB chunk (four times the largest the server writes; a torn
+    // round can be as large) whose body is a fake frame header every 16 bytes, each claiming a
     // payload to near the segment's end: the resync checks all 262,144 of them.
     let mut fake = encode_header(0, 1, size as u64, seed);
     let at = fake.len();

@@ -4,11 +4,15 @@
 //! Why: after a bad frame, recovery looks for the next valid frame at every 8-byte boundary
 //! that starts with the record magic, and a candidate is valid only if the checksum over the
 //! payload length its header claims matches. A body chunk is arbitrary sender bytes, so a
-//! sender can fill one with candidates that each claim a payload of many MiB. Checksumming each
-//! claim directly costs candidates × claimed length: a 10 MiB body of candidates 16 bytes apart,
-//! each claiming 32 MiB, is 21 TB of checksumming, about half an hour per segment at the
-//! 11 GB/s measured here (recovery_tests: 8,192 candidates, 16.6 GB in 1.5 s). Here each candidate costs two partial reads of at most
-//! [`STRIDE`] bytes and one multiplication by a power of x: about a microsecond.
+//! sender can fill one with candidates that each claim a payload of many MiB, and a damaged
+//! chunk or a torn commit round puts them in the resync's path (every candidate before the
+//! next valid frame is checked). Checksumming each claim directly costs candidates × claimed
+//! length: a 1 MiB chunk (the largest the server writes) of candidates 16 bytes apart, each
+//! claiming 32 MiB, is 2 TiB of checksumming, minutes per damaged chunk at the 11 GB/s measured
+//! here (recovery_tests: 8,192 candidates, 16.6 GB in 1.5 s). Here each candidate costs two
+//! partial reads of at most [`STRIDE`] bytes and a multiplication by x^(8n), itself up to ~32
+//! multiplications modulo the polynomial: about a microsecond (`scan_cost`: 262,144 candidates
+//! in 307 ms).
 //!
 //! The algebra (CRC-32C, reflected, as the `crc32c` crate computes it): let `U(r, D)` be the
 //! CRC register after feeding bytes `D` to register `r`, without the initial and final
@@ -30,6 +34,8 @@ const POLY: u32 = 0x82F6_3B78;
 
 /// `a * b` modulo the polynomial (reflected: bit 31 is x^0).
 fn mult_mod_p(a: u32, mut b: u32) -> u32 {
+    // `a` is always a power of x here, never zero modulo the polynomial; zero would loop.
+    debug_assert!(a != 0);
     let mut m: u32 = 1 << 31;
     let mut p: u32 = 0;
     loop {
@@ -72,6 +78,8 @@ fn shift(table: &[u32; 67], r: u32, n: usize) -> u32 {
 
 /// `U(r, data)`: the raw register after feeding `data` (no inversions).
 fn feed(r: u32, data: &[u8]) -> u32 {
+    #[cfg(test)]
+    crate::record::CHECKSUMMED.with(|c| c.set(c.get() + data.len() as u64));
     !crc32c::crc32c_append(!r, data)
 }
 
@@ -98,7 +106,8 @@ impl<'a> RangeCrc<'a> {
         Self { buf, base, prefix, table: x2n_table() }
     }
 
-    /// Bytes checksummed to answer: the construction's pass (for tests and cost accounting).
+    /// Bytes the construction's pass covered, at most (the last partial stride is read only
+    /// when a range ends in it). For cost accounting.
     pub fn built_over(&self) -> usize {
         self.buf.len() - self.base
     }

@@ -256,7 +256,17 @@ pub fn frame_len(payload_len: usize) -> usize {
 /// The frame checksum, seeded with the segment's secret `seed` (0 for format-1 segments,
 /// where it equals the original unseeded `crc32c(kind ‖ len) ‖ payload`).
 fn checksum(seed: u32, kind: u8, len: u32, payload: &[u8]) -> u32 {
+    #[cfg(test)]
+    CHECKSUMMED.with(|c| c.set(c.get() + payload.len() as u64));
     crc32c::crc32c_append(head_sum(seed, kind, len), payload)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Payload bytes checksummed on this thread, by frame checks and range checksums alike
+    /// (unit tests only): what recovery's cost tests count, at the primitives, so a direct
+    /// check added anywhere is counted too.
+    pub(crate) static CHECKSUMMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The frame checksum's state after the kind and length, before the payload.
