@@ -182,3 +182,53 @@ fn an_idle_executor_wakes_for_its_timer() {
     });
     assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "a 200 ms sleep took {took:?}");
 }
+
+#[test]
+fn a_latency_sensitive_queue_shortens_a_pending_preempt_timer() {
+    // Patch 5 keeps a pending preempt timer across turns. When a `Latency::Matters` queue
+    // becomes active the period shrinks, and a kept timer that would fire after the new period
+    // must be replaced. The executor's period is 2 s, armed at its first turn. In that turn a
+    // task in a queue asking for 10 ms registers a 20 ms timer and waits for it, and the
+    // default task, told through a channel, spins 40 ms and waits too. At the next turn (no
+    // park and no preemption in between, so the 2 s timer is still pending) the expired timer
+    // wakes the task, its queue becomes active, and the period is 10 ms. The task then runs
+    // busy for 500 ms: told to yield about every 10 ms (about 45 here; 10 allows for a loaded
+    // machine), where keeping the 2 s timer tells it 0 times. (Upstream glommio recomputes the
+    // period only when a queue is activated or emptied, and leaves a running queue out: hence
+    // the timer, which makes the activation happen between turns.)
+    let ex = glommio::LocalExecutorBuilder::default().preempt_timer(Duration::from_secs(2)).make().unwrap();
+    let seen = ex.run(async {
+        let tq = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::Matters(Duration::from_millis(10)),
+            "latency-sensitive",
+        );
+        let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+        let busy = glommio::spawn_local_into(
+            async move {
+                let mut sleep = std::pin::pin!(glommio::timer::sleep(Duration::from_millis(20)));
+                // Registered here (first poll), before the default task is told.
+                assert!(futures_lite::future::poll_once(sleep.as_mut()).await.is_none());
+                tx.send(()).await.unwrap();
+                sleep.await;
+                let mut seen = 0u64;
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(500) {
+                    if glommio::executor().need_preempt() {
+                        seen += 1;
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+                seen
+            },
+            tq,
+        )
+        .unwrap();
+        rx.recv().await.unwrap();
+        // Let the 20 ms timer expire before this turn ends.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(40) {}
+        busy.await
+    });
+    assert!((10..=100).contains(&seen), "told to yield {seen} times in 500 ms with a 10 ms latency queue and a 2 s preempt timer");
+}

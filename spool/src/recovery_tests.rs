@@ -407,6 +407,15 @@ fn the_latest_signature_of_a_message_is_found_in_any_segment_and_one_outside_its
     assert!(rec.messages[1].about.is_empty(), "b's lines are in its own segment");
 }
 
+/// Append a frame header with the magic, `kind`, a `claimed` payload length and a checksum
+/// `crc` (as bytes a sender put in a body would carry).
+fn fake_header(out: &mut Vec<u8>, kind: u8, claimed: u32, crc: u32) {
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&claimed.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
 #[test]
 fn resync_past_a_body_full_of_fake_frame_headers_costs_linear_checksumming() {
     // A sender controls body bytes: a chunk can hold a plausible frame header at every 16
@@ -424,10 +433,7 @@ fn resync_past_a_body_full_of_fake_frame_headers_costs_linear_checksumming() {
     for i in 0..candidates {
         let at = fake_at + FRAME_HEADER_LEN + i * 16; // where this candidate lands
         let claimed = (BIG - at - FRAME_HEADER_LEN - 64) as u32;
-        body.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-        body.extend_from_slice(&[RecordKind::Chunk as u8, 0, 0, 0]);
-        body.extend_from_slice(&claimed.to_le_bytes());
-        body.extend_from_slice(&(i as u32).to_le_bytes()); // a wrong checksum
+        fake_header(&mut body, RecordKind::Chunk as u8, claimed, i as u32); // a wrong checksum
     }
     encode_frame(SEED, RecordKind::Chunk, &body, &mut bytes);
     let last_at = bytes.len();
@@ -480,10 +486,7 @@ fn the_resync_finds_what_a_direct_check_of_every_candidate_finds() {
                     // fake headers claiming various lengths
                     let mut b = Vec::new();
                     for _ in 0..1 + next(40) {
-                        b.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-                        b.extend_from_slice(&[1 + next(7) as u8, 0, 0, 0]);
-                        b.extend_from_slice(&(next(size) as u32).to_le_bytes());
-                        b.extend_from_slice(&(next(1 << 30) as u32).to_le_bytes());
+                        fake_header(&mut b, 1 + next(7) as u8, next(size) as u32, next(1 << 30) as u32);
                     }
                     b
                 }
