@@ -1509,7 +1509,8 @@ impl LocalExecutor {
                         // once before parking when there is no spin window, between polls
                         // when there is one. Whatever the threads that ran meanwhile sent
                         // this executor is then reaped by the park without a sleep and a
-                        // wake-up, and a spin never takes the CPU from them.
+                        // wake-up, and a spin leaves them the CPU (on kernels whose yield
+                        // gives it away, as Linux 6.18's does: PATCHED.md).
                         while !this.reactor.spin_poll_io().unwrap() {
                             // SAFETY: sched_yield takes no arguments and touches no memory.
                             unsafe { libc::sched_yield() };
