@@ -14,6 +14,7 @@ use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_headers, Source, POOL_HEADER};
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
+use crate::smtp::data::unstuffed;
 use crate::smtp::reply::Reply;
 use crate::tls::Transport;
 use crate::trace::{TraceTag, Tracer};
@@ -104,6 +105,8 @@ struct Conn {
     trace: (u64, String),
     /// The EHLO name of its source.
     ehlo: String,
+    /// `[delivery] bdat_max_octets`: messages up to this size go as one BDAT chunk.
+    bdat_max_octets: u64,
 }
 
 impl Conn {
@@ -302,6 +305,7 @@ async fn greet(
         ehlo: name,
         tracer,
         trace,
+        bdat_max_octets: ctx.config.delivery.bdat_max_octets,
     };
     c.trace(TraceKind::Open, Vec::new);
     // A bound socket's connect completes in the background: its greeting wait covers it.
@@ -470,11 +474,12 @@ fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
     }
 }
 
-/// Write `bytes` and read the reply; `first` of a transaction on a reused connection: an
-/// answer that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
-async fn send_and_read(conn: &mut Conn, bytes: &[u8], first: bool) -> Result<Reply, ConnError> {
-    conn.trace(TraceKind::Command, || bytes.to_vec());
-    let sent = crate::wire_write::write_all_timeout(&mut conn.stream, bytes, conn.timeouts.command).await;
+/// Write `pieces` (a command batch, perhaps with a message after it) and read the first
+/// reply; `first` of a transaction on a reused connection: an answer that says the receiver
+/// had closed it becomes [`ConnError::ClosedBeforeTransaction`].
+async fn send_and_read(conn: &mut Conn, pieces: &[&[u8]], write_timeout: Duration, first: bool) -> Result<Reply, ConnError> {
+    conn.trace(TraceKind::Command, || pieces[0].to_vec());
+    let sent = crate::wire_write::write_all_vectored(&mut conn.stream, pieces, write_timeout).await;
     let got = match sent {
         Ok(()) => conn.read_reply(conn.timeouts.batch).await,
         Err(e) => Err(ConnError::Io(e)),
@@ -504,24 +509,45 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
         )
     };
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
+    // The message in wire form, straight from the spool: trace, signature lines, body.
+    let mut wire: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 3);
+    wire.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
+    wire.extend(Some(m.signature()).filter(|s| !s.is_empty()));
+    wire.extend(skip_ranges(m.body_pieces(), &strip));
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags() & FLAG_8BITMIME != 0, m.flags() & FLAG_SMTPUTF8 != 0);
+    // One BDAT chunk with the envelope when the server can take it (the client machine
+    // decides from its capabilities): the same bytes without their stuffing dots.
+    let chunk = if conn.caps.chunking && conn.caps.pipelining && size <= conn.bdat_max_octets {
+        let (octets, n) = unstuffed(&wire);
+        t = t.in_one_chunk(n);
+        octets
+    } else {
+        Vec::new()
+    };
     let mut step = t.start();
     let mut first = reused;
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                let r = send_and_read(conn, &bytes, std::mem::take(&mut first)).await?;
+                let r = send_and_read(conn, &[&bytes], conn.timeouts.command, std::mem::take(&mut first)).await?;
                 t.on_reply(r)
             }
-            ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
+            ClientStep::SendWithChunk(head) => {
+                conn.trace(TraceKind::Body, || {
+                    format!("(message as one BDAT chunk after the commands above, {} octets, not shown)", m.wire_len()).into_bytes()
+                });
+                let pieces: Vec<&[u8]> = std::iter::once(&head[..]).chain(chunk.iter().copied()).collect();
+                let r = send_and_read(conn, &pieces, conn.timeouts.data_end, std::mem::take(&mut first)).await?;
+                t.on_reply(r)
+            }
+            ClientStep::Read => {
+                let timeout = if t.awaits_end_of_message() { conn.timeouts.data_end } else { conn.timeouts.command };
+                t.on_reply(conn.read_reply(timeout).await?)
+            }
             ClientStep::SendBody => {
                 conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 3);
-                pieces.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
-                pieces.extend(Some(m.signature()).filter(|s| !s.is_empty()));
-                pieces.extend(skip_ranges(m.body_pieces(), &strip));
-                pieces.push(b".\r\n");
-                crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
+                wire.push(b".\r\n");
+                crate::wire_write::write_all_vectored(&mut conn.stream, &wire, conn.timeouts.data_end).await?;
                 t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
             }
             ClientStep::Done { results, reset } => return Ok((results, reset)),
