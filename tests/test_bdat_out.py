@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import tempfile
@@ -134,8 +135,8 @@ MESSAGES = {
     "dots": b"From: a@b.test\r\nSubject: dots\r\n\r\n.\r\n..two\r\n.leading\r\nmid.dle\r\n...\r\nend\r\n",
     "eightbit": "Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGr\u00fc\u00dfe aus K\u00f6ln\r\n.\u00e9\r\n".encode(),
     "headers-only": b"Subject: nothing below\r\n\r\n",
-    # Over bdat_max_octets (128 KiB by default): DATA, as before.
-    "big": b"Subject: big\r\n\r\n" + (b".0123456789abcdef0123456789abcdef\r\n" * 6000),
+    # Over bdat_max_octets (64 KiB by default): DATA, as before.
+    "big": b"Subject: big\r\n\r\n" + (b".0123456789abcdef0123456789abcdef\r\n" * 3000),
 }
 
 
@@ -175,8 +176,15 @@ def test_postfix_receives_bdat_byte_exact_and_data_above_the_limit(tmp_path, sin
             assert b"Content-Type: multipart/report; report-type=delivery-status" in d and d.endswith(b"--\r\n"), d[-200:]
     finally:
         rp.stop()  # its idle connections QUIT: Postfix logs each session's command counts
-    sessions = wait_for(lambda: pf.command_counts(), "Postfix to log ringpost's sessions")
-    total = {k: sum(s.get(k, 0) for s in sessions) for k in ("mail", "rcpt", "bdat", "data")}
+    def totals():
+        sessions = pf.command_counts()
+        return {k: sum(s.get(k, 0) for s in sessions) for k in ("mail", "rcpt", "bdat", "data")}
+
+    # Ringpost's sessions end (and are logged) one by one: wait for all eight transactions.
+    total = wait_for(lambda: (lambda t: t["mail"] >= 8 and t)(totals()), "Postfix to log ringpost's sessions")
+    time.sleep(0.5)
+    sessions = pf.command_counts()
+    assert totals() == total, "nothing more after the eighth transaction"
     # Eight transactions: three small messages, the mixed one, the refused one and the two
     # DSNs by BDAT; the big one by DATA. Nine RCPTs: one each, two in the mixed one.
     assert total == {"mail": 8, "rcpt": 9, "bdat": 7, "data": 1}, sessions
@@ -204,10 +212,17 @@ def stop_sink(p):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("limit, size, by_bdat", [(8000, "1000", 300), (8000, "20000", 0), (0, "1000", 0)])
-def test_bdat_is_used_up_to_bdat_max_octets(tmp_path, limit, size, by_bdat):
+@pytest.mark.parametrize("limit, route_limit, size, by_bdat",
+                         [(8000, None, "1000", 300), (8000, None, "20000", 0), (0, None, "1000", 0),
+                          (8000, 0, "1000", 0), (0, 8000, "1000", 300)])
+def test_bdat_is_used_up_to_bdat_max_octets(tmp_path, limit, route_limit, size, by_bdat):
+    """`[delivery] bdat_max_octets`, and a `[[route]]`'s own, which wins."""
     sink, sink_port = start_blaster_sink("--duration", "120s")
-    rp = Ringpost(tmp_path, sink_port, delivery_extra=f"bdat_max_octets = {limit}").start()
+    route = f"""[[route]]
+domain = "*"
+hosts = ["127.0.0.1:{sink_port}"]
+""" + ("" if route_limit is None else f"bdat_max_octets = {route_limit}\n")
+    rp = Ringpost(tmp_path, sink_port, delivery_extra=f"bdat_max_octets = {limit}", route_all=False, tail=route).start()
     try:
         sent = blaster_send(rp.port, "-n", "300", "-c", "10", "--size", size, "--dot-lines", "--eight-bit")
         assert (sent["accepted"], sent["errors"]) == (300, 0), sent
@@ -254,5 +269,78 @@ enabled = false
     assert len(bounces) == f["rcpt_550"] + f["data_554"], (f, sorted(set(bounce_text)))
     assert len(deliveries) == n - len(bounces) == got["received"] == got["received_bdat"], (len(deliveries), got)
     assert (got["corrupted"], got["duplicates"]) == (0, 0), got
-    assert f["rcpt_451"] > 0 and f["data_451"] > 0, "temporary refusals were retried"
+    # Both temporary refusals were injected (and, by the counts above, retried to an end).
+    assert f["rcpt_451"] > 0 and f["data_451"] > 0, f
     assert_every_recipient_closed_once([e for e in rp.events() if e.get("sender") != ""])
+
+
+class RefusingReceiver:
+    """A receiver offering PIPELINING and CHUNKING that answers MAIL and closes at once,
+    without reading what follows (so the close is a reset when bytes are left unread): `554
+    5.7.1` for senders starting with `perm`, `421 4.7.0 [TSS04]` for the others. A chunk too
+    large for the socket buffers then fails to write while the reply sits unread."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.srv = socket.socket()
+        # A small window (inherited by accepted sockets): the chunk cannot all fit in buffers.
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.mails = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(b"220 refuser.test ESMTP\r\n")
+                buf = b""
+                while True:
+                    data = c.recv(65536)
+                    if not data:
+                        break
+                    buf += data
+                    if buf.upper().startswith(b"EHLO") and b"\r\n" in buf:
+                        c.sendall(b"250-refuser.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n")
+                        buf = buf.split(b"\r\n", 1)[1]
+                    if buf.upper().startswith(b"MAIL") and b"\r\n" in buf:
+                        line = buf.split(b"\r\n", 1)[0].decode()
+                        self.mails.append(line)
+                        perm = line.upper().startswith("MAIL FROM:<PERM")
+                        c.sendall(b"554 5.7.1 sender blocked here\r\n" if perm else b"421 4.7.0 [TSS04] deferred, try later\r\n")
+                        break
+
+    def close(self):
+        self.srv.close()
+
+
+def test_a_refused_mail_before_a_close_is_the_answer_even_when_the_chunk_write_fails(tmp_path):
+    rx = RefusingReceiver()
+    rp = Ringpost(tmp_path, rx.port, delivery_extra="bdat_max_octets = 8388608").start()
+    try:
+        big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" + (b"y" * 78 + b"\r\n") * 40000  # 3.2 MB
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
+            for sender in ("perm-small@b.test", "perm-big@b.test", "temp-small@b.test", "temp-big@b.test"):
+                body = big if "big" in sender else b"Subject: small\r\n\r\nsmall\r\n"
+                assert s.sendmail(sender, [f"{sender.split('@')[0]}@example.org"], body) == {}
+
+        def first_outcome():
+            seen = {}
+            for e in rp.events():
+                if e["type"] in ("Bounce", "TransientFailure") and e["sender"]:
+                    seen.setdefault(e["recipient"].split("@")[0], e)
+            return len(seen) == 4 and seen
+        seen = wait_for(first_outcome, "an outcome for every message")
+    finally:
+        rp.stop(signal.SIGKILL)
+        rx.close()
+    for who in ("perm-small", "perm-big"):
+        assert (seen[who]["type"], seen[who]["response"]) == ("Bounce", "554 5.7.1 sender blocked here"), seen[who]
+    for who in ("temp-small", "temp-big"):
+        assert (seen[who]["type"], seen[who]["response"]) == ("TransientFailure", "421 4.7.0 [TSS04] deferred, try later"), seen[who]

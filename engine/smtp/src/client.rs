@@ -254,10 +254,25 @@ impl ClientTransaction {
         self
     }
 
-    /// True while the reply awaited is the one to the end of the message (the final dot, or
-    /// `BDAT ... LAST`): RFC 5321 4.5.3.2.6 gives it the longer timeout.
+    /// True while the reply awaited may come only after the server has taken the whole
+    /// message, so RFC 5321 4.5.3.2.6's longer wait applies: the final dot's reply, and every
+    /// reply of a transaction sent as one chunk (a pipelining server may hold its MAIL and
+    /// RCPT replies until it has read, and judged, the chunk that followed them).
     pub fn awaits_end_of_message(&self) -> bool {
-        matches!(self.expect, Expect::Dot | Expect::Chunk)
+        matches!(self.expect, Expect::Dot | Expect::Chunk) || self.chunk.is_some()
+    }
+
+    /// The connection broke before the transaction finished: the result of each recipient
+    /// that what the server already said decides, in order (`None`: undecided, the driver
+    /// reports its error). MAIL refused decides every recipient with its reply (a `421 4.7.0`
+    /// or `554 5.7.1` before a close is the server's answer, not a network failure); a
+    /// refused RCPT decides its recipient. An accepted recipient is never decided here: only
+    /// the reply to the whole message delivers.
+    pub fn on_connection_lost(&self) -> Vec<Option<RcptResult>> {
+        match &self.mail_reply {
+            Some(m) if m.code / 100 != 2 => self.rcpts.iter().map(|_| Some(classify(m, false))).collect(),
+            _ => (0..self.rcpts.len()).map(|i| self.rcpt_replies.get(i).filter(|r| r.code / 100 != 2).map(|r| classify(r, false))).collect(),
+        }
     }
 
     fn mail_cmd(&self) -> String {
@@ -482,12 +497,9 @@ mod tests {
             ),
             "SIZE= is the exact size the chunk announces"
         );
-        for r in ["250 ok\r\n", "250 ok\r\n", "550 5.1.1 no\r\n"] {
-            assert!(!t.awaits_end_of_message());
+        for r in ["250 ok\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", "451 4.3.0 later\r\n"] {
             assert_eq!(t.on_reply(reply(r)), ClientStep::Read);
         }
-        assert_eq!(t.on_reply(reply("451 4.3.0 later\r\n")), ClientStep::Read);
-        assert!(t.awaits_end_of_message(), "the next reply answers the whole message");
         let ClientStep::Done { results, reset } = t.on_reply(reply("250 2.0.0 queued\r\n")) else { panic!() };
         assert!(!reset);
         assert!(matches!(&results[0], RcptResult::Delivered(r) if r.to_wire() == "250 2.0.0 queued\r\n"), "{results:?}");
@@ -546,6 +558,50 @@ mod tests {
         t.on_reply(reply("550 5.1.1 no\r\n"));
         let ClientStep::Done { results, .. } = t.on_reply(reply("250 2.0.0 ok\r\n")) else { panic!() };
         assert!(matches!(&results[0], RcptResult::Permanent(_)), "{results:?}");
+    }
+
+    #[test]
+    fn every_reply_of_a_chunked_transaction_gets_the_end_of_message_wait() {
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
+        t.start();
+        assert!(t.awaits_end_of_message(), "MAIL's reply may wait for the chunk's");
+        t.on_reply(reply("250 ok\r\n"));
+        assert!(t.awaits_end_of_message());
+        let caps = Capabilities { pipelining: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 1, false, false);
+        t.start();
+        assert!(!t.awaits_end_of_message(), "DATA's envelope replies come before any body");
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("250 ok\r\n"));
+        assert_eq!(t.on_reply(reply("354 go\r\n")), ClientStep::SendBody);
+        assert!(t.awaits_end_of_message());
+    }
+
+    #[test]
+    fn a_lost_connection_keeps_what_the_server_had_decided() {
+        let rcpts = || vec!["x@y".to_string(), "no@y".to_string(), "z@y".to_string()];
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", rcpts(), 1, false, false).in_one_chunk(1);
+        t.start();
+        assert_eq!(t.on_connection_lost(), vec![None, None, None], "nothing said yet");
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("550 5.1.1 no\r\n"));
+        let lost = t.on_connection_lost();
+        assert!(lost[0].is_none() && lost[2].is_none(), "accepted or unanswered: undecided: {lost:?}");
+        assert!(matches!(&lost[1], Some(RcptResult::Permanent(r)) if r.code == 550), "{lost:?}");
+        // MAIL refused, then the server closed: everyone gets MAIL's reply, 4xx or 5xx.
+        for (mail, permanent) in [("421 4.7.0 [TSS04] deferred\r\n", false), ("554 5.7.1 blocked\r\n", true)] {
+            let mut t = ClientTransaction::new(&CHUNKING, "a@b", rcpts(), 1, false, false).in_one_chunk(1);
+            t.start();
+            t.on_reply(reply(mail));
+            for r in t.on_connection_lost() {
+                match r {
+                    Some(RcptResult::Permanent(r)) if permanent => assert_eq!(r.to_wire(), mail),
+                    Some(RcptResult::Transient(r)) if !permanent => assert_eq!(r.to_wire(), mail),
+                    other => panic!("{mail}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

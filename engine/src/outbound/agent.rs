@@ -105,7 +105,8 @@ struct Conn {
     trace: (u64, String),
     /// The EHLO name of its source.
     ehlo: String,
-    /// `[delivery] bdat_max_octets`: messages up to this size go as one BDAT chunk.
+    /// Messages up to this size go as one BDAT chunk: the route's `bdat_max_octets`, else
+    /// `[delivery]`'s.
     bdat_max_octets: u64,
 }
 
@@ -305,7 +306,7 @@ async fn greet(
         ehlo: name,
         tracer,
         trace,
-        bdat_max_octets: ctx.config.delivery.bdat_max_octets,
+        bdat_max_octets: ctx.routes.route(domain).and_then(|(_, r)| r.bdat_max_octets).unwrap_or(ctx.config.delivery.bdat_max_octets),
     };
     c.trace(TraceKind::Open, Vec::new);
     // A bound socket's connect completes in the background: its greeting wait covers it.
@@ -431,12 +432,15 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
     let mut usable = true;
     for (i, group) in d.rcpts.chunks(per_txn).enumerate() {
         let part = part_of(&d, group);
-        let outcome =
-            if usable { transaction(conn, &part, reused && i == 0).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
+        let outcome = if usable {
+            transaction(conn, &part, reused && i == 0).await
+        } else {
+            Err((ConnError::Io(std::io::ErrorKind::ConnectionAborted.into()), Vec::new()))
+        };
         let outcome = match outcome {
-            Err(ConnError::ClosedBeforeTransaction(e)) => match work.requeue_unsent(path, part_of(&d, &d.rcpts)) {
+            Err((ConnError::ClosedBeforeTransaction(e), _)) => match work.requeue_unsent(path, part_of(&d, &d.rcpts)) {
                 Ok(()) => return false,
-                Err(_) => Err(*e),
+                Err(_) => Err((*e, Vec::new())),
             },
             other => other,
         };
@@ -447,9 +451,11 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
                 }
                 results
             }
-            Err(e) => {
+            Err((e, decided)) => {
+                // What the server had said stands (a refused MAIL or RCPT); the rest get the error.
                 usable = false;
-                group.iter().map(|_| local_result(&e)).collect()
+                let mut decided = decided.into_iter();
+                group.iter().map(|_| decided.next().flatten().unwrap_or_else(|| local_result(&e))).collect()
             }
         };
         let peer = Peer { remote: conn.remote.clone(), tls: conn.stream.tls_description() };
@@ -474,15 +480,29 @@ fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
     }
 }
 
-/// Write `pieces` (a command batch, perhaps with a message after it) and read the first
-/// reply; `first` of a transaction on a reused connection: an answer that says the receiver
-/// had closed it becomes [`ConnError::ClosedBeforeTransaction`].
-async fn send_and_read(conn: &mut Conn, pieces: &[&[u8]], write_timeout: Duration, first: bool) -> Result<Reply, ConnError> {
+/// How long to look for replies the server sent before a write to it failed: a server that
+/// refuses MAIL (`421 4.7.0`, `554 5.7.1`) often closes at once, and a write of a whole chunk
+/// then fails while its reply sits unread. What it said is the answer, not the write error.
+const READ_AFTER_WRITE_ERROR: Duration = Duration::from_secs(2);
+
+/// Write `pieces` (a command batch, perhaps with a BDAT chunk after it) and read the first
+/// reply within `read_timeout`; `first` of a transaction on a reused connection: an answer
+/// that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
+async fn send_and_read(
+    conn: &mut Conn,
+    pieces: &[&[u8]],
+    (write_timeout, read_timeout): (Duration, Duration),
+    first: bool,
+) -> Result<Reply, ConnError> {
     conn.trace(TraceKind::Command, || pieces[0].to_vec());
+    if pieces.len() > 1 {
+        let n: usize = pieces[1..].iter().map(|p| p.len()).sum();
+        conn.trace(TraceKind::Body, || format!("(the BDAT chunk: {n} octets, not shown)").into_bytes());
+    }
     let sent = crate::wire_write::write_all_vectored(&mut conn.stream, pieces, write_timeout).await;
     let got = match sent {
-        Ok(()) => conn.read_reply(conn.timeouts.batch).await,
-        Err(e) => Err(ConnError::Io(e)),
+        Ok(()) => conn.read_reply(read_timeout).await,
+        Err(e) => conn.read_reply(READ_AFTER_WRITE_ERROR).await.map_err(|_| ConnError::Io(e)),
     };
     if first && closed_before_transaction(&got) {
         let why = match got {
@@ -494,7 +514,11 @@ async fn send_and_read(conn: &mut Conn, pieces: &[&[u8]], write_timeout: Duratio
     got
 }
 
-async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec<RcptResult>, bool), ConnError> {
+/// How a transaction ended: its results (and whether RSET is due), or the error that broke
+/// the connection with the results the server had already decided ([`ClientTransaction::on_connection_lost`]).
+type TxnOutcome = Result<(Vec<RcptResult>, bool), (ConnError, Vec<Option<RcptResult>>)>;
+
+async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> TxnOutcome {
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
@@ -524,31 +548,47 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
     } else {
         Vec::new()
     };
+    match drive(conn, &mut t, wire, &chunk, reused).await {
+        Ok(done) => Ok(done),
+        Err(e @ ConnError::ClosedBeforeTransaction(_)) => Err((e, Vec::new())),
+        Err(e) => Err((e, t.on_connection_lost())),
+    }
+}
+
+/// Play transaction `t` on the connection: `wire` is the message for DATA, `chunk` the same
+/// without stuffing dots for BDAT.
+async fn drive(
+    conn: &mut Conn,
+    t: &mut ClientTransaction,
+    mut wire: Vec<&[u8]>,
+    chunk: &[&[u8]],
+    reused: bool,
+) -> Result<(Vec<RcptResult>, bool), ConnError> {
+    let tm = conn.timeouts;
     let mut step = t.start();
     let mut first = reused;
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                let r = send_and_read(conn, &[&bytes], conn.timeouts.command, std::mem::take(&mut first)).await?;
+                let r = send_and_read(conn, &[&bytes], (tm.command, tm.batch), std::mem::take(&mut first)).await?;
                 t.on_reply(r)
             }
             ClientStep::SendWithChunk(head) => {
-                conn.trace(TraceKind::Body, || {
-                    format!("(message as one BDAT chunk after the commands above, {} octets, not shown)", m.wire_len()).into_bytes()
-                });
                 let pieces: Vec<&[u8]> = std::iter::once(&head[..]).chain(chunk.iter().copied()).collect();
-                let r = send_and_read(conn, &pieces, conn.timeouts.data_end, std::mem::take(&mut first)).await?;
+                // The first reply may wait for the whole message to be judged.
+                let r = send_and_read(conn, &pieces, (tm.data_end, tm.data_end.max(tm.batch)), std::mem::take(&mut first)).await?;
                 t.on_reply(r)
             }
             ClientStep::Read => {
-                let timeout = if t.awaits_end_of_message() { conn.timeouts.data_end } else { conn.timeouts.command };
+                let timeout = if t.awaits_end_of_message() { tm.data_end.max(tm.command) } else { tm.command };
                 t.on_reply(conn.read_reply(timeout).await?)
             }
             ClientStep::SendBody => {
-                conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
+                let octets: usize = wire.iter().map(|p| p.len()).sum();
+                conn.trace(TraceKind::Body, || format!("(message body, {octets} octets, not shown)").into_bytes());
                 wire.push(b".\r\n");
-                crate::wire_write::write_all_vectored(&mut conn.stream, &wire, conn.timeouts.data_end).await?;
-                t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
+                crate::wire_write::write_all_vectored(&mut conn.stream, &wire, tm.data_end).await?;
+                t.on_reply(conn.read_reply(tm.data_end).await?)
             }
             ClientStep::Done { results, reset } => return Ok((results, reset)),
         };

@@ -68,6 +68,12 @@ fn check_send(step: ClientStep) {
         }
         ClientStep::SendWithChunk(bytes) => {
             assert!(bytes.ends_with(b"BDAT 1000 LAST\r\n"), "chunk command: {bytes:?}");
+            // SIZE=, when the server takes it, is the chunk's exact size.
+            let mail = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            assert!(
+                !mail.windows(6).any(|w| w == b" SIZE=") || mail.ends_with(b" SIZE=1000\r") || mail.windows(11).any(|w| w == b" SIZE=1000 "),
+                "MAIL: {mail:?}"
+            );
             crate::assert_crlf_only("client command", &bytes);
         }
         ClientStep::Read | ClientStep::SendBody => {}
