@@ -142,8 +142,9 @@ MESSAGES = {
 
 def test_postfix_receives_bdat_byte_exact_and_data_above_the_limit(tmp_path, sink, postfix_receiver):
     pf = postfix_receiver
-    rp = Ringpost(tmp_path, pf.port).start()
+    rp = Ringpost(tmp_path, pf.port)
     try:
+        rp.start()
         with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
             for name, body in MESSAGES.items():
                 assert s.sendmail("a@b.test", [f"{name}@example.org"], body) == {}, name
@@ -222,8 +223,9 @@ def test_bdat_is_used_up_to_bdat_max_octets(tmp_path, limit, route_limit, size, 
 domain = "*"
 hosts = ["127.0.0.1:{sink_port}"]
 """ + ("" if route_limit is None else f"bdat_max_octets = {route_limit}\n")
-    rp = Ringpost(tmp_path, sink_port, delivery_extra=f"bdat_max_octets = {limit}", route_all=False, tail=route).start()
+    rp = Ringpost(tmp_path, sink_port, delivery_extra=f"bdat_max_octets = {limit}", route_all=False, tail=route)
     try:
+        rp.start()
         sent = blaster_send(rp.port, "-n", "300", "-c", "10", "--size", size, "--dot-lines", "--eight-bit")
         assert (sent["accepted"], sent["errors"]) == (300, 0), sent
         rp.wait_final(300)
@@ -249,8 +251,9 @@ domain = "blaster.test"
 hosts = ["127.0.0.1:{sink.port}"]
 [suppression]
 enabled = false
-""").start()
+""")
     try:
+        rp.start()
         sent = blaster_send(rp.port, "-n", str(n), "-c", "10", "--size", "1000", "--dot-lines")
         assert (sent["accepted"], sent["errors"]) == (n, 0), sent
         # Final events of the messages themselves (the DSNs have the null sender).
@@ -277,8 +280,10 @@ enabled = false
 class RefusingReceiver:
     """A receiver offering PIPELINING and CHUNKING that answers MAIL and closes at once,
     without reading what follows (so the close is a reset when bytes are left unread): `554
-    5.7.1` for senders starting with `perm`, `421 4.7.0 [TSS04]` for the others. A chunk too
-    large for the socket buffers then fails to write while the reply sits unread."""
+    5.7.1` for senders starting with `perm`, `250` to MAIL, RCPT and BDAT for `liar` (before
+    reading the chunk), `421 4.7.0 [TSS04]` for the others. A chunk larger
+    than what the socket buffers can hold then fails to write while the reply sits unread.
+    `mails` records each MAIL line and whether a BDAT command had arrived behind it."""
 
     def __init__(self):
         import socket
@@ -290,53 +295,80 @@ class RefusingReceiver:
         self.srv.listen(16)
         self.port = self.srv.getsockname()[1]
         self.mails = []
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.threads = threading
+        threading.Thread(target=self.accept_loop, daemon=True).start()
 
-    def serve(self):
+    def accept_loop(self):
         while True:
             try:
                 c, _ = self.srv.accept()
             except OSError:
                 return
+            self.threads.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        try:
             with c:
                 c.sendall(b"220 refuser.test ESMTP\r\n")
                 buf = b""
                 while True:
                     data = c.recv(65536)
                     if not data:
-                        break
+                        return
                     buf += data
                     if buf.upper().startswith(b"EHLO") and b"\r\n" in buf:
                         c.sendall(b"250-refuser.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n")
                         buf = buf.split(b"\r\n", 1)[1]
                     if buf.upper().startswith(b"MAIL") and b"\r\n" in buf:
+                        # MAIL, RCPT and BDAT came in one write: wait (briefly) for the BDAT line.
+                        c.settimeout(2)
+                        while b"\r\nBDAT " not in buf and len(buf) < 4096:
+                            more = c.recv(4096)
+                            if not more:
+                                break
+                            buf += more
                         line = buf.split(b"\r\n", 1)[0].decode()
-                        self.mails.append(line)
-                        perm = line.upper().startswith("MAIL FROM:<PERM")
-                        c.sendall(b"554 5.7.1 sender blocked here\r\n" if perm else b"421 4.7.0 [TSS04] deferred, try later\r\n")
-                        break
+                        self.mails.append((line, b"\r\nBDAT " in buf))
+                        who = line.upper()[len("MAIL FROM:<"):][:4]
+                        c.sendall({"PERM": b"554 5.7.1 sender blocked here\r\n",
+                                   # Takes MAIL, RCPT and the chunk before it has read it.
+                                   "LIAR": b"250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n"}.get(who, b"421 4.7.0 [TSS04] deferred, try later\r\n"))
+                        return
+        except OSError:
+            return  # reset by the other side: nothing to answer
 
     def close(self):
+        import socket
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.srv.close()
 
 
 def test_a_refused_mail_before_a_close_is_the_answer_even_when_the_chunk_write_fails(tmp_path):
+    # Larger than the most a loopback socket's send buffer can grow to (tcp_wmem's maximum), so
+    # the write of the chunk cannot complete once the receiver has stopped reading.
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    lines = wmem_max // 80 + 25000
     rx = RefusingReceiver()
-    rp = Ringpost(tmp_path, rx.port, delivery_extra="bdat_max_octets = 8388608").start()
+    rp = Ringpost(tmp_path, rx.port, extra=f"max_message_size = {lines * 80 + 65536}",
+                  delivery_extra=f"bdat_max_octets = {lines * 80 + 65536}")
     try:
-        big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" + (b"y" * 78 + b"\r\n") * 40000  # 3.2 MB
-        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
-            for sender in ("perm-small@b.test", "perm-big@b.test", "temp-small@b.test", "temp-big@b.test"):
+        rp.start()
+        big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * lines
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=60) as s:
+            for sender in ("perm-small@b.test", "perm-big@b.test", "temp-small@b.test", "temp-big@b.test", "liar-big@b.test"):
                 body = big if "big" in sender else b"Subject: small\r\n\r\nsmall\r\n"
                 assert s.sendmail(sender, [f"{sender.split('@')[0]}@example.org"], body) == {}
 
         def first_outcome():
             seen = {}
             for e in rp.events():
-                if e["type"] in ("Bounce", "TransientFailure") and e["sender"]:
+                if e["type"] in ("Bounce", "TransientFailure", "Delivery") and e["sender"]:
                     seen.setdefault(e["recipient"].split("@")[0], e)
-            return len(seen) == 4 and seen
-        seen = wait_for(first_outcome, "an outcome for every message")
+            return len(seen) == 5 and seen
+        seen = wait_for(first_outcome, "an outcome for every message", timeout=60)
     finally:
         rp.stop(signal.SIGKILL)
         rx.close()
@@ -344,3 +376,8 @@ def test_a_refused_mail_before_a_close_is_the_answer_even_when_the_chunk_write_f
         assert (seen[who]["type"], seen[who]["response"]) == ("Bounce", "554 5.7.1 sender blocked here"), seen[who]
     for who in ("temp-small", "temp-big"):
         assert (seen[who]["type"], seen[who]["response"]) == ("TransientFailure", "421 4.7.0 [TSS04] deferred, try later"), seen[who]
+    # A 250 to a chunk the write could not finish is not believed: retried, never delivered.
+    assert seen["liar-big"]["type"] == "TransientFailure", seen["liar-big"]
+    assert "reset by peer" in seen["liar-big"]["response"] or "Broken pipe" in seen["liar-big"]["response"], seen["liar-big"]
+    # Every attempt was a chunk behind its envelope (retries included).
+    assert rx.mails and all(bdat for _, bdat in rx.mails), rx.mails

@@ -105,9 +105,6 @@ struct Conn {
     trace: (u64, String),
     /// The EHLO name of its source.
     ehlo: String,
-    /// Messages up to this size go as one BDAT chunk: the route's `bdat_max_octets`, else
-    /// `[delivery]`'s.
-    bdat_max_octets: u64,
 }
 
 impl Conn {
@@ -306,7 +303,6 @@ async fn greet(
         ehlo: name,
         tracer,
         trace,
-        bdat_max_octets: ctx.routes.route(domain).and_then(|(_, r)| r.bdat_max_octets).unwrap_or(ctx.config.delivery.bdat_max_octets),
     };
     c.trace(TraceKind::Open, Vec::new);
     // A bound socket's connect completes in the background: its greeting wait covers it.
@@ -429,11 +425,14 @@ fn part_of(d: &Delivery, rcpts: &[u32]) -> Delivery {
 /// reported: the whole delivery goes back once for a fresh connection ([`WorkSource::requeue_unsent`]).
 async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, conn: &mut Conn, d: Delivery, reused: bool) -> bool {
     let per_txn = ctx.config.delivery.max_recipients_per_transaction;
+    // Messages up to this size go as one BDAT chunk: the domain's route's limit, else
+    // `[delivery]`'s (looked up per delivery: a site may hold domains of several routes).
+    let bdat_max = ctx.routes.route(&d.domain).and_then(|(_, r)| r.bdat_max_octets).unwrap_or(ctx.config.delivery.bdat_max_octets);
     let mut usable = true;
     for (i, group) in d.rcpts.chunks(per_txn).enumerate() {
         let part = part_of(&d, group);
         let outcome = if usable {
-            transaction(conn, &part, reused && i == 0).await
+            transaction(conn, &part, reused && i == 0, bdat_max).await
         } else {
             Err((ConnError::Io(std::io::ErrorKind::ConnectionAborted.into()), Vec::new()))
         };
@@ -471,7 +470,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
 /// TSS04, Gmail's 4.7.28) is an answer about the sender: it is reported, so the `[[rule]]`s
 /// see it (suspend, throttle) instead of a fresh connection asking again at once. A timeout
 /// is not a close either: the receiver may have taken the command.
-fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
+fn closed_before_transaction(first: Result<&Reply, &ConnError>) -> bool {
     use std::io::ErrorKind as K;
     match first {
         Ok(r) => r.code == 421 && matches!(r.enhanced, None | Some((4, 4, _)) | Some((4, 3, 2))),
@@ -488,12 +487,13 @@ const READ_AFTER_WRITE_ERROR: Duration = Duration::from_secs(2);
 /// Write `pieces` (a command batch, perhaps with a BDAT chunk after it) and read the first
 /// reply within `read_timeout`; `first` of a transaction on a reused connection: an answer
 /// that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
+/// With the reply comes the write's error when the write failed and a reply was there anyway.
 async fn send_and_read(
     conn: &mut Conn,
     pieces: &[&[u8]],
     (write_timeout, read_timeout): (Duration, Duration),
     first: bool,
-) -> Result<Reply, ConnError> {
+) -> Result<(Reply, Option<std::io::Error>), ConnError> {
     conn.trace(TraceKind::Command, || pieces[0].to_vec());
     if pieces.len() > 1 {
         let n: usize = pieces[1..].iter().map(|p| p.len()).sum();
@@ -501,12 +501,12 @@ async fn send_and_read(
     }
     let sent = crate::wire_write::write_all_vectored(&mut conn.stream, pieces, write_timeout).await;
     let got = match sent {
-        Ok(()) => conn.read_reply(read_timeout).await,
-        Err(e) => conn.read_reply(READ_AFTER_WRITE_ERROR).await.map_err(|_| ConnError::Io(e)),
+        Ok(()) => conn.read_reply(read_timeout).await.map(|r| (r, None)),
+        Err(e) => after_write_error(conn, e).await,
     };
-    if first && closed_before_transaction(&got) {
+    if first && closed_before_transaction(got.as_ref().map(|(r, _)| r)) {
         let why = match got {
-            Ok(r) => ConnError::Refused(r.to_wire().trim_end().to_string()),
+            Ok((r, _)) => ConnError::Refused(r.to_wire().trim_end().to_string()),
             Err(e) => e,
         };
         return Err(ConnError::ClosedBeforeTransaction(Box::new(why)));
@@ -514,11 +514,20 @@ async fn send_and_read(
     got
 }
 
+/// A write failed: the reply the server had sent before (`READ_AFTER_WRITE_ERROR`), with the
+/// write's error; the write's error when there is none.
+async fn after_write_error(conn: &mut Conn, e: std::io::Error) -> Result<(Reply, Option<std::io::Error>), ConnError> {
+    match conn.read_reply(READ_AFTER_WRITE_ERROR).await {
+        Ok(r) => Ok((r, Some(e))),
+        Err(_) => Err(ConnError::Io(e)),
+    }
+}
+
 /// How a transaction ended: its results (and whether RSET is due), or the error that broke
 /// the connection with the results the server had already decided ([`ClientTransaction::on_connection_lost`]).
 type TxnOutcome = Result<(Vec<RcptResult>, bool), (ConnError, Vec<Option<RcptResult>>)>;
 
-async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> TxnOutcome {
+async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool, bdat_max: u64) -> TxnOutcome {
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
@@ -541,7 +550,7 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> TxnOutcome 
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags() & FLAG_8BITMIME != 0, m.flags() & FLAG_SMTPUTF8 != 0);
     // One BDAT chunk with the envelope when the server can take it (the client machine
     // decides from its capabilities): the same bytes without their stuffing dots.
-    let chunk = if conn.caps.chunking && conn.caps.pipelining && size <= conn.bdat_max_octets {
+    let chunk = if conn.caps.chunking && conn.caps.pipelining && size <= bdat_max {
         let (octets, n) = unstuffed(&wire);
         t = t.in_one_chunk(n);
         octets
@@ -557,6 +566,10 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> TxnOutcome 
 
 /// Play transaction `t` on the connection: `wire` is the message for DATA, `chunk` the same
 /// without stuffing dots for BDAT.
+///
+/// After a failed write, the replies the server had already sent are still read (briefly),
+/// since a refusal is the answer; but the message was not sent whole, so nothing is delivered:
+/// the transaction ends with the write's error, keeping only what the server refused.
 async fn drive(
     conn: &mut Conn,
     t: &mut ClientTransaction,
@@ -567,30 +580,50 @@ async fn drive(
     let tm = conn.timeouts;
     let mut step = t.start();
     let mut first = reused;
+    let mut write_failed: Option<std::io::Error> = None;
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                let r = send_and_read(conn, &[&bytes], (tm.command, tm.batch), std::mem::take(&mut first)).await?;
+                let (r, failed) = send_and_read(conn, &[&bytes], (tm.command, tm.batch), std::mem::take(&mut first)).await?;
+                write_failed = write_failed.or(failed);
                 t.on_reply(r)
             }
             ClientStep::SendWithChunk(head) => {
                 let pieces: Vec<&[u8]> = std::iter::once(&head[..]).chain(chunk.iter().copied()).collect();
                 // The first reply may wait for the whole message to be judged.
-                let r = send_and_read(conn, &pieces, (tm.data_end, tm.data_end.max(tm.batch)), std::mem::take(&mut first)).await?;
+                let (r, failed) = send_and_read(conn, &pieces, (tm.data_end, tm.data_end.max(tm.batch)), std::mem::take(&mut first)).await?;
+                write_failed = write_failed.or(failed);
                 t.on_reply(r)
             }
             ClientStep::Read => {
-                let timeout = if t.awaits_end_of_message() { tm.data_end.max(tm.command) } else { tm.command };
-                t.on_reply(conn.read_reply(timeout).await?)
+                let r = match &write_failed {
+                    // Only replies already on their way: the server is not reading.
+                    Some(e) => conn.read_reply(READ_AFTER_WRITE_ERROR).await.map_err(|_| ConnError::Io(e.kind().into()))?,
+                    None => conn.read_reply(if t.awaits_end_of_message() { tm.data_end.max(tm.command) } else { tm.command }).await?,
+                };
+                t.on_reply(r)
             }
             ClientStep::SendBody => {
                 let octets: usize = wire.iter().map(|p| p.len()).sum();
                 conn.trace(TraceKind::Body, || format!("(message body, {octets} octets, not shown)").into_bytes());
                 wire.push(b".\r\n");
-                crate::wire_write::write_all_vectored(&mut conn.stream, &wire, tm.data_end).await?;
-                t.on_reply(conn.read_reply(tm.data_end).await?)
+                let r = match crate::wire_write::write_all_vectored(&mut conn.stream, &wire, tm.data_end).await {
+                    Ok(()) => conn.read_reply(tm.data_end).await?,
+                    Err(e) => {
+                        let (r, failed) = after_write_error(conn, e).await?;
+                        write_failed = failed;
+                        r
+                    }
+                };
+                t.on_reply(r)
             }
-            ClientStep::Done { results, reset } => return Ok((results, reset)),
+            ClientStep::Done { results, reset } => {
+                let Some(e) = write_failed else { return Ok((results, reset)) };
+                // A server that accepted what it never got whole is not believed.
+                let lost = ConnError::Io(e);
+                let results = results.into_iter().map(|r| if matches!(r, RcptResult::Delivered(_)) { local_result(&lost) } else { r }).collect();
+                return Ok((results, true));
+            }
         };
     }
 }
@@ -633,7 +666,7 @@ mod tests {
         let closing =
             [Ok(Reply::new(421, (4, 4, 2), "timeout exceeded")), Ok(Reply::new(421, (4, 3, 2), "shutting down")), Ok(Reply::plain(421, "closing"))];
         for closed in [io(K::UnexpectedEof), io(K::ConnectionReset), io(K::BrokenPipe)].into_iter().chain(closing) {
-            assert!(closed_before_transaction(&closed), "{closed:?}");
+            assert!(closed_before_transaction(closed.as_ref()), "{closed:?}");
         }
         let open = [
             io(K::TimedOut),
@@ -644,7 +677,7 @@ mod tests {
             Ok(Reply::new(421, (4, 7, 28), "unusual rate of unsolicited mail")),
         ];
         for answered in open {
-            assert!(!closed_before_transaction(&answered), "{answered:?}");
+            assert!(!closed_before_transaction(answered.as_ref()), "{answered:?}");
         }
     }
     use crate::outbound::shaping::{find_headers, POOL_HEADER};

@@ -58,6 +58,19 @@ pub fn run(data: &[u8]) {
             step => check_send(step),
         }
     }
+    // The stream ended inside a transaction: the connection is lost. What the server had
+    // said decides some recipients, never as delivered (no reply to the whole message came).
+    if let Some((t, fed, _)) = &tx {
+        let lost = t.on_connection_lost();
+        assert_eq!(lost.len(), rcpts.len(), "one entry per recipient");
+        for r in lost.iter().flatten() {
+            match r {
+                RcptResult::Delivered(rep) => panic!("delivered by a lost connection: {rep:?}"),
+                RcptResult::Permanent(rep) => assert!(rep.code / 100 == 5 && fed.contains(rep), "{rep:?} not a 5xx the server sent"),
+                RcptResult::Transient(rep) => assert!(fed.contains(rep), "{rep:?} not sent by the server"),
+            }
+        }
+    }
 }
 
 fn check_send(step: ClientStep) {

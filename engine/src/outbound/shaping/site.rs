@@ -39,15 +39,11 @@ impl Site {
     /// key, so routes to the same hosts that connect differently are different sites.
     pub fn of_static_route(domain: &str, route: &crate::config::Route, policy: &crate::config::TlsPolicy) -> Self {
         let tls_set = route.tls.is_some() || route.tls_verify.is_some() || route.tls_ca_file.is_some() || route.tls_name.is_some();
-        let mut how = match tls_set {
+        let tls = match tls_set {
             true => format!("|{policy:?}|name={}", route.tls_name.as_deref().unwrap_or("-")),
             false => String::new(),
         };
-        // Its own BDAT limit is part of how a connection talks to the hosts, like TLS.
-        if let Some(n) = route.bdat_max_octets {
-            how.push_str(&format!("|bdat={n}"));
-        }
-        Self::of_route(domain, &route.hosts, &how)
+        Self::of_route(domain, &route.hosts, &tls)
     }
 
     /// A domain DNS gave no hosts for (no such domain, null MX, temporary failure): a site of
@@ -151,8 +147,6 @@ mod tests {
         assert_ne!(site(&a), site(&plain));
         assert_eq!(site(&a), site(&route(Some("a.example"))));
         assert_eq!(site(&plain), "route:127.0.0.1:25");
-        let no_bdat = crate::config::Route { bdat_max_octets: Some(0), ..plain.clone() };
-        assert_ne!(site(&no_bdat), site(&plain), "a route that sends no BDAT: another site");
         let verified = crate::config::Route { tls_ca_file: Some("/ca.pem".into()), ..plain.clone() };
         assert_ne!(site(&verified), site(&plain), "another CA: another site");
     }
