@@ -83,7 +83,7 @@ if load == "blaster":
     s = json.load(open(os.path.join(work, f"send-{name}.json")))
     k = json.load(open(os.path.join(work, f"sink-{name}.json")))
     a, e = s["accept_latency"], k["end_to_end_latency"]
-    line += f"\n{'':9s} {s['sent_bdat']} of {s['sent']} sent by BDAT"
+    line += f"\n{'':9s} {s['sent_bdat']} of {s['sent']} sent by BDAT; {k.get('received_bdat', 0)} of {k['received']} relayed to the sink by BDAT"
     line += (f"\n{'':9s} accept latency p50 {a['p50_us']/1000:.1f} ms p99 {a['p99_us']/1000:.1f} ms;"
              f" end-to-end p50 {e['p50_us']/1000:.1f} ms p99 {e['p99_us']/1000:.1f} ms;"
              f" duplicates {k['duplicates']} corrupted {k['corrupted']}")

@@ -131,8 +131,10 @@ pub struct SourceReport {
 /// The final report of `blaster sink`.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SinkReport {
-    /// Messages accepted with 250 after DATA.
+    /// Messages accepted with 250 after DATA or `BDAT ... LAST`.
     pub received: u64,
+    /// Of those, the messages that came by BDAT (RFC 3030) rather than DATA.
+    pub received_bdat: u64,
     /// Recipients in those messages.
     pub recipients: u64,
     /// (id, recipient) pairs seen more than once, counting every extra copy.
@@ -173,8 +175,9 @@ impl SinkReport {
     /// Human-readable text.
     pub fn text(&self) -> String {
         let mut s = format!(
-            "blaster sink: received {} msgs ({} rcpts) in {:.2} s = {:.0} msg/s\n  duplicates {}  corrupted {}  unstamped {}{}\n  end-to-end latency: {}\n  peak connections {}  connections accepted {}  shaping violations {}\n",
+            "blaster sink: received {} msgs ({} by BDAT, {} rcpts) in {:.2} s = {:.0} msg/s\n  duplicates {}  corrupted {}  unstamped {}{}\n  end-to-end latency: {}\n  peak connections {}  connections accepted {}  shaping violations {}\n",
             self.received,
+            self.received_bdat,
             self.recipients,
             self.duration_s,
             self.msgs_per_s,

@@ -390,6 +390,7 @@ async fn transaction(st: &CoreState, conn: &mut Conn, rng: &mut impl Rng, id: &s
                 closed |= r.code == 421;
                 t.on_reply(r)
             }
+            ClientStep::SendWithChunk(_) => unreachable!("never asked for: chunks go through bdat_transaction"),
             ClientStep::SendBody => {
                 conn.stream.write_all(&msg).await?;
                 let r = conn.reply().await?;

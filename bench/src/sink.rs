@@ -78,6 +78,8 @@ struct CoreStats {
     arrivals: Vec<(String, String)>,
     corrupted: u64,
     unstamped: u64,
+    /// Messages accepted after `BDAT ... LAST`.
+    by_bdat: u64,
     faults: BTreeMap<String, u64>,
     domains: HashMap<String, (u64, f64, f64)>,
     /// Per source IP: messages, EHLO names, messages per Unix second.
@@ -150,6 +152,7 @@ fn merge(results: Vec<CoreResult>, opts: &SinkOpts, shared: &SinkShared) -> Sink
         hist.add(&c.hist).expect("same bounds");
         r.corrupted += c.stats.corrupted;
         r.unstamped += c.stats.unstamped;
+        r.received_bdat += c.stats.by_bdat;
         r.recipients += c.stats.recipients;
         for (k, v) in c.stats.faults {
             *r.faults.entry(k).or_default() += v;
@@ -522,6 +525,7 @@ fn end_of_message(c: &Core, ip: IpAddr, msg: &[u8], rcpts: &[String], stuffed: b
     }
     let now = now_s();
     let mut st = c.stats.borrow_mut();
+    st.by_bdat += u64::from(!stuffed);
     let src = st.sources.entry(ip).or_default();
     src.messages += 1;
     *src.per_second.entry(now as u64).or_default() += 1;

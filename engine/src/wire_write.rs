@@ -31,9 +31,18 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Most iovecs handed to one `sendmsg` (a body is a few pieces per 128 KiB chunk; 64 pieces
+/// iovecs on the stack for one `sendmsg` (a body is a few pieces per 128 KiB chunk; 64 pieces
 /// cover megabytes, far more than a socket takes in one call).
 const IOV_BATCH: usize = 64;
+
+/// iovecs for one `sendmsg` when more pieces wait (Linux's `UIO_MAXIOV`): a BDAT chunk is
+/// the stored body cut at every stuffing dot, so a body of dot-led lines is thousands of
+/// small pieces, and 64 per call would be a syscall per 64 lines.
+const IOV_MAX: usize = 1024;
+
+/// Bytes gathered into one rustls write under TLS: rustls makes a record for each write (up
+/// to 16 KiB of plaintext), so thousands of small pieces would be thousands of records.
+const TLS_GATHER: usize = 16 * 1024;
 
 /// Write every byte of `pieces`, in order, to `t`; fails with `TimedOut` when the peer takes
 /// no bytes for `timeout` (see the module notes). On plain TCP the pieces leave from where
@@ -43,8 +52,21 @@ pub async fn write_all_vectored(t: &mut Transport, pieces: &[&[u8]], timeout: Du
     match t {
         Transport::Plain(stream) => plain_vectored(stream, pieces).await,
         tls => {
+            // Encrypting copies the bytes anyway: gather small pieces into record-sized writes.
+            let mut gathered = Vec::new();
             for piece in pieces {
-                tls.write_all(piece).await?;
+                if gathered.len() + piece.len() > TLS_GATHER && !gathered.is_empty() {
+                    tls.write_all(&gathered).await?;
+                    gathered.clear();
+                }
+                if piece.len() >= TLS_GATHER {
+                    tls.write_all(piece).await?;
+                } else {
+                    gathered.extend_from_slice(piece);
+                }
+            }
+            if !gathered.is_empty() {
+                tls.write_all(&gathered).await?;
             }
             // rustls may still hold records it could not send: push them out, same timeout.
             tls.flush().await
@@ -82,8 +104,19 @@ async fn plain_vectored(stream: &mut TcpStream, pieces: &[&[u8]]) -> io::Result<
 /// One `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of the next pieces: never blocks, even on
 /// glommio's blocking sockets; a closed peer is an `EPIPE` error, not a signal.
 fn send_nonblocking(fd: std::os::fd::RawFd, cursor: &Cursor<'_>) -> io::Result<usize> {
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
-    let count = cursor.fill(&mut iov);
+    let none = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let (mut small, mut many);
+    let iov: &mut [libc::iovec] = match cursor.pieces_left() {
+        n if n <= IOV_BATCH => {
+            small = [none; IOV_BATCH];
+            &mut small
+        }
+        n => {
+            many = vec![none; n.min(IOV_MAX)];
+            &mut many
+        }
+    };
+    let count = cursor.fill(iov);
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
@@ -114,6 +147,11 @@ impl<'a> Cursor<'a> {
 
     fn is_done(&self) -> bool {
         self.idx == self.pieces.len()
+    }
+
+    /// Pieces not yet sent in full (empty ones included).
+    fn pieces_left(&self) -> usize {
+        self.pieces.len() - self.idx
     }
 
     /// What is left of the current piece.

@@ -1,10 +1,12 @@
 //! The BDAT body normaliser (RFC 3030): turns the raw octets of BDAT chunks into the wire form
 //! the spool keeps for every message (the form a DATA body arrives in), so relaying stays a
-//! straight write of stored bytes followed by `.<CRLF>` whichever way a message came in.
+//! straight write of stored bytes whichever way a message came in.
 //!
 //! BDAT data is not dot-stuffed and has no end marker; its length is given up front, so no
 //! byte inside it can end the message early and a bare CR or LF is no smuggling risk here.
-//! But the stored body is later sent with DATA, so it must be: dot-stuffed (a dot that starts
+//! But the stored body may be sent on with DATA (to a server without CHUNKING, or when larger
+//! than `bdat_max_octets`; a BDAT relay cuts the stuffing dots out again with
+//! [`crate::data::unstuffed`]), so it must be: dot-stuffed (a dot that starts
 //! a line gets a second one), CRLF-only (a bare LF becomes CRLF, a bare CR becomes CRLF; what
 //! line ends a client puts in its message is its business, but a bare LF must not reach the
 //! next hop as a possible `<LF>.<CRLF>` terminator), and ended by CRLF (a missing final line

@@ -1,6 +1,12 @@
 //! The SMTP client side, sans I/O: a reply parser and a transaction state machine that
 //! pipelines MAIL/RCPT/DATA when the server offers PIPELINING.
 //!
+//! When the server offers PIPELINING and CHUNKING (RFC 2920, RFC 3030) and the driver gives
+//! the message's exact size ([`ClientTransaction::in_one_chunk`]), the whole transaction is
+//! one write: MAIL, every RCPT and `BDAT <n> LAST` followed by the message's octets. That is
+//! one round trip per message instead of DATA's two (the envelope and `354`, then the body and
+//! its dot), which on a 50 ms path halves how long each message holds a connection.
+//!
 //! The delivery driver writes what [`ClientTransaction`] asks for and feeds back every reply;
 //! at the end it gets one typed result per recipient. No sockets, no timers here.
 //!
@@ -125,6 +131,10 @@ pub enum ClientStep {
     Read,
     /// Write the message (trace header, body in wire form, then `.\r\n`), then read.
     SendBody,
+    /// Write these bytes (MAIL, the RCPTs and `BDAT <n> LAST`), then the message's `n` octets
+    /// as the sender meant them (trace header, body with its stuffing dots removed, no end
+    /// marker), then read the next reply.
+    SendWithChunk(Vec<u8>),
     /// Finished: one result per recipient; `reset` means send RSET before reusing the connection.
     Done {
         /// Per-recipient results in the order given.
@@ -140,6 +150,8 @@ enum Expect {
     Rcpt(usize),
     Data,
     Dot,
+    /// The reply to `BDAT <n> LAST`, sent with the envelope.
+    Chunk,
 }
 
 /// One MAIL/RCPT/DATA transaction.
@@ -154,6 +166,10 @@ pub struct ClientTransaction {
     rcpt_replies: Vec<Reply>,
     /// Why the server cannot take this message: every recipient fails with it, nothing is sent.
     refusal: Option<Reply>,
+    /// Set by [`Self::in_one_chunk`] when the server can take it: the message's exact size,
+    /// sent as one `BDAT` chunk with the envelope.
+    chunk: Option<u64>,
+    chunking: bool,
 }
 
 /// What the message needs from the server beyond plain 7-bit SMTP.
@@ -217,6 +233,45 @@ impl ClientTransaction {
             expect: Expect::Mail,
             mail_reply: None,
             rcpt_replies: Vec::new(),
+            chunk: None,
+            chunking: caps.chunking,
+        }
+    }
+
+    /// Send the message as one `BDAT <octets> LAST` chunk in the same write as MAIL and RCPT
+    /// when the server offers both CHUNKING and PIPELINING; otherwise (and for a message
+    /// refused before sending) nothing changes and DATA is used. `octets` is the exact size
+    /// the driver will write after the envelope: the message as the sender meant it, stuffing
+    /// dots removed. The envelope's SIZE= becomes that exact size too.
+    pub fn in_one_chunk(mut self, octets: u64) -> Self {
+        if self.chunking && self.pipelining {
+            self.chunk = Some(octets);
+            if let Some(at) = self.mail_params.find(" SIZE=") {
+                let end = self.mail_params[at + 1..].find(' ').map_or(self.mail_params.len(), |e| at + 1 + e);
+                self.mail_params.replace_range(at..end, &format!(" SIZE={octets}"));
+            }
+        }
+        self
+    }
+
+    /// True while the reply awaited may come only after the server has taken the whole
+    /// message, so RFC 5321 4.5.3.2.6's longer wait applies: the final dot's reply, and every
+    /// reply of a transaction sent as one chunk (a pipelining server may hold its MAIL and
+    /// RCPT replies until it has read, and judged, the chunk that followed them).
+    pub fn awaits_end_of_message(&self) -> bool {
+        matches!(self.expect, Expect::Dot | Expect::Chunk) || self.chunk.is_some()
+    }
+
+    /// The connection broke before the transaction finished: the result of each recipient
+    /// that what the server already said decides, in order (`None`: undecided, the driver
+    /// reports its error). MAIL refused decides every recipient with its reply (a `421 4.7.0`
+    /// or `554 5.7.1` before a close is the server's answer, not a network failure); a
+    /// refused RCPT decides its recipient. An accepted recipient is never decided here: only
+    /// the reply to the whole message delivers.
+    pub fn on_connection_lost(&self) -> Vec<Option<RcptResult>> {
+        match &self.mail_reply {
+            Some(m) if m.code / 100 != 2 => self.rcpts.iter().map(|_| Some(classify(m, false))).collect(),
+            _ => (0..self.rcpts.len()).map(|i| self.rcpt_replies.get(i).filter(|r| r.code / 100 != 2).map(|r| classify(r, false))).collect(),
         }
     }
 
@@ -239,6 +294,12 @@ impl ClientTransaction {
         if self.pipelining {
             for i in 0..self.rcpts.len() {
                 out.push_str(&self.rcpt_cmd(i));
+            }
+            if let Some(n) = self.chunk {
+                // RFC 3030 4.2: BDAT may be pipelined after MAIL and RCPT; a server that
+                // refuses the envelope still reads the n octets and answers the BDAT.
+                out.push_str(&format!("BDAT {n} LAST\r\n"));
+                return ClientStep::SendWithChunk(out.into_bytes());
             }
             out.push_str("DATA\r\n");
         }
@@ -272,6 +333,10 @@ impl ClientTransaction {
                     self.expect = Expect::Rcpt(next);
                     return if self.pipelining { ClientStep::Read } else { ClientStep::Send(self.rcpt_cmd(next).into_bytes()) };
                 }
+                if self.chunk.is_some() {
+                    self.expect = Expect::Chunk;
+                    return ClientStep::Read;
+                }
                 self.expect = Expect::Data;
                 if self.pipelining {
                     ClientStep::Read
@@ -301,11 +366,26 @@ impl ClientTransaction {
                     self.finish_failed(true)
                 }
             }
-            Expect::Dot => {
-                let results = self.rcpt_replies.iter().map(|rr| if rr.code / 100 == 2 { classify(&r, true) } else { classify(rr, false) }).collect();
-                ClientStep::Done { results, reset: r.code / 100 != 2 }
+            Expect::Dot => self.finish_with_message_reply(&r),
+            Expect::Chunk => {
+                let mail_ok = self.mail_reply.as_ref().is_some_and(|m| m.code / 100 == 2);
+                if mail_ok && self.any_accepted() {
+                    self.finish_with_message_reply(&r)
+                } else {
+                    // Nothing was accepted, so the chunk was read and refused (RFC 3030 2:
+                    // 503/554); the results come from MAIL and RCPT, and RSET clears the
+                    // server's state whatever it answered.
+                    self.finish_failed(true)
+                }
             }
         }
+    }
+
+    /// The reply to the whole message (its final dot or last chunk) decides for every
+    /// recipient the server had accepted; the others keep their RCPT reply.
+    fn finish_with_message_reply(&self, r: &Reply) -> ClientStep {
+        let results = self.rcpt_replies.iter().map(|rr| if rr.code / 100 == 2 { classify(r, true) } else { classify(rr, false) }).collect();
+        ClientStep::Done { results, reset: r.code / 100 != 2 }
     }
 
     /// No body was sent: derive results from MAIL/RCPT/DATA replies.
@@ -401,6 +481,127 @@ mod tests {
         t.on_reply(reply("354 go\r\n"));
         let ClientStep::Done { results, reset } = t.on_reply(reply("452 4.3.1 full\r\n")) else { panic!() };
         assert!(reset && matches!(results[0], RcptResult::Transient(_)));
+    }
+
+    const CHUNKING: Capabilities =
+        Capabilities { pipelining: true, chunking: true, eight_bit_mime: false, smtputf8: false, size: Some(5000), starttls: false };
+
+    #[test]
+    fn with_chunking_and_pipelining_the_whole_transaction_is_one_write() {
+        let mut t =
+            ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into(), "bad@y".into(), "later@y".into()], 1012, false, false).in_one_chunk(1000);
+        assert_eq!(
+            t.start(),
+            ClientStep::SendWithChunk(
+                b"MAIL FROM:<a@b> SIZE=1000\r\nRCPT TO:<x@y>\r\nRCPT TO:<bad@y>\r\nRCPT TO:<later@y>\r\nBDAT 1000 LAST\r\n".to_vec()
+            ),
+            "SIZE= is the exact size the chunk announces"
+        );
+        for r in ["250 ok\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", "451 4.3.0 later\r\n"] {
+            assert_eq!(t.on_reply(reply(r)), ClientStep::Read);
+        }
+        let ClientStep::Done { results, reset } = t.on_reply(reply("250 2.0.0 queued\r\n")) else { panic!() };
+        assert!(!reset);
+        assert!(matches!(&results[0], RcptResult::Delivered(r) if r.to_wire() == "250 2.0.0 queued\r\n"), "{results:?}");
+        assert!(matches!(&results[1], RcptResult::Permanent(r) if r.code == 550), "{results:?}");
+        assert!(matches!(&results[2], RcptResult::Transient(r) if r.code == 451), "{results:?}");
+    }
+
+    #[test]
+    fn a_chunk_goes_only_to_a_server_offering_both_chunking_and_pipelining() {
+        for caps in [Capabilities { chunking: false, ..CHUNKING }, Capabilities { pipelining: false, ..CHUNKING }] {
+            let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 12, false, false).in_one_chunk(10);
+            let want: &[u8] = if caps.pipelining { b"MAIL FROM:<a@b> SIZE=12\r\nRCPT TO:<x@y>\r\nDATA\r\n" } else { b"MAIL FROM:<a@b> SIZE=12\r\n" };
+            assert_eq!(t.start(), ClientStep::Send(want.to_vec()), "{caps:?}");
+        }
+        // A message the server cannot take is refused before anything is sent, chunk or not.
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 12, true, false).in_one_chunk(10);
+        assert!(matches!(t.start(), ClientStep::Done { reset: false, .. }));
+    }
+
+    #[test]
+    fn a_refused_chunk_fails_the_accepted_recipients_with_its_reply_and_resets() {
+        for (last, transient) in [("452 4.3.1 full\r\n", true), ("552 5.3.4 too big\r\n", false)] {
+            let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into(), "no@y".into()], 1, false, false).in_one_chunk(1);
+            t.start();
+            t.on_reply(reply("250 ok\r\n"));
+            t.on_reply(reply("250 ok\r\n"));
+            t.on_reply(reply("550 5.1.1 no\r\n"));
+            let ClientStep::Done { results, reset } = t.on_reply(reply(last)) else { panic!() };
+            assert!(reset, "{last}");
+            assert_eq!(matches!(&results[0], RcptResult::Transient(r) if r.to_wire() == last), transient, "{results:?}");
+            assert_eq!(matches!(&results[0], RcptResult::Permanent(r) if r.to_wire() == last), !transient, "{results:?}");
+            assert!(matches!(&results[1], RcptResult::Permanent(r) if r.code == 550), "{results:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_after_a_refused_envelope_decides_nothing() {
+        // Every RCPT refused: the server reads the chunk and refuses it; RCPT's replies stand.
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
+        t.start();
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("550 5.1.1 no\r\n"));
+        let ClientStep::Done { results, reset } = t.on_reply(reply("554 5.5.1 no valid recipients\r\n")) else { panic!() };
+        assert!(reset && matches!(&results[0], RcptResult::Permanent(r) if r.code == 550), "{results:?}");
+        // MAIL refused for now: RCPT and BDAT get 503; the recipient is tried again later.
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
+        t.start();
+        t.on_reply(reply("451 4.7.1 later\r\n"));
+        t.on_reply(reply("503 5.5.1 need MAIL\r\n"));
+        let ClientStep::Done { results, reset } = t.on_reply(reply("503 5.5.1 need MAIL\r\n")) else { panic!() };
+        assert!(reset && matches!(&results[0], RcptResult::Transient(r) if r.code == 451), "{results:?}");
+        // A server that answers 250 to the chunk of a transaction with no recipient delivers nothing.
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
+        t.start();
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("550 5.1.1 no\r\n"));
+        let ClientStep::Done { results, .. } = t.on_reply(reply("250 2.0.0 ok\r\n")) else { panic!() };
+        assert!(matches!(&results[0], RcptResult::Permanent(_)), "{results:?}");
+    }
+
+    #[test]
+    fn every_reply_of_a_chunked_transaction_gets_the_end_of_message_wait() {
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
+        t.start();
+        assert!(t.awaits_end_of_message(), "MAIL's reply may wait for the chunk's");
+        t.on_reply(reply("250 ok\r\n"));
+        assert!(t.awaits_end_of_message());
+        let caps = Capabilities { pipelining: true, ..Default::default() };
+        let mut t = ClientTransaction::new(&caps, "a@b", vec!["x@y".into()], 1, false, false);
+        t.start();
+        assert!(!t.awaits_end_of_message(), "DATA's envelope replies come before any body");
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("250 ok\r\n"));
+        assert_eq!(t.on_reply(reply("354 go\r\n")), ClientStep::SendBody);
+        assert!(t.awaits_end_of_message());
+    }
+
+    #[test]
+    fn a_lost_connection_keeps_what_the_server_had_decided() {
+        let rcpts = || vec!["x@y".to_string(), "no@y".to_string(), "z@y".to_string()];
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", rcpts(), 1, false, false).in_one_chunk(1);
+        t.start();
+        assert_eq!(t.on_connection_lost(), vec![None, None, None], "nothing said yet");
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("250 ok\r\n"));
+        t.on_reply(reply("550 5.1.1 no\r\n"));
+        let lost = t.on_connection_lost();
+        assert!(lost[0].is_none() && lost[2].is_none(), "accepted or unanswered: undecided: {lost:?}");
+        assert!(matches!(&lost[1], Some(RcptResult::Permanent(r)) if r.code == 550), "{lost:?}");
+        // MAIL refused, then the server closed: everyone gets MAIL's reply, 4xx or 5xx.
+        for (mail, permanent) in [("421 4.7.0 [TSS04] deferred\r\n", false), ("554 5.7.1 blocked\r\n", true)] {
+            let mut t = ClientTransaction::new(&CHUNKING, "a@b", rcpts(), 1, false, false).in_one_chunk(1);
+            t.start();
+            t.on_reply(reply(mail));
+            for r in t.on_connection_lost() {
+                match r {
+                    Some(RcptResult::Permanent(r)) if permanent => assert_eq!(r.to_wire(), mail),
+                    Some(RcptResult::Transient(r)) if !permanent => assert_eq!(r.to_wire(), mail),
+                    other => panic!("{mail}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,38 @@ pub fn dot_stuff(text: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The message as the sender meant it, from its wire form split over `pieces`: the same
+/// pieces with every stuffing dot (the first dot of a line) left out, and the total length.
+/// It undoes [`dot_stuff`] exactly; this is what a DATA receiver keeps of the same bytes, and
+/// what `BDAT` must carry (RFC 3030 2: chunks are not dot-stuffed). Nothing is copied: a
+/// piece is cut around each dot, so the body is still written straight from the spool.
+/// The spool's wire form has CRLF line ends only (bare CR and LF are refused or normalised on
+/// the way in), so a line starts after each LF; lines may straddle pieces.
+pub fn unstuffed<'a>(pieces: &[&'a [u8]]) -> (Vec<&'a [u8]>, u64) {
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    let mut len = 0u64;
+    let mut line_start = true;
+    for &p in pieces {
+        let mut from = 0;
+        // Line starts in this piece: its first byte if the last piece ended a line, then
+        // each byte after a LF.
+        let starts = line_start.then_some(0).into_iter().chain(memchr::memchr_iter(b'\n', p).map(|i| i + 1));
+        for at in starts {
+            if p.get(at) == Some(&b'.') {
+                out.extend((at > from).then(|| &p[from..at]));
+                len += (at - from) as u64;
+                from = at + 1;
+            }
+        }
+        if from < p.len() {
+            out.push(&p[from..]);
+            len += (p.len() - from) as u64;
+        }
+        line_start = p.last().map_or(line_start, |&b| b == b'\n');
+    }
+    (out, len)
+}
+
 /// Longest text line allowed, CRLF included, stuffing dot excluded (RFC 5321 4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
 
@@ -196,6 +228,48 @@ mod tests {
         assert_eq!(n, b"Subject: x\r\n\r\n..stuffed\r\nend\r\n.\r\n".len());
         assert!(!s.bare_newline && !s.long_line);
         assert_eq!(s.unstuffed_len, b.len() as u64 - 1, "one stuffing dot removed from the count");
+    }
+
+    /// The pieces joined, after [`unstuffed`], checking the length it gives.
+    fn unstuff_joined(pieces: &[&[u8]]) -> Vec<u8> {
+        let (out, len) = unstuffed(pieces);
+        assert!(out.iter().all(|p| !p.is_empty()), "no empty piece is written");
+        let joined = out.concat();
+        assert_eq!(joined.len() as u64, len);
+        joined
+    }
+
+    #[test]
+    fn unstuffing_removes_exactly_the_first_dot_of_each_line_across_pieces() {
+        let wire: &[u8] = b"..a\r\nb.c\r\n..\r\n...x\r\n\r\n.y\r\n";
+        assert_eq!(unstuff_joined(&[wire]), b".a\r\nb.c\r\n.\r\n..x\r\n\r\ny\r\n");
+        // Every way of cutting it in two or three gives the same bytes (a line start at a
+        // piece's first byte, a CR and its LF apart, a stuffing dot alone in a piece).
+        for i in 0..=wire.len() {
+            for j in i..=wire.len() {
+                assert_eq!(unstuff_joined(&[&wire[..i], &wire[i..j], &wire[j..]]), unstuff_joined(&[wire]), "cut at {i} and {j}");
+            }
+        }
+        assert_eq!(unstuff_joined(&[]), b"");
+        assert_eq!(unstuff_joined(&[b"", b"."]), b"", "a dot at the very start, after an empty piece");
+    }
+
+    #[test]
+    fn unstuffing_undoes_stuffing() {
+        // A small generator (xorshift) over an alphabet rich in dots and line ends.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let mut text = Vec::new();
+            for _ in 0..(x % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.extend_from_slice([&b"."[..], b"\r\n", b"a", b".\r\n", b"\r\n."][(x % 5) as usize]);
+            }
+            let wire = dot_stuff(&text);
+            let cut = (x as usize >> 8) % (wire.len() + 1);
+            assert_eq!(unstuff_joined(&[&wire[..cut], &wire[cut..]]), text, "{:?}", String::from_utf8_lossy(&text));
+        }
     }
 
     #[test]

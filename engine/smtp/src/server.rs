@@ -7,9 +7,10 @@
 //! more than one command line, and body bytes are only pointed at, never kept.
 //!
 //! BDAT (RFC 3030) bodies come out in the same wire form as DATA bodies (see [`crate::chunk`]).
-//! BINARYMIME is not offered: the spool keeps bodies in DATA's wire form and the delivery agent
-//! relays with DATA only, and RFC 3030 3 forbids relaying a BINARYMIME message to a server
-//! that cannot take it in BDAT; offering it would mean accepting mail we cannot pass on.
+//! BINARYMIME is not offered: the spool keeps bodies in DATA's wire form, the delivery agent
+//! relays with DATA to a server without CHUNKING, and RFC 3030 3 forbids relaying a BINARYMIME
+//! message to a server that cannot take it in BDAT; offering it would mean accepting mail we
+//! cannot pass on.
 use super::address::Address;
 use super::address::AddressError;
 use super::auth::{self, AuthState, AuthStep};

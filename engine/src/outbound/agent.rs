@@ -14,6 +14,7 @@ use crate::outbound::shaping::site::Site;
 use crate::outbound::shaping::{find_headers, Source, POOL_HEADER};
 use crate::outbound::tls_policy::{handshake_failed, not_offered, ClientConfigs, TlsFallback};
 use crate::smtp::client::{parse_reply, Capabilities, ClientStep, ClientTransaction, RcptResult};
+use crate::smtp::data::unstuffed;
 use crate::smtp::reply::Reply;
 use crate::tls::Transport;
 use crate::trace::{TraceTag, Tracer};
@@ -424,15 +425,21 @@ fn part_of(d: &Delivery, rcpts: &[u32]) -> Delivery {
 /// reported: the whole delivery goes back once for a fresh connection ([`WorkSource::requeue_unsent`]).
 async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, conn: &mut Conn, d: Delivery, reused: bool) -> bool {
     let per_txn = ctx.config.delivery.max_recipients_per_transaction;
+    // Messages up to this size go as one BDAT chunk: the domain's route's limit, else
+    // `[delivery]`'s (looked up per delivery: a site may hold domains of several routes).
+    let bdat_max = ctx.routes.route(&d.domain).and_then(|(_, r)| r.bdat_max_octets).unwrap_or(ctx.config.delivery.bdat_max_octets);
     let mut usable = true;
     for (i, group) in d.rcpts.chunks(per_txn).enumerate() {
         let part = part_of(&d, group);
-        let outcome =
-            if usable { transaction(conn, &part, reused && i == 0).await } else { Err(ConnError::Io(std::io::ErrorKind::ConnectionAborted.into())) };
+        let outcome = if usable {
+            transaction(conn, &part, reused && i == 0, bdat_max).await
+        } else {
+            Err((ConnError::Io(std::io::ErrorKind::ConnectionAborted.into()), Vec::new()))
+        };
         let outcome = match outcome {
-            Err(ConnError::ClosedBeforeTransaction(e)) => match work.requeue_unsent(path, part_of(&d, &d.rcpts)) {
+            Err((ConnError::ClosedBeforeTransaction(e), _)) => match work.requeue_unsent(path, part_of(&d, &d.rcpts)) {
                 Ok(()) => return false,
-                Err(_) => Err(*e),
+                Err(_) => Err((*e, Vec::new())),
             },
             other => other,
         };
@@ -443,9 +450,11 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
                 }
                 results
             }
-            Err(e) => {
+            Err((e, decided)) => {
+                // What the server had said stands (a refused MAIL or RCPT); the rest get the error.
                 usable = false;
-                group.iter().map(|_| local_result(&e)).collect()
+                let mut decided = decided.into_iter();
+                group.iter().map(|_| decided.next().flatten().unwrap_or_else(|| local_result(&e))).collect()
             }
         };
         let peer = Peer { remote: conn.remote.clone(), tls: conn.stream.tls_description() };
@@ -461,7 +470,7 @@ async fn deliver_one(ctx: &AgentContext, work: &impl WorkSource, path: &str, con
 /// TSS04, Gmail's 4.7.28) is an answer about the sender: it is reported, so the `[[rule]]`s
 /// see it (suspend, throttle) instead of a fresh connection asking again at once. A timeout
 /// is not a close either: the receiver may have taken the command.
-fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
+fn closed_before_transaction(first: Result<&Reply, &ConnError>) -> bool {
     use std::io::ErrorKind as K;
     match first {
         Ok(r) => r.code == 421 && matches!(r.enhanced, None | Some((4, 4, _)) | Some((4, 3, 2))),
@@ -470,18 +479,34 @@ fn closed_before_transaction(first: &Result<Reply, ConnError>) -> bool {
     }
 }
 
-/// Write `bytes` and read the reply; `first` of a transaction on a reused connection: an
-/// answer that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
-async fn send_and_read(conn: &mut Conn, bytes: &[u8], first: bool) -> Result<Reply, ConnError> {
-    conn.trace(TraceKind::Command, || bytes.to_vec());
-    let sent = crate::wire_write::write_all_timeout(&mut conn.stream, bytes, conn.timeouts.command).await;
+/// How long to look for replies the server sent before a write to it failed: a server that
+/// refuses MAIL (`421 4.7.0`, `554 5.7.1`) often closes at once, and a write of a whole chunk
+/// then fails while its reply sits unread. What it said is the answer, not the write error.
+const READ_AFTER_WRITE_ERROR: Duration = Duration::from_secs(2);
+
+/// Write `pieces` (a command batch, perhaps with a BDAT chunk after it) and read the first
+/// reply within `read_timeout`; `first` of a transaction on a reused connection: an answer
+/// that says the receiver had closed it becomes [`ConnError::ClosedBeforeTransaction`].
+/// With the reply comes the write's error when the write failed and a reply was there anyway.
+async fn send_and_read(
+    conn: &mut Conn,
+    pieces: &[&[u8]],
+    (write_timeout, read_timeout): (Duration, Duration),
+    first: bool,
+) -> Result<(Reply, Option<std::io::Error>), ConnError> {
+    conn.trace(TraceKind::Command, || pieces[0].to_vec());
+    if pieces.len() > 1 {
+        let n: usize = pieces[1..].iter().map(|p| p.len()).sum();
+        conn.trace(TraceKind::Body, || format!("(the BDAT chunk: {n} octets, not shown)").into_bytes());
+    }
+    let sent = crate::wire_write::write_all_vectored(&mut conn.stream, pieces, write_timeout).await;
     let got = match sent {
-        Ok(()) => conn.read_reply(conn.timeouts.batch).await,
-        Err(e) => Err(ConnError::Io(e)),
+        Ok(()) => conn.read_reply(read_timeout).await.map(|r| (r, None)),
+        Err(e) => after_write_error(conn, e).await,
     };
-    if first && closed_before_transaction(&got) {
+    if first && closed_before_transaction(got.as_ref().map(|(r, _)| r)) {
         let why = match got {
-            Ok(r) => ConnError::Refused(r.to_wire().trim_end().to_string()),
+            Ok((r, _)) => ConnError::Refused(r.to_wire().trim_end().to_string()),
             Err(e) => e,
         };
         return Err(ConnError::ClosedBeforeTransaction(Box::new(why)));
@@ -489,7 +514,20 @@ async fn send_and_read(conn: &mut Conn, bytes: &[u8], first: bool) -> Result<Rep
     got
 }
 
-async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec<RcptResult>, bool), ConnError> {
+/// A write failed: the reply the server had sent before (`READ_AFTER_WRITE_ERROR`), with the
+/// write's error; the write's error when there is none.
+async fn after_write_error(conn: &mut Conn, e: std::io::Error) -> Result<(Reply, Option<std::io::Error>), ConnError> {
+    match conn.read_reply(READ_AFTER_WRITE_ERROR).await {
+        Ok(r) => Ok((r, Some(e))),
+        Err(_) => Err(ConnError::Io(e)),
+    }
+}
+
+/// How a transaction ended: its results (and whether RSET is due), or the error that broke
+/// the connection with the results the server had already decided ([`ClientTransaction::on_connection_lost`]).
+type TxnOutcome = Result<(Vec<RcptResult>, bool), (ConnError, Vec<Option<RcptResult>>)>;
+
+async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool, bdat_max: u64) -> TxnOutcome {
     let m = &d.msg;
     let all: Vec<&str> = m.recipients().collect();
     let rcpts = d.rcpts.iter().map(|&i| all[i as usize].to_string()).collect();
@@ -504,27 +542,88 @@ async fn transaction(conn: &mut Conn, d: &Delivery, reused: bool) -> Result<(Vec
         )
     };
     let size = m.wire_len() - strip.iter().chain(&trace_strip).map(|r| r.len() as u64).sum::<u64>();
+    // The message in wire form, straight from the spool: trace, signature lines, body.
+    let mut wire: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 3);
+    wire.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
+    wire.extend(Some(m.signature()).filter(|s| !s.is_empty()));
+    wire.extend(skip_ranges(m.body_pieces(), &strip));
     let mut t = ClientTransaction::new(&conn.caps, m.sender(), rcpts, size, m.flags() & FLAG_8BITMIME != 0, m.flags() & FLAG_SMTPUTF8 != 0);
+    // One BDAT chunk with the envelope when the server can take it (the client machine
+    // decides from its capabilities): the same bytes without their stuffing dots.
+    let chunk = if conn.caps.chunking && conn.caps.pipelining && size <= bdat_max {
+        let (octets, n) = unstuffed(&wire);
+        t = t.in_one_chunk(n);
+        octets
+    } else {
+        Vec::new()
+    };
+    match drive(conn, &mut t, wire, &chunk, reused).await {
+        Ok(done) => Ok(done),
+        Err(e @ ConnError::ClosedBeforeTransaction(_)) => Err((e, Vec::new())),
+        Err(e) => Err((e, t.on_connection_lost())),
+    }
+}
+
+/// Play transaction `t` on the connection: `wire` is the message for DATA, `chunk` the same
+/// without stuffing dots for BDAT.
+///
+/// After a failed write, the replies the server had already sent are still read (briefly),
+/// since a refusal is the answer; but the message was not sent whole, so nothing is delivered:
+/// the transaction ends with the write's error, keeping only what the server refused.
+async fn drive(
+    conn: &mut Conn,
+    t: &mut ClientTransaction,
+    mut wire: Vec<&[u8]>,
+    chunk: &[&[u8]],
+    reused: bool,
+) -> Result<(Vec<RcptResult>, bool), ConnError> {
+    let tm = conn.timeouts;
     let mut step = t.start();
     let mut first = reused;
+    let mut write_failed: Option<std::io::Error> = None;
     loop {
         step = match step {
             ClientStep::Send(bytes) => {
-                let r = send_and_read(conn, &bytes, std::mem::take(&mut first)).await?;
+                let (r, failed) = send_and_read(conn, &[&bytes], (tm.command, tm.batch), std::mem::take(&mut first)).await?;
+                write_failed = write_failed.or(failed);
                 t.on_reply(r)
             }
-            ClientStep::Read => t.on_reply(conn.read_reply(conn.timeouts.command).await?),
-            ClientStep::SendBody => {
-                conn.trace(TraceKind::Body, || format!("(message body, {} octets, not shown)", m.wire_len()).into_bytes());
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(m.body_pieces().count() + 3);
-                pieces.extend(skip_ranges(std::iter::once(m.trace()), &trace_strip));
-                pieces.extend(Some(m.signature()).filter(|s| !s.is_empty()));
-                pieces.extend(skip_ranges(m.body_pieces(), &strip));
-                pieces.push(b".\r\n");
-                crate::wire_write::write_all_vectored(&mut conn.stream, &pieces, conn.timeouts.data_end).await?;
-                t.on_reply(conn.read_reply(conn.timeouts.data_end).await?)
+            ClientStep::SendWithChunk(head) => {
+                let pieces: Vec<&[u8]> = std::iter::once(&head[..]).chain(chunk.iter().copied()).collect();
+                // The first reply may wait for the whole message to be judged.
+                let (r, failed) = send_and_read(conn, &pieces, (tm.data_end, tm.data_end.max(tm.batch)), std::mem::take(&mut first)).await?;
+                write_failed = write_failed.or(failed);
+                t.on_reply(r)
             }
-            ClientStep::Done { results, reset } => return Ok((results, reset)),
+            ClientStep::Read => {
+                let r = match &write_failed {
+                    // Only replies already on their way: the server is not reading.
+                    Some(e) => conn.read_reply(READ_AFTER_WRITE_ERROR).await.map_err(|_| ConnError::Io(e.kind().into()))?,
+                    None => conn.read_reply(if t.awaits_end_of_message() { tm.data_end.max(tm.command) } else { tm.command }).await?,
+                };
+                t.on_reply(r)
+            }
+            ClientStep::SendBody => {
+                let octets: usize = wire.iter().map(|p| p.len()).sum();
+                conn.trace(TraceKind::Body, || format!("(message body, {octets} octets, not shown)").into_bytes());
+                wire.push(b".\r\n");
+                let r = match crate::wire_write::write_all_vectored(&mut conn.stream, &wire, tm.data_end).await {
+                    Ok(()) => conn.read_reply(tm.data_end).await?,
+                    Err(e) => {
+                        let (r, failed) = after_write_error(conn, e).await?;
+                        write_failed = failed;
+                        r
+                    }
+                };
+                t.on_reply(r)
+            }
+            ClientStep::Done { results, reset } => {
+                let Some(e) = write_failed else { return Ok((results, reset)) };
+                // A server that accepted what it never got whole is not believed.
+                let lost = ConnError::Io(e);
+                let results = results.into_iter().map(|r| if matches!(r, RcptResult::Delivered(_)) { local_result(&lost) } else { r }).collect();
+                return Ok((results, true));
+            }
         };
     }
 }
@@ -567,7 +666,7 @@ mod tests {
         let closing =
             [Ok(Reply::new(421, (4, 4, 2), "timeout exceeded")), Ok(Reply::new(421, (4, 3, 2), "shutting down")), Ok(Reply::plain(421, "closing"))];
         for closed in [io(K::UnexpectedEof), io(K::ConnectionReset), io(K::BrokenPipe)].into_iter().chain(closing) {
-            assert!(closed_before_transaction(&closed), "{closed:?}");
+            assert!(closed_before_transaction(closed.as_ref()), "{closed:?}");
         }
         let open = [
             io(K::TimedOut),
@@ -578,7 +677,7 @@ mod tests {
             Ok(Reply::new(421, (4, 7, 28), "unusual rate of unsolicited mail")),
         ];
         for answered in open {
-            assert!(!closed_before_transaction(&answered), "{answered:?}");
+            assert!(!closed_before_transaction(answered.as_ref()), "{answered:?}");
         }
     }
     use crate::outbound::shaping::{find_headers, POOL_HEADER};

@@ -48,6 +48,7 @@ mod tests {
             tls_verify: None,
             tls_ca_file: None,
             tls_name: None,
+            bdat_max_octets: None,
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
             tls_verify: None,
             tls_ca_file: None,
             tls_name: tls_name.map(Into::into),
+            bdat_max_octets: None,
         };
         let site = |r: &crate::config::Route| Site::of_static_route("x.test", r, &cfg.tls_policy(r)).key;
         let (a, b, plain) = (route(Some("a.example")), route(Some("b.example")), route(None));
