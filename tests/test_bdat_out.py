@@ -7,7 +7,6 @@ and DATA commands each session used) relaying to aiosmtpd, so what arrives can b
 byte for byte with what was sent; and blaster's sink, which checks each body's digest, counts
 the messages that came by BDAT and injects refusals at RCPT and at the end of the message.
 """
-import json
 import os
 import re
 import shutil
@@ -20,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Ringpost, assert_every_recipient_closed_once, free_port, wait_for
-
-BLASTER = ROOT / "target" / "release" / "blaster"
-
+from conftest import Ringpost, assert_every_recipient_closed_once, free_port, wait_for
+from test_blaster import finish, send as blaster_send, start_sink as start_blaster_sink
 
 class PostfixReceiver:
     """A Postfix instance of its own (config, queue and log in a temporary directory, no
@@ -192,25 +189,9 @@ def test_postfix_receives_bdat_byte_exact_and_data_above_the_limit(tmp_path, sin
     assert_every_recipient_closed_once([e for e in rp.events() if e.get("sender") != ""])
 
 
-def start_blaster_sink(*args):
-    port = free_port()
-    p = subprocess.Popen([str(BLASTER), "sink", "--listen", f"127.0.0.1:{port}", "--json", *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: _accepts(port), "blaster's sink to listen")
-    return p, port
-
-
-def blaster_send(port, *args):
-    r = subprocess.run([str(BLASTER), "send", "--to", f"127.0.0.1:{port}", "--json", "-q", *args],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def stop_sink(p):
     p.send_signal(2)
-    out, _ = p.communicate(timeout=60)
-    return json.loads(out)
+    return finish(p)[0]
 
 
 @pytest.mark.parametrize("limit, route_limit, size, by_bdat",
