@@ -519,15 +519,23 @@ mod tests {
         assert!(matches!(t.start(), ClientStep::Done { reset: false, .. }));
     }
 
+    /// A chunked transaction to `rcpts` played against `replies` (MAIL, each RCPT, the chunk):
+    /// every reply but the last asks for the next one; the last ends it.
+    fn chunked(rcpts: &[&str], replies: &[&str]) -> (Vec<RcptResult>, bool) {
+        let mut t = ClientTransaction::new(&CHUNKING, "a@b", rcpts.iter().map(|r| r.to_string()).collect(), 1, false, false).in_one_chunk(1);
+        assert!(matches!(t.start(), ClientStep::SendWithChunk(_)));
+        let (last, before) = replies.split_last().expect("at least one reply");
+        for r in before {
+            assert_eq!(t.on_reply(reply(r)), ClientStep::Read, "{r}");
+        }
+        let ClientStep::Done { results, reset } = t.on_reply(reply(last)) else { panic!("not done after {last}") };
+        (results, reset)
+    }
+
     #[test]
     fn a_refused_chunk_fails_the_accepted_recipients_with_its_reply_and_resets() {
         for (last, transient) in [("452 4.3.1 full\r\n", true), ("552 5.3.4 too big\r\n", false)] {
-            let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into(), "no@y".into()], 1, false, false).in_one_chunk(1);
-            t.start();
-            t.on_reply(reply("250 ok\r\n"));
-            t.on_reply(reply("250 ok\r\n"));
-            t.on_reply(reply("550 5.1.1 no\r\n"));
-            let ClientStep::Done { results, reset } = t.on_reply(reply(last)) else { panic!() };
+            let (results, reset) = chunked(&["x@y", "no@y"], &["250 ok\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", last]);
             assert!(reset, "{last}");
             assert_eq!(matches!(&results[0], RcptResult::Transient(r) if r.to_wire() == last), transient, "{results:?}");
             assert_eq!(matches!(&results[0], RcptResult::Permanent(r) if r.to_wire() == last), !transient, "{results:?}");
@@ -538,25 +546,13 @@ mod tests {
     #[test]
     fn a_chunk_after_a_refused_envelope_decides_nothing() {
         // Every RCPT refused: the server reads the chunk and refuses it; RCPT's replies stand.
-        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
-        t.start();
-        t.on_reply(reply("250 ok\r\n"));
-        t.on_reply(reply("550 5.1.1 no\r\n"));
-        let ClientStep::Done { results, reset } = t.on_reply(reply("554 5.5.1 no valid recipients\r\n")) else { panic!() };
+        let (results, reset) = chunked(&["x@y"], &["250 ok\r\n", "550 5.1.1 no\r\n", "554 5.5.1 no valid recipients\r\n"]);
         assert!(reset && matches!(&results[0], RcptResult::Permanent(r) if r.code == 550), "{results:?}");
         // MAIL refused for now: RCPT and BDAT get 503; the recipient is tried again later.
-        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
-        t.start();
-        t.on_reply(reply("451 4.7.1 later\r\n"));
-        t.on_reply(reply("503 5.5.1 need MAIL\r\n"));
-        let ClientStep::Done { results, reset } = t.on_reply(reply("503 5.5.1 need MAIL\r\n")) else { panic!() };
+        let (results, reset) = chunked(&["x@y"], &["451 4.7.1 later\r\n", "503 5.5.1 need MAIL\r\n", "503 5.5.1 need MAIL\r\n"]);
         assert!(reset && matches!(&results[0], RcptResult::Transient(r) if r.code == 451), "{results:?}");
         // A server that answers 250 to the chunk of a transaction with no recipient delivers nothing.
-        let mut t = ClientTransaction::new(&CHUNKING, "a@b", vec!["x@y".into()], 1, false, false).in_one_chunk(1);
-        t.start();
-        t.on_reply(reply("250 ok\r\n"));
-        t.on_reply(reply("550 5.1.1 no\r\n"));
-        let ClientStep::Done { results, .. } = t.on_reply(reply("250 2.0.0 ok\r\n")) else { panic!() };
+        let (results, _) = chunked(&["x@y"], &["250 ok\r\n", "550 5.1.1 no\r\n", "250 2.0.0 ok\r\n"]);
         assert!(matches!(&results[0], RcptResult::Permanent(_)), "{results:?}");
     }
 
