@@ -8,7 +8,8 @@
 //! (`inbound/signing.rs`). The resulting `DKIM-Signature` lines are stored in the spool and
 //! reused for every recipient, every retry and after a restart. mail-auth's signer is used only for its canonicalisation and
 //! keys: its streaming API would hash the body once per key, and we dual-sign from one hash.
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, HashContext, HashImpl, RsaKey, Sha256, SigningKey};
+pub use crate::dkim_key::{DkimKey, RsaKey};
+use mail_auth::common::crypto::{Ed25519Key, HashContext, HashImpl, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
 use mail_auth::dkim::canonicalize::{BodyHasher, CanonicalHeaders};
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, Signature};
@@ -40,7 +41,7 @@ pub const DEFAULT_OVERSIGN: &[&str] = &["From", "Subject", "To"];
 /// session that would add one more waits for a slot before it reads its next command. That is
 /// back-pressure on the clients, instead of an unbounded queue of header blocks (up to
 /// [`MAX_HEADER_BLOCK`] each) when messages arrive faster than keys sign. 64 signatures are
-/// about 32 ms of RSA-2048 work.
+/// about 17 ms of RSA-2048 work.
 pub const SIGNING_IN_FLIGHT: usize = 64;
 /// Largest header block we keep for signing; a message with more is relayed unsigned.
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
@@ -124,8 +125,8 @@ pub fn load_key(algorithm: DkimAlgorithm, pem: &str, path: &std::path::Path) -> 
         DkimAlgorithm::RsaSha256 => {
             use rustls_pki_types::pem::PemObject;
             let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(format!("no private key PEM block: {e:?}")))?;
-            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(format!("not an RSA private key: {e}")))?;
-            if key.public_key().len() < 256 {
+            let key = RsaKey::from_key_der(der).map_err(|e| bad(format!("not an RSA private key: {e}")))?;
+            if key.bits() < 2048 {
                 return Err(bad("RSA keys must be at least 2048 bits".into()));
             }
             Ok(DkimKey::Rsa(key))
@@ -159,7 +160,7 @@ impl Signers {
         let headers: Vec<String> = c.headers.clone().unwrap_or_else(|| DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect());
         let oversign = c.oversign.clone().unwrap_or_else(|| DEFAULT_OVERSIGN.iter().map(|s| s.to_string()).collect());
         let cost_us = match &key {
-            DkimKey::Rsa(k) => signing_cost_us(k.public_key().len()),
+            DkimKey::Rsa(k) => signing_cost_us(k.bits()),
             DkimKey::Ed25519(_) => ED25519_COST_US,
         };
         let signer = DkimSigner::from_key(key)
@@ -183,7 +184,7 @@ impl Signers {
 
     /// When to sign a message with this header block: never (no key covers its From domain),
     /// in the session (Ed25519 keys only: tens of microseconds), or after its 250 (an RSA key
-    /// applies: half a millisecond or more each, see `inbound/signing.rs`), on the core when
+    /// applies: a quarter of a millisecond or more each, see `inbound/signing.rs`), on the core when
     /// the keys cost at most [`ON_CORE_SIGNING_US`], else on the blocking pool.
     pub fn plan(&self, header_block: &[u8]) -> SigningPlan {
         let Some(from) = from_domain(header_block) else { return SigningPlan::None };
@@ -225,22 +226,23 @@ pub enum SigningPlan {
     },
 }
 
-/// The most signing a core does itself, in estimated µs per message: one or two RSA-2048 keys,
-/// with an Ed25519 key besides. Measured (`DKIM=rsa N=20000 bench/relay.sh`, perf/RESULTS.md,
-/// "eleventh session"):
-/// RSA-2048 signed on the blocking pool relayed 1,154–1,236 msg/s against 1,515–1,617 signed
-/// in a task of the core, both after the 250. The pool thread shares the core's CPU, and each
-/// signature costs two thread switches and a wake-up of the reactor. A heavier key set
-/// (RSA-4096: about 4 ms a signature) would hold the reactor too long, so it goes to the pool.
+/// The most signing a core does itself, in estimated µs per message: up to four RSA-2048
+/// keys, with an Ed25519 key besides. Measured (`DKIM=rsa N=20000 bench/relay.sh`,
+/// perf/RESULTS.md, "eleventh session"): RSA-2048 signed on the blocking pool relayed
+/// 1,154–1,236 msg/s against 1,515–1,617 signed in a task of the core, both after the 250.
+/// The pool thread shares the core's CPU, and each signature costs two thread switches and a
+/// wake-up of the reactor. A heavier key set (RSA-4096: about 1.5 ms a signature) would hold
+/// the reactor too long, so it goes to the pool.
 pub const ON_CORE_SIGNING_US: u64 = 1_200;
 /// Ed25519 signing, µs (`cargo bench -p blaster --bench hot_paths`: 41,800 signatures/s).
 const ED25519_COST_US: u64 = 25;
 
-/// Estimated µs of one RSA signature from the length of the key's DER public key: about
-/// 500 µs for 2048 bits here (the same bench: 1,874/s), growing with the cube of the size.
-fn signing_cost_us(public_key_der_len: usize) -> u64 {
-    let ratio = public_key_der_len as f64 / 270.0;
-    (500.0 * ratio * ratio * ratio) as u64
+/// Estimated µs of one RSA signature with aws-lc (`crate::dkim_key`) from the modulus size:
+/// 260 µs for 2048 bits and 1,530 µs for 4,096 here (3,836–3,884 and 655 signatures/s on one
+/// core, perf/RESULTS.md, seventeenth session), about the size to the power 2.5.
+fn signing_cost_us(bits: usize) -> u64 {
+    let ratio = bits as f64 / 2048.0;
+    (260.0 * ratio * ratio * ratio.sqrt()) as u64
 }
 
 /// Whether a key for `domain` signs mail from `from`: the domain itself or a subdomain of it.
@@ -422,7 +424,7 @@ mod tests {
     const RFC8463_MESSAGE: &str = "From: Joe SixPack <joe@football.example.com>\r\nTo: Suzie Q <suzie@shopping.example.net>\r\nSubject: Is dinner ready?\r\nDate: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\nMessage-ID: <20030712040037.46341.5F8J@football.example.com>\r\n\r\nHi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n";
 
     /// Which path a message's signing takes: none, in the session (Ed25519 alone), after the
-    /// 250 on the core (RSA-2048, one or two keys) or on the blocking pool (heavier sets).
+    /// 250 on the core (RSA-2048, up to four keys) or on the blocking pool (heavier sets).
     #[test]
     fn the_signing_plan_follows_the_keys_that_cover_the_from_domain() {
         let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/benches/keys/");
@@ -444,6 +446,11 @@ mod tests {
             entry("three.test", "b", rsa, "rsa2048-test-only.pem"),
             entry("three.test", "c", rsa, "rsa2048-test-only.pem"),
             entry("big.test", "a", rsa, "rsa4096-test-only.pem"),
+            entry("five.test", "a", rsa, "rsa2048-test-only.pem"),
+            entry("five.test", "b", rsa, "rsa2048-test-only.pem"),
+            entry("five.test", "c", rsa, "rsa2048-test-only.pem"),
+            entry("five.test", "d", rsa, "rsa2048-test-only.pem"),
+            entry("five.test", "e", rsa, "rsa2048-test-only.pem"),
         ]);
         let plan = |from: &str| signers.plan(format!("From: x <n@{from}>\r\nSubject: s\r\n").as_bytes());
         assert_eq!(plan("other.test"), SigningPlan::None);
@@ -453,10 +460,11 @@ mod tests {
         assert_eq!(plan("one.test"), SigningPlan::AfterReply { on_core: true });
         assert_eq!(plan("two.test"), SigningPlan::AfterReply { on_core: true }, "RSA-2048 plus Ed25519");
         assert_eq!(plan("dual.test"), SigningPlan::AfterReply { on_core: true }, "two RSA-2048 keys and Ed25519");
-        assert_eq!(plan("three.test"), SigningPlan::AfterReply { on_core: false }, "three RSA-2048 keys hold the reactor too long");
+        assert_eq!(plan("three.test"), SigningPlan::AfterReply { on_core: true }, "three RSA-2048 keys: 780 µs with aws-lc");
+        assert_eq!(plan("five.test"), SigningPlan::AfterReply { on_core: false }, "five RSA-2048 keys hold the reactor too long");
         assert_eq!(plan("big.test"), SigningPlan::AfterReply { on_core: false }, "RSA-4096");
         let costs: Vec<u64> = signers.keys.iter().map(|k| k.cost_us).collect();
-        assert!((450..=560).contains(&costs[1]) && (3_500..=4_500).contains(&costs[10]), "{costs:?}");
+        assert_eq!((costs[1], costs[10]), (260, 1_470), "RSA-2048 and RSA-4096 estimates: {costs:?}");
     }
 
     fn b64(s: &str) -> Vec<u8> {

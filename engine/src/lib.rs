@@ -41,6 +41,7 @@ pub mod clock;
 pub mod cluster_config;
 pub mod config;
 pub mod dkim;
+pub mod dkim_key;
 pub mod durable_file;
 pub mod inbound;
 pub mod message;

@@ -1,11 +1,10 @@
 //! ringpost's DKIM signatures checked by a second, independent verifier: mail-auth's
 //! `verify_dkim`, with the test keys served from a pre-filled TXT cache instead of DNS.
 use base64::Engine;
-use mail_auth::common::crypto::DkimKey;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt};
-use ringpost_engine::dkim::{load_key, BodyHashStream, DkimAlgorithm, DkimConfig, Signers};
+use ringpost_engine::dkim::{load_key, BodyHashStream, DkimAlgorithm, DkimConfig, DkimKey, Signers};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
