@@ -27,12 +27,15 @@ case $MODE in
 esac
 PERF=$!
 sleep 0.5
+segs() { awk '/^Tcp:/ {if (h) print $12; h=1}' /proc/net/snmp; }
+seg0=$(segs)
 t0=$(date +%s.%N)
 smtp-source -s "$SESSIONS" -m "$N" -l 1024 -f a@b.test -t r@example.org 127.0.0.1:$RP_PORT
 t1=$(date +%s.%N)
 wait "$SINK" || true
 t2=$(date +%s.%N)
 cpu1=$(awk '{print $14, $15}' "/proc/$RP_PID/stat")
+seg1=$(segs)
 kill -INT "$PERF"; wait "$PERF" || true
 python3 - "$N" "$(getconf CLK_TCK)" $cpu0 $cpu1 $t0 $t1 $t2 <<'PY'
 import sys
@@ -41,6 +44,7 @@ t0,t1,t2 = map(float, sys.argv[7:10])
 user, sys_ = (u1 - u0) / hz, (s1 - s0) / hz
 print(f"injection {n/(t1-t0):.0f} msg/s, end to end {n/(t2-t0):.0f} msg/s; ringpost CPU {user + sys_:.1f} s = {1e6 * (user + sys_) / n:.0f} us/message, {100 * sys_ / max(user + sys_, 1e-9):.0f} % kernel")
 PY
+echo "TCP segments sent on the host (both ends, loopback): $(awk -v a="$seg0" -v b="$seg1" -v n="$N" 'BEGIN {printf "%.2f", (b - a) / n}')/msg"
 case $MODE in
   stat) awk -v n=$N '/^ *[0-9,]+ +[a-z_:-]+/ {gsub(",","",$1); printf "%8.2f/msg %s\n", $1/n, $2}' "$WORK/stat.txt" ;;
   uring) perf script -i "$WORK/perf.data" 2>/dev/null | grep -o 'opcode [A-Z_]*' | sort | uniq -c | awk -v n=$N '{printf "%8.2f/msg %s\n", $1/n, $3}' ;;

@@ -80,6 +80,27 @@ pub async fn write_all_timeout(t: &mut Transport, bytes: &[u8], timeout: Duratio
     write_all_vectored(t, &[bytes], timeout).await
 }
 
+/// Write a session's last bytes (its closing reply) just before the caller shuts the socket
+/// down. On plain TCP the first send carries `MSG_MORE`: the kernel holds the bytes until the
+/// shutdown, whose FIN then leaves in the same segment, where a reply pushed at once and a
+/// FIN after it are two segments for both ends to process (one of about 24 a
+/// connection-per-message client and its relay cost, perf/RESULTS.md, seventeenth session).
+/// The caller must shut down or close the socket next, which every session end does.
+/// Whatever the first send did not take goes the usual way.
+pub async fn write_last(t: &mut Transport, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    if let Transport::Plain(stream) = t {
+        let fd = stream.as_raw_fd();
+        // SAFETY: `bytes` is borrowed for the call; the kernel only reads it.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE) };
+        if n >= 0 && n as usize == bytes.len() {
+            return Ok(());
+        }
+        let done = if n > 0 { n as usize } else { 0 };
+        return write_all_timeout(t, &bytes[done..], timeout).await;
+    }
+    write_all_timeout(t, bytes, timeout).await
+}
+
 /// The plain-TCP loop: vectored non-blocking sends while the socket takes bytes; when it is
 /// full, glommio's async write of the current piece's rest (waits on io_uring, timed out).
 async fn plain_vectored(stream: &mut TcpStream, pieces: &[&[u8]]) -> io::Result<()> {
@@ -282,6 +303,50 @@ mod tests {
         let s = TcpStream::connect(addr).await.unwrap();
         set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 32 * 1024);
         Transport::Plain(s)
+    }
+
+    /// Segments a socket has received (`tcpi_segs_in`, Linux 4.2+: offset 140 of `tcp_info`).
+    fn segments_in(fd: std::os::fd::RawFd) -> u32 {
+        let mut info = [0u8; 256];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info`.
+        let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+        assert!(r == 0 && len >= 148, "TCP_INFO too short: {len}");
+        u32::from_ne_bytes(info[140..144].try_into().unwrap())
+    }
+
+    /// What the receiving end of a session's last reply sees: the reply and then end of file,
+    /// and how many segments carried them. `last` chooses [`write_last`] or the usual write.
+    fn last_reply_segments(last: bool) -> u32 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            assert_eq!(all, b"221 2.0.0 Bye\r\n");
+            segments_in(s.as_raw_fd())
+        });
+        on_executor(move || async move {
+            let mut t = Transport::Plain(TcpStream::connect(addr).await.unwrap());
+            t.tcp().set_nodelay(true).unwrap();
+            let reply = b"221 2.0.0 Bye\r\n";
+            if last {
+                write_last(&mut t, reply, Duration::from_secs(5)).await.unwrap();
+            } else {
+                write_all_timeout(&mut t, reply, Duration::from_secs(5)).await.unwrap();
+            }
+            t.close().await.unwrap();
+        });
+        reader.join().unwrap()
+    }
+
+    /// A closing reply written with [`write_last`] leaves with the FIN: one segment fewer for
+    /// the client than the reply pushed at once and the FIN after it.
+    #[test]
+    fn the_last_reply_and_the_fin_share_a_segment() {
+        let (pushed, last) = (last_reply_segments(false), last_reply_segments(true));
+        assert_eq!(last + 1, pushed, "segments received: {last} with write_last, {pushed} without");
     }
 
     #[test]

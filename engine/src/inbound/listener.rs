@@ -89,6 +89,25 @@ impl Drop for Admission {
     }
 }
 
+/// Listen on `addr` for SMTP sessions. The listening socket gets `TCP_NODELAY`, which Linux
+/// copies to every connection it accepts: each session's replies leave at once without a
+/// `setsockopt` per connection (one of the eight syscalls a connection-per-message client
+/// costs besides its protocol, perf/RESULTS.md, seventeenth session).
+pub fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let addr = addr.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As glommio's own `TcpListener::bind`: every core listens on the address (SO_REUSEPORT)
+    // and the kernel spreads the connections.
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
+    Ok(unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket)) })
+}
+
 /// Accept connections until shutdown begins on this core.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, per_ip: Arc<PerIpCounts>) {
     loop {
@@ -152,6 +171,22 @@ fn refuse(stream: glommio::net::TcpStream, reply: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sessions rely on the listener's `TCP_NODELAY` being inherited (they no longer set it).
+    #[test]
+    fn accepted_connections_have_nodelay() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = listen("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let _client = std::net::TcpStream::connect(addr).unwrap();
+                let accepted = listener.accept().await.unwrap();
+                assert!(accepted.nodelay().unwrap(), "an accepted session must have TCP_NODELAY");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     #[test]
     fn counts_are_exact_per_address() {

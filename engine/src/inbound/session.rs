@@ -12,7 +12,7 @@ use crate::smtp::reply::Reply;
 use crate::smtp::server::{Server, Step};
 use crate::tls::Transport;
 use crate::trace::{redact_command, TraceTag};
-use crate::wire_write::write_all_timeout;
+use crate::wire_write::{write_all_timeout, write_last};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringpost_admin_proto::{TraceKind, TraceSide};
@@ -127,7 +127,7 @@ impl Session {
             let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
             server.offer_auth(auth.plaintext_listeners.contains(&local));
         }
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listening socket (`listener::listen`).
         let (body_chunk_bytes, input_bytes_max) = (cfg.body_chunk_bytes, cfg.input_buffer_bytes_max);
         let mut out = Vec::with_capacity(4096);
         server.greeting().write_to(&mut out);
@@ -212,7 +212,9 @@ impl Session {
         self.admission.end();
         reply.write_to(&mut self.out);
         self.write_timeout = self.write_timeout.min(CLOSING_WRITE_TIMEOUT);
-        let _ = self.flush().await;
+        // The socket is shut down next (`serve`'s end): the reply and the FIN share a segment.
+        let _ = write_last(&mut self.stream, &self.out, self.write_timeout).await;
+        self.out.clear();
         Flow::Close
     }
 

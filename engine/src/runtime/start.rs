@@ -12,7 +12,6 @@ use crate::shard::core::{Core, CoreParts, Shared};
 use crate::shard::inbox::CoreMsg;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::channels::shared_channel::SharedReceiver;
-use glommio::net::TcpListener;
 use ringpost_spool::{RecoveredMessage, Recovery, SpoolConfig, SpoolShard};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,7 +59,7 @@ pub async fn run_core(
 
     let mut accepts = Vec::new();
     for addr in &cfg.server.listen {
-        let listener = TcpListener::bind(addr.as_str()).map_err(|e| format!("listen {addr}: {e}"))?;
+        let listener = crate::inbound::listener::listen(addr).map_err(|e| format!("listen {addr}: {e}"))?;
         accepts.push(glommio::spawn_local(accept_loop(core.clone(), listener, per_ip.clone())));
     }
     if id == 0 {
