@@ -34,6 +34,8 @@ fn provider_replies_land_in_their_category() {
         ("5.7.0", "552-5.7.0 This message was blocked because its content presents a potential security issue (virus)", ContentRelated),
         ("5.5.2", "500 5.5.2 Syntax error, command unrecognized", ProtocolErrors),
         ("4.3.0", "451 4.3.0 Mail server temporarily rejected message.", Other),
+        ("4.3.5", "451 4.3.5 <a@b.test>: Recipient address rejected: Server configuration error", Other),
+        ("4.3.0", "451 4.3.0 <a@b.test>: Recipient address rejected: Temporary lookup failure", Other),
         ("", "550 go away", Other),
     ];
     for (status, text, want) in cases {
