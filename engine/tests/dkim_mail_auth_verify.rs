@@ -56,7 +56,7 @@ fn txt_for(alg: DkimAlgorithm, file: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     match load_key(alg, &pem, std::path::Path::new(file)).unwrap() {
         DkimKey::Ed25519(k) => format!("v=DKIM1; k=ed25519; p={}", b64.encode(k.public_key())),
-        DkimKey::Rsa(k) => format!("v=DKIM1; k=rsa; p={}", b64.encode(k.public_key())),
+        DkimKey::Rsa(k) => format!("v=DKIM1; k=rsa; p={}", b64.encode(k.public_key_spki())),
     }
 }
 

@@ -1,11 +1,13 @@
-//! DKIM signing after the 250 (issue 9 item 3). An RSA-2048 signature costs about half a
-//! millisecond of CPU, more than the rest of a transaction. Made in the accepting session
+//! DKIM signing after the 250 (issue 9 item 3). An RSA-2048 signature costs about a quarter
+//! of a millisecond of CPU with aws-lc here (half a millisecond with ring, which signed before;
+//! `crate::dkim_key`), more than the rest of a transaction. Made in the accepting session
 //! before the commit, it held every 250 and stalled the core's other sessions for that
 //! long. Now the commit only records the body hash and flags the message
 //! ([`FLAG_SIGN_PENDING`]) when an RSA key applies (Ed25519 alone is cheaper than the trip and
 //! is still signed in the session: `Signers::plan`). The session answers 250 and reads on, and
 //! this module:
-//! 1. signs, in a task of the core when the keys are cheap (one or two RSA-2048 keys:
+//! 1. signs, in a task of the core when the keys are cheap (up to four RSA-2048 keys here, as
+//!    measured when the keys are loaded:
 //!    [`crate::dkim::ON_CORE_SIGNING_US`]), else on glommio's blocking pool (one thread per
 //!    core, on the core's CPU: the kernel's scheduler shares the CPU, so the reactor keeps
 //!    serving between time slices; other blocking work of the core, such as AUTH password
