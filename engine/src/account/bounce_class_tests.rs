@@ -36,6 +36,10 @@ fn provider_replies_land_in_their_category() {
         ("4.3.0", "451 4.3.0 Mail server temporarily rejected message.", Other),
         ("4.3.5", "451 4.3.5 <a@b.test>: Recipient address rejected: Server configuration error", Other),
         ("4.3.0", "451 4.3.0 <a@b.test>: Recipient address rejected: Temporary lookup failure", Other),
+        ("5.3.5", "554 5.3.5 <a@b.test>: Recipient address rejected: Server configuration error", Other),
+        // Sendmail hosts say a mailbox does not exist with 5.3.0 (sisimai's bounce samples).
+        ("5.3.0", "553 5.3.0 <a@b.test>... No such user here", BadMailbox),
+        ("5.3.0", "553 5.3.0 <a@b.test>... User unknown, not local address", BadMailbox),
         ("", "550 go away", Other),
     ];
     for (status, text, want) in cases {
