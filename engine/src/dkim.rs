@@ -161,15 +161,11 @@ impl Signers {
         for c in cfgs {
             let pem = std::fs::read_to_string(&c.key_file).map_err(|source| DkimError::Read { path: c.key_file.clone(), source })?;
             let key = load_key(c.algorithm, &pem, &c.key_file)?;
+            let mut entry = Self::entry(c, key);
             // An RSA key is warmed up here, at start, and its cost on this CPU measured: the
             // on-core budget then holds on CPUs without aws-lc's AVX-512 code too.
-            let measured = match &key {
-                DkimKey::Rsa(k) => Some(k.warm_up()),
-                DkimKey::Ed25519(_) => None,
-            };
-            let mut entry = Self::entry(c, key);
-            if let Some(us) = measured {
-                entry.cost_us = us;
+            if let DkimKey::Rsa(k) = &entry.signer.key {
+                entry.cost_us = k.warm_up();
             }
             keys.push(entry);
         }
