@@ -385,7 +385,11 @@ impl ShardWork<'_> {
 
 impl WorkSource for ShardWork<'_> {
     async fn next(&self, path: &str, idle: Duration) -> Option<Delivery> {
-        let mut idled = false;
+        // When it began to idle (monotonic ms). A connection woken for a delivery that another
+        // connection of its path popped first (that one finished its transaction in between)
+        // idles again for what remains of its idle time, instead of closing: closing there
+        // made one route's 64 connections reconnect every 40 messages under load.
+        let mut idle_since: Option<u64> = None;
         loop {
             if self.stale() {
                 return None;
@@ -399,13 +403,15 @@ impl WorkSource for ShardWork<'_> {
                     }
                     continue;
                 }
-                Pop::Empty if idled => return None,
                 Pop::Empty => {}
             }
-            if !self.idle_wait(path, idle).await {
+            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            let now = self.0.clock.mono_ms();
+            let since = *idle_since.get_or_insert(now);
+            let left = idle_ms.saturating_sub(now.saturating_sub(since));
+            if left == 0 || !self.idle_wait(path, Duration::from_millis(left)).await {
                 return None;
             }
-            idled = true;
         }
     }
 
