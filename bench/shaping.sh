@@ -38,7 +38,8 @@ SINK_PORT=${SINK_PORT:-2931}
 . "$ROOT/bench/lib/ringpost.sh"
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
-# config MODE: single (one route), sites (1,000 routes, 4 sources, no shaping limits or rules)
+# config MODE: single (one route), sites1 (1,000 routes, the host's own address, no shaping),
+# sites (1,000 routes, 4 sources, no shaping limits or rules)
 # or shaped (the same plus the shipped shaping defaults). sites vs single is what 1,000
 # destinations cost any MTA (a connection per site and source); shaped vs sites is what
 # shaping itself costs.
@@ -48,12 +49,12 @@ config() {
   if [ "$1" != single ]; then
     [ "$1" = shaped ] && extra_delivery="shaping = \"$ROOT/config/shaping-defaults.toml\""
     extra_delivery+=$'\n'"${SITES_DELIVERY:-}"
-    for i in 2 3 4 5; do sources+="[[source]]
+    [ "$1" = sites1 ] || for i in 2 3 4 5; do sources+="[[source]]
 name = \"ip$i\"
 bind = \"127.0.0.$i\"
 ehlo = \"mta$i.bench.test\"
 "; done
-    sources+='[[pool]]
+    [ "$1" = sites1 ] || sources+='[[pool]]
 name = "default"
 sources = { ip2 = 1, ip3 = 1, ip4 = 1, ip5 = 1 }
 '
