@@ -13,6 +13,9 @@ class RefusingHandler(SinkHandler):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("gone-"):
             return "550 5.1.1 The email account that you tried to reach does not exist"
+        if address.startswith("denied-"):
+            # Postfix's access-map refusal: a policy, not a mailbox that does not exist.
+            return "554 5.7.1 <%s>: Recipient address rejected: Access denied" % address
         if address.startswith("full-"):
             return "552 5.2.2 The email account that you tried to reach is over quota"
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
@@ -38,13 +41,15 @@ def test_a_bad_mailbox_bounce_suppresses_the_recipient_durably(tmp_path, refusin
     rp = Ringpost(tmp_path, refusing_sink.port).start()
     try:
         with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
-            s.sendmail("sender@b.test", ["gone-1@x.test", "full-1@x.test"], b"Subject: s\r\n\r\nx\r\n")
-        wait_for(lambda: bounced(rp, "gone-1@x.test") and bounced(rp, "full-1@x.test"), "both bounces")
+            s.sendmail("sender@b.test", ["gone-1@x.test", "full-1@x.test", "denied-1@x.test"], b"Subject: s\r\n\r\nx\r\n")
+        wait_for(lambda: bounced(rp, "gone-1@x.test") and bounced(rp, "full-1@x.test") and bounced(rp, "denied-1@x.test"), "three bounces")
+        assert [e["category"] for e in bounced(rp, "denied-1@x.test")] == ["policy-related"]
         journal = tmp_path / "spool" / "suppression.jsonl"
         wait_for(lambda: journal.exists() and "gone-1@x.test" in journal.read_text(), "the journal entry")
         code, text = rcpt_reply(rp, "GONE-1@x.test")
         assert code == 550 and text.startswith(b"5.1.1 <GONE-1@x.test>: recipient suppressed (bad-mailbox since "), text
         assert rcpt_reply(rp, "full-1@x.test")[0] == 250, "a full mailbox is not suppressed"
+        assert rcpt_reply(rp, "denied-1@x.test")[0] == 250, "a policy refusal is not suppressed"
     finally:
         rp.stop()
     lines = [json.loads(l) for l in journal.read_text().splitlines()]

@@ -40,6 +40,14 @@ fn provider_replies_land_in_their_category() {
         // Sendmail hosts say a mailbox does not exist with 5.3.0 (sisimai's bounce samples).
         ("5.3.0", "553 5.3.0 <a@b.test>... No such user here", BadMailbox),
         ("5.3.0", "553 5.3.0 <a@b.test>... User unknown, not local address", BadMailbox),
+        // Postfix's recipient restrictions share the prefix "Recipient address rejected": an
+        // access-map or policy refusal is not a bad mailbox (it would be suppressed), an unknown
+        // user is; a refused sender says nothing of the recipient's mailbox.
+        ("5.7.1", "554 5.7.1 <a@b.test>: Recipient address rejected: Access denied", PolicyRelated),
+        ("5.1.1", "550 5.1.1 <a@b.test>: Recipient address rejected: User unknown in local recipient table", BadMailbox),
+        ("", "550 <a@b.test>: Recipient address rejected: User unknown in virtual mailbox table", BadMailbox),
+        ("5.7.1", "553 5.7.1 <s@src.test>: Sender address rejected: not owned by user s@src.test", PolicyRelated),
+        ("5.1.8", "553 5.1.8 <s@src.test>: Sender address rejected: Domain not found", PolicyRelated),
         ("", "550 go away", Other),
     ];
     for (status, text, want) in cases {
