@@ -886,21 +886,28 @@ impl QueueManager {
         }
     }
 
-    /// A connection of path `key` starts waiting idle for work at `now_ms` (monotonic ms,
+    /// A connection of path `key` waits idle for work, idle since `since_ms` (monotonic ms,
     /// [`crate::clock::Clock::mono_ms`]: a wall-clock step must not stretch or cut an idle
-    /// connection's time), for at most `idle_ms`; `own` is its own bell, rung when work comes ([`Dispatch::WakeIdle`]) or it
+    /// connection's time), until `since_ms + idle_ms` at most; `own` is its own bell, rung when work comes ([`Dispatch::WakeIdle`]) or it
     /// must QUIT ([`Dispatch::CloseIdle`]: its idle time ran out, its slot is wanted, a
-    /// suspension, shutdown). None: no such path.
-    pub fn idle_begin(&mut self, key: &str, now_ms: u64, own: Rc<IdleBell>, idle_ms: u64) -> Option<IdleStart> {
+    /// suspension, shutdown). None: no such path. `since_ms` is now, except for a connection
+    /// woken for a delivery that another connection took first: it idles on from when it
+    /// first began, so it keeps its deadline and its place among the path's idle connections
+    /// (the newest is woken first, the oldest times out or is reclaimed first).
+    pub fn idle_begin(&mut self, key: &str, since_ms: u64, own: Rc<IdleBell>, idle_ms: u64) -> Option<IdleStart> {
         let (k, p) = self.paths.get_key_value(key)?;
         let k = k.clone();
-        p.limits.note_idle(true);
+        // Listen before counting itself idle: a core that sees the count and asks must find
+        // this listener there.
         let asked = p.limits.listen_idle_quit();
+        p.limits.note_idle(true);
         self.seq += 1;
-        let ticket = IdleTicket(now_ms, self.seq);
-        let deadline_ms = now_ms.saturating_add(idle_ms);
+        let ticket = IdleTicket(since_ms, self.seq);
+        let deadline_ms = since_ms.saturating_add(idle_ms);
         self.idle_order.insert(ticket, IdleEntry { key: k, bell: own, deadline_ms });
-        self.paths.get_mut(key).expect("just found").idle.push(ticket);
+        let idle = &mut self.paths.get_mut(key).expect("just found").idle;
+        let at = idle.partition_point(|t| *t < ticket);
+        idle.insert(at, ticket);
         self.idle_min_ms = self.idle_min_ms.min(idle_ms);
         let wake_timer = self.idle_next_ms.is_none_or(|t| deadline_ms < t);
         if wake_timer {
@@ -914,12 +921,19 @@ impl QueueManager {
     /// ask, a rule's suspension of its path: it QUITs). True: it must close now; its ticket
     /// stays told until [`Self::connection_ended`].
     pub fn idle_end(&mut self, key: &str, ticket: IdleTicket, asked: bool) -> bool {
-        if asked && self.idle_order.contains_key(&ticket) {
+        let asked_in_order = asked && self.idle_order.contains_key(&ticket);
+        if asked_in_order {
             self.tell_quit(ticket);
         }
         let Some(p) = self.paths.get_mut(key) else { return true };
         if p.told.contains(&ticket) {
             return true;
+        }
+        if asked && !asked_in_order {
+            // Woken for work in the same turn as another core's ask: it takes the work, and
+            // the ask goes on to another idle connection of the path (none: the asking core
+            // asks again).
+            p.limits.ask_idle_quit();
         }
         if self.idle_order.remove(&ticket).is_some() {
             p.idle.retain(|t| *t != ticket);
