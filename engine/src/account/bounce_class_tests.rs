@@ -48,6 +48,13 @@ fn provider_replies_land_in_their_category() {
         ("", "550 <a@b.test>: Recipient address rejected: User unknown in virtual mailbox table", BadMailbox),
         ("5.7.1", "553 5.7.1 <s@src.test>: Sender address rejected: not owned by user s@src.test", PolicyRelated),
         ("5.1.8", "553 5.1.8 <s@src.test>: Sender address rejected: Domain not found", PolicyRelated),
+        // Sender-side refusals say nothing of the recipient (helper 66): Sendmail, Exim's
+        // sender-verify callout (which echoes the sender's own "User unknown"), Exchange.
+        ("5.1.8", "553 5.1.8 <s@x.test>... Domain of sender address s@x.test does not exist", PolicyRelated),
+        ("5.0.0", "550-Verification failed for <s@x.test>\r\n550-Called:   192.0.2.1\r\n550-Sent:     RCPT TO:<s@x.test>\r\n550-Response: 550 5.1.1 <s@x.test>: Recipient address rejected: User unknown in local recipient table\r\n550 Sender verify failed", PolicyRelated),
+        ("5.1.0", "554 5.1.0 Sender denied", PolicyRelated),
+        ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", BadMailbox),
+        ("5.0.0", "550 sorry, no mailbox here by that name. (#5.1.1)", BadMailbox),
         ("", "550 go away", Other),
     ];
     for (status, text, want) in cases {

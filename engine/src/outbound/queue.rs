@@ -921,19 +921,12 @@ impl QueueManager {
     /// ask, a rule's suspension of its path: it QUITs). True: it must close now; its ticket
     /// stays told until [`Self::connection_ended`].
     pub fn idle_end(&mut self, key: &str, ticket: IdleTicket, asked: bool) -> bool {
-        let asked_in_order = asked && self.idle_order.contains_key(&ticket);
-        if asked_in_order {
+        if asked && self.idle_order.contains_key(&ticket) {
             self.tell_quit(ticket);
         }
         let Some(p) = self.paths.get_mut(key) else { return true };
         if p.told.contains(&ticket) {
             return true;
-        }
-        if asked && !asked_in_order {
-            // Woken for work in the same turn as another core's ask: it takes the work, and
-            // the ask goes on to another idle connection of the path (none: the asking core
-            // asks again).
-            p.limits.ask_idle_quit();
         }
         if self.idle_order.remove(&ticket).is_some() {
             p.idle.retain(|t| *t != ticket);

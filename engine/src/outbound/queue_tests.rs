@@ -842,35 +842,3 @@ fn a_connection_woken_for_mail_another_took_idles_on_with_its_first_deadline_and
     assert!(matches!(told.as_slice(), [a] if Rc::ptr_eq(a, &b1)));
     assert!(q.idle_end(&kb, t1, false), "it QUITs");
 }
-
-#[test]
-fn an_ask_that_meets_a_connection_woken_for_work_goes_on_to_another_idle_connection() {
-    let mut q = qm(32, "");
-    let m = message(T0, 1);
-    let kb = opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
-    opened(q.enqueue(to("b.test", &m, &[0], 0), T0, true));
-    ready(q.pop(&kb, T0));
-    ready(q.pop(&kb, T0));
-    // b2 (idle since T0 + 5) listens first, then b1 idles on from T0 (woken earlier for mail
-    // another took): an ask reaches the first listener, b2, which is also the one mail wakes.
-    let s2 = q.idle_begin(&kb, T0 + 5, IdleBell::new(), IDLE_MS).unwrap();
-    let s1 = q.idle_begin(&kb, T0, IdleBell::new(), IDLE_MS).unwrap();
-    let limits = q.path_limits(&kb).unwrap().1;
-    assert!(matches!(q.enqueue(to("b.test", &m, &[0], 0), T0 + 100, true), Dispatch::WakeIdle(_)));
-    limits.ask_idle_quit();
-    let heard = |l: event_listener::EventListener| {
-        let mut l = Box::pin(l);
-        futures_lite::future::block_on(futures_lite::future::or(
-            async {
-                l.as_mut().await;
-                true
-            },
-            async { false },
-        ))
-    };
-    let (l1, l2) = (s1.asked, s2.asked);
-    assert!(heard(l2), "the ask reached b2");
-    assert!(!q.idle_end(&kb, s2.ticket, true), "b2 takes the work it was woken for");
-    assert!(heard(l1), "and the ask goes on to b1");
-    assert!(q.idle_end(&kb, s1.ticket, true), "b1 QUITs");
-}
