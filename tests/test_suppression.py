@@ -90,3 +90,36 @@ def test_disabled_list_refuses_nothing(tmp_path, refusing_sink):
         assert rcpt_reply(rp, "old@x.test")[0] == 250
     finally:
         rp.stop()
+
+
+class DataRefusingHandler(SinkHandler):
+    """Yahoo's way: every RCPT accepted, then the whole DATA refused with a text that names
+    the one address that does not exist."""
+
+    async def handle_DATA(self, server, session, envelope):
+        gone = [r for r in envelope.rcpt_tos if r.startswith("gone-")]
+        if gone:
+            return "554 delivery error: dd This user doesn't have a x.test account (%s) [0]" % gone[0]
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def data_refusing_sink():
+    yield from serve_sink(DataRefusingHandler())
+
+
+def test_a_reply_to_the_whole_transaction_suppresses_only_the_address_it_names(tmp_path, data_refusing_sink):
+    rp = Ringpost(tmp_path, data_refusing_sink.port).start()
+    journal = tmp_path / "spool" / "suppression.jsonl"
+    try:
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
+            s.sendmail("sender@b.test", ["gone-2@x.test", "fine-2@x.test"], b"Subject: s\r\n\r\nx\r\n")
+        wait_for(lambda: bounced(rp, "gone-2@x.test") and bounced(rp, "fine-2@x.test"), "both bounces")
+        assert [e["category"] for e in bounced(rp, "fine-2@x.test")] == ["bad-mailbox"], "the reply's class is the same"
+        wait_for(lambda: journal.exists() and "gone-2@x.test" in journal.read_text(), "the journal entry")
+        assert rcpt_reply(rp, "gone-2@x.test")[0] == 550
+        assert rcpt_reply(rp, "fine-2@x.test")[0] == 250, "a co-recipient is not suppressed"
+    finally:
+        rp.stop()
+    lines = [json.loads(l) for l in journal.read_text().splitlines()]
+    assert [(l["op"], l["addr"]) for l in lines] == [("add", "gone-2@x.test")]

@@ -299,15 +299,19 @@ struct Slot {
 }
 
 impl Slot {
-    fn open(shared: &Arc<SinkShared>, ip: IpAddr) -> Self {
+    /// Count a connection in, or None when `max` are already open. The check and the count
+    /// are one atomic step: the sink's cores accept at once, and a look then an add let two
+    /// of them past the cap together (a peak of 6 under a cap of 5).
+    fn open(shared: &Arc<SinkShared>, ip: IpAddr, max: Option<usize>) -> Option<Self> {
+        let max = max.unwrap_or(usize::MAX);
+        let n = shared.conns.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).ok()? + 1;
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let n = shared.conns.fetch_add(1, Ordering::Relaxed) + 1;
         shared.peak.fetch_max(n, Ordering::Relaxed);
         let mut m = shared.per_ip.lock().unwrap();
         let e = m.entry(ip).or_default();
         e.0 += 1;
         e.1 = e.1.max(e.0);
-        Self { shared: shared.clone(), ip, domains: HashSet::new() }
+        Some(Self { shared: shared.clone(), ip, domains: HashSet::new() })
     }
 
     fn serving(&mut self, domain: &str) {
@@ -338,14 +342,11 @@ impl Drop for Slot {
 async fn session(c: Rc<Core>, mut s: TcpStream) {
     let ip = s.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let _ = s.set_nodelay(true);
-    if let Some(max) = c.opts.max_connections {
-        if c.shared.conns.load(Ordering::Relaxed) >= max {
-            c.shared.violations.fetch_add(1, Ordering::Relaxed);
-            let _ = s.write_all(b"421 4.7.0 Too many connections (shaping violation)\r\n").await;
-            return;
-        }
-    }
-    let mut slot = Slot::open(&c.shared, ip);
+    let Some(mut slot) = Slot::open(&c.shared, ip, c.opts.max_connections) else {
+        c.shared.violations.fetch_add(1, Ordering::Relaxed);
+        let _ = s.write_all(b"421 4.7.0 Too many connections (shaping violation)\r\n").await;
+        return;
+    };
     if c.roll(c.opts.banner_421) {
         c.fault("banner_421");
         let _ = s.write_all(b"421 4.7.0 Try again later\r\n").await;

@@ -221,6 +221,7 @@ impl Core {
         // can cover thousands of recipients of one message, and a lookup by index walks the
         // envelope from its start.
         let names: Vec<&str> = msg.recipients().collect();
+        let shared = shared_bounce_replies(&s.finals);
         for f in s.finals {
             let name = names[f.rcpt as usize];
             let response = one_line(&f.reply);
@@ -232,7 +233,9 @@ impl Core {
             let failure = failure_of(name, &f, remote.clone(), response.clone(), &self.shared.classifier);
             let category = failure.as_ref().map(|x| x.category);
             if let (Outcome::Bounced, Some(c)) = (f.outcome, category) {
-                self.auto_suppress(name, c, &response);
+                if !shared.contains(&response) || names_recipient(&response, name) {
+                    self.auto_suppress(name, c, &response);
+                }
             }
             self.log_classified(kind, msg, Some(name), peer.as_ref(), (Some(response.clone()), category), s.attempts);
             let r = FinalReport { msg: msg.id, rcpt: f.rcpt, outcome: f.outcome, failure, attempts: s.attempts, response };
@@ -274,6 +277,30 @@ impl Core {
         })
         .detach();
     }
+}
+
+/// The bounce replies that answered more than one recipient of this attempt: a refused MAIL
+/// FROM, or a reply to the whole DATA (Yahoo's "554 delivery error: dd This user doesn't have
+/// a yahoo.com account (bad@yahoo.com)" answers every recipient of the transaction). Such a
+/// reply speaks of the transaction, so it suppresses only a recipient it names: one bad
+/// address must not suppress its co-recipients. (Distinct RCPT replies with the same text,
+/// e.g. two unknown Gmail users, are not told apart from it and suppress neither: a missed
+/// suppression costs a bounce later, a wrong one loses a good address's mail.)
+fn shared_bounce_replies(finals: &[Final]) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut shared = std::collections::HashSet::new();
+    for f in finals.iter().filter(|f| f.outcome == Outcome::Bounced) {
+        let r = one_line(&f.reply);
+        if !seen.insert(r.clone()) {
+            shared.insert(r);
+        }
+    }
+    shared
+}
+
+/// Whether reply text `response` names `rcpt` (case-insensitively).
+fn names_recipient(response: &str, rcpt: &str) -> bool {
+    response.to_ascii_lowercase().contains(&rcpt.to_ascii_lowercase())
 }
 
 fn one_line(r: &Reply) -> String {
