@@ -243,8 +243,17 @@ def test_out_of_descriptors_the_accept_loop_pauses_instead_of_spinning(tmp_path)
                 time.sleep(0.1)
         # More connections than the daemon has descriptors left: the rest wait in the backlog
         # and every accept fails with EMFILE.
+        # A connect was once reset in CI (cause not found, noted in the eighteenth session's
+        # note); a reset client is retried so the backlog still holds 200: what is measured is
+        # the daemon's CPU while they wait, not the handshake.
         for _ in range(200):
-            clients.append(socket.create_connection(("127.0.0.1", 2525), timeout=2))
+            for attempt in range(3):
+                try:
+                    clients.append(socket.create_connection(("127.0.0.1", 2525), timeout=2))
+                    break
+                except ConnectionResetError:
+                    if attempt == 2:
+                        raise
         time.sleep(1)
         ticks = lambda: sum(int(x) for x in open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
         t0 = ticks()

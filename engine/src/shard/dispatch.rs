@@ -221,7 +221,8 @@ impl Core {
         // can cover thousands of recipients of one message, and a lookup by index walks the
         // envelope from its start.
         let names: Vec<&str> = msg.recipients().collect();
-        let shared = shared_bounce_replies(&s.finals);
+        // Only a daemon that suppresses needs to know which replies were shared.
+        let shared = if self.shared.suppression.is_some() { shared_bounce_replies(&s.finals) } else { Default::default() };
         for f in s.finals {
             let name = names[f.rcpt as usize];
             let response = one_line(&f.reply);
@@ -289,6 +290,9 @@ impl Core {
 fn shared_bounce_replies(finals: &[Final]) -> std::collections::HashSet<String> {
     let mut seen = std::collections::HashSet::new();
     let mut shared = std::collections::HashSet::new();
+    if finals.iter().filter(|f| f.outcome == Outcome::Bounced).nth(1).is_none() {
+        return shared;
+    }
     for f in finals.iter().filter(|f| f.outcome == Outcome::Bounced) {
         let r = one_line(&f.reply);
         if !seen.insert(r.clone()) {
@@ -298,9 +302,20 @@ fn shared_bounce_replies(finals: &[Final]) -> std::collections::HashSet<String> 
     shared
 }
 
-/// Whether reply text `response` names `rcpt` (case-insensitively).
+/// Whether reply text `response` names `rcpt` (case-insensitively) as a whole address: the
+/// characters either side may not belong to an address, so `a@x.test` is not found in
+/// `<aa@x.test>` or `a@x.test.org`.
 fn names_recipient(response: &str, rcpt: &str) -> bool {
-    response.to_ascii_lowercase().contains(&rcpt.to_ascii_lowercase())
+    let (text, want) = (response.to_ascii_lowercase(), rcpt.to_ascii_lowercase());
+    // Non-ASCII letters belong to SMTPUTF8 addresses.
+    let in_address = |c: Option<char>| c.is_some_and(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || "._%+-@!#$&'*/=?^`{|}~".contains(c));
+    text.match_indices(&want).any(|(at, _)| {
+        let mut after = text[at + want.len()..].chars();
+        let next = after.next();
+        // A full stop ends a sentence unless a domain label follows it.
+        let continues = if next == Some('.') { in_address(after.next()) } else { in_address(next) };
+        !in_address(text[..at].chars().next_back()) && !continues
+    })
 }
 
 fn one_line(r: &Reply) -> String {
@@ -484,5 +499,23 @@ async fn site_of(ctx: &AgentContext, domain: &str) -> Site {
         Destination::NullMx => Site::of_unresolved(domain, Reply::new(556, (5, 1, 10), format!("{domain} does not accept mail (null MX)"))),
         Destination::NoSuchDomain => Site::of_unresolved(domain, Reply::new(550, (5, 1, 2), format!("{domain}: no such domain or no mail host"))),
         Destination::TempFail(e) => Site::of_unresolved(domain, Reply::new(451, (4, 4, 3), format!("DNS: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_recipient;
+
+    #[test]
+    fn a_reply_names_a_recipient_only_as_a_whole_address() {
+        let yahoo = "554 delivery error: dd This user doesn't have a yahoo.com account (Bad@yahoo.com) [0]";
+        assert!(names_recipient(yahoo, "bad@yahoo.com"));
+        assert!(!names_recipient(yahoo, "d@yahoo.com"), "inside another address");
+        assert!(!names_recipient("550 5.1.1 <a@x.test.org>: User unknown", "a@x.test"));
+        assert!(!names_recipient("550 5.1.1 <aa@x.test>: User unknown", "a@x.test"));
+        assert!(names_recipient("550 5.1.1 <a@x.test>: User unknown", "a@x.test"));
+        assert!(names_recipient("550 no such user here: a@x.test.", "a@x.test"), "a sentence's full stop");
+        assert!(!names_recipient("550 5.7.1 Sender denied", "a@x.test"));
+        assert!(!names_recipient("550 5.1.1 <éa@x.test>: User unknown", "a@x.test"), "an SMTPUTF8 local part");
     }
 }
