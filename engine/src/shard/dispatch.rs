@@ -221,11 +221,11 @@ impl Core {
         // can cover thousands of recipients of one message, and a lookup by index walks the
         // envelope from its start.
         let names: Vec<&str> = msg.recipients().collect();
+        let responses: Vec<String> = s.finals.iter().map(|f| one_line(&f.reply)).collect();
         // Only a daemon that suppresses needs to know which replies were shared.
-        let shared = if self.shared.suppression.is_some() { shared_bounce_replies(&s.finals) } else { Default::default() };
-        for f in s.finals {
+        let shared = if self.shared.suppression.is_some() { shared_bounce_replies(&s.finals, &responses) } else { Default::default() };
+        for (f, response) in s.finals.into_iter().zip(responses) {
             let name = names[f.rcpt as usize];
-            let response = one_line(&f.reply);
             let kind = match f.outcome {
                 Outcome::Delivered => EventKind::Delivery,
                 Outcome::Bounced => EventKind::Bounce,
@@ -287,16 +287,13 @@ impl Core {
 /// address must not suppress its co-recipients. (Distinct RCPT replies with the same text,
 /// e.g. two unknown Gmail users, are not told apart from it and suppress neither: a missed
 /// suppression costs a bounce later, a wrong one loses a good address's mail.)
-fn shared_bounce_replies(finals: &[Final]) -> std::collections::HashSet<String> {
+/// `responses` holds each final's reply as one line, in the order of `finals`.
+fn shared_bounce_replies(finals: &[Final], responses: &[String]) -> std::collections::HashSet<String> {
     let mut seen = std::collections::HashSet::new();
     let mut shared = std::collections::HashSet::new();
-    if finals.iter().filter(|f| f.outcome == Outcome::Bounced).nth(1).is_none() {
-        return shared;
-    }
-    for f in finals.iter().filter(|f| f.outcome == Outcome::Bounced) {
-        let r = one_line(&f.reply);
-        if !seen.insert(r.clone()) {
-            shared.insert(r);
+    for (_, r) in finals.iter().zip(responses).filter(|(f, _)| f.outcome == Outcome::Bounced) {
+        if !seen.insert(r.as_str()) {
+            shared.insert(r.clone());
         }
     }
     shared
@@ -432,6 +429,7 @@ impl WorkSource for ShardWork<'_> {
         // instead of closing: closing there made one route's 64 connections reconnect every
         // 40 messages under load.
         let mut idle_since: Option<u64> = None;
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         loop {
             if self.stale() {
                 return None;
@@ -447,7 +445,6 @@ impl WorkSource for ShardWork<'_> {
                 }
                 Pop::Empty => {}
             }
-            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
             let now = self.0.clock.mono_ms();
             let since = *idle_since.get_or_insert(now);
             if now.saturating_sub(since) >= idle_ms || !self.idle_wait(path, since, idle_ms).await {
